@@ -1,0 +1,3 @@
+from studioctl.cli.app import main
+
+main()
