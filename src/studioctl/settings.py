@@ -336,16 +336,17 @@ def _was_interpolated(raw: Any) -> bool:
 
 def _read_env(env: Mapping[str, str], layer: _Layer) -> None:
     known = {env_var(k): k for k in all_keys()}
-    section_prefixes = tuple(f"{ENV_PREFIX}{s.upper()}_" for s in _SECTIONS)
     # Typos in variables that look like settings are errors, not silently ignored.
     for name in sorted(env):
         if name in known or name in NOT_SETTINGS or name in ENV_ALIASES:
             continue
-        if name.startswith(section_prefixes):
+        section = next((s for s in _SECTIONS if name.startswith(env_var(s) + "_")), None)
+        if section is not None:
             raise ConfigError(
                 f"unknown setting variable{_did_you_mean(name, list(known))}",
                 key=name,
-                hint="settings variables: " + ", ".join(known),
+                hint=f"{section} variables: "
+                + ", ".join(env_var(f"{section}.{k}") for k in _keys(section)),
             )
     # Aliases first so that the long form, read after, wins.
     for name, dotted in [*ENV_ALIASES.items(), *((v, k) for v, k in known.items())]:
