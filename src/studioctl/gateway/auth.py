@@ -1,0 +1,136 @@
+"""API key → tenant, for every gateway request.
+
+``Authenticator.authenticate`` takes the raw ``Authorization`` header, hashes the bearer
+token with SHA-256 and finds the tenant through a dict cache in front of ``lookup`` (the
+store's unique index on the key hash: ``TenantService.lookup``). A cache hit costs one
+hash and one dict probe; no I/O, no lock (the gateway runs in one asyncio thread).
+
+Freshness: every tenant or key change calls ``invalidate()`` (``TenantService`` does it
+through its ``on_change`` hook), so a revocation, a disabled tenant or new limits apply to
+the very next request. Entries also expire after ``cache_ttl_s`` (a safety net for changes
+made by another process on the same database) and never outlive the key's own expiry
+(rotation grace). Unknown keys are remembered too (bounded) so that a client hammering
+with a bad key costs no database query per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from studioctl.errors import GatewayError, StudioError
+from studioctl.gateway.keys import KEY_SCHEME
+from studioctl.gateway.tenants import TenantContext
+
+__all__ = ["Authenticator"]
+
+_SCHEME = KEY_SCHEME.encode("ascii")
+_MISSING = (
+    "missing API key: send it as 'Authorization: Bearer sk-st-…' "
+    "(create one with `studioctl tenant create NAME`)"
+)
+_INVALID = "invalid API key: unknown, revoked or expired (see `studioctl tenant key list`)"
+
+
+class Authenticator:
+    __slots__ = (
+        "_anonymous",
+        "_bad",
+        "_cache",
+        "_clock",
+        "_lookup",
+        "_max_entries",
+        "_ttl",
+        "_wall",
+    )
+
+    def __init__(
+        self,
+        lookup: Callable[[str], TenantContext | None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        cache_ttl_s: float = 30.0,
+        wall_clock: Callable[[], float] = time.time,
+        anonymous: TenantContext | None = None,
+        max_entries: int = 10_000,
+    ) -> None:
+        """``lookup(sha256_hex)`` returns the tenant of a valid key, else ``None``.
+
+        ``anonymous``: the context of requests without any ``Authorization`` header (see
+        ``tenants.anonymous_context``); ``None`` (the default) answers them 401. A request
+        presenting a wrong key is refused either way.
+        """
+        self._lookup = lookup
+        self._clock = clock
+        self._wall = wall_clock
+        self._ttl = cache_ttl_s
+        self._anonymous = anonymous
+        self._max_entries = max_entries
+        # key hash → (monotonic deadline, context)
+        self._cache: dict[str, tuple[float, TenantContext]] = {}
+        # key hash → monotonic deadline, for keys the lookup did not know
+        self._bad: dict[str, float] = {}
+
+    def authenticate(self, authorization_header: bytes | None) -> TenantContext:
+        """The tenant of a request, or ``GatewayError`` 401 ``invalid_api_key`` / 403
+        ``tenant_disabled``."""
+        if not authorization_header:
+            if self._anonymous is not None:
+                return self._anonymous
+            raise GatewayError(401, "invalid_api_key", _MISSING)
+        scheme = authorization_header[:7]
+        if scheme != b"Bearer " and scheme.lower() != b"bearer ":
+            raise GatewayError(
+                401, "invalid_api_key", "invalid Authorization header: expected 'Bearer <key>'"
+            )
+        token = authorization_header[7:].strip()
+        if not token.startswith(_SCHEME):
+            raise GatewayError(401, "invalid_api_key", _INVALID)
+        digest = hashlib.sha256(token).hexdigest()
+        now = self._clock()
+        entry = self._cache.get(digest)
+        ctx = entry[1] if entry is not None and entry[0] > now else self._fill(digest, now)
+        if not ctx.enabled:
+            raise GatewayError(
+                403, "tenant_disabled", f"tenant {ctx.name!r} is disabled; ask an administrator"
+            )
+        return ctx
+
+    def _fill(self, digest: str, now: float) -> TenantContext:
+        bad_until = self._bad.get(digest)
+        if bad_until is not None and bad_until > now:
+            raise GatewayError(401, "invalid_api_key", _INVALID)
+        try:
+            ctx = self._lookup(digest)
+        except Exception as exc:  # the store failing (locked, disk): not the client's fault
+            reason = exc.message if isinstance(exc, StudioError) else repr(exc)
+            raise GatewayError(
+                503,
+                "auth_unavailable",
+                f"cannot check the API key right now: {reason}",
+                retry_after=1.0,
+            ) from exc
+        if ctx is None:
+            self._cache.pop(digest, None)
+            if len(self._bad) >= self._max_entries:
+                self._bad.clear()
+            self._bad[digest] = now + self._ttl
+            raise GatewayError(401, "invalid_api_key", _INVALID)
+        deadline = now + self._ttl
+        if ctx.key_expires_at is not None:
+            # Never serve a rotated-out key from the cache past its expiry.
+            deadline = min(deadline, now + (ctx.key_expires_at - self._wall()))
+        if len(self._cache) >= self._max_entries:
+            self._cache.clear()
+        self._cache[digest] = (deadline, ctx)
+        return ctx
+
+    def invalidate(self) -> None:
+        """Forget everything: the next request of every key asks ``lookup`` again."""
+        self._cache.clear()
+        self._bad.clear()
+
+    @property
+    def anonymous(self) -> TenantContext | None:
+        return self._anonymous
