@@ -200,9 +200,7 @@ def test_recipe_dirs_relative_to_file_and_tilde(
     assert s.recipes.search_path() == (paths.user_recipes_dir(), *s.recipes.dirs)
 
 
-def test_recipe_dirs_from_env_use_pathsep(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_recipe_dirs_from_env_use_pathsep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     value = os.pathsep.join(["/a", "rel", ""])
     s = load_settings(env={"STUDIOCTL_RECIPES_DIRS": value})
@@ -334,7 +332,7 @@ def test_bad_env_names_the_variable(name: str, value: str, words: list[str]) -> 
 
 
 def test_bad_overrides_are_usage_errors() -> None:
-    with pytest.raises(UsageError, match="did you mean 'gateway.port'"):
+    with pytest.raises(UsageError, match=r"did you mean 'gateway\.port'"):
         load_settings({"gateway.prot": 1}, env={})
     with pytest.raises(UsageError, match=r"gateway\.port.*between 1 and 65535"):
         load_settings({"gateway.port": 0}, env={})
