@@ -1,0 +1,1 @@
+"""Fakes at the process boundary (e.g. a fake ``pynvml`` module) for tests."""
