@@ -85,7 +85,10 @@ def path_cmd(
 @config_app.command("validate")
 def validate(
     file: Path | None = typer.Argument(
-        None, help="Settings file to check (default: the one `config path` prints)."
+        None,
+        metavar="FILE",
+        help="Settings file to check (default: the one `config path` prints).",
+        show_default=False,
     ),
 ) -> None:
     """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation.
