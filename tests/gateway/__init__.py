@@ -1,0 +1,1 @@
+"""Gateway tests (a package, so file names may repeat those of other test folders)."""
