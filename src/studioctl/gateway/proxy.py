@@ -1,0 +1,930 @@
+"""The gateway's HTTP front: a raw ASGI app (no framework on the hot path).
+
+Every ``POST /v1/{chat/completions,completions,embeddings}`` goes through, in this order,
+before anything is sent upstream::
+
+    body size (read in chunks, never more than max_body_bytes + 1)  → 413 body_too_large
+    JSON parse (once)                                                → 400 invalid_json
+    key → tenant                                                     → 401 / 403
+    model allowed for the tenant                                     → 403 model_not_allowed
+    route (RouteTable.resolve)                                       → 404 / 503
+    max output tokens (cap, or clamp when gateway.clamp_output)      → 400 output_too_long
+    prompt tokens (PromptCounter)                                    → 400 context_too_long
+    Limiter.admit: concurrency, RPM, TPM                             → 429 + Retry-After
+    upstream (one shared aiohttp ClientSession, keep-alive pool)
+
+Then the answer is relayed: non-streamed bodies whole, streams event by event (see
+``sse.py``). Upstream timeout → 504 ``upstream_timeout``; connection refused or lost → 502
+``upstream_error``; engine error statuses are passed through with their body. A client that
+disconnects makes the gateway close the upstream response at once (the engine aborts the
+generation), release the slot and record the usage seen so far.
+
+Every request ends with exactly one ``usage.submit(row)`` once the tenant is known, one
+``metrics.request(...)``, and ``Admission.finish``/``RouteTable.end`` for what it took.
+
+Other routes: ``GET /v1/models``; ``/livez``, ``/healthz``, ``/version``; ``GET /metrics``
+(needs the admin token on TCP unless ``gateway.metrics_public``); ``/admin/*`` (admin token
+on TCP, forwarded to ``admin_app`` without the ``/admin`` prefix). Requests arriving over a
+Unix socket (ASGI ``server`` without a port) need no admin token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from studioctl.errors import GatewayError
+from studioctl.gateway.auth import Authenticator
+from studioctl.gateway.limits import Admission, Limiter
+from studioctl.gateway.metrics import GatewayMetrics
+from studioctl.gateway.routing import RouteTable, Upstream
+from studioctl.gateway.sse import SSERelay, json_dumps, json_loads, request_usage
+from studioctl.gateway.tenants import TenantContext
+from studioctl.gateway.tokenize import PromptCounter
+from studioctl.gateway.usage import UsageRecord, UsageSink
+from studioctl.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["ASGIApp", "GatewayApp"]
+
+_log = logging.getLogger("studioctl.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CHAT, COMPLETIONS, EMBEDDINGS = 0, 1, 2
+_POST_ROUTES = {
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETIONS,
+    "/v1/embeddings": EMBEDDINGS,
+}
+_UPSTREAM_PATHS = {
+    CHAT: "/v1/chat/completions",
+    COMPLETIONS: "/v1/completions",
+    EMBEDDINGS: "/v1/embeddings",
+}
+# Output-length fields by endpoint, checked against the tenant's max_output_tokens.
+_OUTPUT_FIELDS: dict[int, tuple[str, ...]] = {
+    CHAT: ("max_completion_tokens", "max_tokens"),
+    COMPLETIONS: ("max_tokens",),
+    EMBEDDINGS: (),
+}
+
+_CT_JSON = (b"content-type", b"application/json")
+_CT_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+_CT_TEXT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+_NO_CACHE = (b"cache-control", b"no-cache")
+_UPSTREAM_HEADERS = {"Content-Type": "application/json"}
+_CORS_METHODS = b"GET, POST, OPTIONS"
+_CORS_HEADERS = b"authorization, content-type, x-admin-token, openai-organization"
+_DONE_EVENT = b"data: [DONE]\n\n"
+# aiohttp closes idle upstream connections before the engine would (uvicorn-based engines
+# such as vLLM drop idle keep-alive connections after 5 s): no request ever goes out on a
+# connection the engine is closing.
+_UPSTREAM_KEEPALIVE_S = 4.0
+_CONNECT_TIMEOUT_S = 10.0
+
+
+class _ClientGone(Exception):
+    """The client disconnected while its request body was being read."""
+
+
+class _Flight:
+    """Per-request bookkeeping for the disconnect watcher."""
+
+    __slots__ = ("finished", "gone", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.finished = False  # the final response message is being sent: not a disconnect
+        self.gone = False  # the client went away; ``task`` was cancelled for it
+
+
+class GatewayApp:
+    """The OpenAI-compatible gateway as an ASGI app (run it under uvicorn)."""
+
+    def __init__(
+        self,
+        *,
+        settings: GatewaySettings,
+        routes: RouteTable,
+        auth: Authenticator,
+        limiter: Limiter,
+        usage: UsageSink,
+        metrics: GatewayMetrics,
+        tokenizer: PromptCounter,
+        admin_app: ASGIApp | None,
+        admin_token: str | None,
+        health: Callable[[], Awaitable[dict[str, Any]]],
+        version: dict[str, Any],
+    ) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.auth = auth
+        self.limiter = limiter
+        self.usage = usage
+        self.metrics = metrics
+        self.tokenizer = tokenizer
+        self.admin_app = admin_app
+        self._admin_token = admin_token.encode() if admin_token else None
+        self._health = health
+        self._version_body = json_dumps(version)
+        self._max_body = settings.max_body_bytes
+        self._clamp = settings.clamp_output
+        origins = tuple(settings.cors_origins)
+        self._cors_any = "*" in origins
+        self._cors = frozenset(o.encode() for o in origins)
+        self._session: aiohttp.ClientSession | None = None
+        self._timeout: aiohttp.ClientTimeout | None = None
+        self._exc_connect: tuple[type[BaseException], ...] = ()
+        self._exc_client: tuple[type[BaseException], ...] = ()
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Create the shared upstream session (one keep-alive pool for all requests)."""
+        if self._session is not None:
+            return
+        import aiohttp
+
+        limit = max(self.settings.max_concurrent, 1) + 16  # + room for /tokenize calls
+        connector = aiohttp.TCPConnector(
+            limit=limit,
+            limit_per_host=0,
+            keepalive_timeout=_UPSTREAM_KEEPALIVE_S,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+        # sock_read bounds the wait for each piece of the answer (its head included), so a
+        # long stream that keeps producing never times out, a silent engine does.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=_CONNECT_TIMEOUT_S,
+            sock_read=self.settings.upstream_timeout_s,
+        )
+        self._exc_connect = (aiohttp.ClientConnectorError,)
+        self._exc_client = (aiohttp.ClientError,)
+        self.tokenizer.bind(self._session)
+        self._closing = False
+
+    async def shutdown(self) -> None:
+        """Finish background work (usage of disconnected streams) and close the session."""
+        self._closing = True
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5.0)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- ASGI -----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            method: str = scope["method"]
+            endpoint = _POST_ROUTES.get(path)
+            if endpoint is not None and method == "POST":
+                await self._completion(endpoint, scope, receive, send)
+            else:
+                await self._other(path, method, scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the proxied endpoints --------------------------------------------------------------
+
+    async def _completion(self, endpoint: int, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        ts = time.time()
+        authorization: bytes | None = None
+        length: bytes | None = None
+        origin: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"origin":
+                origin = value
+        extra = self._cors_headers(origin) if origin is not None and self._cors else None
+
+        tenant: TenantContext | None = None
+        model = ""
+        try:
+            raw = await self._read_body(receive, length)
+            body = _parse_body(raw)
+            tenant = self.auth.authenticate(authorization)
+            model = _model_of(body)
+            limits = tenant.limits
+            if limits.allowed_models is not None and model not in limits.allowed_models:
+                raise GatewayError(
+                    403,
+                    "model_not_allowed",
+                    f"tenant {tenant.name!r} may not use model {model!r}",
+                    param="model",
+                )
+            upstream = self.routes.resolve(model)
+            stream = body.get("stream", False)
+            if stream is not True and stream is not False and stream is not None:
+                raise GatewayError(
+                    400, "invalid_request", "'stream' must be true or false", param="stream"
+                )
+            stream = stream is True and endpoint != EMBEDDINGS
+            max_output, dirty = self._cap_output(endpoint, body, limits.max_output_tokens)
+            client_usage = True
+            if stream:
+                client_usage = request_usage(body)
+                dirty = dirty or not client_usage
+            prompt = await self.tokenizer.measure(upstream, body, limits.max_context_tokens)
+            if prompt > limits.max_context_tokens:
+                raise GatewayError(
+                    400,
+                    "context_too_long",
+                    f"the prompt has {prompt} tokens; tenant {tenant.name!r} allows at most "
+                    f"{limits.max_context_tokens}",
+                    param="messages" if endpoint == CHAT else "prompt",
+                )
+            admission = self.limiter.admit(
+                tenant, prompt_tokens=prompt, max_output_tokens=max_output
+            )
+        except GatewayError as exc:
+            await self._refuse(send, exc, extra, tenant, model, ts, t0)
+            return
+        except _ClientGone:
+            return
+        payload = json_dumps(body) if dirty else raw
+        url = upstream.base_url + _UPSTREAM_PATHS[endpoint]
+        self.routes.begin(upstream.instance_id)
+        try:
+            if stream:
+                await self._relay_stream(
+                    send, receive, url, payload, upstream, tenant, model, admission,
+                    prompt, client_usage, body, extra, ts, t0,
+                )  # fmt: skip
+            else:
+                await self._relay_once(
+                    send, receive, url, payload, upstream, tenant, model, admission,
+                    prompt, extra, ts, t0,
+                )  # fmt: skip
+        finally:
+            self.routes.end(upstream.instance_id)
+            # Normally a no-op (every path above finishes it); a safety net for the unforeseen.
+            admission.finish(actual_tokens=prompt)
+
+    async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
+        limit = self._max_body
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise GatewayError(400, "invalid_request", "invalid Content-Length") from None
+            if declared > limit:
+                raise _too_large(limit)
+        message = await receive()
+        chunk: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            if len(chunk) > limit:
+                raise _too_large(limit)
+            return chunk
+        parts = [chunk]
+        size = len(chunk)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    def _cap_output(self, endpoint: int, body: dict[str, Any], cap: int) -> tuple[int, bool]:
+        """Check the output-length fields against ``cap``; returns (tokens to reserve, dirty).
+
+        A request naming none gets ``max_tokens = cap`` (the engine would otherwise use all
+        the context left); with ``clamp_output`` a larger value is lowered to the cap.
+        """
+        fields = _OUTPUT_FIELDS[endpoint]
+        if not fields:
+            return 0, False
+        dirty = False
+        asked = -1
+        for key in fields:
+            value = body.get(key)
+            if value is None:
+                continue
+            if type(value) is not int or value < 1:
+                raise GatewayError(
+                    400,
+                    "invalid_request",
+                    f"{key!r} must be a positive integer, got {value!r}",
+                    param=key,
+                )
+            if value > cap:
+                if not self._clamp:
+                    raise GatewayError(
+                        400,
+                        "output_too_long",
+                        f"{key}={value} exceeds this tenant's max_output_tokens of {cap}",
+                        param=key,
+                    )
+                body[key] = value = cap
+                dirty = True
+            asked = max(asked, value)
+        if asked < 0:
+            body["max_tokens"] = asked = cap
+            dirty = True
+        n = body.get("n")
+        if type(n) is int and n > 1:
+            asked *= n  # every choice may produce max_tokens
+        return asked, dirty
+
+    def _watch(self, receive: Receive) -> tuple[_Flight, asyncio.Task[None]]:
+        task = asyncio.current_task()
+        assert task is not None
+        flight = _Flight(task)
+        return flight, asyncio.get_running_loop().create_task(_watch_disconnect(receive, flight))
+
+    async def _relay_once(
+        self,
+        send: Send,
+        receive: Receive,
+        url: str,
+        payload: bytes,
+        upstream: Upstream,
+        tenant: TenantContext,
+        model: str,
+        admission: Admission,
+        prompt: int,
+        extra: list[tuple[bytes, bytes]] | None,
+        ts: float,
+        t0: float,
+    ) -> None:
+        session = self._session
+        assert session is not None, "GatewayApp.startup() was not called"
+        flight, watcher = self._watch(receive)
+        status = 502
+        error_code: str | None = None
+        completion = 0
+        try:
+            try:
+                t_up = time.perf_counter()
+                async with session.post(
+                    url, data=payload, headers=_UPSTREAM_HEADERS, timeout=self._timeout
+                ) as resp:
+                    self.metrics.upstream_latency(time.perf_counter() - t_up)
+                    data = await resp.read()
+                    status = resp.status
+                    ctype = resp.headers.get("Content-Type", "application/json")
+            except asyncio.CancelledError:
+                if not flight.gone:
+                    raise
+                task = flight.task
+                task.uncancel()
+                self._finish(
+                    admission, tenant, model, upstream, 499, "client_disconnected",
+                    prompt, 0, None, ts, t0, streamed=False, disconnected=True,
+                )  # fmt: skip
+                return
+            except Exception as exc:
+                err = self._upstream_error(exc, upstream)
+                flight.finished = True
+                await _send_error(send, err, extra)
+                self._finish(
+                    admission, tenant, model, upstream, err.http_status, err.code,
+                    prompt, 0, None, ts, t0, streamed=False, disconnected=False,
+                )  # fmt: skip
+                return
+            if status == 200:
+                prompt, completion = _usage_of(data, prompt)
+            else:
+                error_code = f"upstream_{status}"
+            headers = [(b"content-type", ctype.encode("latin-1")), _length(data)]
+            if extra:
+                headers.extend(extra)
+            flight.finished = True
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": data, "more_body": False})
+            self._finish(
+                admission, tenant, model, upstream, status, error_code,
+                prompt, completion, None, ts, t0, streamed=False, disconnected=False,
+            )  # fmt: skip
+        finally:
+            watcher.cancel()
+
+    async def _relay_stream(
+        self,
+        send: Send,
+        receive: Receive,
+        url: str,
+        payload: bytes,
+        upstream: Upstream,
+        tenant: TenantContext,
+        model: str,
+        admission: Admission,
+        prompt: int,
+        client_usage: bool,
+        body: dict[str, Any],
+        extra: list[tuple[bytes, bytes]] | None,
+        ts: float,
+        t0: float,
+    ) -> None:
+        session = self._session
+        assert session is not None, "GatewayApp.startup() was not called"
+        flight, watcher = self._watch(receive)
+        relay = SSERelay(strip_usage=not client_usage)
+        resp: aiohttp.ClientResponse | None = None
+        started = False
+        ttft: float | None = None
+        status = 502
+        error_code: str | None = None
+        try:
+            try:
+                t_up = time.perf_counter()
+                resp = await session.post(
+                    url, data=payload, headers=_UPSTREAM_HEADERS, timeout=self._timeout
+                )
+                self.metrics.upstream_latency(time.perf_counter() - t_up)
+                status = resp.status
+                if status != 200:
+                    data = await resp.read()
+                    ctype = resp.headers.get("Content-Type", "application/json")
+                    headers = [(b"content-type", ctype.encode("latin-1")), _length(data)]
+                    if extra:
+                        headers.extend(extra)
+                    flight.finished = True
+                    started = True
+                    await send(
+                        {"type": "http.response.start", "status": status, "headers": headers}
+                    )
+                    await send({"type": "http.response.body", "body": data, "more_body": False})
+                    self._finish(
+                        admission, tenant, model, upstream, status, f"upstream_{status}",
+                        prompt, 0, None, ts, t0, streamed=True, disconnected=False,
+                    )  # fmt: skip
+                    return
+                headers = [_CT_SSE, _NO_CACHE]
+                if extra:
+                    headers.extend(extra)
+                started = True
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                async for data in resp.content.iter_any():
+                    out = relay.feed(data)
+                    if out:
+                        if ttft is None:
+                            ttft = time.perf_counter() - t0
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                tail = relay.flush()
+            except asyncio.CancelledError:
+                if not flight.gone:
+                    raise
+                flight.task.uncancel()
+                if resp is not None:
+                    resp.close()  # the engine sees the connection drop and aborts the request
+                    resp = None
+                self._finish_disconnected(
+                    admission, tenant, model, upstream, body, 200 if started else 499,
+                    prompt, relay.chunks, ttft, ts, t0,
+                )  # fmt: skip
+                return
+            except Exception as exc:
+                err = self._upstream_error(exc, upstream)
+                flight.finished = True
+                if not started:
+                    await _send_error(send, err, extra)
+                    status = err.http_status
+                else:
+                    # Mid-stream: the head (200) is gone; end the stream the way vLLM does.
+                    event = b"data: " + json_dumps({"error": err.to_dict()}) + b"\n\n"
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": relay.flush() + event + _DONE_EVENT,
+                            "more_body": False,
+                        }
+                    )
+                completion = relay.completion_tokens
+                self._finish(
+                    admission, tenant, model, upstream, status, err.code,
+                    relay.prompt_tokens or prompt, completion, ttft, ts, t0,
+                    streamed=True, disconnected=False,
+                )  # fmt: skip
+                return
+            flight.finished = True
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            if relay.usage is None:
+                error_code = "upstream_no_usage" if relay.chunks == 0 else None
+            self._finish(
+                admission, tenant, model, upstream, 200, error_code,
+                relay.prompt_tokens or prompt, relay.completion_tokens, ttft, ts, t0,
+                streamed=True, disconnected=False,
+            )  # fmt: skip
+        finally:
+            watcher.cancel()
+            if resp is not None:
+                resp.release()
+
+    # -- accounting -----------------------------------------------------------------------
+
+    def _finish(
+        self,
+        admission: Admission,
+        tenant: TenantContext,
+        model: str,
+        upstream: Upstream,
+        status: int,
+        error_code: str | None,
+        prompt: int,
+        completion: int,
+        ttft: float | None,
+        ts: float,
+        t0: float,
+        *,
+        streamed: bool,
+        disconnected: bool,
+    ) -> None:
+        duration = time.perf_counter() - t0
+        admission.finish(actual_tokens=prompt + completion)
+        self.metrics.request(
+            model, tenant.name, status, duration, ttft, prompt, completion, streamed
+        )
+        self.usage.submit(
+            UsageRecord(
+                ts,
+                tenant.tenant_id,
+                tenant.key_prefix,
+                model,
+                upstream.instance_id,
+                status,
+                prompt,
+                completion,
+                ttft * 1000.0 if ttft is not None else None,
+                duration * 1000.0,
+                streamed,
+                disconnected,
+                error_code,
+            )
+        )
+
+    def _finish_disconnected(
+        self,
+        admission: Admission,
+        tenant: TenantContext,
+        model: str,
+        upstream: Upstream,
+        body: dict[str, Any],
+        status: int,
+        prompt: int,
+        completion: int,
+        ttft: float | None,
+        ts: float,
+        t0: float,
+    ) -> None:
+        """A stream the client left: release now; the usage row may wait for an exact count.
+
+        If the prompt count was only the estimate (the cheap path of PromptCounter.measure),
+        the engine's tokenizer is asked in the background so that the row records the real
+        prompt tokens; the slot and the TPM reservation are released at once regardless.
+        """
+        duration = time.perf_counter() - t0
+        admission.finish(actual_tokens=prompt + completion)
+        self.metrics.request(model, tenant.name, status, duration, ttft, prompt, completion, True)
+        row = UsageRecord(
+            ts,
+            tenant.tenant_id,
+            tenant.key_prefix,
+            model,
+            upstream.instance_id,
+            status,
+            prompt,
+            completion,
+            ttft * 1000.0 if ttft is not None else None,
+            duration * 1000.0,
+            True,
+            True,
+            "client_disconnected",
+        )
+        if self._closing or self.tokenizer.upper_bound(body) is None:
+            # upper_bound None: measure() already asked the engine; the count is exact.
+            self.usage.submit(row)
+            return
+        task = asyncio.get_running_loop().create_task(self._exact_usage(row, upstream, body))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _exact_usage(
+        self, row: UsageRecord, upstream: Upstream, body: dict[str, Any]
+    ) -> None:
+        try:
+            row.prompt_tokens = await self.tokenizer.count(upstream, body)
+        finally:
+            self.usage.submit(row)
+
+    def _upstream_error(self, exc: BaseException, upstream: Upstream) -> GatewayError:
+        where = f"instance {upstream.instance_id} at {upstream.host}:{upstream.port}"
+        if isinstance(exc, asyncio.TimeoutError):
+            return GatewayError(
+                504,
+                "upstream_timeout",
+                f"{where} did not answer within {self.settings.upstream_timeout_s:g} s",
+            )
+        if isinstance(exc, self._exc_connect):
+            return GatewayError(502, "upstream_error", f"cannot connect to {where}: {exc}")
+        if isinstance(exc, self._exc_client):
+            return GatewayError(502, "upstream_error", f"{where} failed: {exc!r}")
+        _log.error("gateway: unexpected error relaying to %s", where, exc_info=exc)
+        return GatewayError(500, "internal_error", f"the gateway failed: {exc!r}")
+
+    async def _refuse(
+        self,
+        send: Send,
+        exc: GatewayError,
+        extra: list[tuple[bytes, bytes]] | None,
+        tenant: TenantContext | None,
+        model: str,
+        ts: float,
+        t0: float,
+    ) -> None:
+        await _send_error(send, exc, extra)
+        code = exc.code or "error"
+        name = tenant.name if tenant is not None else None
+        duration = time.perf_counter() - t0
+        self.metrics.rejection(code, name)
+        self.metrics.request(model, name, exc.http_status, duration, None, 0, 0, False)
+        if tenant is not None:
+            self.usage.submit(
+                UsageRecord(
+                    ts,
+                    tenant.tenant_id,
+                    tenant.key_prefix,
+                    model,
+                    None,
+                    exc.http_status,
+                    0,
+                    0,
+                    None,
+                    duration * 1000.0,
+                    False,
+                    False,
+                    code,
+                )
+            )
+
+    # -- everything else --------------------------------------------------------------------
+
+    async def _other(
+        self, path: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        origin: bytes | None = None
+        if self._cors:
+            for name, value in scope["headers"]:
+                if name == b"origin":
+                    origin = value
+        extra = self._cors_headers(origin) if origin is not None else None
+        try:
+            if path.startswith("/admin/") or path == "/admin":
+                await self._admin(path, scope, receive, send)
+                return
+            if method == "OPTIONS":
+                await self._preflight(scope, send, extra)
+                return
+            if path in _POST_ROUTES:
+                raise _method_not_allowed(method, path, "POST")
+            if method not in ("GET", "HEAD"):
+                if path in ("/v1/models", "/livez", "/healthz", "/version", "/metrics"):
+                    raise _method_not_allowed(method, path, "GET")
+                raise GatewayError(404, "not_found", f"no route {method} {path}")
+            if path == "/v1/models":
+                await self._models(scope, send, extra)
+            elif path == "/livez":
+                await _send_json(send, 200, b'{"status":"ok"}', extra)
+            elif path == "/healthz":
+                report = await self._health()
+                ok = report.get("status", "ok") == "ok"
+                await _send_json(send, 200 if ok else 503, json_dumps(report), extra)
+            elif path == "/version":
+                await _send_json(send, 200, self._version_body, extra)
+            elif path == "/metrics":
+                if not self.settings.metrics_public:
+                    self._check_admin(scope)
+                text = self.metrics.render(self.routes.metrics_lines()).encode()
+                headers = [_CT_TEXT, _length(text)]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": text, "more_body": False})
+            else:
+                raise GatewayError(404, "not_found", f"no route {method} {path}")
+        except GatewayError as exc:
+            await _send_error(send, exc, extra)
+
+    async def _models(
+        self, scope: Scope, send: Send, extra: list[tuple[bytes, bytes]] | None
+    ) -> None:
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+        tenant = self.auth.authenticate(authorization)
+        allowed = tenant.limits.allowed_models
+        data = self.routes.models()
+        if allowed is not None:
+            data = [m for m in data if m["id"] in allowed]
+        await _send_json(send, 200, json_dumps({"object": "list", "data": data}), extra)
+
+    def _check_admin(self, scope: Scope) -> None:
+        """Unix socket: allowed. TCP: the admin token, as X-Admin-Token or Bearer."""
+        server = scope.get("server")
+        if server is None or server[1] is None:
+            return  # a Unix socket: the file system is the authentication
+        if self._admin_token is None:
+            raise GatewayError(
+                503,
+                "admin_unavailable",
+                "no admin token is configured (set daemon.admin_token or "
+                "STUDIOCTL_ADMIN_TOKEN); admin routes are served on the Unix socket only",
+            )
+        presented: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-admin-token":
+                presented = value.strip()
+                break
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                presented = value[7:].strip()
+        if presented is None or not hmac.compare_digest(presented, self._admin_token):
+            raise GatewayError(
+                401,
+                "unauthorized",
+                "missing or wrong admin token (send it as the X-Admin-Token header)",
+            )
+
+    async def _admin(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        self._check_admin(scope)
+        if self.admin_app is None:
+            raise GatewayError(404, "not_found", "no admin API is served here")
+        sub = dict(scope)
+        sub["path"] = path[len("/admin") :] or "/"
+        raw_path = scope.get("raw_path")
+        if isinstance(raw_path, bytes) and raw_path.startswith(b"/admin"):
+            sub["raw_path"] = raw_path[len(b"/admin") :] or b"/"
+        await self.admin_app(sub, receive, send)
+
+    def _cors_headers(self, origin: bytes) -> list[tuple[bytes, bytes]] | None:
+        if self._cors_any or origin in self._cors:
+            return [
+                (b"access-control-allow-origin", origin),
+                (b"vary", b"Origin"),
+                (b"access-control-expose-headers", b"retry-after"),
+            ]
+        return None
+
+    async def _preflight(
+        self, scope: Scope, send: Send, extra: list[tuple[bytes, bytes]] | None
+    ) -> None:
+        if extra is None:
+            raise GatewayError(
+                405 if not self._cors else 403,
+                "method_not_allowed" if not self._cors else "cors_forbidden",
+                "CORS is not enabled (gateway.cors_origins)"
+                if not self._cors
+                else "origin not allowed by gateway.cors_origins",
+            )
+        headers = [
+            *extra,
+            (b"access-control-allow-methods", _CORS_METHODS),
+            (b"access-control-allow-headers", _CORS_HEADERS),
+            (b"access-control-max-age", b"600"),
+            (b"content-length", b"0"),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def _watch_disconnect(receive: Receive, flight: _Flight) -> None:
+    """Wait for the client to go away; then cancel the request's task (unless it is done)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not flight.finished:
+                flight.gone = True
+                flight.task.cancel()
+            return
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise GatewayError(400, "invalid_json", "the request body is empty; expected JSON")
+    try:
+        body = json_loads(raw)
+    except ValueError as exc:
+        raise GatewayError(
+            400, "invalid_json", f"the request body is not valid JSON: {exc}"
+        ) from None
+    if not isinstance(body, dict):
+        raise GatewayError(
+            400,
+            "invalid_json",
+            f"the request body must be a JSON object, got {type(body).__name__}",
+        )
+    return body
+
+
+def _model_of(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError(
+            400,
+            "invalid_request",
+            "missing 'model': name the model to use (see GET /v1/models)",
+            param="model",
+        )
+    return model
+
+
+def _usage_of(data: bytes, prompt: int) -> tuple[int, int]:
+    """(prompt, completion) tokens from an engine's JSON answer (prompt: ours if absent)."""
+    try:
+        usage = json_loads(data).get("usage")
+    except (ValueError, AttributeError):
+        return prompt, 0
+    if not isinstance(usage, dict):
+        return prompt, 0
+    p = usage.get("prompt_tokens")
+    c = usage.get("completion_tokens")
+    return (p if isinstance(p, int) else prompt), (c if isinstance(c, int) else 0)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413,
+        "body_too_large",
+        f"the request body exceeds gateway.max_body_bytes ({limit} bytes)",
+    )
+
+
+def _method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:
+    return GatewayError(405, "method_not_allowed", f"{method} {path}: use {allowed}")
+
+
+def _length(body: bytes) -> tuple[bytes, bytes]:
+    return (b"content-length", str(len(body)).encode())
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None
+) -> None:
+    headers = [_CT_JSON, _length(body)]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_error(
+    send: Send, exc: GatewayError, extra: list[tuple[bytes, bytes]] | None
+) -> None:
+    body = json_dumps({"error": exc.to_dict()})
+    headers = [_CT_JSON, _length(body)]
+    if exc.retry_after is not None:
+        headers.append((b"retry-after", str(max(0, math.ceil(exc.retry_after))).encode()))
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

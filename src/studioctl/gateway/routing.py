@@ -1,0 +1,197 @@
+"""Which engine instance serves a model name: the gateway's route table.
+
+The daemon calls :meth:`RouteTable.update` whenever an instance changes state (and with every
+recipe's served names, so that a known-but-stopped model answers 503 with a hint instead of
+404). The proxy calls :meth:`RouteTable.resolve` once per request; it is a dictionary lookup.
+
+    resolve(model)
+      served by a ready instance                 → that Upstream (the least busy if several)
+      served by a starting/loading/draining one  → 503 model_loading, Retry-After
+      named by a recipe, nothing running         → 503 model_not_running, hint "studioctl launch R"
+      anything else                              → 404 model_not_found
+
+The table also counts requests in flight per instance (``begin``/``end``); eviction drains on
+:meth:`RouteTable.inflight` reaching 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from studioctl.errors import GatewayError
+
+READY = "ready"
+# States in which the instance will (again) serve soon: clients are told to retry.
+PENDING_STATES = frozenset({"starting", "loading", "draining"})
+# Seconds a client is told to wait for an instance that is loading or draining.
+LOADING_RETRY_AFTER_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One engine instance as the gateway sees it."""
+
+    instance_id: str
+    recipe_id: str
+    host: str
+    port: int
+    state: str
+    model_names: tuple[str, ...]  # served names and aliases
+    base_url: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        object.__setattr__(self, "base_url", f"http://{host}:{self.port}")
+
+
+class RouteTable:
+    """Model name → upstream instance, rebuilt wholesale by :meth:`update`.
+
+    Reads never lock: :meth:`update` builds new dictionaries and swaps them in, so a request
+    sees either the old table or the new one, never half of each.
+    """
+
+    def __init__(self) -> None:
+        self._ready: dict[str, tuple[Upstream, ...]] = {}
+        self._pending: dict[str, Upstream] = {}
+        self._known: dict[str, str] = {}
+        self._upstreams: tuple[Upstream, ...] = ()
+        self._inflight: dict[str, int] = {}
+        self._created = int(time.time())
+
+    # -- updates (daemon side) ----------------------------------------------------------
+
+    def update(self, upstreams: Iterable[Upstream], known: Mapping[str, str]) -> None:
+        """Replace the table. ``known`` maps every recipe's model names to the recipe id."""
+        ready: dict[str, list[Upstream]] = {}
+        pending: dict[str, Upstream] = {}
+        ups = tuple(upstreams)
+        for up in ups:
+            for name in up.model_names:
+                if up.state == READY:
+                    ready.setdefault(name, []).append(up)
+                elif up.state in PENDING_STATES:
+                    pending.setdefault(name, up)
+        self._ready = {name: tuple(lst) for name, lst in ready.items()}
+        self._pending = pending
+        self._known = dict(known)
+        self._upstreams = ups
+        self._created = int(time.time())
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def resolve(self, model: str) -> Upstream:
+        """The instance to send a request for ``model`` to, or the GatewayError to answer."""
+        candidates = self._ready.get(model)
+        if candidates is not None:
+            if len(candidates) == 1:
+                return candidates[0]
+            inflight = self._inflight
+            return min(candidates, key=lambda u: inflight.get(u.instance_id, 0))
+        pending = self._pending.get(model)
+        if pending is not None:
+            return _raise_loading(model, pending)
+        recipe = self._known.get(model)
+        if recipe is not None:
+            raise GatewayError(
+                503,
+                "model_not_running",
+                f"model {model!r} (recipe {recipe!r}) is not running",
+                hint=f"studioctl launch {recipe}",
+            )
+        raise GatewayError(
+            404,
+            "model_not_found",
+            f"the model {model!r} does not exist",
+            param="model",
+        )
+
+    def begin(self, instance_id: str) -> None:
+        self._inflight[instance_id] = self._inflight.get(instance_id, 0) + 1
+
+    def end(self, instance_id: str) -> None:
+        n = self._inflight.get(instance_id, 0) - 1
+        if n > 0:
+            self._inflight[instance_id] = n
+        else:
+            self._inflight.pop(instance_id, None)
+
+    def inflight(self, instance_id: str | None = None) -> int:
+        """Requests in flight to one instance, or to all of them."""
+        if instance_id is None:
+            return sum(self._inflight.values())
+        return self._inflight.get(instance_id, 0)
+
+    # -- listings -----------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        """``/v1/models`` data: served names of ready instances, then everything else known.
+
+        Entries carry the OpenAI fields (id, object, created, owned_by) plus ``state``
+        (``ready``, ``loading``… or ``not_loaded``), ``recipe`` and ``instance``.
+        """
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for name, ups in self._ready.items():
+            up = ups[0]
+            out.append(self._entry(name, up.recipe_id, READY, up.instance_id))
+            seen.add(name)
+        for name, up in self._pending.items():
+            if name not in seen:
+                out.append(self._entry(name, up.recipe_id, up.state, up.instance_id))
+                seen.add(name)
+        for name, recipe in self._known.items():
+            if name not in seen:
+                out.append(self._entry(name, recipe, "not_loaded", None))
+                seen.add(name)
+        return out
+
+    def upstreams(self) -> tuple[Upstream, ...]:
+        return self._upstreams
+
+    def metrics_lines(self) -> str:
+        """Prometheus lines for instance states and in-flight counts (for /metrics)."""
+        lines = [
+            "# HELP studioctl_instance_up 1 for each instance known to the gateway, by state.",
+            "# TYPE studioctl_instance_up gauge",
+        ]
+        for up in self._upstreams:
+            lines.append(
+                f'studioctl_instance_up{{instance="{_esc(up.instance_id)}",'
+                f'recipe="{_esc(up.recipe_id)}",state="{_esc(up.state)}"}} 1'
+            )
+        lines.append("# HELP studioctl_instance_inflight Gateway requests in flight per instance.")
+        lines.append("# TYPE studioctl_instance_inflight gauge")
+        for up in self._upstreams:
+            lines.append(
+                f'studioctl_instance_inflight{{instance="{_esc(up.instance_id)}"}} '
+                f"{self._inflight.get(up.instance_id, 0)}"
+            )
+        return "\n".join(lines) + "\n"
+
+    def _entry(self, name: str, recipe: str, state: str, instance: str | None) -> dict[str, Any]:
+        return {
+            "id": name,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "studioctl",
+            "state": state,
+            "recipe": recipe,
+            "instance": instance,
+        }
+
+
+def _raise_loading(model: str, up: Upstream) -> Upstream:
+    raise GatewayError(
+        503,
+        "model_loading",
+        f"model {model!r} is {up.state} (instance {up.instance_id}); retry shortly",
+        retry_after=LOADING_RETRY_AFTER_S,
+    )
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

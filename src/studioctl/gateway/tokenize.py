@@ -1,0 +1,223 @@
+"""Prompt token counts for the context cap and the TPM reservation.
+
+Exact counts come from the engine's own tokenizer: vLLM's ``POST /tokenize`` (``{"model",
+"messages"}`` or ``{"model", "prompt"}`` → ``{"count"}``), which applies the model's chat
+template exactly as the completion will. That is an extra round trip to the engine, so the
+gateway asks for it only when it matters:
+
+- :meth:`PromptCounter.upper_bound` is a cheap bound that is never below the engine's count:
+  the UTF-8 size of all prompt text plus a fixed allowance for the chat template
+  (``TEMPLATE_ALLOWANCE`` + ``PER_MESSAGE_ALLOWANCE`` per message). It holds because every
+  token of a byte-level BPE or byte-fallback tokenizer covers at least one byte. Prompts with
+  images or audio have no such bound.
+- :meth:`PromptCounter.measure` returns the estimate when the bound already fits under the
+  cap (no request that the exact count would refuse can pass), else the exact count.
+- The estimate (:meth:`PromptCounter.estimate`) is characters / 4 plus 4 per message. It is
+  what an engine without ``/tokenize`` is judged by, and what the TPM bucket reserves before
+  it is reconciled with the engine's reported usage.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from studioctl.gateway.routing import Upstream
+from studioctl.gateway.sse import json_dumps, json_loads
+
+if TYPE_CHECKING:
+    import aiohttp
+
+CHARS_PER_TOKEN = 4
+PER_MESSAGE_ESTIMATE = 4
+# Chat templates add role markers, default system prompts and tool instructions around the
+# messages; these allowances bound that overhead for the upper bound.
+TEMPLATE_ALLOWANCE = 512
+PER_MESSAGE_ALLOWANCE = 16
+
+
+class PromptCounter:
+    """Counts prompt tokens, with the engine's tokenizer when the count decides anything."""
+
+    def __init__(self, *, timeout_s: float = 10.0) -> None:
+        self._timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+        self._own_session = False
+        self._no_tokenizer: set[str] = set()  # instance ids whose engine has no /tokenize
+
+    def bind(self, session: aiohttp.ClientSession) -> None:
+        """Use the gateway's shared upstream session (called by GatewayApp.startup)."""
+        self._session = session
+        self._own_session = False
+
+    async def aclose(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    async def measure(self, upstream: Upstream, body: dict[str, Any], limit: int) -> int:
+        """The prompt's token count as far as ``limit`` needs it.
+
+        When :meth:`upper_bound` fits under ``limit`` the cheap estimate is returned (the
+        engine's usage later corrects the accounting); otherwise the engine counts.
+        """
+        bound = upper_bound(body)
+        if bound is not None and bound <= limit:
+            return estimate(body)
+        return await self.count(upstream, body)
+
+    async def count(self, upstream: Upstream, body: dict[str, Any]) -> int:
+        """The exact prompt tokens per the engine (estimate if it has no tokenizer)."""
+        if upstream.instance_id in self._no_tokenizer:
+            return estimate(body)
+        model = body.get("model")
+        if "messages" in body:
+            req: dict[str, Any] = {
+                "model": model,
+                "messages": body["messages"],
+                "add_generation_prompt": True,
+            }
+            for key in ("tools", "chat_template", "chat_template_kwargs"):
+                if key in body:
+                    req[key] = body[key]
+            return await self._tokenize(upstream, req, body)
+        prompts = body.get("prompt", body.get("input"))
+        total = 0
+        for item in _as_prompt_list(prompts):
+            if isinstance(item, str):
+                total += await self._tokenize(upstream, {"model": model, "prompt": item}, body)
+            else:  # already token ids
+                total += len(item)
+        return total
+
+    def estimate(self, body: dict[str, Any]) -> int:
+        return estimate(body)
+
+    def upper_bound(self, body: dict[str, Any]) -> int | None:
+        return upper_bound(body)
+
+    async def _tokenize(self, upstream: Upstream, req: dict[str, Any], body: dict[str, Any]) -> int:
+        import aiohttp
+
+        session = self._session
+        if session is None:
+            session = self._session = aiohttp.ClientSession()
+            self._own_session = True
+        try:
+            async with session.post(
+                upstream.base_url + "/tokenize",
+                data=json_dumps(req),
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            ) as resp:
+                if resp.status in (404, 405):
+                    self._no_tokenizer.add(upstream.instance_id)
+                    return estimate(body)
+                if resp.status != 200:
+                    return estimate(body)
+                data = json_loads(await resp.read())
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return estimate(body)
+        count = data.get("count") if isinstance(data, dict) else None
+        if isinstance(count, int):
+            return count
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        return len(tokens) if isinstance(tokens, list) else estimate(body)
+
+
+def estimate(body: dict[str, Any]) -> int:
+    """Documented estimate: ceil(characters / 4) + 4 per chat message."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        chars = sum(_message_chars(m) for m in messages)
+        chars += _json_len(body.get("tools"))
+        return math.ceil(chars / CHARS_PER_TOKEN) + PER_MESSAGE_ESTIMATE * len(messages)
+    total = 0
+    for item in _as_prompt_list(body.get("prompt", body.get("input"))):
+        total += math.ceil(len(item) / CHARS_PER_TOKEN) if isinstance(item, str) else len(item)
+    return total
+
+
+def upper_bound(body: dict[str, Any]) -> int | None:
+    """A count never below the engine's, or None when there is none (images, audio…)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        size = 0
+        for m in messages:
+            b = _message_bytes(m)
+            if b is None:
+                return None
+            size += b
+        if "tools" in body:
+            size += _json_len(body["tools"]) * 2  # tool schemas are rendered with decoration
+        return size + TEMPLATE_ALLOWANCE + PER_MESSAGE_ALLOWANCE * len(messages)
+    total = 0
+    for item in _as_prompt_list(body.get("prompt", body.get("input"))):
+        # +2 per prompt: BOS/EOS specials and a sentencepiece dummy prefix
+        total += (len(item.encode()) if isinstance(item, str) else len(item)) + 2
+    return total
+
+
+def _as_prompt_list(value: Any) -> list[str | list[Any]]:
+    """A completion/embedding prompt in any of its shapes → a list of strings / token lists."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        if not value:
+            return []
+        if all(isinstance(v, int) for v in value):
+            return [value]
+        return [v if isinstance(v, str | list) else str(v) for v in value]
+    return []
+
+
+def _message_chars(message: Any) -> int:
+    if not isinstance(message, dict):
+        return len(str(message))
+    content = message.get("content")
+    n = 0
+    if isinstance(content, str):
+        n = len(content)
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                n += len(part["text"])
+    for key in ("name", "role"):
+        value = message.get(key)
+        if isinstance(value, str):
+            n += len(value)
+    if "tool_calls" in message:
+        n += _json_len(message["tool_calls"])
+    return n
+
+
+def _message_bytes(message: Any) -> int | None:
+    if not isinstance(message, dict):
+        return None
+    n = 0
+    content = message.get("content")
+    if isinstance(content, str):
+        n += len(content.encode())
+    elif isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict) or part.get("type", "text") != "text":
+                return None  # images, audio, files: no byte bound
+            text = part.get("text")
+            if isinstance(text, str):
+                n += len(text.encode())
+    elif content is not None:
+        return None
+    for key in ("name", "role"):
+        value = message.get(key)
+        if isinstance(value, str):
+            n += len(value.encode())
+    for key in ("tool_calls", "reasoning_content"):
+        if key in message:
+            n += _json_len(message[key])
+    return n
+
+
+def _json_len(value: Any) -> int:
+    if value is None:
+        return 0
+    return len(json_dumps(value))
