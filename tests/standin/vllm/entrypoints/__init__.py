@@ -1,0 +1,1 @@
+"""Part of the engine stand-in (tests only): not the real package."""
