@@ -196,7 +196,10 @@ def validate_settings_file(path: Path) -> Settings:
 
 
 class _Layer:
-    """Values collected from one source: dotted key → (value, source label, error location)."""
+    """The values read so far: dotted key → value, source label, error location.
+
+    Sources are read from lowest to highest precedence; a later one overwrites.
+    """
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
@@ -250,7 +253,7 @@ def _read_file(path: Path, interp_env: Mapping[str, str], layer: _Layer) -> None
         raise ConfigError(
             "settings file not found",
             file=str(path),
-            hint="create it, or unset --config / STUDIOCTL_CONFIG to use the default file",
+            hint="check the path given on the command line, with --config or in STUDIOCTL_CONFIG",
         )
     doc = load_file(path, error=ConfigError)
     data = doc.data
@@ -354,7 +357,7 @@ def _read_env(env: Mapping[str, str], layer: _Layer) -> None:
         if not text:
             continue  # unset or empty: not given
         where = {"key": name, "setting": dotted}
-        parsed = _coerce(dotted, text, text=True, base=Path.cwd(), where=where)
+        parsed = _coerce(dotted, text, text=True, base=None, where=where)
         layer.set(dotted, parsed, f"env:{name}", where)
 
 
@@ -366,7 +369,7 @@ def _read_overrides(overrides: Mapping[str, Any], layer: _Layer) -> None:
         if dotted not in keys:
             raise UsageError(f"unknown setting {dotted!r}{_did_you_mean(dotted, keys)}")
         where = {"flag": dotted}
-        parsed = _coerce(dotted, value, text=isinstance(value, str), base=Path.cwd(), where=where)
+        parsed = _coerce(dotted, value, text=isinstance(value, str), base=None, where=where)
         layer.set(dotted, parsed, "flag", where)
 
 
@@ -420,8 +423,14 @@ def _keys(section: str) -> list[str]:
     return list(_FIELD_KINDS[section])
 
 
-def _coerce(dotted: str, value: Any, *, text: bool, base: Path, where: dict[str, Any]) -> Any:
-    """Check ``value`` for key ``dotted`` and return it typed; ``text``: parse a string form."""
+def _coerce(
+    dotted: str, value: Any, *, text: bool, base: Path | None, where: dict[str, Any]
+) -> Any:
+    """Check ``value`` for key ``dotted`` and return it typed; ``text``: parse a string form.
+
+    Relative paths are resolved against ``base`` (the settings file's folder), or the
+    current directory when ``base`` is None (environment, flags).
+    """
     kind = _kind_of(dotted)
     if kind == "int":
         out: Any = _as_int(value, text, dotted, where)
@@ -483,7 +492,7 @@ def _as_bool(value: Any, text: bool, dotted: str, where: dict[str, Any]) -> bool
 
 
 def _as_list(
-    kind: str, value: Any, text: bool, base: Path, dotted: str, where: dict[str, Any]
+    kind: str, value: Any, text: bool, base: Path | None, dotted: str, where: dict[str, Any]
 ) -> tuple[Any, ...]:
     sep = os.pathsep if kind == "path_list" else ","
     if text and isinstance(value, str):
@@ -501,7 +510,9 @@ def _as_list(
             raise _error(f"item {i} must be a non-empty string, got {got}", where)
         if kind == "path_list":
             p = Path(item).expanduser()
-            out.append(Path(os.path.normpath(p if p.is_absolute() else base / p)))
+            if not p.is_absolute():
+                p = (base if base is not None else Path.cwd()) / p
+            out.append(Path(os.path.normpath(p)))
         else:
             out.append(item)
     return tuple(out)
