@@ -177,6 +177,11 @@ def test_gpu_lost_mid_run() -> None:
     assert lost.lost is True
     assert lost.error == "GPU is lost"
     assert lost.power_w is None and lost.processes == ()
+    # Still named: NVML cannot say any more, the earlier snapshot could.
+    assert (lost.name, lost.uuid) == (before.gpus[1].name, before.gpus[1].uuid)
+    # A fresh Nvml never saw it: lost, unnamed.
+    fresh = Nvml(module=fake).snapshot().gpus[1]
+    assert fresh.lost is True and fresh.name is None and fresh.uuid is None
 
 
 def test_gpu_lost_after_name_keeps_name() -> None:

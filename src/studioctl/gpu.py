@@ -116,6 +116,8 @@ class Nvml:
         self._clock = clock
         self._initialized = False
         self._logged_reason: str | None = None
+        # index → (name, uuid) last read: a GPU lost mid-run is still named in later snapshots
+        self._known: dict[int, tuple[str | None, str | None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -183,20 +185,32 @@ class Nvml:
         return HostGpus(True, None, driver, cuda, gpus, self._clock())
 
     def _read_gpu(self, m: Any, index: int) -> GpuSnapshot:
+        known_name, known_uuid = self._known.get(index, (None, None))
         try:
             handle = m.nvmlDeviceGetHandleByIndex(index)
         except m.NVMLError as exc:
             lost = _is_lost(m, exc)
-            return GpuSnapshot(index=index, lost=lost, error=str(exc))
+            return GpuSnapshot(
+                index=index, name=known_name, uuid=known_uuid, lost=lost, error=str(exc)
+            )
         name: str | None = None
         uuid: str | None = None
         try:
             name = _text(_query(m, m.nvmlDeviceGetName, handle, lost_raises=True))
             uuid = _text(_query(m, m.nvmlDeviceGetUUID, handle, lost_raises=True))
-            return self._read_metrics(m, index, handle, name, uuid)
+            snap = self._read_metrics(m, index, handle, name, uuid)
         except _GpuLost as exc:
-            # A GPU that fell off the bus mid-run: keep what identifies it, no readings.
-            return GpuSnapshot(index=index, name=name, uuid=uuid, lost=True, error=str(exc))
+            # A GPU that fell off the bus mid-run: still named (from an earlier read when the
+            # driver can no longer say), no readings.
+            return GpuSnapshot(
+                index=index,
+                name=name or known_name,
+                uuid=uuid or known_uuid,
+                lost=True,
+                error=str(exc),
+            )
+        self._known[index] = (name, uuid)
+        return snap
 
     def _read_metrics(
         self, m: Any, index: int, handle: Any, name: str | None, uuid: str | None
