@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from studioctl.errors import UsageError
+from studioctl.errors import ConflictError, GatewayError, NotFoundError, UsageError
+from studioctl.gateway.auth import Authenticator
+from studioctl.gateway.keys import hash_key
+from studioctl.gateway.limits import Limiter
 from studioctl.gateway.tenants import (
     LIMIT_FIELDS,
     PROFILES,
     TenantLimits,
+    TenantService,
     normalize_allowed_models,
+    profiles_dict,
     resolve_limits,
     validate_tenant_name,
 )
+from studioctl.store.db import Database
 
 # -- profiles and limits -------------------------------------------------------------------
 
@@ -103,3 +113,332 @@ def test_valid_tenant_names(name: str) -> None:
 def test_invalid_tenant_names(name: str) -> None:
     with pytest.raises(UsageError, match="invalid tenant name"):
         validate_tenant_name(name)
+
+
+# -- TenantService over the real store ---------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STUDIOCTL_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(tmp_path / "state.db")
+    database.migrate()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def wall() -> Clock:
+    return Clock(1_700_000_000.0)
+
+
+@pytest.fixture
+def svc(db: Database, wall: Clock) -> TenantService:
+    return TenantService(db, clock=wall)
+
+
+def bearer(key: str) -> bytes:
+    return f"Bearer {key}".encode()
+
+
+def wired(svc: TenantService, wall: Clock, ttl: float = 3600.0) -> Authenticator:
+    """An authenticator with a long cache, invalidated by the service like in the daemon."""
+    auth = Authenticator(svc.lookup, clock=wall, wall_clock=wall, cache_ttl_s=ttl)
+    svc.subscribe(auth.invalidate)
+    return auth
+
+
+def status_of(auth: Authenticator, key: str) -> int:
+    try:
+        auth.authenticate(bearer(key))
+    except GatewayError as exc:
+        return exc.http_status
+    return 200
+
+
+def test_create_returns_the_tenant_and_a_working_key(svc: TenantService, wall: Clock) -> None:
+    info, key = svc.create("acme", profile="pro", overrides={"rpm": 30})
+    assert info.id.startswith("t_") and info.name == "acme" and info.enabled
+    assert info.profile == "pro" and info.overrides == {"rpm": 30}
+    assert info.limits == dataclasses.replace(PROFILES["pro"], rpm=30)
+    assert info.created_at == info.updated_at == wall.t
+    assert key.startswith("sk-st-")
+    ctx = svc.lookup(hash_key(key))
+    assert ctx is not None
+    assert (ctx.tenant_id, ctx.name, ctx.enabled) == (info.id, "acme", True)
+    assert ctx.limits == info.limits and ctx.key_prefix == key[:14]
+    assert ctx.key_expires_at is None
+    assert svc.lookup(hash_key(key + "x")) is None
+
+
+def test_the_store_never_holds_the_plaintext_key(svc: TenantService, db: Database) -> None:
+    _, key = svc.create("acme")
+    svc.create_key("acme")
+    rows = db.query("SELECT * FROM api_keys")
+    assert len(rows) == 2
+    cells = [str(row[k]) for row in rows for k in row.keys()]  # noqa: SIM118 - sqlite3.Row
+    assert not any(key in c or key[14:] in c for c in cells)
+    assert hash_key(key) in cells
+    db.close()
+    blob = b"".join(p.read_bytes() for p in db.path.parent.glob("state.db*"))
+    assert key[14:].encode() not in blob
+
+
+def test_create_with_allowed_models(svc: TenantService) -> None:
+    info, key = svc.create("acme", allowed_models=["tiny", "tiny-alias"])
+    assert info.limits.allowed_models == ("tiny", "tiny-alias")
+    ctx = svc.lookup(hash_key(key))
+    assert ctx is not None and ctx.limits.allows("tiny") and not ctx.limits.allows("big")
+    info2, _ = svc.create("beta", overrides={"allowed_models": "a,b"})
+    assert info2.limits.allowed_models == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"profile": "gold"}, "unknown limits profile 'gold'"),
+        ({"overrides": {"rps": 3}}, "unknown limit 'rps'"),
+        ({"overrides": {"tpm": -1}}, "limit 'tpm' must be a whole number"),
+        ({"allowed_models": [""]}, "allowed_models"),
+    ],
+)
+def test_bad_create_is_refused_and_leaves_nothing(
+    svc: TenantService, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        svc.create("acme", **kwargs)
+    assert svc.list() == []
+
+
+@pytest.mark.parametrize("name", ["anonymous", "t_abc", "bad name", ""])
+def test_reserved_and_bad_names_are_refused(svc: TenantService, name: str) -> None:
+    with pytest.raises(UsageError, match="invalid tenant name"):
+        svc.create(name)
+
+
+def test_duplicate_names_conflict_case_insensitively(svc: TenantService, db: Database) -> None:
+    svc.create("acme")
+    with pytest.raises(ConflictError, match="'Acme' already exists"):
+        svc.create("Acme")
+    assert [t.name for t in svc.list()] == ["acme"]
+    assert len(db.query("SELECT * FROM api_keys")) == 1  # the refused create left no key
+
+
+def test_get_by_id_or_name_and_not_found(svc: TenantService) -> None:
+    info, _ = svc.create("acme")
+    assert svc.get(info.id) == info == svc.get("acme")
+    with pytest.raises(NotFoundError, match="'nobody'"):
+        svc.get("nobody")
+
+
+def test_list_is_sorted_by_name(svc: TenantService) -> None:
+    for name in ("zeta", "alpha", "mid"):
+        svc.create(name)
+    assert [t.name for t in svc.list()] == ["alpha", "mid", "zeta"]
+
+
+def test_set_merges_overrides_and_none_resets_one(svc: TenantService, wall: Clock) -> None:
+    svc.create("acme", overrides={"rpm": 30, "tpm": 1000})
+    wall.t += 5
+    info = svc.set("acme", overrides={"rpm": None, "max_concurrent": "3"})
+    assert info.overrides == {"tpm": 1000, "max_concurrent": 3}
+    assert info.limits.rpm == PROFILES["standard"].rpm and info.limits.max_concurrent == 3
+    assert info.updated_at == info.created_at + 5
+    info = svc.set("acme", profile="pro")  # overrides stay on the new profile
+    assert info.limits == dataclasses.replace(PROFILES["pro"], tpm=1000, max_concurrent=3)
+
+
+def test_set_allowed_models_and_back_to_all(svc: TenantService) -> None:
+    svc.create("acme")
+    assert svc.set("acme", allowed_models=["tiny"]).limits.allowed_models == ("tiny",)
+    assert svc.set("acme", enabled=False).limits.allowed_models == ("tiny",)  # untouched
+    assert svc.set("acme", allowed_models=[]).limits.allowed_models is None
+    assert svc.set("acme", overrides={"allowed_models": "a"}).limits.allowed_models == ("a",)
+    assert svc.set("acme", overrides={"allowed_models": None}).limits.allowed_models is None
+
+
+def test_bad_set_changes_nothing(svc: TenantService) -> None:
+    before, _ = svc.create("acme", overrides={"rpm": 30})
+    with pytest.raises(UsageError, match="unknown limit 'rpmm'"):
+        svc.set("acme", overrides={"rpmm": 3})
+    with pytest.raises(UsageError, match="unknown limits profile 'x'"):
+        svc.set("acme", profile="x")
+    with pytest.raises(NotFoundError):
+        svc.set("ghost", enabled=False)
+    assert svc.get("acme") == before
+
+
+def test_limit_change_applies_to_the_next_request(svc: TenantService, wall: Clock) -> None:
+    auth = wired(svc, wall)
+    limiter = Limiter(global_max_concurrent=100, clock=wall)
+    _, key = svc.create("acme")  # standard: 2 concurrent, 180 rpm
+    held = limiter.admit(auth.authenticate(bearer(key)), prompt_tokens=1, max_output_tokens=1)
+    svc.set("acme", overrides={"max_concurrent": 1, "rpm": 2})
+    ctx = auth.authenticate(bearer(key))
+    assert (ctx.limits.max_concurrent, ctx.limits.rpm) == (1, 2)
+    with pytest.raises(GatewayError) as info:
+        limiter.admit(ctx, prompt_tokens=1, max_output_tokens=1)
+    assert info.value.code == "limit_concurrent"
+    held.finish(actual_tokens=2)
+    # The RPM bucket shrank to its new capacity of 2: one request left, then 30 s apart.
+    limiter.admit(ctx, prompt_tokens=1, max_output_tokens=1).finish(actual_tokens=2)
+    limiter.admit(ctx, prompt_tokens=1, max_output_tokens=1).finish(actual_tokens=2)
+    with pytest.raises(GatewayError) as info:
+        limiter.admit(ctx, prompt_tokens=1, max_output_tokens=1)
+    assert info.value.code == "limit_rpm" and info.value.retry_after == pytest.approx(30.0)
+
+
+def test_disable_and_enable_apply_to_the_next_request(svc: TenantService, wall: Clock) -> None:
+    auth = wired(svc, wall)
+    _, key = svc.create("acme")
+    assert status_of(auth, key) == 200
+    svc.set("acme", enabled=False)
+    assert status_of(auth, key) == 403
+    svc.set("acme", enabled=True)
+    assert status_of(auth, key) == 200
+
+
+def test_delete_removes_tenant_and_keys(svc: TenantService, db: Database, wall: Clock) -> None:
+    auth = wired(svc, wall)
+    info, key = svc.create("acme")
+    svc.create_key(info)
+    assert status_of(auth, key) == 200
+    assert svc.delete("acme").id == info.id
+    assert status_of(auth, key) == 401
+    assert db.query("SELECT * FROM api_keys") == []
+    with pytest.raises(NotFoundError):
+        svc.delete("acme")
+
+
+def test_several_keys_and_list_shows_prefixes_only(svc: TenantService, wall: Clock) -> None:
+    info, first = svc.create("acme")
+    wall.t += 1
+    second = svc.create_key("acme")
+    assert first != second
+    assert svc.lookup(hash_key(first)) is not None
+    assert svc.lookup(hash_key(second)) is not None
+    keys = svc.list_keys("acme")
+    assert [k.prefix for k in keys] == [first[:14], second[:14]]
+    assert all(k.status == "active" and k.tenant_id == info.id for k in keys)
+    for k in keys:
+        data = k.to_dict()
+        assert "key_hash" not in data and "hash" not in data
+        text = repr(data)
+        assert hash_key(first) not in text and hash_key(second) not in text
+        assert first[14:] not in text and second[14:] not in text
+
+
+def test_rotate_keeps_old_keys_for_the_grace_period(svc: TenantService, wall: Clock) -> None:
+    auth = wired(svc, wall)
+    _, old = svc.create("acme")
+    assert status_of(auth, old) == 200
+    wall.t += 1
+    new = svc.rotate_key("acme", grace_s=600)
+    assert status_of(auth, new) == 200
+    assert status_of(auth, old) == 200
+    expiry = {k.prefix: k.expires_at for k in svc.list_keys("acme")}
+    assert expiry == {old[:14]: wall.t + 600, new[:14]: None}
+    wall.t += 599
+    assert status_of(auth, old) == 200  # served from the cache…
+    wall.t += 2
+    assert status_of(auth, old) == 401  # …but never past the key's expiry
+    assert status_of(auth, new) == 200
+    assert [k.status for k in svc.list_keys("acme")] == ["expired", "active"]
+
+
+def test_rotate_default_grace_is_a_day(svc: TenantService, wall: Clock) -> None:
+    _, old = svc.create("acme")
+    svc.rotate_key("acme")
+    ctx = svc.lookup(hash_key(old))
+    assert ctx is not None and ctx.key_expires_at == wall.t + 86_400
+
+
+def test_rotate_with_zero_grace_revokes_at_once(svc: TenantService, wall: Clock) -> None:
+    auth = wired(svc, wall)
+    _, old = svc.create("acme")
+    wall.t += 1
+    extra = svc.create_key("acme")
+    assert status_of(auth, old) == status_of(auth, extra) == 200
+    wall.t += 1
+    new = svc.rotate_key("acme", grace_s=0)
+    assert status_of(auth, old) == status_of(auth, extra) == 401
+    assert status_of(auth, new) == 200
+    assert [k.status for k in svc.list_keys("acme")] == ["revoked", "revoked", "active"]
+
+
+def test_rotate_refuses_negative_grace(svc: TenantService) -> None:
+    svc.create("acme")
+    with pytest.raises(UsageError, match="grace"):
+        svc.rotate_key("acme", grace_s=-1)
+    assert len(svc.list_keys("acme")) == 1
+
+
+def test_revoke_by_prefix_applies_to_the_very_next_request(svc: TenantService, wall: Clock) -> None:
+    auth = wired(svc, wall)
+    _, key = svc.create("acme")
+    other = svc.create_key("acme")
+    assert status_of(auth, key) == 200
+    revoked = svc.revoke_key(key[:14])
+    assert revoked.status == "revoked" and revoked.revoked_at == wall.t
+    assert status_of(auth, key) == 401
+    assert status_of(auth, other) == 200
+
+
+def test_revoke_by_id_within_a_tenant(svc: TenantService, wall: Clock) -> None:
+    auth = wired(svc, wall)
+    svc.create("acme")
+    _, beta_key = svc.create("beta")
+    beta_id = svc.list_keys("beta")[0].id
+    with pytest.raises(NotFoundError):
+        svc.revoke_key(beta_id, tenant="acme")
+    assert status_of(auth, beta_key) == 200
+    svc.revoke_key(beta_id, tenant="beta")
+    assert status_of(auth, beta_key) == 401
+    with pytest.raises(NotFoundError, match="sk-st-nothing"):
+        svc.revoke_key("sk-st-nothing")
+
+
+def test_every_change_notifies(db: Database, wall: Clock) -> None:
+    calls: list[int] = []
+    svc = TenantService(db, clock=wall, on_change=lambda: calls.append(1))
+    svc.create("acme")
+    svc.set("acme", enabled=False)
+    svc.create_key("acme")
+    svc.rotate_key("acme", grace_s=10)
+    svc.revoke_key(svc.list_keys("acme")[0].id)
+    svc.delete("acme")
+    assert len(calls) == 6
+    svc.list()
+    svc.lookup("0" * 64)
+    assert len(calls) == 6  # reads do not
+
+
+def test_last_used_is_kept_in_memory_and_flushed(
+    svc: TenantService, db: Database, wall: Clock
+) -> None:
+    _, key = svc.create("acme")
+    assert svc.list_keys("acme")[0].last_used_at is None
+    wall.t += 30
+    svc.lookup(hash_key(key))
+    assert db.query("SELECT last_used_at FROM api_keys")[0]["last_used_at"] is None  # no I/O
+    assert svc.list_keys("acme")[0].last_used_at == wall.t  # list flushes first
+    assert db.query("SELECT last_used_at FROM api_keys")[0]["last_used_at"] == wall.t
+    assert svc.flush_last_used() == 0
+
+
+def test_profiles_dict() -> None:
+    data = profiles_dict()
+    assert list(data) == ["conservative", "standard", "pro"]
+    assert data["standard"]["rpm"] == 180 and data["pro"]["allowed_models"] is None

@@ -18,22 +18,34 @@ request. ``TenantService.lookup`` is the ``Authenticator``'s key → tenant func
 
 from __future__ import annotations
 
+import builtins
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import UsageError
 
+if TYPE_CHECKING:
+    from studioctl.store.db import Database
+    from studioctl.store.tenants import ApiKey, Tenant
+
 __all__ = [
     "ANONYMOUS_TENANT_ID",
+    "DEFAULT_ROTATION_GRACE_S",
     "LIMIT_FIELDS",
     "PROFILES",
+    "KeyInfo",
     "TenantContext",
+    "TenantInfo",
     "TenantLimits",
+    "TenantService",
     "anonymous_context",
     "normalize_allowed_models",
+    "profiles_dict",
     "resolve_limits",
+    "validate_tenant_name",
 ]
 
 
@@ -125,6 +137,11 @@ def resolve_limits(profile: str, overrides: Mapping[str, Any]) -> TenantLimits:
                 details={"param": key},
             )
     return TenantLimits(**values)
+
+
+def profiles_dict() -> dict[str, dict[str, Any]]:
+    """The profiles as plain data (admin API, ``tenant`` help)."""
+    return {name: limits.to_dict() for name, limits in PROFILES.items()}
 
 
 def _limit_int(key: str, raw: Any) -> int:
@@ -228,3 +245,324 @@ def validate_tenant_name(name: str) -> str:
             details={"param": "name"},
         )
     return name
+
+
+# -- the service -----------------------------------------------------------------------------
+
+DEFAULT_ROTATION_GRACE_S = 86_400.0  # a rotated-out key stays valid for 24 h
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """A tenant as the admin API and the CLI show it: stored fields plus resolved limits."""
+
+    id: str
+    name: str
+    enabled: bool
+    profile: str
+    overrides: dict[str, int]  # the per-field overrides of the profile
+    limits: TenantLimits  # the profile with the overrides and allowed models applied
+    created_at: float
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "enabled": self.enabled,
+            "profile": self.profile,
+            "overrides": dict(self.overrides),
+            "limits": self.limits.to_dict(),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """An API key as listed: its display prefix and dates, never its hash or plaintext."""
+
+    id: str
+    tenant_id: str
+    prefix: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    last_used_at: float | None
+    status: str  # "active" | "expired" | "revoked" (at the time of listing)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "prefix": self.prefix,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "last_used_at": self.last_used_at,
+            "status": self.status,
+        }
+
+
+class TenantService:
+    """Tenants and keys over the store; every change notifies ``on_change`` listeners.
+
+    ``lookup`` (the ``Authenticator``'s key → tenant function) does one indexed query and
+    no write: the time a key was last used is kept in memory and written by
+    ``flush_last_used()`` (the daemon calls it now and then and at shutdown; ``list_keys``
+    calls it first). Its precision is the authenticator's cache TTL, since lookups happen
+    on cache misses only.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        on_change: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from studioctl.store.tenants import KeyRepo, TenantRepo
+
+        self.db = db
+        self.tenants = TenantRepo(db)
+        self.keys = KeyRepo(db)
+        self._clock = clock
+        self._listeners: list[Callable[[], None]] = [on_change] if on_change else []
+        self._last_used: dict[str, float] = {}
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change (e.g. ``Authenticator.invalidate``)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # -- tenants --
+
+    def create(
+        self,
+        name: str,
+        profile: str = "standard",
+        overrides: Mapping[str, Any] | None = None,
+        allowed_models: Sequence[str] | str | None = None,
+    ) -> tuple[TenantInfo, str]:
+        """A new tenant and its first API key: ``(tenant, plaintext key)``. Show the key
+        once: only its hash is stored. ConflictError when the name is taken."""
+        validate_tenant_name(name)
+        stored, models = _split_overrides(profile, dict(overrides or {}), allowed_models)
+        plaintext, prefix, digest = _new_key()
+        ts = self._clock()
+        with self.db.transaction():
+            tenant = self.tenants.create(
+                name,
+                profile=profile,
+                limits=stored,
+                allowed_models=list(models) if models is not None else None,
+                ts=ts,
+            )
+            self.keys.add(tenant.id, digest, prefix, ts=ts)
+        self._changed()
+        return _info(tenant), plaintext
+
+    def list(self) -> builtins.list[TenantInfo]:
+        return [_info(t) for t in self.tenants.list()]
+
+    def get(self, id_or_name: str) -> TenantInfo:
+        """NotFoundError naming the tenant when there is none."""
+        return _info(self.tenants.require(id_or_name))
+
+    def set(
+        self,
+        id_or_name: str,
+        profile: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        enabled: bool | None = None,
+        allowed_models: Sequence[str] | str | None = None,
+    ) -> TenantInfo:
+        """Change a tenant; ``None`` leaves a field as it is.
+
+        ``overrides`` merge into the existing ones; an override set to ``None`` goes back
+        to the profile's value. ``allowed_models``: names, or ``[]``/``["*"]`` for all.
+        Applies to the tenant's very next request.
+        """
+        tenant = self.tenants.require(id_or_name)
+        new_profile = tenant.profile if profile is None else profile
+        merged: dict[str, Any] = dict(tenant.limits)
+        extra = dict(overrides or {})
+        if "allowed_models" in extra:
+            if allowed_models is not None:
+                raise UsageError(
+                    "allowed_models given twice (as an argument and in the overrides)",
+                    details={"param": "allowed_models"},
+                )
+            allowed_models = extra.pop("allowed_models")
+            if allowed_models is None:
+                allowed_models = ["*"]  # an override of None goes back to the default: all
+        for key, value in extra.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        stored, _ = _split_overrides(new_profile, merged, None)
+        changes: dict[str, Any] = {"profile": new_profile, "limits": stored}
+        if enabled is not None:
+            changes["enabled"] = bool(enabled)
+        if allowed_models is not None:
+            models = normalize_allowed_models(allowed_models)
+            changes["allowed_models"] = list(models) if models is not None else None
+        updated = self.tenants.update(tenant.id, ts=self._clock(), **changes)
+        self._changed()
+        return _info(updated)
+
+    def delete(self, id_or_name: str) -> TenantInfo:
+        """Delete a tenant and its keys (its usage rows stay); returns what was deleted."""
+        tenant = self.tenants.require(id_or_name)
+        self.tenants.delete(tenant.id)
+        self._changed()
+        return _info(tenant)
+
+    # -- keys --
+
+    def create_key(self, tenant: str | TenantInfo) -> str:
+        """A new additional key for the tenant; returns the plaintext (shown once)."""
+        tid = self._tenant_id(tenant)
+        plaintext, prefix, digest = _new_key()
+        self.keys.add(tid, digest, prefix, ts=self._clock())
+        self._changed()
+        return plaintext
+
+    def rotate_key(
+        self, tenant: str | TenantInfo, grace_s: float = DEFAULT_ROTATION_GRACE_S
+    ) -> str:
+        """A new key; the tenant's other keys stay valid ``grace_s`` seconds more
+        (``0``: revoked now). Returns the new plaintext."""
+        if not isinstance(grace_s, int | float) or isinstance(grace_s, bool) or grace_s < 0:
+            raise UsageError(
+                f"rotation grace must be a number of seconds >= 0, got {grace_s!r}",
+                details={"param": "grace_s"},
+            )
+        tid = self._tenant_id(tenant)
+        plaintext, prefix, digest = _new_key()
+        ts = self._clock()
+        with self.db.transaction():
+            new = self.keys.add(tid, digest, prefix, ts=ts)
+            if grace_s == 0:
+                for key in self.keys.list(tid):
+                    if key.id != new.id and key.revoked_at is None:
+                        self.keys.revoke(key.id, tenant_id=tid, ts=ts)
+            else:
+                self.keys.set_expiry(tid, ts + grace_s, except_key_id=new.id)
+        self._changed()
+        return plaintext
+
+    def revoke_key(self, prefix_or_id: str, *, tenant: str | TenantInfo | None = None) -> KeyInfo:
+        """Revoke one key (by id ``k_…`` or display prefix) from the very next request.
+
+        NotFoundError when none matches; ConflictError when a prefix matches several.
+        """
+        tid = self._tenant_id(tenant) if tenant is not None else None
+        key = self.keys.revoke(prefix_or_id, tenant_id=tid, ts=self._clock())
+        self._changed()
+        return self._key_info(key, self._clock())
+
+    def list_keys(self, tenant: str | TenantInfo) -> builtins.list[KeyInfo]:
+        """The tenant's keys, prefixes and dates only."""
+        tid = self._tenant_id(tenant)
+        self.flush_last_used()
+        at = self._clock()
+        return [self._key_info(k, at) for k in self.keys.list(tid)]
+
+    # -- the gateway's side --
+
+    def lookup(self, key_hash: str) -> TenantContext | None:
+        """The tenant of a valid (not revoked, not expired) key, by its SHA-256 hex."""
+        at = self._clock()
+        found = self.keys.find_by_hash(key_hash, at=at)
+        if found is None:
+            return None
+        key, tenant = found
+        self._last_used[key.id] = at
+        return TenantContext(
+            tenant_id=tenant.id,
+            name=tenant.name,
+            enabled=tenant.enabled,
+            limits=_limits_of(tenant),
+            key_prefix=key.prefix,
+            key_expires_at=key.expires_at,
+        )
+
+    def flush_last_used(self) -> int:
+        """Write the in-memory last-used times of keys; returns how many were written."""
+        pending, self._last_used = self._last_used, {}
+        if pending:
+            with self.db.transaction():
+                for key_id, ts in pending.items():
+                    self.keys.touch(key_id, ts)
+        return len(pending)
+
+    # -- helpers --
+
+    def _tenant_id(self, tenant: str | TenantInfo) -> str:
+        if isinstance(tenant, TenantInfo):
+            return tenant.id
+        return self.tenants.require(tenant).id
+
+    def _key_info(self, key: ApiKey, at: float) -> KeyInfo:
+        return KeyInfo(
+            id=key.id,
+            tenant_id=key.tenant_id,
+            prefix=key.prefix,
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            revoked_at=key.revoked_at,
+            last_used_at=self._last_used.get(key.id, key.last_used_at),
+            status=key.status(at),
+        )
+
+
+def _new_key() -> tuple[str, str, str]:
+    from studioctl.gateway.keys import generate_key
+
+    return generate_key()
+
+
+def _split_overrides(
+    profile: str,
+    overrides: dict[str, Any],
+    allowed_models: Sequence[str] | str | None,
+) -> tuple[dict[str, int], tuple[str, ...] | None]:
+    """Validate against the profile; return the integer overrides to store (normalized,
+    ``None`` values dropped) and the allowed models (``None`` = all)."""
+    if "allowed_models" in overrides:
+        from_overrides = overrides.pop("allowed_models")
+        if allowed_models is not None and from_overrides is not None:
+            raise UsageError(
+                "allowed_models given twice (as an argument and in the overrides)",
+                details={"param": "allowed_models"},
+            )
+        if allowed_models is None:
+            allowed_models = from_overrides
+    limits = resolve_limits(profile, overrides)  # names the unknown profile/field/bad value
+    stored = {k: getattr(limits, k) for k in LIMIT_FIELDS if overrides.get(k) is not None}
+    return stored, normalize_allowed_models(allowed_models)
+
+
+def _limits_of(tenant: Tenant) -> TenantLimits:
+    overrides: dict[str, Any] = dict(tenant.limits)
+    overrides["allowed_models"] = tenant.allowed_models
+    return resolve_limits(tenant.profile, overrides)
+
+
+def _info(tenant: Tenant) -> TenantInfo:
+    limits = _limits_of(tenant)
+    return TenantInfo(
+        id=tenant.id,
+        name=tenant.name,
+        enabled=tenant.enabled,
+        profile=tenant.profile,
+        overrides={k: v for k, v in tenant.limits.items() if k in LIMIT_FIELDS},
+        limits=limits,
+        created_at=tenant.created_at,
+        updated_at=tenant.updated_at,
+    )
