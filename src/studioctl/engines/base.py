@@ -1,0 +1,304 @@
+"""What every engine declares, and the argv builder they share.
+
+An engine is a pure description (no I/O, no imports of the engine itself): a recipe and an
+assigned port become the exact argv and environment of the server process; the engine also
+names its readiness probe, the log lines of its launch stages, its Prometheus metrics, its
+tokenize route and how to recognise its processes.
+
+Each engine fills in one table (``TableEngine``): recipe key → the engine's real flag. The
+shared builder turns a recipe into argv in a fixed order::
+
+    PYTHON -m MODULE  <model flag> M  --served-model-name NAME  --host H  --port P
+                      <common options, in recipe field order>
+                      <engine_args, in file order>
+                      <extra_args, verbatim>
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from studioctl.recipes import Recipe
+
+#: The recipe's common engine options, in the order their flags are emitted.
+COMMON_OPTIONS: tuple[str, ...] = (
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "data_parallel_size",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "dtype",
+    "quantization",
+    "kv_cache_dtype",
+    "max_num_seqs",
+    "trust_remote_code",
+    "enforce_eager",
+    "chat_template",
+    "tool_call_parser",
+    "enable_auto_tool_choice",
+    "reasoning_parser",
+    "seed",
+)
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    """The exact process a launch starts.
+
+    ``env`` holds only the variables studioctl sets; a launch merges them onto its own
+    ``os.environ``. ``origins`` maps each flag studioctl wrote to the recipe key it came
+    from (``"--max-model-len"`` → ``"max_model_len"``), so an engine's complaint about a
+    flag can be pointed back at the recipe line.
+    """
+
+    argv: list[str]
+    env: dict[str, str]
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def shell(self) -> str:
+        """``VAR=val … argv`` shell-quoted: paste it into a shell to run the same thing."""
+        parts = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
+        parts.append(shlex.join(self.argv))
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A launch stage, reached when a log line matches ``pattern``."""
+
+    name: str
+    label: str
+    pattern: re.Pattern[str]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    health_path: str
+    ready_paths: tuple[str, ...]
+    stages: tuple[Stage, ...]
+    metric_names: dict[str, str]
+    tokenize_path: str | None
+    process_markers: tuple[str, ...]
+
+    def command(
+        self, recipe: Recipe, *, port: int, gpus: list[int] | None = None
+    ) -> EngineCommand: ...
+
+    def problems(self, recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+        """Engine-specific recipe problems: ``[(key path, message), …]``; empty when fine."""
+        ...
+
+
+@dataclass(frozen=True)
+class BoolFlag:
+    """How a common boolean option is spelled: argv for true, argv for false.
+
+    ``false_args=None`` means the engine has no way to say false: a recipe that sets the
+    option to false is refused (nothing is silently dropped).
+    """
+
+    true_args: tuple[str, ...]
+    false_args: tuple[str, ...] | None
+    note: str = ""
+
+
+def flag_name(key: str) -> str:
+    """``"max_num_batched_tokens"`` → ``"--max-num-batched-tokens"``."""
+    return "--" + key.replace("_", "-")
+
+
+def norm_key(name: str) -> str:
+    """A flag or key in one spelling: ``"--Max-Model-Len=4"`` → ``"max_model_len"``."""
+    return name.lstrip("-").split("=", 1)[0].replace("-", "_").lower()
+
+
+def render_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class TableEngine:
+    """An engine described by tables (see vllm.py and sglang.py for the two instances)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        module: str,
+        model_flag: str,
+        stages: tuple[Stage, ...],
+        metric_names: Mapping[str, str],
+        process_markers: tuple[str, ...],
+        value_flags: Mapping[str, str],
+        bool_flags: Mapping[str, BoolFlag],
+        reserved: Mapping[str, str],
+        health_path: str = "/health",
+        ready_paths: tuple[str, ...] = (),
+        tokenize_path: str | None = None,
+        negatable: frozenset[str] = frozenset(),
+        store_true: frozenset[str] = frozenset(),
+        negate_by_default: bool = False,
+    ) -> None:
+        self.name = name
+        #: The module the engine's python runs (``PYTHON -m MODULE``).
+        self.module = module
+        #: The flag that names the model (vLLM ``--model``, SGLang ``--model-path``).
+        self.model_flag = model_flag
+        self.health_path = health_path
+        self.ready_paths = ready_paths
+        self.stages = stages
+        self.metric_names = dict(metric_names)
+        self.tokenize_path = tokenize_path
+        self.process_markers = process_markers
+        #: recipe key → the engine's flag that takes a value.
+        self.value_flags = dict(value_flags)
+        #: recipe key → how the engine spells true / false.
+        self.bool_flags = dict(bool_flags)
+        #: Engine argument names (normalised) that mean the same as a recipe key, aliases
+        #: included: written in ``engine_args``/``extra_args`` they are refused, naming the key.
+        self.reserved = dict(reserved)
+        #: Boolean flags with a ``--no-`` form: ``false`` in engine_args → ``--no-flag``.
+        self.negatable = negatable
+        #: Boolean flags without one: ``false`` → the flag is left out (the engine default).
+        self.store_true = store_true
+        #: For booleans in neither set: ``True`` → ``--no-flag``, ``False`` → left out.
+        self.negate_by_default = negate_by_default
+        missing = [k for k in COMMON_OPTIONS if k not in self.value_flags and k not in bool_flags]
+        if missing:  # a programming error: every common option needs a spelling
+            raise ValueError(f"{name}: no flag for {missing}")
+
+    def __repr__(self) -> str:
+        return f"<engine {self.name}>"
+
+    # -- argv ------------------------------------------------------------------------------
+
+    def command(self, recipe: Recipe, *, port: int, gpus: list[int] | None = None) -> EngineCommand:
+        argv: list[str] = [recipe.python_executable(), "-m", self.module]
+        origins: dict[str, str] = {}
+
+        def add(key: str, *args: str) -> None:
+            for a in args:
+                if a.startswith("--"):
+                    origins.setdefault(a, key)
+            argv.extend(args)
+
+        add("model", self.model_flag, recipe.model)
+        add("served_model_name", "--served-model-name", recipe.served_name)
+        add("host", "--host", recipe.host)
+        add("port", "--port", str(port))
+        for key, args in self.common_args(recipe):
+            add(key, *args)
+        for key, value in recipe.engine_args.items():
+            add(f"engine_args.{key}", *self.engine_arg(key, value))
+        argv.extend(recipe.extra_args)
+
+        env = dict(recipe.env)
+        chosen = recipe.gpus if gpus is None else gpus
+        if chosen:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in chosen)
+        return EngineCommand(argv=argv, env=env, origins=origins)
+
+    def common_args(self, recipe: Recipe) -> list[tuple[str, list[str]]]:
+        """``[(recipe key, argv fragment), …]`` for the common options that are set."""
+        out: list[tuple[str, list[str]]] = []
+        for key in COMMON_OPTIONS:
+            value = getattr(recipe, key)
+            if value is None:
+                continue
+            if key in self.bool_flags:
+                spec = self.bool_flags[key]
+                args = spec.true_args if value else spec.false_args
+                if args is None:  # refused at validation; never reached for a valid recipe
+                    raise ValueError(f"{self.name} cannot express {key}: {value}")
+                if args:
+                    out.append((key, list(args)))
+            else:
+                out.append((key, [self.value_flags[key], render_scalar(value)]))
+        return out
+
+    def engine_arg(self, key: str, value: Any) -> list[str]:
+        """One ``engine_args`` entry → argv. See docs/recipes.md for the rules."""
+        flag = flag_name(key)
+        if isinstance(value, bool):
+            if value:
+                return [flag]
+            if self.has_no_form(key):
+                return ["--no-" + flag[2:]]
+            return []
+        if isinstance(value, list):
+            return [flag, *(render_scalar(v) for v in value)] if value else []
+        if isinstance(value, dict):
+            return [flag, json.dumps(value, separators=(",", ":"), sort_keys=False)]
+        return [flag, render_scalar(value)]
+
+    def has_no_form(self, key: str) -> bool:
+        k = norm_key(key)
+        if k in self.negatable:
+            return True
+        if k in self.store_true:
+            return False
+        return self.negate_by_default
+
+    # -- validation help (used by recipes.py) ------------------------------------------------
+
+    def emitted_flags(self, recipe: Recipe) -> dict[str, str]:
+        """Normalised flag name → recipe key, for every flag the recipe's own keys produce."""
+        out: dict[str, str] = {norm_key(self.model_flag): "model"}
+        out.update({"served_model_name": "served_model_name", "host": "host", "port": "port"})
+        for key, args in self.common_args(recipe):
+            for a in args:
+                if a.startswith("--"):
+                    out[norm_key(a)] = key
+        return out
+
+    def conflicts(self, name: str, recipe: Recipe) -> str | None:
+        """The recipe key an engine argument ``name`` would clash with, if any."""
+        k = norm_key(name)
+        if k.startswith("no_") and k[3:] in self.reserved:
+            k = k[3:]
+        return self.reserved.get(k) or self.emitted_flags(recipe).get(k)
+
+    def problems(self, recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+        out: list[tuple[tuple[str | int, ...], str]] = [
+            ((key,), reason) for key, reason in self.unsupported(recipe)
+        ]
+        for key in recipe.engine_args:
+            clash = self.conflicts(key, recipe)
+            if clash:
+                out.append((("engine_args", key), _clash_message(flag_name(key), clash)))
+        for i, item in enumerate(recipe.extra_args):
+            if item.startswith("-") and not _NUMBER.match(item):
+                clash = self.conflicts(item, recipe)
+                if clash:
+                    flag = item.split("=", 1)[0]
+                    out.append((("extra_args", i), _clash_message(flag, clash)))
+        return out
+
+    def unsupported(self, recipe: Recipe) -> list[tuple[str, str]]:
+        """``[(recipe key, reason), …]`` for options this engine cannot express."""
+        out: list[tuple[str, str]] = []
+        for key, spec in self.bool_flags.items():
+            value = getattr(recipe, key)
+            if value is False and spec.false_args is None:
+                out.append((key, f"{self.name} has no way to turn this off{spec.note}"))
+        return out
+
+
+_NUMBER = re.compile(r"-[0-9.]")
+
+
+def _clash_message(flag: str, key: str) -> str:
+    return f"{flag} is what the recipe key {key} sets: use {key} instead"
+
+
+def split_flags(argv: Sequence[str]) -> list[str]:
+    """The flag names (``--x``) in an argv, without ``=value`` parts."""
+    return [a.split("=", 1)[0] for a in argv if a.startswith("-") and len(a) > 1]

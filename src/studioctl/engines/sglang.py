@@ -1,0 +1,138 @@
+"""SGLang: ``PYTHON -m sglang.launch_server --model-path M …``.
+
+Flag names were checked against SGLang 0.5.23's own parser (``ServerArgs.add_cli_args``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from studioctl.engines.base import BoolFlag, Stage, TableEngine
+
+VALUE_FLAGS = {
+    "tensor_parallel_size": "--tp-size",
+    "pipeline_parallel_size": "--pp-size",
+    "data_parallel_size": "--dp-size",
+    "max_model_len": "--context-length",
+    "gpu_memory_utilization": "--mem-fraction-static",
+    "dtype": "--dtype",
+    "quantization": "--quantization",
+    "kv_cache_dtype": "--kv-cache-dtype",
+    "max_num_seqs": "--max-running-requests",
+    "chat_template": "--chat-template",
+    "tool_call_parser": "--tool-call-parser",
+    "reasoning_parser": "--reasoning-parser",
+    "seed": "--random-seed",
+}
+
+# SGLang's booleans are store_true: false is the default and needs no flag.
+BOOL_FLAGS = {
+    "trust_remote_code": BoolFlag(("--trust-remote-code",), ()),
+    # `--disable-cuda-graph` is deprecated in 0.5.23; this is the spelling it points to.
+    "enforce_eager": BoolFlag(
+        (
+            "--cuda-graph-backend-decode",
+            "disabled",
+            "--cuda-graph-backend-prefill",
+            "disabled",
+        ),
+        (),
+    ),
+    # SGLang has no such switch: with --tool-call-parser set, tool_choice "auto" just works.
+    "enable_auto_tool_choice": BoolFlag(
+        (), None, note=" (SGLang always allows tool_choice auto when tool_call_parser is set)"
+    ),
+}
+
+RESERVED = {
+    "model_path": "model",
+    "model": "model",
+    "served_model_name": "served_model_name",
+    "host": "host",
+    "port": "port",
+    "tp_size": "tensor_parallel_size",
+    "tensor_parallel_size": "tensor_parallel_size",
+    "pp_size": "pipeline_parallel_size",
+    "pipeline_parallel_size": "pipeline_parallel_size",
+    "dp_size": "data_parallel_size",
+    "data_parallel_size": "data_parallel_size",
+    "context_length": "max_model_len",
+    "max_model_len": "max_model_len",
+    "mem_fraction_static": "gpu_memory_utilization",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "dtype": "dtype",
+    "quantization": "quantization",
+    "kv_cache_dtype": "kv_cache_dtype",
+    "max_running_requests": "max_num_seqs",
+    "max_num_seqs": "max_num_seqs",
+    "trust_remote_code": "trust_remote_code",
+    "disable_cuda_graph": "enforce_eager",
+    "enforce_eager": "enforce_eager",
+    "chat_template": "chat_template",
+    "tool_call_parser": "tool_call_parser",
+    "enable_auto_tool_choice": "enable_auto_tool_choice",
+    "reasoning_parser": "reasoning_parser",
+    "random_seed": "seed",
+    "seed": "seed",
+}
+
+# The SGLang 0.5.23 booleans that do have a --no- form (argparse BooleanOptionalAction).
+NEGATABLE = frozenset(
+    {
+        "dcp_replicate_q_proj",
+        "dllm_fdfo",
+        "enable_decoder_swa_bounded_replay",
+        "enable_dsa_fused_indexer",
+        "enable_fused_qk_norm_rope",
+        "enable_tf32_matmul",
+        "enable_tp_lm_head_all_to_all",
+        "experts_shared_outer_loras",
+        "lora_strict_loading",
+        "mm_enable_dp_encoder",
+        "ple_offload_embedding",
+        "speculative_enable_w4a4_mxfp4_megamoe",
+    }
+)
+
+STAGES = (
+    Stage("config", "server arguments parsed", re.compile(r"server_args=")),
+    Stage("loading", "loading weights", re.compile(r"Load weight begin")),
+    Stage("weights", "weights loaded", re.compile(r"Load weight end")),
+    Stage("kv_cache", "KV cache allocated", re.compile(r"Memory pool end")),
+    Stage(
+        "http", "HTTP server listening", re.compile(r"Uvicorn running on|Started server process")
+    ),
+    Stage(
+        "api", "warmed up, API server up", re.compile(r"The server is fired up and ready to roll")
+    ),
+)
+
+METRIC_NAMES = {
+    "requests_running": "sglang:num_running_reqs",
+    "requests_waiting": "sglang:num_queue_reqs",
+    "kv_cache_usage": "sglang:token_usage",  # a fraction, 1.0 = full
+    "prompt_tokens_total": "sglang:prompt_tokens_total",
+    "generation_tokens_total": "sglang:generation_tokens_total",
+    "requests_total": "sglang:num_requests_total",
+    "time_to_first_token_seconds": "sglang:time_to_first_token_seconds",
+    "inter_token_latency_seconds": "sglang:inter_token_latency_seconds",
+    "e2e_request_latency_seconds": "sglang:e2e_request_latency_seconds",
+}
+
+ENGINE = TableEngine(
+    name="sglang",
+    module="sglang.launch_server",
+    model_flag="--model-path",
+    health_path="/health",  # 503 until warm-up is done
+    ready_paths=("/get_model_info",),
+    stages=STAGES,
+    metric_names=METRIC_NAMES,  # needs --enable-metrics (engine_args: {enable_metrics: true})
+    # Same request and answer as vLLM's (also served at /v1/tokenize).
+    tokenize_path="/tokenize",
+    process_markers=("sglang.launch_server", "sglang::scheduler", "sglang::detokenizer"),
+    value_flags=VALUE_FLAGS,
+    bool_flags=BOOL_FLAGS,
+    reserved=RESERVED,
+    negatable=NEGATABLE,
+    negate_by_default=False,
+)
