@@ -92,6 +92,14 @@ class RecipeSettings:
 class DaemonSettings:
     autostart: bool = True
     admin_token: str | None = None
+    # Crash handling: backoff doubles from restart_backoff_s up to restart_backoff_max_s;
+    # crash_budget crashes within crash_window_s mark the instance failed.
+    restart_backoff_s: float = 10.0
+    restart_backoff_max_s: float = 300.0
+    crash_budget: int = 5
+    crash_window_s: float = 600.0
+    # Seconds between health probes of a ready instance (3 failures in a row: crashed).
+    health_interval_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -380,6 +388,11 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 
 # Dotted key → (minimum, maximum, minimum is exclusive).
 _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "daemon.restart_backoff_s": (0, None, True),
+    "daemon.restart_backoff_max_s": (0, None, True),
+    "daemon.crash_budget": (1, None, False),
+    "daemon.crash_window_s": (0, None, True),
+    "daemon.health_interval_s": (0, None, True),
     "gateway.port": (1, 65535, False),
     "gateway.upstream_timeout_s": (0, None, True),
     "gateway.max_body_bytes": (0, None, True),

@@ -75,7 +75,7 @@ _COMMAND_MODULES = [
 def report_error(exc: StudioError) -> None:
     """Print a StudioError the way every command does: one line, then a hint."""
     sys.stderr.write(f"error: {exc.message}\n")
-    log_tail = getattr(exc, "log_tail", None)
+    log_tail = getattr(exc, "log_tail", None) or exc.details.get("log_tail")
     if log_tail:
         sys.stderr.write("--- last log lines ---\n")
         for line in log_tail:

@@ -1,0 +1,514 @@
+"""Lifecycle commands: launch, evict, switch, ps, status, logs, events, adopt.
+
+Each command parses, calls the daemon through ``studioctl.client`` (or, for ``launch
+--dry-run`` and ``logs`` without a daemon, the library), and renders the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from studioctl.cli.app import app
+from studioctl.errors import EngineFailed, StudioError, UsageError, from_envelope
+
+_JSON = typer.Option(False, "--json", help="Print JSON (one object per line when streaming).")
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=None, default=str))
+
+
+def _parse_gpus(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    if value.strip() in ("", "none"):
+        return []
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--gpus takes GPU indices like 0,1 (got {value!r})") from None
+
+
+# ------------------------------------------------------------------ launch
+
+
+@app.command()
+def launch(
+    recipe: str = typer.Argument(..., help="Recipe id (or a path to a recipe file)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the engine is ready."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Seconds to wait for readiness (default: the recipe's)."
+    ),
+    port: int | None = typer.Option(None, "--port", help="Port for the engine."),
+    gpus: str | None = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1."),
+    force: bool = typer.Option(False, "--force", help="Launch onto GPUs another instance holds."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the exact command and environment; start nothing."
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    """Launch a recipe's engine under the daemon and wait until it is ready.
+
+    Shows the launch stages parsed from the engine's log (weights, KV cache, API server)
+    with elapsed time and an ETA from earlier launches. Exit codes: 5 when the recipe is
+    already running or its port/GPUs are taken, 6 on readiness timeout, 7 when the engine
+    exits before it is ready (the last log lines are printed).
+
+    Examples:
+      studioctl launch tiny-cpu
+      studioctl launch llama-3.1-8b-vllm --gpus 1 --port 18001
+      studioctl launch tiny-cpu --dry-run
+    """
+    gpu_list = _parse_gpus(gpus)
+    if dry_run:
+        _dry_run(recipe, port=port, gpus=gpu_list, as_json=as_json)
+        return
+    from studioctl.client import connect
+
+    body = {
+        "recipe": recipe,
+        "port": port,
+        "gpus": gpu_list,
+        "force": force,
+        "wait": wait,
+        "timeout": timeout,
+    }
+    with connect() as client:
+        if not wait:
+            out = client.launch(body)
+            if as_json:
+                _echo_json(out)
+            else:
+                typer.echo(f"{out['id']}: {out['state']} (pid {out['pid']}, port {out['port']})")
+            return
+        result = _follow_operation(client.launch_stream(body), f"launching {recipe}", as_json)
+    if as_json:
+        _echo_json({"type": "result", **result})
+    else:
+        ready_in = result.get("stages", {}).get("ready")
+        typer.echo(
+            f"{result['id']} ready on {result['url']} (model {result['served_name']}"
+            + (f", {ready_in:.1f}s)" if ready_in is not None else ")")
+        )
+
+
+def _follow_operation(stream: Any, title: str, as_json: bool) -> dict[str, Any]:
+    """Render a streamed operation's events; return its result or raise its error."""
+    from studioctl.ui import LaunchProgress
+
+    result: dict[str, Any] | None = None
+    progress = LaunchProgress(title, live=False if as_json else None)
+    try:
+        with progress:
+            for msg in stream:
+                kind = msg.get("type")
+                if kind == "event":
+                    data = msg.get("data") or {}
+                    if as_json:
+                        _echo_json(msg)
+                        continue
+                    if msg["kind"] == "stage":
+                        if data.get("eta"):
+                            progress.set_eta(data["eta"])
+                        progress.stage(f"{msg['instance_id']}: {data.get('label')}", data.get("t"))
+                    elif msg["kind"] == "state" and data.get("to") in ("ready", "loading"):
+                        progress.tick()  # the stages already say it
+                    elif msg["kind"] in ("state", "evict", "crash", "restart_scheduled"):
+                        progress.stage(msg["message"])
+                    else:
+                        progress.tick()
+                elif kind == "result":
+                    result = msg["result"]
+                elif kind == "error":
+                    raise from_envelope(int(msg.get("status", 500)), {"error": msg["error"]})
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            "\ninterrupted: the operation goes on in the daemon "
+            "(see `studioctl ps`, `studioctl events -f`)\n"
+        )
+        raise typer.Exit(130) from None
+    if result is None:
+        raise StudioError("the daemon ended the stream without a result")
+    return result
+
+
+def _dry_run(recipe_id: str, *, port: int | None, gpus: list[int] | None, as_json: bool) -> None:
+    from studioctl.engines import get_engine
+    from studioctl.lifecycle.osproc import OsProc
+    from studioctl.recipes import get_recipe, recipe_dirs
+    from studioctl.settings import load_settings
+
+    settings = load_settings()
+    recipe = get_recipe(recipe_id, recipe_dirs(settings))
+    chosen = port or recipe.port
+    if chosen is None:
+        osp = OsProc()
+        eng = settings.engines
+        chosen = next(
+            (
+                p
+                for p in range(eng.port_min, eng.port_max + 1)
+                if osp.port_holder(recipe.host, p) is None
+            ),
+            eng.port_min,
+        )
+    cmd = get_engine(recipe.backend).command(recipe, port=chosen, gpus=gpus)
+    if as_json:
+        _echo_json(
+            {
+                "recipe": recipe.id,
+                "backend": recipe.backend,
+                "port": chosen,
+                "argv": cmd.argv,
+                "env": cmd.env,
+                "shell": cmd.shell(),
+            }
+        )
+    else:
+        typer.echo(cmd.shell())
+
+
+# ------------------------------------------------------------------ evict / switch / adopt
+
+
+@app.command()
+def evict(
+    target: str = typer.Argument(..., help="Instance id or recipe id."),
+    drain_timeout: float = typer.Option(
+        30.0, "--drain-timeout", help="Seconds to wait for in-flight requests."
+    ),
+    grace: float = typer.Option(15.0, "--grace", help="Seconds between SIGTERM and SIGKILL."),
+    force: bool = typer.Option(False, "--force", help="Skip draining."),
+    wait_lock: bool = typer.Option(False, "--wait", help="Queue behind a running operation."),
+    as_json: bool = _JSON,
+) -> None:
+    """Stop an instance: drain in-flight requests, SIGTERM its process group, SIGKILL after
+    the grace period, then verify that every process of its tree is gone.
+
+    Example: studioctl evict tiny-cpu --drain-timeout 10
+    """
+    from studioctl.client import connect
+
+    with connect() as client:
+        rep = client.evict(
+            target,
+            {
+                "drain_timeout": drain_timeout,
+                "grace": grace,
+                "force": force,
+                "lock_wait": wait_lock,
+            },
+        )
+    if as_json:
+        _echo_json(rep)
+        return
+    if rep.get("already"):
+        typer.echo(f"{rep['instance']} is already {rep['already']}")
+        return
+    drained = rep.get("drained")
+    drain = "skipped" if drained is None else ("done" if drained else "timed out")
+    typer.echo(
+        f"{rep['instance']}: {rep['state']} in {rep['seconds']:.1f}s "
+        f"(drain {drain}; signals: {', '.join(rep['signals']) or 'none needed'})"
+    )
+    for p in rep.get("processes", []):
+        typer.echo(f"  pid {p['pid']:>7}  {p['name']:<24} {p['how']}")
+    if rep.get("leftover"):
+        left = ", ".join(f"{p['pid']} ({p['name']})" for p in rep["leftover"])
+        raise EngineFailed(f"processes survived SIGKILL: {left}")
+
+
+@app.command()
+def switch(
+    frm: str = typer.Argument(..., metavar="FROM", help="Running instance or recipe id."),
+    to: str = typer.Argument(..., metavar="TO", help="Recipe id to run instead."),
+    port: int | None = typer.Option(None, "--port"),
+    gpus: str | None = typer.Option(None, "--gpus"),
+    timeout: float | None = typer.Option(None, "--timeout"),
+    drain_timeout: float = typer.Option(30.0, "--drain-timeout"),
+    grace: float = typer.Option(15.0, "--grace"),
+    wait_lock: bool = typer.Option(False, "--wait", help="Queue behind a running operation."),
+    as_json: bool = _JSON,
+) -> None:
+    """Replace a running instance with another recipe.
+
+    When their GPU sets overlap: evict, then launch. When they don't: launch the new one,
+    and evict the old one once the new one is ready (no gap in service).
+
+    Example: studioctl switch tiny-cpu tiny-cpu-b
+    """
+    from studioctl.client import connect
+
+    body = {
+        "from": frm,
+        "to": to,
+        "port": port,
+        "gpus": _parse_gpus(gpus),
+        "timeout": timeout,
+        "drain_timeout": drain_timeout,
+        "grace": grace,
+        "lock_wait": wait_lock,
+    }
+    with connect() as client:
+        rep = _follow_operation(client.switch_stream(body), f"switching {frm} -> {to}", as_json)
+    if as_json:
+        _echo_json({"type": "result", **rep})
+        return
+    inst = rep["instance"]
+    typer.echo(
+        f"switched {rep['from']} -> {inst['id']} ({rep['order']}): launch "
+        f"{rep['launch_s']:.1f}s, evict {rep['evict_s']:.1f}s, gap {rep['gap_s']:.1f}s"
+    )
+
+
+@app.command()
+def adopt(
+    pid: int = typer.Argument(..., help="PID of a running vLLM/SGLang server."),
+    recipe: str = typer.Option(..., "--recipe", help="The recipe it runs."),
+    port: int | None = typer.Option(None, "--port", help="Its port (read from --port if not)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Take over an engine server that studioctl did not start (see `ps --all`)."""
+    from studioctl.client import connect
+
+    with connect() as client:
+        out = client.adopt(pid, recipe, port)
+    if as_json:
+        _echo_json(out)
+    else:
+        typer.echo(f"adopted pid {pid} as {out['id']} ({out['state']}, port {out['port']})")
+
+
+# ------------------------------------------------------------------ ps / status
+
+
+def _instance_rows(instances: list[dict[str, Any]]) -> list[list[Any]]:
+    from studioctl.ui import duration
+
+    return [
+        [
+            i["id"],
+            i["recipe"],
+            i["backend"],
+            i["model"],
+            i["pid"],
+            i["port"],
+            i["state"],
+            duration(i.get("uptime_s")),
+            i["restarts"],
+            ",".join(map(str, i["gpus"])) or "-",
+        ]
+        for i in instances
+    ]
+
+
+_PS_HEADERS = [
+    "instance",
+    "recipe",
+    "backend",
+    "model",
+    "pid",
+    "port",
+    "state",
+    "uptime",
+    "restarts",
+    "gpus",
+]
+
+
+@app.command()
+def ps(
+    all_: bool = typer.Option(
+        False,
+        "--all",
+        "-a",
+        help="Also stopped instances, and vLLM/SGLang servers studioctl did not start.",
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    """List instances: state, pid, port, uptime, restarts, GPUs."""
+    from studioctl.client import connect
+    from studioctl.ui import table
+
+    with connect() as client:
+        data = client.instances(include_stopped=all_, foreign=all_)
+    if as_json:
+        _echo_json(data)
+        return
+    rows = _instance_rows(data["instances"])
+    if not rows and not data.get("foreign"):
+        typer.echo("no instances (launch one: studioctl launch RECIPE)")
+        return
+    if rows:
+        table(rows, _PS_HEADERS)
+    foreign = data.get("foreign") or []
+    if foreign:
+        typer.echo("")
+        table(
+            [[f["pid"], f["backend"], f["port"], f["command"][:80]] for f in foreign],
+            ["pid", "backend", "port", "command"],
+            title="not managed by studioctl (adopt with: studioctl adopt PID --recipe ID)",
+        )
+
+
+@app.command()
+def status(as_json: bool = _JSON) -> None:
+    """Daemon, gateway and instance health in one view (exit 4 when the daemon is down)."""
+    from studioctl.client import Client
+    from studioctl.errors import DaemonUnreachable
+    from studioctl.ui import duration, table
+
+    with Client() as client:
+        try:
+            st = client.status()
+        except DaemonUnreachable:
+            if as_json:
+                _echo_json({"daemon": {"running": False}})
+            raise
+    if as_json:
+        _echo_json(st)
+        return
+    d = st["daemon"]
+    typer.echo(f"daemon:  running (pid {d['pid']}, v{d['version']}, up {duration(d['uptime_s'])})")
+    gw = st.get("gateway") or {}
+    typer.echo(
+        f"gateway: {gw.get('url') or 'off'}" + (f" ({gw['health']})" if gw.get("health") else "")
+    )
+    if st["instances"]:
+        table(_instance_rows(st["instances"]), _PS_HEADERS)
+    else:
+        typer.echo("no instances")
+    for op in st.get("operations", []):
+        typer.echo(f"in progress: {op['operation']} ({op['for_s']:.0f}s)")
+
+
+# ------------------------------------------------------------------ logs / events
+
+
+_REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """'10m', '2h', '30s', '1d', an epoch number, or an ISO time → epoch seconds."""
+    now = time.time() if now is None else now
+    v = value.strip()
+    m = _REL.match(v)
+    if m:
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return now - float(m.group(1)) * mult
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(v).timestamp()
+    except ValueError:
+        raise UsageError(
+            f"--since takes 30s, 10m, 2h, 1d, an epoch or an ISO time (got {value!r})"
+        ) from None
+
+
+@app.command()
+def logs(
+    target: str = typer.Argument(..., help="Instance id or recipe id."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    n: int = typer.Option(100, "-n", "--lines", help="How many lines from the end."),
+    since: str | None = typer.Option(None, "--since", help="Only lines after: 10m, 2h, ISO…"),
+) -> None:
+    """Print an instance's engine log (from the daemon, or the log file when it is down)."""
+    from studioctl.client import Client
+
+    since_ts = parse_since(since) if since else None
+    params: dict[str, Any] = {"n": n, "follow": "1" if follow else "0"}
+    if since_ts is not None:
+        params["since"] = since_ts
+    client = Client()
+    try:
+        if client.ping() is not None:
+            try:
+                for line in client.stream_lines("GET", f"/instances/{target}/logs", params=params):
+                    typer.echo(line)
+            except KeyboardInterrupt:
+                raise typer.Exit(130) from None
+            return
+    finally:
+        client.close()
+    _logs_from_file(target, n=n, follow=follow, since=since_ts)
+
+
+def _logs_from_file(target: str, *, n: int, follow: bool, since: float | None) -> None:
+    from studioctl import paths
+    from studioctl.errors import NotFoundError
+    from studioctl.lifecycle import logfiles
+
+    path = _find_log(paths.instance_log_dir(), target)
+    if path is None:
+        raise NotFoundError(
+            f"no log for {target!r} in {paths.instance_log_dir()}",
+            hint="the daemon is not running; `studioctl daemon start`",
+        )
+    sys.stderr.write(f"(daemon not running: reading {path})\n")
+    lines = logfiles.tail_lines(
+        path, n if since is None else 10**9, max_bytes=64 << 20 if since else 256 << 10
+    )
+    if since is not None:
+        lines = list(logfiles.since(lines, since))[-n:] if n else []
+    for line in lines:
+        typer.echo(line)
+    if follow:
+        follower = logfiles.LogFollower(path, offset=path.stat().st_size)
+        try:
+            while True:
+                for line in follower.read_new():
+                    typer.echo(line)
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+def _find_log(folder: Path, target: str) -> Path | None:
+    exact = folder / f"{target}.log"
+    if exact.is_file():
+        return exact
+    pat = re.compile(re.escape(target) + r"-(\d+)\.log$")
+    found = [
+        (int(m.group(1)), p) for p in folder.glob(f"{target}-*.log") if (m := pat.search(p.name))
+    ]
+    return max(found)[1] if found else None
+
+
+@app.command()
+def events(
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    n: int = typer.Option(50, "-n", help="How many past events."),
+    instance: str | None = typer.Option(None, "--instance", help="Only this instance's."),
+    as_json: bool = _JSON,
+) -> None:
+    """The daemon's event log: launches, stages, state changes, crashes, restarts."""
+    from studioctl.client import connect
+
+    params: dict[str, Any] = {"n": n, "follow": "1" if follow else "0"}
+    if instance:
+        params["instance"] = instance
+    with connect() as client:
+        try:
+            for line in client.stream_lines("GET", "/events", params=params):
+                if not line.startswith("data: "):
+                    continue
+                ev = json.loads(line[6:])
+                if as_json:
+                    _echo_json(ev)
+                else:
+                    t = time.strftime("%H:%M:%S", time.localtime(ev["ts"]))
+                    typer.echo(f"{t} {ev['kind']:<18} {ev['message']}")
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None

@@ -1,0 +1,426 @@
+"""The control API: the daemon's routes for lifecycle, events and logs (Starlette).
+
+Served on the Unix socket (the file system is the authentication: mode 0600) and, behind
+``X-Admin-Token``, on the gateway's TCP port under ``/admin/``. Every answer carries
+``X-Studioctl-Api`` so the CLI can refuse a daemon of another API version. Errors are the
+OpenAI envelope ``{"error": {...}}`` with the StudioError's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from studioctl import API_VERSION, __version__
+from studioctl.errors import NotFoundError, StudioError, UsageError
+from studioctl.lifecycle import logfiles
+from studioctl.lifecycle.events import Event, EventBus
+from studioctl.lifecycle.supervisor import Supervisor
+
+API_HEADER = "X-Studioctl-Api"
+
+
+@dataclass
+class DaemonInfo:
+    pid: int = field(default_factory=os.getpid)
+    started_at: float = field(default_factory=time.time)
+    socket: str = ""
+    gateway_url: str | None = None
+    shutdown: Callable[[bool], None] | None = None
+    extra_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    h = {API_HEADER: str(API_VERSION)}
+    if headers:
+        h.update(headers)
+    return JSONResponse(data, status_code=status, headers=h)
+
+
+def error_response(exc: StudioError) -> JSONResponse:
+    headers = {}
+    retry = getattr(exc, "retry_after", None)
+    if retry is not None:
+        headers["Retry-After"] = str(max(1, int(-(-retry // 1))))
+    return _json({"error": exc.to_dict()}, status=exc.http_status, headers=headers)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"request body is not valid JSON: {exc.msg} at char {exc.pos}") from exc
+    if not isinstance(data, dict):
+        raise UsageError("request body must be a JSON object")
+    return data
+
+
+def _opt_float(data: dict[str, Any], key: str, default: float | None) -> float | None:
+    v = data.get(key, default)
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{key} must be a number, got {v!r}", details={"param": key}) from exc
+
+
+def _opt_gpus(v: Any) -> list[int] | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = [x for x in v.split(",") if x.strip()]
+    try:
+        return [int(x) for x in v]
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"gpus must be a list of GPU indices, got {v!r}", details={"param": "gpus"}
+        ) from exc
+
+
+def _ndjson(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, default=str) + "\n").encode()
+
+
+def build_control_app(sup: Supervisor, bus: EventBus, info: DaemonInfo) -> Starlette:
+    """The control app. Tenant/usage routes are added by the gateway wiring (``extra_routes``)."""
+
+    async def version(_: Request) -> Response:
+        return _json(
+            {
+                "version": __version__,
+                "api_version": API_VERSION,
+                "pid": info.pid,
+                "started_at": info.started_at,
+            }
+        )
+
+    async def status(_: Request) -> Response:
+        now = time.time()
+        out: dict[str, Any] = {
+            "daemon": {
+                "pid": info.pid,
+                "version": __version__,
+                "api_version": API_VERSION,
+                "uptime_s": now - info.started_at,
+                "socket": info.socket,
+            },
+            "gateway": {"url": info.gateway_url},
+            "instances": [i.to_dict(now) for i in sup.list()],
+            "operations": sup.locks.in_progress(),
+        }
+        if info.extra_status is not None:
+            out.update(await info.extra_status())
+        return _json(out)
+
+    async def list_instances(request: Request) -> Response:
+        include = request.query_params.get("all") in ("1", "true")
+        now = time.time()
+        data = [i.to_dict(now) for i in sup.list(include_stopped=include)]
+        out: dict[str, Any] = {"instances": data}
+        if request.query_params.get("foreign") in ("1", "true"):
+            out["foreign"] = await asyncio.to_thread(sup.foreign_servers)
+        return _json(out)
+
+    async def get_instance(request: Request) -> Response:
+        return _json(sup.get(request.path_params["target"]).to_dict())
+
+    async def _streamed(
+        request: Request,
+        op: Callable[[], Awaitable[dict[str, Any]]],
+        match: Callable[[Event], bool],
+    ) -> Response:
+        """Run ``op`` while streaming matching events as NDJSON, then its result or error."""
+        q = bus.subscribe()
+
+        async def gen() -> AsyncIterator[bytes]:
+            task = asyncio.create_task(op())
+            try:
+                while True:
+                    getter = asyncio.create_task(q.get())
+                    done, _ = await asyncio.wait(
+                        {task, getter}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if getter in done:
+                        ev = getter.result()
+                        if match(ev):
+                            yield _ndjson({"type": "event", **ev.to_dict()})
+                    else:
+                        getter.cancel()
+                    if task in done:
+                        while not q.empty():
+                            ev = q.get_nowait()
+                            if match(ev):
+                                yield _ndjson({"type": "event", **ev.to_dict()})
+                        exc = task.exception()
+                        if isinstance(exc, StudioError):
+                            yield _ndjson(
+                                {"type": "error", "status": exc.http_status, "error": exc.to_dict()}
+                            )
+                        elif exc is not None:
+                            yield _ndjson(
+                                {
+                                    "type": "error",
+                                    "status": 500,
+                                    "error": {"message": str(exc), "type": "internal_error"},
+                                }
+                            )
+                        else:
+                            yield _ndjson({"type": "result", "result": task.result()})
+                        return
+            finally:
+                bus.unsubscribe(q)
+                # A client that goes away does not cancel the operation: launches finish.
+
+        return StreamingResponse(
+            gen(), media_type="application/x-ndjson", headers={API_HEADER: str(API_VERSION)}
+        )
+
+    async def launch(request: Request) -> Response:
+        data = await _body(request)
+        recipe = data.get("recipe")
+        if not isinstance(recipe, str) or not recipe:
+            raise UsageError("recipe is required", details={"param": "recipe"})
+        port = data.get("port")
+        if port is not None and not isinstance(port, int):
+            raise UsageError(f"port must be an integer, got {port!r}", details={"param": "port"})
+        wait = bool(data.get("wait", True))
+
+        async def op() -> dict[str, Any]:
+            inst = await sup.launch(
+                recipe,
+                port=port,
+                gpus=_opt_gpus(data.get("gpus")),
+                force=bool(data.get("force", False)),
+                wait=wait,
+                timeout=_opt_float(data, "timeout", None),
+                lock_wait=bool(data.get("lock_wait", False)),
+            )
+            return inst.to_dict()
+
+        if data.get("stream"):
+            return await _streamed(request, op, lambda ev: ev.recipe_id == recipe)
+        return _json(await op(), status=201)
+
+    async def evict(request: Request) -> Response:
+        data = await _body(request)
+        target = request.path_params["target"]
+        inst = sup.get(target)
+
+        async def op() -> dict[str, Any]:
+            return await sup.evict(
+                inst.id,
+                drain_timeout=_opt_float(data, "drain_timeout", 30.0) or 0.0,
+                grace=_opt_float(data, "grace", 15.0) or 0.0,
+                force=bool(data.get("force", False)),
+                lock_wait=bool(data.get("lock_wait", False)),
+            )
+
+        if data.get("stream"):
+            return await _streamed(request, op, lambda ev: ev.instance_id == inst.id)
+        return _json(await op())
+
+    async def switch(request: Request) -> Response:
+        data = await _body(request)
+        frm, to = data.get("from"), data.get("to")
+        if not isinstance(frm, str) or not isinstance(to, str):
+            raise UsageError("switch needs 'from' (instance or recipe) and 'to' (recipe)")
+        src = sup.get(frm)
+
+        async def op() -> dict[str, Any]:
+            return await sup.switch(
+                src.id,
+                to,
+                port=data.get("port"),
+                gpus=_opt_gpus(data.get("gpus")),
+                drain_timeout=_opt_float(data, "drain_timeout", 30.0) or 0.0,
+                grace=_opt_float(data, "grace", 15.0) or 0.0,
+                timeout=_opt_float(data, "timeout", None),
+                lock_wait=bool(data.get("lock_wait", False)),
+            )
+
+        if data.get("stream"):
+            return await _streamed(
+                request,
+                op,
+                lambda ev: ev.recipe_id in (src.recipe.id, to) or ev.kind == "switch",
+            )
+        return _json(await op())
+
+    async def adopt(request: Request) -> Response:
+        data = await _body(request)
+        pid, recipe = data.get("pid"), data.get("recipe")
+        if not isinstance(pid, int) or not isinstance(recipe, str):
+            raise UsageError("adopt needs an integer 'pid' and a 'recipe' id")
+        inst = await sup.adopt(pid, recipe, port=data.get("port"))
+        return _json(inst.to_dict(), status=201)
+
+    async def logs(request: Request) -> Response:
+        inst = sup.get(request.path_params["target"])
+        qp = request.query_params
+        try:
+            n = int(qp.get("n", "100"))
+            since = float(qp["since"]) if "since" in qp else None
+            if since is not None and "n" not in qp:
+                n = 10**9  # since alone: every line after it
+        except ValueError as exc:
+            raise UsageError(f"bad query parameter: {exc}") from exc
+        follow = qp.get("follow") in ("1", "true")
+        return StreamingResponse(
+            _log_stream(
+                inst.log_path,
+                n=n,
+                follow=follow,
+                since=since,
+                alive=lambda: inst.state.value not in ("stopped", "failed"),
+            ),
+            media_type="text/plain; charset=utf-8",
+            headers={API_HEADER: str(API_VERSION), "X-Log-Path": str(inst.log_path)},
+        )
+
+    async def events(request: Request) -> Response:
+        from studioctl.store.events import EventRepo
+
+        qp = request.query_params
+        try:
+            n = int(qp.get("n", "50"))
+            after = int(qp["after"]) if "after" in qp else None
+        except ValueError as exc:
+            raise UsageError(f"bad query parameter: {exc}") from exc
+        follow = qp.get("follow") in ("1", "true")
+        instance = qp.get("instance")
+        repo = EventRepo(sup.db)
+        q = bus.subscribe() if follow else None
+        past = (
+            repo.since(after, limit=n) if after is not None else repo.tail(n, instance_id=instance)
+        )
+
+        def enc(ev: dict[str, Any]) -> bytes:
+            payload = json.dumps(ev, default=str)
+            return f"id: {ev['id']}\nevent: {ev['kind']}\ndata: {payload}\n\n".encode()
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                for row in past:
+                    d = _event_row(row)
+                    if instance and d.get("instance_id") != instance:
+                        continue
+                    yield enc(d)
+                if q is None:
+                    return
+                while True:
+                    try:
+                        ev = await asyncio.wait_for(q.get(), timeout=15)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    if instance and ev.instance_id != instance:
+                        continue
+                    yield enc(ev.to_dict())
+            finally:
+                if q is not None:
+                    bus.unsubscribe(q)
+
+        return StreamingResponse(
+            gen(),
+            media_type="text/event-stream",
+            headers={API_HEADER: str(API_VERSION), "Cache-Control": "no-cache"},
+        )
+
+    async def shutdown(request: Request) -> Response:
+        data = await _body(request)
+        if info.shutdown is None:
+            raise StudioError("this daemon cannot be shut down over the API")
+        info.shutdown(bool(data.get("stop_engines", False)))
+        return _json(
+            {"ok": True, "pid": info.pid, "stop_engines": bool(data.get("stop_engines"))},
+            status=202,
+        )
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, StudioError):
+            return error_response(exc)
+        return error_response(StudioError(f"internal error: {exc!r}"))
+
+    routes = [
+        Route("/version", version),
+        Route("/status", status),
+        Route("/instances", list_instances),
+        Route("/instances", launch, methods=["POST"]),
+        Route("/instances/{target}", get_instance),
+        Route("/instances/{target}/evict", evict, methods=["POST"]),
+        Route("/instances/{target}/logs", logs),
+        Route("/switch", switch, methods=["POST"]),
+        Route("/adopt", adopt, methods=["POST"]),
+        Route("/events", events),
+        Route("/daemon/shutdown", shutdown, methods=["POST"]),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(NotFoundError(f"no route {request.method} {request.url.path}"))
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={Exception: on_error, 404: not_found, StudioError: on_error},
+    )
+    return app
+
+
+def _event_row(row: Any) -> dict[str, Any]:
+    if isinstance(row, dict):
+        return row
+    to_dict = getattr(row, "to_dict", None)
+    if callable(to_dict):
+        d: dict[str, Any] = to_dict()
+        return d
+    return {
+        k: getattr(row, k)
+        for k in ("id", "ts", "kind", "message", "instance_id", "recipe_id", "data")
+    }
+
+
+async def _log_stream(
+    path: Path, *, n: int, follow: bool, since: float | None, alive: Callable[[], bool]
+) -> AsyncIterator[bytes]:
+    """The last ``n`` lines (0 = none; with ``since``, those at or after it), then with
+    ``follow`` new lines as they are written, until the instance is gone."""
+    lines = logfiles.tail_lines(path, n, max_bytes=64 * 1024 * 1024 if since else 256 * 1024)
+    if since is not None:
+        lines = list(logfiles.since(lines, since))
+    for line in lines:
+        yield (line + "\n").encode()
+    if not follow:
+        return
+    try:
+        offset = path.stat().st_size
+    except OSError:
+        offset = 0
+    follower = logfiles.LogFollower(path, offset=offset)
+    idle = 0
+    while True:
+        new = follower.read_new()
+        for line in new:
+            yield (line + "\n").encode()
+        if new:
+            idle = 0
+        else:
+            idle += 1
+            if idle % 20 == 0 and not alive():
+                for line in follower.read_new():
+                    yield (line + "\n").encode()
+                return
+        await asyncio.sleep(0.25)

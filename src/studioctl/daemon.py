@@ -1,0 +1,297 @@
+"""The composition root: settings, store, supervisor, control API, gateway, signals, lock.
+
+``studioctl daemon run`` calls ``run()``: one process per STUDIOCTL_HOME (a lock file held
+with flock), the control API on a 0600 Unix socket, the gateway on TCP, systemd
+``Type=notify`` support, and a graceful stop on SIGTERM/SIGINT that leaves engines running
+(they are adopted on the next start) unless asked to stop them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from studioctl import paths
+from studioctl.errors import ConflictError, StudioError
+
+log = logging.getLogger("studioctl.daemon")
+
+
+# --------------------------------------------------------------------------- lock
+
+
+class DaemonLock:
+    """An flock on ``daemon.lock`` holding our pid. Released by the kernel if we die."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        paths.ensure_dir(self.path.parent)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held for the daemon's life
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise ConflictError(
+                f"a daemon is already running for this STUDIOCTL_HOME (pid {holder})",
+                code="daemon_running",
+                hint="studioctl daemon status   /   studioctl daemon stop",
+                details={"pid": int(holder) if holder.isdigit() else None},
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.seek(0)
+                self._fh.truncate()
+            self._fh.close()
+            self._fh = None
+
+
+def lock_holder(path: Path | None = None) -> int | None:
+    """The pid of the running daemon, from its lock, or None when no daemon holds it."""
+    path = path or paths.daemon_lock_file()
+    try:
+        fh = open(path)  # noqa: SIM115
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = fh.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) about READY=1 / STOPPING=1. No-op without NOTIFY_SOCKET."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # abstract namespace socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+        return True
+    except OSError as exc:
+        log.warning("sd_notify(%s) failed: %s", state, exc)
+        return False
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def bind_unix(path: Path) -> socket.socket:
+    paths.ensure_dir(path.parent)
+    if path.exists():
+        # A stale socket from a daemon that died: we hold the lock, so nobody else uses it.
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is created 0600: the file system is the authentication
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        from studioctl.lifecycle.osproc import OsProc
+
+        holder = OsProc().port_holder(host, port) or "another process"
+        raise ConflictError(
+            f"gateway address {host}:{port} is taken by {holder}: {exc.strerror}",
+            code="port_taken",
+            hint="set gateway.port in studioctl.yaml or STUDIOCTL_GATEWAY_PORT",
+        ) from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(level)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if os.environ.get("STUDIOCTL_DETACHED") != "1":
+        # Detached (`daemon start`), stderr already goes to daemon.log: don't log twice.
+        err = logging.StreamHandler(sys.stderr)
+        err.setFormatter(fmt)
+        root.addHandler(err)
+    logfile = paths.daemon_log_file()
+    paths.ensure_dir(logfile.parent)
+    from logging.handlers import RotatingFileHandler
+
+    fh = RotatingFileHandler(logfile, maxBytes=10 * 1024 * 1024, backupCount=3)
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(*, verbose: bool = False) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT or a shutdown request."""
+    from studioctl.settings import load_settings
+
+    settings = load_settings()
+    lock = DaemonLock(paths.daemon_lock_file())
+    lock.acquire()
+    setup_logging(verbose)
+    try:
+        return asyncio.run(_main(settings))
+    finally:
+        lock.release()
+
+
+class _Server:
+    """uvicorn's Server without its signal handling (the daemon owns the signals)."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # type: ignore[no-untyped-def]
+                yield
+
+        cfg = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        self.server = Quiet(cfg)
+        self.sock = sock
+
+    async def serve(self) -> None:
+        await self.server.serve(sockets=[self.sock])
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+async def _main(settings: Any) -> int:
+    from studioctl.control import DaemonInfo, build_control_app
+    from studioctl.lifecycle.events import EventBus
+    from studioctl.lifecycle.restart import RestartPolicy
+    from studioctl.lifecycle.supervisor import Supervisor
+    from studioctl.store.db import Database
+    from studioctl.store.events import EventRepo
+
+    db = Database(paths.database_file())
+    db.migrate()
+    bus = EventBus(EventRepo(db))
+    d = settings.daemon
+    policy = RestartPolicy(
+        backoff_s=d.restart_backoff_s,
+        backoff_max_s=d.restart_backoff_max_s,
+        budget=d.crash_budget,
+        window_s=d.crash_window_s,
+    )
+    sup = Supervisor(
+        settings=settings,
+        db=db,
+        bus=bus,
+        policy=policy,
+        health_interval_s=d.health_interval_s,
+    )
+    stop = asyncio.Event()
+    stop_engines = {"value": False}
+
+    def request_shutdown(engines: bool) -> None:
+        stop_engines["value"] = engines
+        stop.set()
+
+    info = DaemonInfo(socket=str(paths.control_socket()), shutdown=request_shutdown)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await sup.start()
+    control = build_control_app(sup, bus, info)
+    servers = [_Server(control, bind_unix(paths.control_socket()))]
+    gateway = None
+    if settings.gateway.enabled:
+        from studioctl.gateway.wiring import build_gateway
+
+        gateway = await build_gateway(
+            settings=settings, db=db, sup=sup, admin_app=control, info=info
+        )
+        tcp = bind_tcp(settings.gateway.host, settings.gateway.port)
+        info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
+        servers.append(_Server(gateway.app, tcp))
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    log.info(
+        "studioctl daemon %d ready: control %s, gateway %s",
+        os.getpid(),
+        info.socket,
+        info.gateway_url or "off",
+    )
+    bus.publish("daemon", f"daemon started (pid {os.getpid()})", data={"pid": os.getpid()})
+    sd_notify("READY=1")
+    await asyncio.wait(
+        [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
+    )
+    sd_notify("STOPPING=1")
+    log.info("stopping (engines %s)", "stop too" if stop_engines["value"] else "keep running")
+    t0 = time.monotonic()
+    for s in servers:
+        s.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        await sup.close(stop_engines=stop_engines["value"])
+        if gateway is not None:
+            await gateway.close()
+        bus.publish("daemon", f"daemon stopped (pid {os.getpid()})", data={"pid": os.getpid()})
+    except StudioError as exc:
+        log.error("shutdown: %s", exc.message)
+    finally:
+        db.close()
+        with contextlib.suppress(OSError):
+            paths.control_socket().unlink()
+    log.info("stopped in %.1fs", time.monotonic() - t0)
+    return 0

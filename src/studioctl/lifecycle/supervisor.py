@@ -1,0 +1,1016 @@
+"""The supervisor: launches, watches, restarts, drains, stops and adopts engine processes.
+
+One asyncio task per instance (``_monitor``) drives it through its states:
+
+    starting/loading ──probe 200──► ready ──exit or 3 failed probes──► crashed ──policy──►
+        starting (after backoff) | failed
+    evict: ready ──► draining ──(in-flight 0 or drain timeout)──► stopping ──► stopped
+
+State changes go through ``_set_state`` only, which checks the transition
+(lifecycle.states), stores it and publishes an event. Every OS call goes through ``self.os``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from studioctl import paths
+from studioctl.errors import (
+    ConflictError,
+    EngineFailed,
+    NotFoundError,
+    OperationTimeout,
+    StudioError,
+    UsageError,
+)
+from studioctl.lifecycle import logfiles, readiness
+from studioctl.lifecycle.events import EventBus
+from studioctl.lifecycle.locks import ResourceLocks
+from studioctl.lifecycle.osproc import OsProc, ProcInfo
+from studioctl.lifecycle.restart import RestartPolicy, decide
+from studioctl.lifecycle.runtime import Instance, recipe_from_json
+from studioctl.lifecycle.states import ACTIVE, State, check
+
+if TYPE_CHECKING:
+    from studioctl.recipes import Recipe
+    from studioctl.settings import Settings
+    from studioctl.store.db import Database
+
+log = logging.getLogger("studioctl.supervisor")
+
+PROBE_INTERVAL_S = 0.25  # readiness probe while starting
+LOG_TAIL_LINES = 40
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        bus: EventBus,
+        osproc: OsProc | None = None,
+        policy: RestartPolicy | None = None,
+        health_interval_s: float = 2.0,
+        health_failures: int = 3,
+        gateway_inflight: Callable[[str], int] | None = None,
+        recipe_loader: Callable[[str], Recipe] | None = None,
+    ) -> None:
+        from studioctl.store.instances import InstanceRepo, LaunchRepo
+
+        self.settings = settings
+        self.db = db
+        self.repo = InstanceRepo(db)
+        self.launches = LaunchRepo(db)
+        self.bus = bus
+        self.os = osproc or OsProc()
+        self.policy = policy or RestartPolicy()
+        self.health_interval_s = health_interval_s
+        self.health_failures = health_failures
+        self.gateway_inflight = gateway_inflight or (lambda _iid: 0)
+        self._load_recipe = recipe_loader or self._default_recipe_loader
+        self.instances: dict[str, Instance] = {}
+        self.locks = ResourceLocks()
+        self._session: Any = None
+        self._closing = False
+        self.on_change: list[Callable[[], None]] = []  # e.g. the gateway's route table refresh
+
+    # ------------------------------------------------------------------ setup / teardown
+
+    def _default_recipe_loader(self, recipe_id: str) -> Recipe:
+        from studioctl.recipes import get_recipe, recipe_dirs
+
+        return get_recipe(recipe_id, recipe_dirs(self.settings))
+
+    async def start(self) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64, force_close=True)
+        )
+        await self.reconcile()
+
+    async def close(self, *, stop_engines: bool = False) -> None:
+        """Daemon shutdown: leave engines running (adopted next start) unless told otherwise."""
+        self._closing = True
+        if stop_engines:
+            for inst in list(self.instances.values()):
+                if inst.state in ACTIVE or inst.state == State.CRASHED:
+                    with contextlib.suppress(StudioError):
+                        await self.evict(inst.id, force=True, grace=10)
+        for inst in self.instances.values():
+            if inst.task and not inst.task.done():
+                inst.task.cancel()
+        tasks = [i.task for i in self.instances.values() if i.task]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for inst in self.instances.values():
+            self._persist(inst)
+        if self._session is not None:
+            await self._session.close()
+
+    # ------------------------------------------------------------------ queries
+
+    def list(self, *, include_stopped: bool = False) -> list[Instance]:
+        out = [
+            i for i in self.instances.values() if include_stopped or i.state not in (State.STOPPED,)
+        ]
+        return sorted(out, key=lambda i: i.created_at)
+
+    def get(self, target: str) -> Instance:
+        """An instance by id, or the live instance of a recipe id."""
+        if target in self.instances:
+            return self.instances[target]
+        live = [
+            i
+            for i in self.instances.values()
+            if i.recipe.id == target and i.state not in (State.STOPPED, State.FAILED)
+        ]
+        if not live:
+            live = [i for i in self.instances.values() if i.recipe.id == target]
+        if not live:
+            known = ", ".join(sorted(self.instances)) or "none"
+            raise NotFoundError(
+                f"no instance or recipe named {target!r} is known to the daemon",
+                hint=f"instances: {known}; see `studioctl ps --all`",
+            )
+        return max(live, key=lambda i: i.created_at)
+
+    # ------------------------------------------------------------------ launch
+
+    async def launch(
+        self,
+        recipe_id: str,
+        *,
+        port: int | None = None,
+        gpus: list[int] | None = None,
+        force: bool = False,
+        wait: bool = True,
+        timeout: float | None = None,
+        lock_wait: bool = False,
+    ) -> Instance:
+        recipe = self._load_recipe(recipe_id)
+        gpu_set = list(gpus) if gpus is not None else list(recipe.gpus)
+        resources = {f"recipe:{recipe.id}", *(f"gpu:{g}" for g in gpu_set)}
+        async with self.locks.hold(resources, f"launch {recipe.id}", wait=lock_wait):
+            inst = self._start_instance(
+                recipe, port=port, gpus=gpu_set, force=force, timeout=timeout
+            )
+        if wait:
+            await self.wait_ready(inst)
+        return inst
+
+    def _check_conflicts(self, recipe: Recipe, port: int, gpus: list[int], force: bool) -> None:
+        for other in self.instances.values():
+            if other.state not in ACTIVE and other.state != State.CRASHED:
+                continue
+            if other.recipe.id == recipe.id:
+                raise ConflictError(
+                    f"recipe {recipe.id} is already running as {other.id} ({other.state})",
+                    code="already_running",
+                    hint=f"studioctl evict {other.id}   or   studioctl switch {other.id} OTHER",
+                )
+            shared = sorted(set(other.gpus) & set(gpus))
+            if shared and not force:
+                raise ConflictError(
+                    f"GPU {','.join(map(str, shared))} is held by {other.id} "
+                    f"(recipe {other.recipe.id})",
+                    code="gpus_busy",
+                    hint=f"evict it first, use `studioctl switch {other.id} {recipe.id}`, "
+                    "or pass --force",
+                )
+        holder = self.os.port_holder(recipe.host, port)
+        if holder is not None:
+            raise ConflictError(
+                f"port {port} on {recipe.host} is taken by {holder}",
+                code="port_taken",
+                hint="pick another with --port, or set `port:` in the recipe",
+            )
+
+    def _pick_port(self, recipe: Recipe, port: int | None) -> int:
+        if port is not None:
+            return port
+        if recipe.port is not None:
+            return recipe.port
+        eng = self.settings.engines
+        used = {i.port for i in self.instances.values() if i.state in ACTIVE}
+        for p in range(eng.port_min, eng.port_max + 1):
+            if p in used:
+                continue
+            if self.os.port_holder(recipe.host, p) is None:
+                return p
+        raise ConflictError(
+            f"no free port in the engine range {eng.port_min}-{eng.port_max}",
+            code="no_free_port",
+            hint="widen engines.port_min/port_max in studioctl.yaml",
+        )
+
+    def _start_instance(
+        self,
+        recipe: Recipe,
+        *,
+        port: int | None,
+        gpus: list[int],
+        force: bool,
+        timeout: float | None,
+    ) -> Instance:
+        from studioctl.engines import get_engine
+
+        chosen = self._pick_port(recipe, port)
+        self._check_conflicts(recipe, chosen, gpus, force)
+        engine = get_engine(recipe.backend)
+        iid = self.repo.next_id(recipe.id)
+        log_path = paths.instance_log_dir() / f"{iid}.log"
+        inst = Instance(
+            id=iid,
+            recipe=recipe,
+            engine=engine,
+            host=recipe.host,
+            port=chosen,
+            gpus=gpus,
+            log_path=log_path,
+        )
+        self.repo.insert(inst.to_record())
+        self.instances[iid] = inst
+        self._spawn(inst, first=True)
+        inst.ready = asyncio.get_running_loop().create_future()
+        inst.task = asyncio.create_task(self._monitor(inst, timeout=timeout), name=f"monitor {iid}")
+        return inst
+
+    def _spawn(self, inst: Instance, *, first: bool) -> None:
+        cmd = inst.engine.command(inst.recipe, port=inst.port, gpus=inst.gpus)
+        inst.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(inst.log_path, "ab") as f:
+            what = "launch" if first else f"restart {inst.restarts}"
+            f.write(
+                f"=== studioctl: {what} of {inst.recipe.id} at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {cmd.shell()}\n".encode()
+            )
+        inst.log_offset = inst.log_path.stat().st_size
+        try:
+            spawned = self.os.spawn(cmd.argv, env=cmd.env, log_path=inst.log_path)
+        except FileNotFoundError as exc:
+            raise EngineFailed(
+                f"cannot start {inst.recipe.id}: {exc.filename or cmd.argv[0]} not found",
+                hint="check the recipe's `python:` (an interpreter or a venv with the engine)",
+            ) from exc
+        except OSError as exc:
+            raise EngineFailed(f"cannot start {inst.recipe.id}: {exc}") from exc
+        inst.spawned = spawned
+        inst.pid, inst.pgid, inst.create_time = spawned.pid, spawned.pgid, spawned.create_time
+        inst.tree = {spawned.pid: spawned.create_time}
+        inst.started_at = self.os.now()
+        inst.ready_at = None
+        inst.stages = {"started": 0.0}
+        inst.exit_code = None
+        if not first:
+            self._set_state(inst, State.STARTING, f"restart {inst.restarts}")
+        else:
+            self._persist(inst)
+            self.bus.publish(
+                "launch",
+                f"{inst.id}: started pid {inst.pid} on port {inst.port}",
+                instance_id=inst.id,
+                recipe_id=inst.recipe.id,
+                data={"pid": inst.pid, "port": inst.port, "command": cmd.shell()},
+            )
+        self.bus.publish(
+            "stage",
+            f"{inst.id}: process started",
+            instance_id=inst.id,
+            recipe_id=inst.recipe.id,
+            data={
+                "stage": "started",
+                "label": "process started",
+                "t": 0.0,
+                "eta": self._eta(inst.recipe.id),
+            },
+        )
+        self._changed()
+
+    async def wait_ready(self, inst: Instance) -> Instance:
+        assert inst.ready is not None
+        await asyncio.shield(inst.ready)
+        return inst
+
+    def _eta(self, recipe_id: str) -> dict[str, float] | None:
+        try:
+            return self.launches.typical(recipe_id)
+        except Exception:  # the ETA is a nicety; never fail a launch over it
+            return None
+
+    # ------------------------------------------------------------------ monitoring
+
+    async def _monitor(self, inst: Instance, *, timeout: float | None = None) -> None:
+        try:
+            while not self._closing:
+                if inst.state in (State.STARTING, State.LOADING):
+                    await self._await_ready(inst, timeout=timeout)
+                    timeout = None
+                elif inst.state in (State.READY, State.DRAINING):
+                    await self._watch(inst)
+                elif inst.state == State.CRASHED:
+                    await self._after_crash(inst)
+                else:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not take the daemon down silently
+            log.exception("monitor of %s failed", inst.id)
+            self.bus.publish("error", f"{inst.id}: monitor error: {exc}", instance_id=inst.id)
+            self._fail_waiters(inst, StudioError(f"{inst.id}: internal error: {exc!r}"))
+
+    def _exited(self, inst: Instance) -> bool:
+        code = self.os.reap(inst.spawned)
+        if code is not None:
+            inst.exit_code = code
+            return True
+        if inst.pid is None:
+            return True
+        return not self.os.is_alive(inst.pid, inst.create_time)
+
+    async def _await_ready(self, inst: Instance, *, timeout: float | None) -> None:
+        start = inst.started_at or self.os.now()
+        limit = timeout if timeout is not None else inst.recipe.readiness_timeout_s
+        follower = logfiles.LogFollower(inst.log_path, offset=inst.log_offset)
+        tracker = readiness.StageTracker(inst.engine.stages)
+        tracker.reached.update({k: v for k, v in inst.stages.items()})
+        probe_paths = (inst.engine.health_path, *inst.engine.ready_paths)
+        while True:
+            t = self.os.now() - start
+            for stage in tracker.feed(follower.read_new(), t):
+                inst.stages[stage.name] = round(t, 3)
+                self.bus.publish(
+                    "stage",
+                    f"{inst.id}: {stage.label}",
+                    instance_id=inst.id,
+                    recipe_id=inst.recipe.id,
+                    data={"stage": stage.name, "label": stage.label, "t": round(t, 3)},
+                )
+                if inst.state == State.STARTING:
+                    self._set_state(inst, State.LOADING, stage.label)
+            if await readiness.probe(self._session, inst.base_url, probe_paths):
+                self._refresh_tree(inst)
+                inst.ready_at = self.os.now()
+                inst.stages["ready"] = round(inst.ready_at - start, 3)
+                first_ready = not inst.ever_ready
+                inst.ever_ready = True
+                self._set_state(inst, State.READY, f"ready in {inst.ready_at - start:.1f}s")
+                self._record_launch(inst, "ready")
+                if inst.ready is not None and not inst.ready.done():
+                    inst.ready.set_result(None)
+                if first_ready:
+                    self.bus.publish(
+                        "ready",
+                        f"{inst.id}: ready on port {inst.port} in {inst.ready_at - start:.1f}s",
+                        instance_id=inst.id,
+                        recipe_id=inst.recipe.id,
+                        data={"port": inst.port, "seconds": inst.ready_at - start},
+                    )
+                return
+            if self._exited(inst):
+                await self._failed_start(
+                    inst,
+                    f"exited with code {inst.exit_code}"
+                    if inst.exit_code is not None
+                    else "process exited",
+                )
+                return
+            if t > limit:
+                await self._terminate(inst, grace=5.0)
+                tail = logfiles.tail_lines(inst.log_path, LOG_TAIL_LINES)
+                self._set_state(inst, State.FAILED, f"not ready after {limit:g}s")
+                self._record_launch(inst, "timeout")
+                self._fail_waiters(
+                    inst,
+                    OperationTimeout(
+                        f"{inst.id} was not ready after {limit:g}s; stopped it",
+                        hint=f"see `studioctl logs {inst.id}`; raise readiness_timeout_s "
+                        "or --timeout if it is just slow",
+                        details={"log_tail": tail, "instance": inst.id},
+                    ),
+                )
+                return
+            self._refresh_tree(inst)
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _failed_start(self, inst: Instance, why: str) -> None:
+        # Collect anything of the tree the dead parent left behind.
+        await self._terminate(inst, grace=2.0)
+        tail = logfiles.tail_lines(inst.log_path, LOG_TAIL_LINES)
+        if not inst.ever_ready:
+            self._set_state(inst, State.FAILED, f"{why} before it was ready")
+            self._record_launch(inst, "failed")
+            self._fail_waiters(
+                inst,
+                EngineFailed(
+                    f"{inst.id} ({inst.recipe.backend}) {why} before it was ready",
+                    log_tail=tail,
+                    hint=f"full log: studioctl logs {inst.id}",
+                    details={"instance": inst.id},
+                ),
+            )
+        else:
+            # A restart that failed to come up counts as another crash.
+            self._crashed(inst, f"{why} while restarting")
+
+    def _fail_waiters(self, inst: Instance, exc: StudioError) -> None:
+        if inst.ready is not None and not inst.ready.done():
+            inst.ready.set_exception(exc)
+            inst.ready.exception()  # mark retrieved: no "never retrieved" warning if nobody waits
+
+    async def _watch(self, inst: Instance) -> None:
+        failures = 0
+        last_tree = 0.0
+        probe_paths = (inst.engine.health_path,)
+        while inst.state in (State.READY, State.DRAINING):
+            await asyncio.sleep(min(self.health_interval_s, 1.0))
+            if inst.state not in (State.READY, State.DRAINING):
+                return
+            if self._exited(inst):
+                why = (
+                    f"exited with code {inst.exit_code}"
+                    if inst.exit_code is not None
+                    else "process is gone"
+                )
+                self._crashed(inst, why)
+                return
+            now = self.os.now()
+            if now - last_tree >= 5.0:
+                last_tree = now
+                self._refresh_tree(inst)
+                self._rotate_log(inst)
+            if await readiness.probe(self._session, inst.base_url, probe_paths):
+                failures = 0
+            else:
+                failures += 1
+                if failures >= self.health_failures:
+                    self._crashed(inst, f"health probe failed {failures} times in a row")
+                    return
+
+    def _crashed(self, inst: Instance, why: str) -> None:
+        inst.crash_times.append(self.os.now())
+        self._set_state(inst, State.CRASHED, why)
+        self.bus.publish(
+            "crash", f"{inst.id}: crashed: {why}", instance_id=inst.id, recipe_id=inst.recipe.id
+        )
+
+    async def _after_crash(self, inst: Instance) -> None:
+        # Whatever is left of the tree goes (a hung API server, orphaned workers).
+        await self._terminate(inst, grace=5.0)
+        if inst.desired == "stopped":
+            self._set_state(inst, State.STOPPED, "stopped while crashed")
+            return
+        d = decide(
+            self.policy,
+            inst.recipe.restart,
+            inst.crash_times,
+            self.os.now(),
+            exit_code=inst.exit_code,
+        )
+        if not d.restart:
+            self._set_state(inst, State.FAILED, d.reason)
+            self._fail_waiters(inst, EngineFailed(f"{inst.id}: {d.reason}"))
+            return
+        inst.next_restart_at = self.os.now() + d.delay_s
+        self._persist(inst)
+        self.bus.publish(
+            "restart_scheduled",
+            f"{inst.id}: {d.reason}",
+            instance_id=inst.id,
+            recipe_id=inst.recipe.id,
+            data={"delay_s": d.delay_s, "restarts": inst.restarts},
+        )
+        while (left := inst.next_restart_at - self.os.now()) > 0:
+            await asyncio.sleep(min(left, 0.5))
+            if inst.desired == "stopped" or inst.state != State.CRASHED:
+                return
+        inst.next_restart_at = None
+        inst.restarts += 1
+        try:
+            self._check_port_free(inst)
+            self._spawn(inst, first=False)
+        except StudioError as exc:
+            inst.crash_times.append(self.os.now())
+            self.bus.publish(
+                "error", f"{inst.id}: restart failed: {exc.message}", instance_id=inst.id
+            )
+            self._persist(inst)
+
+    def _check_port_free(self, inst: Instance) -> None:
+        holder = self.os.port_holder(inst.host, inst.port)
+        if holder is not None:
+            raise ConflictError(f"port {inst.port} is taken by {holder}")
+
+    # ------------------------------------------------------------------ evict
+
+    async def evict(
+        self,
+        target: str,
+        *,
+        drain_timeout: float = 30.0,
+        grace: float = 15.0,
+        force: bool = False,
+        lock_wait: bool = False,
+    ) -> dict[str, Any]:
+        inst = self.get(target)
+        async with self.locks.hold(
+            {f"recipe:{inst.recipe.id}", f"instance:{inst.id}"}, f"evict {inst.id}", wait=lock_wait
+        ):
+            return await self._evict(inst, drain_timeout=drain_timeout, grace=grace, force=force)
+
+    async def _evict(
+        self, inst: Instance, *, drain_timeout: float, grace: float, force: bool
+    ) -> dict[str, Any]:
+        t0 = time.monotonic()
+        report: dict[str, Any] = {
+            "instance": inst.id,
+            "recipe": inst.recipe.id,
+            "state_before": str(inst.state),
+        }
+        if inst.state in (State.STOPPED, State.FAILED):
+            if inst.state == State.FAILED and self._tree_alive(inst):
+                pass  # leftovers of a failed stop: fall through and kill them
+            else:
+                report.update(
+                    already=str(inst.state),
+                    signals=[],
+                    processes=[],
+                    leftover=[],
+                    drained=None,
+                    seconds=0.0,
+                )
+                return report
+        inst.desired = "stopped"
+        self._persist(inst)
+        drained: bool | None = None
+        if inst.state == State.READY and not force:
+            self._set_state(inst, State.DRAINING, "evict requested")
+            drained = await self._drain(inst, drain_timeout)
+            report["drain_s"] = round(time.monotonic() - t0, 3)
+        if inst.task and not inst.task.done() and inst.task is not asyncio.current_task():
+            inst.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await inst.task
+        if inst.state in ACTIVE and inst.state != State.STOPPING:
+            self._set_state(inst, State.STOPPING, "evict")
+        elif inst.state == State.CRASHED:
+            pass
+        result = await self._terminate(inst, grace=grace)
+        report.update(result)
+        report["drained"] = drained
+        if result["leftover"]:
+            if inst.state == State.STOPPING:
+                self._set_state(
+                    inst,
+                    State.FAILED,
+                    "processes survived SIGKILL: "
+                    + ", ".join(str(p["pid"]) for p in result["leftover"]),
+                )
+        elif inst.state != State.STOPPED:
+            self._set_state(inst, State.STOPPED, "evicted")
+        inst.stopped_at = self.os.now()
+        self._fail_waiters(inst, EngineFailed(f"{inst.id} was evicted before it was ready"))
+        self._persist(inst)
+        report["seconds"] = round(time.monotonic() - t0, 3)
+        report["state"] = str(inst.state)
+        self.bus.publish(
+            "evict",
+            f"{inst.id}: evicted in {report['seconds']:.1f}s "
+            f"({', '.join(result['signals']) or 'already gone'})",
+            instance_id=inst.id,
+            recipe_id=inst.recipe.id,
+            data={k: v for k, v in report.items() if k != "processes"},
+        )
+        return report
+
+    async def _drain(self, inst: Instance, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            engine_inflight = await self.engine_inflight(inst)
+            total = (engine_inflight or 0) + self.gateway_inflight(inst.id)
+            if total == 0:
+                return True
+            if time.monotonic() >= deadline or self._exited(inst):
+                return False
+            await asyncio.sleep(0.25)
+
+    async def engine_inflight(self, inst: Instance) -> int | None:
+        """Running + waiting requests from the engine's own /metrics (None if unreadable)."""
+        from studioctl.engine_metrics import summarize
+
+        text = await readiness.fetch_text(self._session, inst.base_url + "/metrics")
+        if text is None:
+            return None
+        snap = summarize(inst.recipe.backend, text)
+        return int((snap.requests_running or 0) + (snap.requests_waiting or 0))
+
+    def _tree_alive(self, inst: Instance) -> bool:
+        return any(self.os.is_alive(p, c) for p, c in inst.tree.items())
+
+    def _refresh_tree(self, inst: Instance) -> None:
+        if inst.pid is None:
+            return
+        before = len(inst.tree)
+        for p in self.os.tree(inst.pid):
+            inst.tree.setdefault(p.pid, p.create_time)
+        if len(inst.tree) != before:
+            self._persist(inst)
+
+    async def _terminate(self, inst: Instance, *, grace: float) -> dict[str, Any]:
+        """SIGTERM the group, SIGKILL after ``grace``, then verify the whole tree is gone."""
+        members: dict[int, ProcInfo] = {}
+        if inst.pid is not None:
+            for p in self.os.tree(inst.pid):
+                members[p.pid] = p
+        if inst.pgid is not None:
+            for p in self.os.group_members(inst.pgid):
+                members.setdefault(p.pid, p)
+        for pid, ctime in inst.tree.items():
+            if pid not in members and self.os.is_alive(pid, ctime):
+                info = self.os.info(pid)
+                members[pid] = info or ProcInfo(pid, ctime, "?")
+        for p in members.values():
+            inst.tree.setdefault(p.pid, p.create_time)
+        alive = {pid: p for pid, p in members.items() if self.os.is_alive(pid, p.create_time)}
+        signals: list[str] = []
+        how: dict[int, str] = {}
+        if alive:
+            if inst.pgid is not None and self.os.signal_group(inst.pgid, signal.SIGTERM):
+                signals.append("SIGTERM")
+            for pid, p in alive.items():  # members outside the group (re-grouped workers)
+                if inst.pgid is None or _pgid(pid) != inst.pgid:
+                    self.os.signal_pid(pid, p.create_time, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                self.os.reap(inst.spawned)
+                for pid in [
+                    pid for pid, p in alive.items() if not self.os.is_alive(pid, p.create_time)
+                ]:
+                    how[pid] = "SIGTERM"
+                    del alive[pid]
+                if not alive:
+                    break
+                await asyncio.sleep(0.1)
+            if alive:
+                signals.append("SIGKILL")
+                if inst.pgid is not None:
+                    self.os.signal_group(inst.pgid, signal.SIGKILL)
+                for pid, p in alive.items():
+                    self.os.signal_pid(pid, p.create_time, signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+                while alive and time.monotonic() < deadline:
+                    self.os.reap(inst.spawned)
+                    for pid in [
+                        pid for pid, p in alive.items() if not self.os.is_alive(pid, p.create_time)
+                    ]:
+                        how[pid] = "SIGKILL"
+                        del alive[pid]
+                    await asyncio.sleep(0.05)
+        self.os.reap(inst.spawned)
+        processes = [
+            {"pid": pid, "name": members[pid].name, "how": how.get(pid, "already gone")}
+            for pid in sorted(members)
+        ]
+        leftover = [{"pid": pid, "name": p.name} for pid, p in sorted(alive.items())]
+        return {"signals": signals, "processes": processes, "leftover": leftover}
+
+    # ------------------------------------------------------------------ switch
+
+    async def switch(
+        self,
+        frm: str,
+        to: str,
+        *,
+        port: int | None = None,
+        gpus: list[int] | None = None,
+        drain_timeout: float = 30.0,
+        grace: float = 15.0,
+        timeout: float | None = None,
+        lock_wait: bool = False,
+    ) -> dict[str, Any]:
+        src = self.get(frm)
+        recipe = self._load_recipe(to)
+        if recipe.id == src.recipe.id:
+            raise UsageError(f"{frm} already runs recipe {to}; nothing to switch")
+        new_gpus = list(gpus) if gpus is not None else list(recipe.gpus)
+        overlap = sorted(set(src.gpus) & set(new_gpus))
+        resources = {
+            f"recipe:{src.recipe.id}",
+            f"recipe:{recipe.id}",
+            f"instance:{src.id}",
+            *(f"gpu:{g}" for g in [*src.gpus, *new_gpus]),
+        }
+        t0 = time.monotonic()
+        report: dict[str, Any] = {
+            "from": src.id,
+            "to_recipe": recipe.id,
+            "order": "evict-then-launch" if overlap else "launch-then-evict",
+            "shared_gpus": overlap,
+        }
+        async with self.locks.hold(resources, f"switch {src.id} -> {recipe.id}", wait=lock_wait):
+            if overlap:
+                t = time.monotonic()
+                report["evict"] = await self._evict(
+                    src, drain_timeout=drain_timeout, grace=grace, force=False
+                )
+                report["evict_s"] = round(time.monotonic() - t, 3)
+                gap_start = t + report["evict"].get("drain_s", 0.0)
+                t = time.monotonic()
+                inst = self._start_instance(
+                    recipe, port=port, gpus=new_gpus, force=False, timeout=timeout
+                )
+                await self.wait_ready(inst)
+                report["launch_s"] = round(time.monotonic() - t, 3)
+                report["gap_s"] = round(time.monotonic() - gap_start, 3)
+            else:
+                t = time.monotonic()
+                inst = self._start_instance(
+                    recipe, port=port, gpus=new_gpus, force=True, timeout=timeout
+                )
+                await self.wait_ready(inst)
+                report["launch_s"] = round(time.monotonic() - t, 3)
+                t = time.monotonic()
+                report["evict"] = await self._evict(
+                    src, drain_timeout=drain_timeout, grace=grace, force=False
+                )
+                report["evict_s"] = round(time.monotonic() - t, 3)
+                report["gap_s"] = 0.0
+        report["instance"] = inst.to_dict()
+        report["seconds"] = round(time.monotonic() - t0, 3)
+        self.bus.publish(
+            "switch",
+            f"switched {src.id} -> {inst.id} in {report['seconds']:.1f}s ({report['order']})",
+            instance_id=inst.id,
+            recipe_id=recipe.id,
+            data={k: v for k, v in report.items() if k not in ("instance", "evict")},
+        )
+        return report
+
+    # ------------------------------------------------------------------ adoption
+
+    async def reconcile(self) -> None:
+        """Daemon start: adopt live instances from the store; mark dead ones crashed."""
+        for rec in self.repo.list(include_stopped=False):
+            try:
+                recipe = recipe_from_json(rec.recipe_json)
+            except Exception as exc:
+                log.warning("cannot restore instance %s: %s", rec.id, exc)
+                continue
+            from studioctl.engines import get_engine
+
+            inst = Instance(
+                id=rec.id,
+                recipe=recipe,
+                engine=get_engine(recipe.backend),
+                host=rec.host,
+                port=rec.port,
+                gpus=list(rec.gpus),
+                log_path=Path(rec.log_path),
+                state=State(rec.state),
+                reason=rec.state_reason or "",
+                pid=rec.pid,
+                pgid=rec.pgid,
+                create_time=rec.create_time,
+                tree={int(p["pid"]): float(p["create_time"]) for p in rec.process_tree},
+                restarts=rec.restarts,
+                crash_times=list(rec.crash_times),
+                desired=rec.desired,
+                created_at=rec.created_at,
+                started_at=rec.started_at,
+                ready_at=rec.ready_at,
+                stopped_at=rec.stopped_at,
+                adopted=True,
+                ever_ready=rec.ready_at is not None,
+            )
+            self.instances[inst.id] = inst
+            inst.ready = asyncio.get_running_loop().create_future()
+            if inst.state == State.FAILED:
+                continue
+            alive = inst.pid is not None and self.os.is_alive(inst.pid, inst.create_time)
+            if inst.state in ACTIVE and alive:
+                with contextlib.suppress(OSError):
+                    inst.log_offset = inst.log_path.stat().st_size
+                if inst.state in (State.DRAINING, State.STOPPING):
+                    # An evict was cut short by the daemon's exit: finish it.
+                    inst.desired = "stopped"
+                    inst.task = asyncio.create_task(self._finish_evict(inst))
+                    continue
+                self.bus.publish(
+                    "adopt",
+                    f"{inst.id}: adopted pid {inst.pid} ({inst.state}) after daemon restart",
+                    instance_id=inst.id,
+                    recipe_id=recipe.id,
+                )
+            elif inst.state in ACTIVE:
+                if inst.state == State.STOPPING or inst.desired == "stopped":
+                    self._set_state(inst, State.STOPPED, "gone while the daemon was down")
+                    continue
+                if inst.ever_ready:
+                    self._crashed(inst, "process gone while the daemon was down")
+                else:
+                    self._set_state(
+                        inst,
+                        State.FAILED,
+                        "launch interrupted: process gone while the daemon was down",
+                    )
+                    continue
+            inst.task = asyncio.create_task(self._monitor(inst), name=f"monitor {inst.id}")
+        self._changed()
+
+    async def _finish_evict(self, inst: Instance) -> None:
+        with contextlib.suppress(StudioError):
+            await self._evict(inst, drain_timeout=0.0, grace=15.0, force=True)
+
+    async def adopt(self, pid: int, recipe_id: str, *, port: int | None = None) -> Instance:
+        """Take over an engine server studioctl did not start."""
+        info = self.os.info(pid)
+        if info is None:
+            raise NotFoundError(f"no process with pid {pid}")
+        for other in self.instances.values():
+            if pid in other.tree and other.state in ACTIVE:
+                raise ConflictError(f"pid {pid} already belongs to {other.id}")
+        recipe = self._load_recipe(recipe_id)
+        from studioctl.engines import get_engine
+
+        port = port or _port_from_cmdline(info.cmdline) or recipe.port
+        if port is None:
+            raise UsageError(f"cannot tell which port pid {pid} listens on; pass --port")
+        iid = self.repo.next_id(recipe.id)
+        log_path = _stdout_file(pid) or paths.instance_log_dir() / f"{iid}.log"
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError as exc:
+            raise NotFoundError(f"pid {pid} exited") from exc
+        inst = Instance(
+            id=iid,
+            recipe=recipe,
+            engine=get_engine(recipe.backend),
+            host=recipe.host,
+            port=port,
+            gpus=list(recipe.gpus),
+            log_path=log_path,
+            pid=pid,
+            pgid=pgid,
+            create_time=info.create_time,
+            adopted=True,
+            foreign=True,
+        )
+        inst.started_at = info.create_time
+        inst.tree = {pid: info.create_time}
+        self._refresh_tree(inst)
+        with contextlib.suppress(OSError):
+            inst.log_offset = log_path.stat().st_size
+        self.repo.insert(inst.to_record())
+        self.instances[iid] = inst
+        self.bus.publish(
+            "adopt",
+            f"{iid}: adopted foreign pid {pid} as recipe {recipe.id}",
+            instance_id=iid,
+            recipe_id=recipe.id,
+        )
+        inst.ready = asyncio.get_running_loop().create_future()
+        inst.task = asyncio.create_task(self._monitor(inst), name=f"monitor {iid}")
+        return inst
+
+    def foreign_servers(self) -> list[dict[str, Any]]:
+        """vLLM/SGLang servers running on this host that studioctl does not manage."""
+        from studioctl.engines import get_engine
+
+        ours: set[int] = set()
+        for inst in self.instances.values():
+            if inst.state in ACTIVE:
+                ours.update(inst.tree)
+        out = []
+        for backend in ("vllm", "sglang"):
+            markers = get_engine(backend).process_markers
+            for p in self.os.scan(markers):
+                if p.pid in ours or p.pid == os.getpid():
+                    continue
+                try:
+                    if os.getpgid(p.pid) != p.pid and _parent_is_engine(p.pid, markers):
+                        continue  # a worker of a server already listed
+                except ProcessLookupError:
+                    continue
+                out.append(
+                    {
+                        "pid": p.pid,
+                        "backend": backend,
+                        "port": _port_from_cmdline(p.cmdline),
+                        "command": " ".join(p.cmdline)[:200],
+                        "managed": False,
+                    }
+                )
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _set_state(self, inst: Instance, new: State, reason: str) -> None:
+        old = inst.state
+        check(old, new, instance_id=inst.id)
+        inst.state = new
+        inst.reason = reason
+        ts = self.os.now()
+        if new == State.STOPPED:
+            inst.stopped_at = ts
+        self.repo.record_transition(inst.id, str(old), str(new), reason, ts)
+        self._persist(inst)
+        self.bus.publish(
+            "state",
+            f"{inst.id}: {old} -> {new}" + (f" ({reason})" if reason else ""),
+            instance_id=inst.id,
+            recipe_id=inst.recipe.id,
+            data={"from": str(old), "to": str(new), "reason": reason},
+        )
+        self._changed()
+
+    def _persist(self, inst: Instance) -> None:
+        self.repo.update(inst.id, **inst.stored_fields())
+
+    def _record_launch(self, inst: Instance, outcome: str) -> None:
+        if inst.started_at is None:
+            return
+        with contextlib.suppress(Exception):
+            self.launches.record(
+                inst.recipe.id,
+                inst.id,
+                inst.started_at,
+                outcome,
+                self.os.now() - inst.started_at,
+                dict(inst.stages),
+            )
+
+    def _changed(self) -> None:
+        for fn in self.on_change:
+            try:
+                fn()
+            except Exception:
+                log.exception("on_change callback failed")
+
+    def _rotate_log(self, inst: Instance) -> None:
+        """Copy-and-truncate rotation: the engine keeps its O_APPEND descriptor."""
+        max_bytes = self.settings.logs.max_bytes
+        backups = self.settings.logs.backups
+        try:
+            if inst.log_path.stat().st_size <= max_bytes:
+                return
+        except OSError:
+            return
+        for i in range(backups - 1, 0, -1):
+            src = inst.log_path.with_name(f"{inst.log_path.name}.{i}")
+            if src.exists():
+                src.replace(inst.log_path.with_name(f"{inst.log_path.name}.{i + 1}"))
+        if backups > 0:
+            shutil.copyfile(inst.log_path, inst.log_path.with_name(f"{inst.log_path.name}.1"))
+        with open(inst.log_path, "r+b") as f:
+            f.truncate(0)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _port_from_cmdline(cmdline: Iterable[str]) -> int | None:
+    args = list(cmdline)
+    for i, a in enumerate(args):
+        if a == "--port" and i + 1 < len(args) and args[i + 1].isdigit():
+            return int(args[i + 1])
+        if a.startswith("--port="):
+            v = a.split("=", 1)[1]
+            if v.isdigit():
+                return int(v)
+    return None
+
+
+def _stdout_file(pid: int) -> Path | None:
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/1")
+    except OSError:
+        return None
+    p = Path(target)
+    return p if p.is_file() else None
+
+
+def _parent_is_engine(pid: int, markers: tuple[str, ...]) -> bool:
+    import psutil
+
+    try:
+        parent = psutil.Process(pid).parent()
+        if parent is None:
+            return False
+        cmd = " ".join(parent.cmdline())
+    except psutil.Error:
+        return False
+    return any(m in cmd for m in markers)
