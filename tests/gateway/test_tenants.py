@@ -24,7 +24,10 @@ from studioctl.gateway.tenants import (
     resolve_limits,
     validate_tenant_name,
 )
+from studioctl.gateway.usage import MemoryUsageSink, NullUsageSink, UsageRecord
 from studioctl.store.db import Database
+from studioctl.store.usage import UsageRecord as StoredUsageRecord
+from studioctl.store.usage import UsageRepo, UsageWriter
 
 # -- profiles and limits -------------------------------------------------------------------
 
@@ -442,3 +445,66 @@ def test_profiles_dict() -> None:
     data = profiles_dict()
     assert list(data) == ["conservative", "standard", "pro"]
     assert data["standard"]["rpm"] == 180 and data["pro"]["allowed_models"] is None
+
+
+def test_a_tenants_usage_rows_reach_the_store_through_the_writer(
+    svc: TenantService, db: Database, wall: Clock
+) -> None:
+    # The gateway's UsageRecord (positional, as the proxy builds it) is the store's record
+    # type: the real UsageWriter takes it and the summary counts it for the tenant.
+    info, key = svc.create("acme")
+    ctx = svc.lookup(hash_key(key))
+    assert ctx is not None
+    rows = [
+        UsageRecord(wall.t, ctx.tenant_id, ctx.key_prefix, "tiny", "tiny-1", 200, 12, 30,
+                    15.0, 120.0, True, False, None),
+        UsageRecord(wall.t, ctx.tenant_id, ctx.key_prefix, "tiny", "tiny-1", 200, 12, 4,
+                    15.0, 40.0, True, True, "client_disconnected"),
+        UsageRecord(wall.t, ctx.tenant_id, ctx.key_prefix, "tiny", None, 429, 0, 0,
+                    None, 0.3, False, False, "limit_rpm"),
+    ]  # fmt: skip
+    repo = UsageRepo(db)
+    writer = UsageWriter(repo)
+    try:
+        for row in rows:
+            writer.submit(row)
+        assert writer.flush(timeout=10)
+    finally:
+        writer.close()
+    assert writer.dropped == 0 and writer.written == 3
+    stored = repo.rows(tenant=info.id)
+    assert sorted(r.completion_tokens for r in stored) == [0, 4, 30]
+    assert {r.key_prefix for r in stored} == {key[:14]}
+    summary = repo.summary(3600, tenant=info.id, now=wall.t)
+    stats = summary.by_tenant[info.id]
+    assert (stats.requests, stats.errors, stats.disconnected) == (3, 2, 1)
+    assert (stats.prompt_tokens, stats.completion_tokens) == (24, 34)
+
+
+def test_usage_record_field_order_and_sinks() -> None:
+    row = UsageRecord(1.5, "t_1", "sk-st-x", "m", "m-1", 200, 1, 2, 3.0, 4.0, True, False, None)
+    assert isinstance(row, StoredUsageRecord)
+    assert row.to_dict() == {
+        "ts": 1.5,
+        "tenant_id": "t_1",
+        "key_prefix": "sk-st-x",
+        "model": "m",
+        "instance_id": "m-1",
+        "status": 200,
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "ttft_ms": 3.0,
+        "duration_ms": 4.0,
+        "streamed": True,
+        "disconnected": False,
+        "error_code": None,
+    }
+    assert dataclasses.replace(row, status=500).status == 500
+    row.prompt_tokens = 7  # the proxy corrects an estimate before submitting
+    assert row.prompt_tokens == 7
+    with pytest.raises(AttributeError):
+        row.no_such_field = 1  # type: ignore[attr-defined]
+    sink = MemoryUsageSink()
+    sink.submit(row)
+    NullUsageSink().submit(row)
+    assert sink.rows == [row]
