@@ -1,0 +1,172 @@
+"""Run a real ``studioctl daemon run`` in a subprocess for integration tests.
+
+The daemon gets a short STUDIOCTL_HOME under /tmp (Unix socket paths are limited to 108
+bytes), free ports, and stand-in recipes. Teardown stops the daemon, then kills whatever
+process groups its instances left (by the pids the daemon recorded), never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from tests.standin.helpers import STANDIN_DIR, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Daemon:
+    home: Path
+    env: dict[str, str]
+    gateway_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    seen_pids: set[tuple[int, float]] = field(default_factory=set)
+
+    @property
+    def recipes_dir(self) -> Path:
+        return self.home / "config" / "recipes"
+
+    @property
+    def socket(self) -> Path:
+        return self.home / "run" / "control.sock"
+
+    def recipe(self, rid: str, **fields: Any) -> Path:
+        """Write a stand-in recipe (vLLM flavour unless backend says otherwise)."""
+        env = {"PYTHONPATH": str(STANDIN_DIR), "STANDIN_STARTUP_S": "0.3"}
+        env.update({k: str(v) for k, v in (fields.pop("env", None) or {}).items()})
+        body: dict[str, Any] = {
+            "backend": "vllm",
+            "model": "standin/model",
+            "python": sys.executable,
+            "served_model_name": rid,
+            "readiness_timeout_s": 30,
+            "env": env,
+        }
+        body.update(fields)
+        self.recipes_dir.mkdir(parents=True, exist_ok=True)
+        path = self.recipes_dir / f"{rid}.yaml"
+        path.write_text(yaml.safe_dump(body))
+        return path
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = open(self.home / "daemon-test.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "studioctl", "daemon", "run"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.log_text()}")
+            if self.socket.exists() and self.cli("daemon", "status").returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"daemon did not come up: {self.log_text()}")
+
+    def log_text(self) -> str:
+        p = self.home / "daemon-test.log"
+        return p.read_text(errors="replace")[-4000:] if p.exists() else ""
+
+    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "studioctl", *args], env=self.env, capture_output=True,
+            text=True, timeout=timeout,
+        )
+
+    def client(self) -> Any:
+        from studioctl.client import Client
+
+        return Client(self.socket)
+
+    def remember(self) -> None:
+        """Record every process of every instance now (for the teardown's leak check)."""
+        with self.client() as c:
+            for inst in c.instances(include_stopped=True)["instances"]:
+                for p in inst["processes"]:
+                    self.seen_pids.add((p["pid"], p["create_time"]))
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, *, stop_engines: bool = True) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.remember()
+            args = ["daemon", "stop", "--timeout", "40"]
+            if stop_engines:
+                args.append("--stop-engines")
+            r = self.cli(*args, timeout=60)
+            if r.returncode != 0 and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+def alive(pid: int, create_time: float) -> bool:
+    try:
+        p = psutil.Process(pid)
+        return abs(p.create_time() - create_time) < 0.05 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_leftovers(pids: set[tuple[int, float]]) -> list[int]:
+    """SIGKILL the recorded processes still alive (ours by pid + create time)."""
+    left = [pid for pid, ct in pids if alive(pid, ct)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+@contextlib.contextmanager
+def running_daemon(extra_env: dict[str, str] | None = None, *, start: bool = True
+                   ) -> Iterator[Daemon]:
+    home = Path(tempfile.mkdtemp(prefix="sc-", dir="/tmp"))
+    gw = free_port()
+    env = dict(os.environ)
+    env.update({
+        "STUDIOCTL_HOME": str(home),
+        "STUDIOCTL_GATEWAY_PORT": str(gw),
+        "STUDIOCTL_DAEMON_AUTOSTART": "false",
+        "STUDIOCTL_DAEMON_HEALTH_INTERVAL_S": "0.3",
+        "STUDIOCTL_DAEMON_RESTART_BACKOFF_S": "0.5",
+        "STUDIOCTL_DAEMON_RESTART_BACKOFF_MAX_S": "2",
+        "STUDIOCTL_ENGINES_PORT_MIN": str(free_port()),
+        "PYTHONPATH": str(REPO),
+    })
+    env["STUDIOCTL_ENGINES_PORT_MAX"] = str(int(env["STUDIOCTL_ENGINES_PORT_MIN"]) + 200)
+    env.update(extra_env or {})
+    d = Daemon(home=home, env=env, gateway_port=gw)
+    try:
+        if start:
+            d.start()
+        yield d
+    finally:
+        d.stop()
+        leaked = kill_leftovers(d.seen_pids)
+        shutil.rmtree(home, ignore_errors=True)
+        assert not leaked, f"processes left behind: {leaked}"
