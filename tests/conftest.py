@@ -13,14 +13,22 @@ _LEAKY = ("STUDIOCTL_CONFIG", "STUDIOCTL_ADMIN_TOKEN", "NOTIFY_SOCKET", "STUDIOC
 
 
 @pytest.fixture(autouse=True)
-def _studioctl_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-                    ) -> Iterator[Path]:
+def _studioctl_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("STUDIOCTL_HOME", str(home))
     for name in _LEAKY:
         monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):
-        if name.startswith(("STUDIOCTL_GATEWAY_", "STUDIOCTL_DAEMON_", "STUDIOCTL_ENGINES_",
-                            "STUDIOCTL_RECIPES_", "STUDIOCTL_LOGS_")):
+        if name.startswith(
+            (
+                "STUDIOCTL_GATEWAY_",
+                "STUDIOCTL_DAEMON_",
+                "STUDIOCTL_ENGINES_",
+                "STUDIOCTL_RECIPES_",
+                "STUDIOCTL_LOGS_",
+            )
+        ):
             monkeypatch.delenv(name, raising=False)
     yield home

@@ -22,7 +22,6 @@ from typing import Any
 
 import psutil
 import yaml
-
 from tests.standin.helpers import STANDIN_DIR, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +65,10 @@ class Daemon:
         log = open(self.home / "daemon-test.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "studioctl", "daemon", "run"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -84,8 +86,11 @@ class Daemon:
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "studioctl", *args], env=self.env, capture_output=True,
-            text=True, timeout=timeout,
+            [sys.executable, "-m", "studioctl", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def client(self) -> Any:
@@ -143,21 +148,24 @@ def kill_leftovers(pids: set[tuple[int, float]]) -> list[int]:
 
 
 @contextlib.contextmanager
-def running_daemon(extra_env: dict[str, str] | None = None, *, start: bool = True
-                   ) -> Iterator[Daemon]:
+def running_daemon(
+    extra_env: dict[str, str] | None = None, *, start: bool = True
+) -> Iterator[Daemon]:
     home = Path(tempfile.mkdtemp(prefix="sc-", dir="/tmp"))
     gw = free_port()
     env = dict(os.environ)
-    env.update({
-        "STUDIOCTL_HOME": str(home),
-        "STUDIOCTL_GATEWAY_PORT": str(gw),
-        "STUDIOCTL_DAEMON_AUTOSTART": "false",
-        "STUDIOCTL_DAEMON_HEALTH_INTERVAL_S": "0.3",
-        "STUDIOCTL_DAEMON_RESTART_BACKOFF_S": "0.5",
-        "STUDIOCTL_DAEMON_RESTART_BACKOFF_MAX_S": "2",
-        "STUDIOCTL_ENGINES_PORT_MIN": str(free_port()),
-        "PYTHONPATH": str(REPO),
-    })
+    env.update(
+        {
+            "STUDIOCTL_HOME": str(home),
+            "STUDIOCTL_GATEWAY_PORT": str(gw),
+            "STUDIOCTL_DAEMON_AUTOSTART": "false",
+            "STUDIOCTL_DAEMON_HEALTH_INTERVAL_S": "0.3",
+            "STUDIOCTL_DAEMON_RESTART_BACKOFF_S": "0.5",
+            "STUDIOCTL_DAEMON_RESTART_BACKOFF_MAX_S": "2",
+            "STUDIOCTL_ENGINES_PORT_MIN": str(free_port()),
+            "PYTHONPATH": str(REPO),
+        }
+    )
     env["STUDIOCTL_ENGINES_PORT_MAX"] = str(int(env["STUDIOCTL_ENGINES_PORT_MIN"]) + 200)
     env.update(extra_env or {})
     d = Daemon(home=home, env=env, gateway_port=gw)

@@ -85,7 +85,7 @@ def wait_http(
 
 
 def standin_env(
-    base: Mapping[str, str] | None = None, **switches: str | float | int
+    base: Mapping[str, str] | None = None, /, **switches: str | float | int
 ) -> dict[str, str]:
     """An environment running the stand-in: ``base`` (default os.environ) with PYTHONPATH
     pointing at :data:`STANDIN_DIR` and ``STANDIN_*`` switches, e.g.

@@ -414,84 +414,90 @@ class Engine:
     def metrics_text(self) -> str:
         """The Prometheus exposition of the engine's gauges and counters."""
         with self.cond:
-            running, waiting = self.running, self.waiting
-            usage = min(1.0, self.reserved_tokens / self.settings.kv_capacity_tokens)
-            prompt, generated = self.prompt_tokens_total, self.generation_tokens_total
+            values = {
+                "running": float(self.running),
+                "waiting": float(self.waiting),
+                "usage": min(1.0, self.reserved_tokens / self.settings.kv_capacity_tokens),
+                "prompt": float(self.prompt_tokens_total),
+                "generated": float(self.generation_tokens_total),
+                "requests": float(sum(self.finished.values())),
+            }
             finished = dict(self.finished)
-        name = self.settings.served_names[0]
-        out: list[str] = []
-
-        def family(
-            metric: str, kind: str, doc: str, samples: list[tuple[dict[str, str], float]]
-        ) -> None:
-            out.append(f"# HELP {metric} {doc}")
-            out.append(f"# TYPE {metric} {kind}")
-            for labels, value in samples:
-                text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-                out.append(f"{metric}{{{text}}} {float(value)!r}")
-
-        if self.settings.flavour == "vllm":
-            base = {"engine": "0", "model_name": name}
-            family(
-                "vllm:num_requests_running",
-                "gauge",
-                "Number of requests in model execution batches.",
-                [(base, running)],
-            )
-            family(
-                "vllm:num_requests_waiting",
-                "gauge",
-                "Number of requests waiting to be processed.",
-                [(base, waiting)],
-            )
-            family(
-                "vllm:kv_cache_usage_perc",
-                "gauge",
-                "KV-cache usage. 1 means 100 percent usage.",
-                [(base, usage)],
-            )
-            family(
-                "vllm:prompt_tokens_total",
-                "counter",
-                "Number of prefill tokens processed.",
-                [(base, prompt)],
-            )
-            family(
-                "vllm:generation_tokens_total",
-                "counter",
-                "Number of generation tokens processed.",
-                [(base, generated)],
-            )
-            family(
-                "vllm:request_success_total",
-                "counter",
-                "Count of successfully processed requests.",
-                [({**base, "finished_reason": r}, n) for r, n in finished.items()],
-            )
+        flavour, name = self.settings.flavour, self.settings.served_names[0]
+        if flavour == "vllm":
+            labels = {"engine": "0", "model_name": name}
         else:
-            base = {"model_name": name, "tp_rank": "0", "pp_rank": "0"}
-            family(
-                "sglang:num_running_reqs", "gauge", "The number of running requests.",
-                [(base, running)],
-            )  # fmt: skip
-            family(
-                "sglang:num_queue_reqs", "gauge", "The number of requests in the waiting queue.",
-                [(base, waiting)],
-            )  # fmt: skip
-            family("sglang:token_usage", "gauge", "The token usage.", [(base, usage)])
-            family(
-                "sglang:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
-                [(base, prompt)],
-            )  # fmt: skip
-            family(
-                "sglang:generation_tokens_total", "counter",
-                "Number of generation tokens processed.", [(base, generated)],
-            )  # fmt: skip
-            family(
-                "sglang:num_requests_total", "counter", "Number of requests processed.",
-                [(base, sum(finished.values()))],
-            )  # fmt: skip
+            labels = {"model_name": name, "pp_rank": "0", "tp_rank": "0"}
+        out: list[str] = []
+        for metric, kind, doc, key in METRICS[flavour]:
+            out += [f"# HELP {metric} {doc}", f"# TYPE {metric} {kind}"]
+            if key == "finished":  # vLLM: one sample per finish reason
+                for reason, count in finished.items():
+                    text = _labels({**labels, "finished_reason": reason})
+                    out.append(f"{metric}{{{text}}} {float(count)!r}")
+            else:
+                out.append(f"{metric}{{{_labels(labels)}}} {values[key]!r}")
         return "\n".join(out) + "\n"
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+
+
+# Per flavour: (metric, type, help, value key) — names and help texts as the engines print them.
+METRICS: dict[str, list[tuple[str, str, str, str]]] = {
+    "vllm": [
+        (
+            "vllm:num_requests_running",
+            "gauge",
+            "Number of requests in model execution batches.",
+            "running",
+        ),
+        (
+            "vllm:num_requests_waiting",
+            "gauge",
+            "Number of requests waiting to be processed.",
+            "waiting",
+        ),
+        (
+            "vllm:kv_cache_usage_perc",
+            "gauge",
+            "KV-cache usage. 1 means 100 percent usage.",
+            "usage",
+        ),
+        ("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", "prompt"),
+        (
+            "vllm:generation_tokens_total",
+            "counter",
+            "Number of generation tokens processed.",
+            "generated",
+        ),
+        (
+            "vllm:request_success_total",
+            "counter",
+            "Count of successfully processed requests.",
+            "finished",
+        ),
+    ],
+    "sglang": [
+        ("sglang:num_running_reqs", "gauge", "The number of running requests.", "running"),
+        (
+            "sglang:num_queue_reqs",
+            "gauge",
+            "The number of requests in the waiting queue.",
+            "waiting",
+        ),
+        ("sglang:token_usage", "gauge", "The token usage.", "usage"),
+        ("sglang:prompt_tokens_total", "counter", "Number of prefill tokens processed.", "prompt"),
+        (
+            "sglang:generation_tokens_total",
+            "counter",
+            "Number of generation tokens processed.",
+            "generated",
+        ),
+        ("sglang:num_requests_total", "counter", "Number of requests processed.", "requests"),
+    ],
+}
 
 
 # ------------------------------------------------------------------------------------- HTTP

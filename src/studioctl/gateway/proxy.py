@@ -267,7 +267,7 @@ class GatewayApp:
             if stream:
                 client_usage = request_usage(body)
                 dirty = dirty or not client_usage
-            prompt = await self.tokenizer.measure(upstream, body, limits.max_context_tokens)
+            prompt, exact = await self.tokenizer.measure(upstream, body, limits.max_context_tokens)
             if prompt > limits.max_context_tokens:
                 raise GatewayError(
                     400,
@@ -291,7 +291,7 @@ class GatewayApp:
             if stream:
                 await self._relay_stream(
                     send, receive, url, payload, upstream, tenant, model, admission,
-                    prompt, client_usage, body, extra, ts, t0,
+                    prompt, exact, client_usage, body, extra, ts, t0,
                 )  # fmt: skip
             else:
                 await self._relay_once(
@@ -459,6 +459,7 @@ class GatewayApp:
         model: str,
         admission: Admission,
         prompt: int,
+        exact: bool,
         client_usage: bool,
         body: dict[str, Any],
         extra: list[tuple[bytes, bytes]] | None,
@@ -520,7 +521,7 @@ class GatewayApp:
                     resp = None
                 self._finish_disconnected(
                     admission, tenant, model, upstream, body, 200 if started else 499,
-                    prompt, relay.chunks, ttft, ts, t0,
+                    prompt, exact, relay.chunks, ttft, ts, t0,
                 )  # fmt: skip
                 return
             except Exception as exc:
@@ -611,6 +612,7 @@ class GatewayApp:
         body: dict[str, Any],
         status: int,
         prompt: int,
+        exact: bool,
         completion: int,
         ttft: float | None,
         ts: float,
@@ -625,36 +627,32 @@ class GatewayApp:
         duration = time.perf_counter() - t0
         admission.finish(actual_tokens=prompt + completion)
         self.metrics.request(model, tenant.name, status, duration, ttft, prompt, completion, True)
-        row = UsageRecord(
-            ts,
-            tenant.tenant_id,
-            tenant.key_prefix,
-            model,
-            upstream.instance_id,
-            status,
-            prompt,
-            completion,
-            ttft * 1000.0 if ttft is not None else None,
-            duration * 1000.0,
-            True,
-            True,
-            "client_disconnected",
-        )
-        if self._closing or self.tokenizer.upper_bound(body) is None:
-            # upper_bound None: measure() already asked the engine; the count is exact.
-            self.usage.submit(row)
+        ttft_ms = ttft * 1000.0 if ttft is not None else None
+        fields = (ts, tenant.tenant_id, tenant.key_prefix, model, upstream.instance_id, status)
+        rest = (completion, ttft_ms, duration * 1000.0, True, True, "client_disconnected")
+        if exact or self._closing:
+            self.usage.submit(UsageRecord(*fields, prompt, *rest))
             return
-        task = asyncio.get_running_loop().create_task(self._exact_usage(row, upstream, body))
+        task = asyncio.get_running_loop().create_task(
+            self._exact_usage(fields, prompt, rest, upstream, body)
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _exact_usage(
-        self, row: UsageRecord, upstream: Upstream, body: dict[str, Any]
+        self,
+        fields: tuple[Any, ...],
+        prompt: int,
+        rest: tuple[Any, ...],
+        upstream: Upstream,
+        body: dict[str, Any],
     ) -> None:
         try:
-            row.prompt_tokens = await self.tokenizer.count(upstream, body)
+            prompt = await self.tokenizer.count(upstream, body)
+        except Exception as exc:  # the estimate stands
+            _log.warning("gateway: exact prompt count failed: %r", exc)
         finally:
-            self.usage.submit(row)
+            self.usage.submit(UsageRecord(*fields, prompt, *rest))
 
     def _upstream_error(self, exc: BaseException, upstream: Upstream) -> GatewayError:
         where = f"instance {upstream.instance_id} at {upstream.host}:{upstream.port}"

@@ -55,16 +55,20 @@ class PromptCounter:
             await self._session.close()
         self._session = None
 
-    async def measure(self, upstream: Upstream, body: dict[str, Any], limit: int) -> int:
-        """The prompt's token count as far as ``limit`` needs it.
+    async def measure(
+        self, upstream: Upstream, body: dict[str, Any], limit: int
+    ) -> tuple[int, bool]:
+        """``(tokens, exact)``: the prompt's token count as far as ``limit`` needs it.
 
-        When :meth:`upper_bound` fits under ``limit`` the cheap estimate is returned (the
-        engine's usage later corrects the accounting); otherwise the engine counts.
+        When :meth:`upper_bound` fits under ``limit`` the cheap estimate is returned with
+        ``exact=False`` (the engine's usage later corrects the accounting); otherwise the
+        engine counts (``exact=True``; also when it has no tokenizer and the estimate is all
+        there is).
         """
         bound = upper_bound(body)
         if bound is not None and bound <= limit:
-            return estimate(body)
-        return await self.count(upstream, body)
+            return estimate(body), False
+        return await self.count(upstream, body), True
 
     async def count(self, upstream: Upstream, body: dict[str, Any]) -> int:
         """The exact prompt tokens per the engine (estimate if it has no tokenizer)."""
