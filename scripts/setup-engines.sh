@@ -92,11 +92,16 @@ PYEOF
 import re, sys
 path = sys.argv[1]
 src = open(path).read()
-pat = re.compile(r"^from \. import _autograd_registrations, _meta_registrations.*$", re.M)
+GUARD = "try:  # studioctl-test-workaround\n    from torchvision import _autograd_registrations, _meta_registrations\nexcept Exception:\n    pass\n"
 if "studioctl-test-workaround" not in src:
-    if not pat.search(src):
+    one_line = re.compile(r"^from \. import _autograd_registrations, _meta_registrations.*$", re.M)
+    multi = re.compile(r"^from torchvision import \(\n    _autograd_registrations,\n    _meta_registrations,\n", re.M)
+    if one_line.search(src):
+        src = one_line.sub(GUARD.rstrip("\n"), src)
+    elif multi.search(src):
+        src = multi.sub(GUARD + "from torchvision import (\n", src)
+    else:
         sys.exit("torchvision __init__ layout changed; cannot apply workaround")
-    src = pat.sub("try:  # studioctl-test-workaround\n    from . import _autograd_registrations, _meta_registrations\nexcept Exception:\n    pass", src)
     open(path, "w").write(src)
 PYEOF
   touch "$SGLANG_VENV/.complete"
