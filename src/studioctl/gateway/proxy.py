@@ -628,22 +628,37 @@ class GatewayApp:
         admission.finish(actual_tokens=prompt + completion)
         self.metrics.request(model, tenant.name, status, duration, ttft, prompt, completion, True)
         ttft_ms = ttft * 1000.0 if ttft is not None else None
-        fields = (ts, tenant.tenant_id, tenant.key_prefix, model, upstream.instance_id, status)
-        rest = (completion, ttft_ms, duration * 1000.0, True, True, "client_disconnected")
+
+        def row(prompt_tokens: int) -> UsageRecord:
+            return UsageRecord(
+                ts,
+                tenant.tenant_id,
+                tenant.key_prefix,
+                model,
+                upstream.instance_id,
+                status,
+                prompt_tokens,
+                completion,
+                ttft_ms,
+                duration * 1000.0,
+                True,
+                True,
+                "client_disconnected",
+            )
+
         if exact or self._closing:
-            self.usage.submit(UsageRecord(*fields, prompt, *rest))
+            self.usage.submit(row(prompt))
             return
         task = asyncio.get_running_loop().create_task(
-            self._exact_usage(fields, prompt, rest, upstream, body)
+            self._exact_usage(row, prompt, upstream, body)
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _exact_usage(
         self,
-        fields: tuple[Any, ...],
+        row: Callable[[int], UsageRecord],
         prompt: int,
-        rest: tuple[Any, ...],
         upstream: Upstream,
         body: dict[str, Any],
     ) -> None:
@@ -652,7 +667,7 @@ class GatewayApp:
         except Exception as exc:  # the estimate stands
             _log.warning("gateway: exact prompt count failed: %r", exc)
         finally:
-            self.usage.submit(UsageRecord(*fields, prompt, *rest))
+            self.usage.submit(row(prompt))
 
     def _upstream_error(self, exc: BaseException, upstream: Upstream) -> GatewayError:
         where = f"instance {upstream.instance_id} at {upstream.host}:{upstream.port}"

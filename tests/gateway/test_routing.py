@@ -1,0 +1,154 @@
+"""RouteTable: model name → instance, the 404/503 answers, in-flight counts, /v1/models."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from studioctl.errors import GatewayError
+from studioctl.gateway.routing import LOADING_RETRY_AFTER_S, RouteTable, Upstream
+
+
+def up(
+    iid: str = "i-1",
+    state: str = "ready",
+    names: tuple[str, ...] = ("llama", "llama-alias"),
+    recipe: str = "llama-recipe",
+    port: int = 18000,
+) -> Upstream:
+    return Upstream(iid, recipe, "127.0.0.1", port, state, names)
+
+
+def refused(table: RouteTable, model: str) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        table.resolve(model)
+    return info.value
+
+
+def test_ready_instance_is_resolved_by_served_name_and_alias() -> None:
+    table = RouteTable()
+    u = up()
+    table.update([u], {"llama": "llama-recipe"})
+    assert table.resolve("llama") is u
+    assert table.resolve("llama-alias") is u
+    assert u.base_url == "http://127.0.0.1:18000"
+
+
+def test_ipv6_host_is_bracketed_in_the_base_url() -> None:
+    u = Upstream("i", "r", "::1", 18001, "ready", ("m",))
+    assert u.base_url == "http://[::1]:18001"
+
+
+def test_unknown_model_is_404_model_not_found() -> None:
+    table = RouteTable()
+    table.update([up()], {"llama": "llama-recipe"})
+    err = refused(table, "gpt-9")
+    assert (err.http_status, err.code) == (404, "model_not_found")
+    assert "gpt-9" in err.message
+    assert err.details["param"] == "model"
+    assert err.retry_after is None
+
+
+def test_known_recipe_not_running_is_503_with_launch_hint() -> None:
+    table = RouteTable()
+    table.update([], {"qwen": "qwen-recipe"})
+    err = refused(table, "qwen")
+    assert (err.http_status, err.code) == (503, "model_not_running")
+    assert err.hint == "studioctl launch qwen-recipe"
+    assert err.to_dict()["hint"] == "studioctl launch qwen-recipe"
+
+
+@pytest.mark.parametrize("state", ["starting", "loading", "draining"])
+def test_pending_states_are_503_model_loading_with_retry_after(state: str) -> None:
+    table = RouteTable()
+    table.update([up(state=state)], {"llama": "llama-recipe"})
+    err = refused(table, "llama")
+    assert (err.http_status, err.code) == (503, "model_loading")
+    assert err.retry_after == LOADING_RETRY_AFTER_S
+    assert state in err.message
+
+
+@pytest.mark.parametrize("state", ["stopped", "crashed", "failed", "stopping"])
+def test_dead_instances_of_a_known_recipe_are_not_running(state: str) -> None:
+    table = RouteTable()
+    table.update([up(state=state)], {"llama": "llama-recipe"})
+    assert refused(table, "llama").code == "model_not_running"
+
+
+def test_ready_wins_over_a_draining_instance_of_the_same_model() -> None:
+    table = RouteTable()
+    old, new = up("old", state="draining"), up("new", port=18001)
+    table.update([old, new], {})
+    assert table.resolve("llama") is new
+
+
+def test_several_ready_instances_pick_the_least_busy() -> None:
+    table = RouteTable()
+    a, b = up("a"), up("b", port=18001)
+    table.update([a, b], {})
+    table.begin("a")
+    table.begin("a")
+    table.begin("b")
+    assert table.resolve("llama") is b
+    table.end("a")
+    table.end("a")
+    assert table.resolve("llama") is a
+
+
+def test_update_replaces_the_whole_table() -> None:
+    table = RouteTable()
+    table.update([up()], {"llama": "llama-recipe"})
+    table.update([up("i-2", names=("qwen",), recipe="qwen-recipe")], {"qwen": "qwen-recipe"})
+    assert refused(table, "llama").code == "model_not_found"
+    assert table.resolve("qwen").instance_id == "i-2"
+
+
+def test_inflight_counts_per_instance_and_in_total() -> None:
+    table = RouteTable()
+    table.update([up("a"), up("b", port=18001)], {})
+    for iid in ("a", "a", "b"):
+        table.begin(iid)
+    assert (table.inflight("a"), table.inflight("b"), table.inflight()) == (2, 1, 3)
+    table.end("a")
+    table.end("b")
+    table.end("b")  # never below zero
+    assert (table.inflight("a"), table.inflight("b"), table.inflight()) == (1, 0, 1)
+    assert table.inflight("unknown") == 0
+
+
+def test_models_lists_ready_then_pending_then_not_loaded() -> None:
+    table = RouteTable()
+    table.update(
+        [up(), up("i-2", state="loading", names=("qwen",), recipe="qwen-recipe")],
+        {"llama": "llama-recipe", "qwen": "qwen-recipe", "phi": "phi-recipe"},
+    )
+    models = table.models()
+    by_id = {m["id"]: m for m in models}
+    assert [m["id"] for m in models] == ["llama", "llama-alias", "qwen", "phi"]
+    assert by_id["llama"]["state"] == "ready"
+    assert by_id["llama"]["instance"] == "i-1"
+    assert by_id["qwen"]["state"] == "loading"
+    assert by_id["phi"] == {
+        "id": "phi",
+        "object": "model",
+        "created": by_id["phi"]["created"],
+        "owned_by": "studioctl",
+        "state": "not_loaded",
+        "recipe": "phi-recipe",
+        "instance": None,
+    }
+
+
+def test_metrics_lines_parse_as_prometheus_text() -> None:
+    table = RouteTable()
+    table.update([up('we"ird'), up("b", state="loading", port=18001)], {})
+    table.begin('we"ird')
+    families = {f.name: f for f in text_string_to_metric_families(table.metrics_lines())}
+    states = {
+        (s.labels["instance"], s.labels["state"]) for s in families["studioctl_instance_up"].samples
+    }
+    assert states == {('we"ird', "ready"), ("b", "loading")}
+    inflight = {
+        s.labels["instance"]: s.value for s in families["studioctl_instance_inflight"].samples
+    }
+    assert inflight == {'we"ird': 1.0, "b": 0.0}

@@ -1,0 +1,126 @@
+"""The SSE relay: usage injection, stripping, chunk counting, arbitrary upstream splits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from studioctl.gateway.sse import SSERelay, json_dumps, json_loads, request_usage
+
+from .conftest import StandinEngine
+
+
+def events(n: int = 5, *, usage: bool, chat: bool = True) -> list[bytes]:
+    body: dict[str, Any] = {"model": "tiny"}
+    if usage:
+        body["stream_options"] = {"include_usage": True}
+    return StandinEngine().stream_events(body, prompt=7, n=n, chat=chat)
+
+
+def relay_all(relay: SSERelay, pieces: list[bytes]) -> bytes:
+    out = b"".join(relay.feed(p) for p in pieces)
+    return out + relay.flush()
+
+
+def test_request_usage_adds_stream_options_when_absent() -> None:
+    body: dict[str, Any] = {"model": "m", "stream": True}
+    assert request_usage(body) is False
+    assert body["stream_options"] == {"include_usage": True}
+
+
+def test_request_usage_keeps_other_stream_options() -> None:
+    body: dict[str, Any] = {"stream_options": {"continuous_usage_stats": False}}
+    assert request_usage(body) is False
+    assert body["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}
+
+
+def test_request_usage_reports_a_client_that_asked() -> None:
+    body: dict[str, Any] = {"stream_options": {"include_usage": True}}
+    assert request_usage(body) is True
+    assert body["stream_options"] == {"include_usage": True}
+
+
+def test_usage_chunk_is_stripped_when_the_client_did_not_ask() -> None:
+    relay = SSERelay(strip_usage=True)
+    out = relay_all(relay, events(usage=True))
+    assert out == b"".join(events(usage=False))  # exactly what plain vLLM sends
+    assert relay.usage == {"prompt_tokens": 7, "total_tokens": 12, "completion_tokens": 5}
+    assert (relay.prompt_tokens, relay.completion_tokens, relay.chunks) == (7, 5, 5)
+
+
+def test_usage_chunk_is_kept_when_the_client_asked() -> None:
+    relay = SSERelay(strip_usage=False)
+    upstream = events(usage=True)
+    assert relay_all(relay, upstream) == b"".join(upstream)
+    assert relay.completion_tokens == 5
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_every_split_of_the_upstream_bytes_gives_the_same_output(chat: bool) -> None:
+    data = b"".join(events(3, usage=True, chat=chat))
+    expected = b"".join(events(3, usage=False, chat=chat))
+    for cut in range(1, len(data)):
+        relay = SSERelay(strip_usage=True)
+        assert relay_all(relay, [data[:cut], data[cut:]]) == expected, cut
+        assert relay.chunks == 3
+        assert relay.completion_tokens == 3
+
+
+def test_byte_by_byte_feed_forwards_each_event_as_soon_as_it_is_complete() -> None:
+    upstream = events(2, usage=False)
+    data = b"".join(upstream)
+    relay = SSERelay(strip_usage=True)
+    forwarded = [out for i in range(len(data)) if (out := relay.feed(data[i : i + 1]))]
+    assert forwarded == upstream  # one send per event, never an event held back
+
+
+def test_role_and_finish_chunks_are_not_counted() -> None:
+    relay = SSERelay(strip_usage=True)
+    role, *tokens, finish, done = events(4, usage=False)
+    relay.feed(role)
+    assert relay.chunks == 0
+    relay.feed(b"".join(tokens))
+    assert relay.chunks == 4
+    relay.feed(finish + done)
+    assert relay.chunks == 4
+    assert relay.usage is None
+    assert relay.completion_tokens == 4  # no usage chunk: the chunks seen
+
+
+def test_tool_call_and_reasoning_chunks_count() -> None:
+    relay = SSERelay(strip_usage=True)
+    tool = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c"}]}}]}
+    reason = {"choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]}
+    empty = {"choices": [{"index": 0, "delta": {"content": ""}}]}
+    for obj in (tool, reason, empty):
+        relay.feed(b"data: " + json_dumps(obj) + b"\n\n")
+    assert relay.chunks == 2
+
+
+def test_escaped_quotes_inside_content_do_not_fool_the_counter() -> None:
+    relay = SSERelay(strip_usage=True)
+    obj = {"choices": [{"index": 0, "delta": {"content": 'say "content":"x"'}}]}
+    relay.feed(b"data: " + json_dumps(obj) + b"\n\n")
+    assert relay.chunks == 1
+
+
+def test_partial_event_at_the_end_is_flushed_as_is() -> None:
+    relay = SSERelay(strip_usage=True)
+    assert relay.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}') == b""
+    assert relay.flush() == b'data: {"choices":[{"delta":{"content":"a"}}]}'
+    assert relay.flush() == b""
+
+
+def test_a_choices_less_event_without_usage_is_passed_through() -> None:
+    relay = SSERelay(strip_usage=True)
+    event = b'data: {"id":"x","choices":[]}\n\n'
+    assert relay.feed(event) == event
+    assert relay.usage is None
+
+
+def test_json_helpers_round_trip() -> None:
+    obj = {"a": [1, 2.5, None, True], "é": "ü"}
+    assert json_loads(json_dumps(obj)) == obj
+    with pytest.raises(ValueError):
+        json_loads(b"{nope")
