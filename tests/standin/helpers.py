@@ -1,6 +1,9 @@
 """Test helpers around the engine stand-in: free ports, HTTP waits, start / kill a stand-in.
 
-Import them from any test: ``from tests.standin.helpers import free_port, wait_http``.
+Import them from a test as ``from standin.helpers import free_port, wait_http`` (pytest puts
+``tests/`` on sys.path: it has no ``__init__.py``) or as ``from tests.standin.helpers import ...``
+when the repository root is on sys.path (``python -m pytest``, or pytest's
+``pythonpath = [".", "tests"]``, which makes both forms work everywhere).
 
 A recipe that runs the stand-in instead of a real engine sets
 ``env: {PYTHONPATH: str(STANDIN_DIR)}`` (and any ``STANDIN_*`` switch, see
