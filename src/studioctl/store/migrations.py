@@ -1,0 +1,275 @@
+"""Numbered schema migrations, recorded by name in ``schema_migrations``.
+
+Each ``@migration def mNNN_what(db)`` runs once, in its own transaction together with the
+row that records it, so a crash mid-migration leaves the database at the previous step.
+A migration, once released, is never edited: change the schema with a new one. A database
+that records a migration this code does not know was written by a newer studioctl and is
+refused (``SchemaTooNew``) rather than half understood.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from studioctl.store.db import Database, SchemaTooNew
+
+
+@dataclass(frozen=True)
+class Migration:
+    number: int
+    name: str
+    fn: Callable[[Database], None]
+
+
+MIGRATIONS: list[Migration] = []
+
+_NAME = re.compile(r"^m(\d{3})_[a-z0-9_]+$")
+
+
+def migration(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+    """Register ``fn`` (named ``mNNN_description``) as the next migration."""
+    m = _NAME.match(fn.__name__)
+    if not m:
+        raise ValueError(f"migration {fn.__name__!r}: name it mNNN_description")
+    number = int(m.group(1))
+    if MIGRATIONS and number != MIGRATIONS[-1].number + 1:
+        raise ValueError(
+            f"migration {fn.__name__!r}: expected number {MIGRATIONS[-1].number + 1:03d}"
+        )
+    MIGRATIONS.append(Migration(number, fn.__name__, fn))
+    return fn
+
+
+def _run(db: Database, *statements: str) -> None:
+    # One execute() per statement: executescript() would COMMIT the open transaction.
+    for sql in statements:
+        db.execute(sql)
+
+
+def _ensure_table(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+
+
+def applied(db: Database) -> list[str]:
+    """Names of the migrations recorded in the database, oldest first."""
+    _ensure_table(db)
+    rows = db.query("SELECT name FROM schema_migrations ORDER BY name")
+    return [r["name"] for r in rows]
+
+
+def latest() -> str:
+    return MIGRATIONS[-1].name
+
+
+def migrate(db: Database, *, target: str | None = None) -> list[str]:
+    """Apply every pending migration in order (stop after ``target``); return their names.
+
+    Safe to run from two processes at once: each step re-checks, under the write lock,
+    whether the other one applied it first.
+    """
+    names = [m.name for m in MIGRATIONS]
+    if target is not None and target not in names:
+        raise ValueError(f"unknown migration {target!r} (known: {', '.join(names)})")
+    with db.transaction():
+        done = set(applied(db))
+    unknown = sorted(done - set(names))
+    if unknown:
+        raise SchemaTooNew(
+            f"database {db.path} was written by a newer studioctl: it has migration(s) "
+            f"{', '.join(unknown)} that this version does not know (it knows up to "
+            f"{latest()})",
+            hint="upgrade studioctl, or set STUDIOCTL_HOME to use another database",
+        )
+    ran: list[str] = []
+    for m in MIGRATIONS:
+        with db.transaction():
+            if db.query_one("SELECT 1 FROM schema_migrations WHERE name = ?", (m.name,)):
+                pass  # applied before, or by a concurrent process while we waited
+            else:
+                m.fn(db)
+                db.execute(
+                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                    (m.name, time.time()),
+                )
+                # For sqlite3 shell users: PRAGMA user_version tells the schema step.
+                db.execute(f"PRAGMA user_version = {m.number}")
+                ran.append(m.name)
+        if m.name == target:
+            break
+    return ran
+
+
+# --------------------------------------------------------------------------------------
+# The migrations. Never edit one that has been released; add the next number instead.
+# --------------------------------------------------------------------------------------
+
+
+@migration
+def m001_initial(db: Database) -> None:
+    """Instances (with their state history and id counters), events, launch timings."""
+    _run(
+        db,
+        """CREATE TABLE instances (
+            id              TEXT PRIMARY KEY,
+            recipe_id       TEXT NOT NULL,
+            backend         TEXT NOT NULL,
+            model           TEXT NOT NULL,
+            served_name     TEXT NOT NULL,
+            host            TEXT NOT NULL,
+            port            INTEGER NOT NULL,
+            pid             INTEGER,
+            create_time     REAL,           -- psutil create_time: pid + this = identity
+            pgid            INTEGER,
+            recipe_hash     TEXT NOT NULL DEFAULT '',
+            recipe_json     TEXT NOT NULL DEFAULT '{}',
+            log_path        TEXT NOT NULL DEFAULT '',
+            gpus            TEXT NOT NULL DEFAULT '[]',          -- JSON list of ints
+            state           TEXT NOT NULL,
+            state_reason    TEXT NOT NULL DEFAULT '',
+            restarts        INTEGER NOT NULL DEFAULT 0,
+            crash_times     TEXT NOT NULL DEFAULT '[]',          -- JSON list of floats
+            desired         TEXT NOT NULL DEFAULT 'running'
+                            CHECK (desired IN ('running', 'stopped')),
+            process_tree    TEXT NOT NULL DEFAULT '[]',  -- JSON [{pid, create_time}]
+            created_at      REAL NOT NULL,
+            updated_at      REAL NOT NULL,
+            started_at      REAL,
+            ready_at        REAL,
+            stopped_at      REAL,
+            next_restart_at REAL
+        )""",
+        "CREATE INDEX instances_recipe ON instances (recipe_id)",
+        "CREATE INDEX instances_state ON instances (state)",
+        """CREATE TABLE instance_transitions (
+            seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+            instance_id TEXT NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+            from_state  TEXT,               -- NULL for the first state
+            to_state    TEXT NOT NULL,
+            reason      TEXT NOT NULL DEFAULT '',
+            ts          REAL NOT NULL
+        )""",
+        "CREATE INDEX instance_transitions_instance ON instance_transitions (instance_id, seq)",
+        # The last number handed out per recipe: ids are never reused, even after deletes.
+        """CREATE TABLE instance_ids (
+            recipe_id TEXT PRIMARY KEY,
+            last      INTEGER NOT NULL
+        )""",
+        # AUTOINCREMENT: ids keep growing after prune(), so `since(after_id)` cursors held
+        # by event streams never see an id twice.
+        """CREATE TABLE events (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts          REAL NOT NULL,
+            kind        TEXT NOT NULL,
+            message     TEXT NOT NULL,
+            instance_id TEXT,
+            recipe_id   TEXT,
+            data        TEXT                -- JSON object or NULL
+        )""",
+        "CREATE INDEX events_ts ON events (ts)",
+        "CREATE INDEX events_instance ON events (instance_id, id)",
+        """CREATE TABLE launches (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            recipe_id   TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            started_at  REAL NOT NULL,
+            outcome     TEXT NOT NULL,
+            total_s     REAL NOT NULL,
+            stages      TEXT NOT NULL       -- JSON {stage: seconds from start}
+        )""",
+        "CREATE INDEX launches_recipe ON launches (recipe_id, outcome, started_at)",
+    )
+
+
+@migration
+def m002_tenants(db: Database) -> None:
+    """Gateway tenants and their API keys (stored as SHA-256 only)."""
+    _run(
+        db,
+        """CREATE TABLE tenants (
+            id             TEXT PRIMARY KEY,            -- t_<hex>
+            name           TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            enabled        INTEGER NOT NULL DEFAULT 1,
+            profile        TEXT NOT NULL,
+            limits         TEXT NOT NULL DEFAULT '{}',  -- JSON overrides of the profile
+            allowed_models TEXT,                        -- JSON list, NULL = all
+            created_at     REAL NOT NULL,
+            updated_at     REAL NOT NULL
+        )""",
+        """CREATE TABLE api_keys (
+            id           TEXT PRIMARY KEY,              -- k_<hex>
+            tenant_id    TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+            key_hash     TEXT NOT NULL,                 -- hex SHA-256 of the key
+            prefix       TEXT NOT NULL,                 -- shown in lists and usage
+            created_at   REAL NOT NULL,
+            expires_at   REAL,
+            revoked_at   REAL,
+            last_used_at REAL
+        )""",
+        # The gateway looks a key up by hash on every request: one index probe, no scan.
+        "CREATE UNIQUE INDEX api_keys_hash ON api_keys (key_hash)",
+        "CREATE INDEX api_keys_tenant ON api_keys (tenant_id)",
+        "CREATE INDEX api_keys_prefix ON api_keys (prefix)",
+    )
+
+
+# Histogram layout of the usage rollup (bucket count per histogram). Fixed here because a
+# released migration never changes; store/usage.py checks that its bounds match.
+USAGE_HIST_BUCKETS = 49
+
+
+@migration
+def m003_usage(db: Database) -> None:
+    """Per-request usage rows and their rollup by minute, hour and day."""
+    hist = ",\n".join(
+        f"            {p}{i} INTEGER NOT NULL DEFAULT 0"
+        for p in ("lat_b", "ttft_b")
+        for i in range(USAGE_HIST_BUCKETS)
+    )
+    _run(
+        db,
+        """CREATE TABLE usage (
+            id                INTEGER PRIMARY KEY,
+            ts                REAL NOT NULL,    -- when the request finished
+            tenant_id         TEXT,
+            key_prefix        TEXT,
+            model             TEXT,
+            instance_id       TEXT,
+            status            INTEGER NOT NULL,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            ttft_ms           REAL,
+            duration_ms       REAL NOT NULL,
+            streamed          INTEGER NOT NULL DEFAULT 0,
+            disconnected      INTEGER NOT NULL DEFAULT 0,
+            error_code        TEXT
+        )""",
+        "CREATE INDEX usage_ts ON usage (ts)",
+        # res = 60 | 3600 | 86400 seconds; period = floor(ts / res). tenant_id and model
+        # are '' rather than NULL: NULLs never conflict, and the upsert relies on conflicts.
+        f"""CREATE TABLE usage_rollup (
+            res               INTEGER NOT NULL,
+            period            INTEGER NOT NULL,
+            tenant_id         TEXT NOT NULL,
+            model             TEXT NOT NULL,
+            requests          INTEGER NOT NULL DEFAULT 0,
+            errors            INTEGER NOT NULL DEFAULT 0,
+            disconnected      INTEGER NOT NULL DEFAULT 0,
+            streamed          INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            lat_count         INTEGER NOT NULL DEFAULT 0,
+            lat_sum_ms        REAL NOT NULL DEFAULT 0,
+            lat_max_ms        REAL NOT NULL DEFAULT 0,
+            ttft_count        INTEGER NOT NULL DEFAULT 0,
+            ttft_sum_ms       REAL NOT NULL DEFAULT 0,
+            ttft_max_ms       REAL NOT NULL DEFAULT 0,
+{hist},
+            PRIMARY KEY (res, period, tenant_id, model)
+        ) WITHOUT ROWID""",
+    )

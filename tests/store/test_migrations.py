@@ -1,0 +1,153 @@
+"""Migrations on an empty database, on one left at m001, and refusing a newer one."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from studioctl.store import Database, InstanceRepo, SchemaTooNew, TenantRepo
+from studioctl.store import migrations as mig
+from studioctl.store.instances import Instance
+from studioctl.store.usage import VALUE_COLUMNS
+
+ALL = [m.name for m in mig.MIGRATIONS]
+
+
+def tables(db: Database) -> set[str]:
+    rows = db.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {r["name"] for r in rows if not r["name"].startswith("sqlite_")}
+
+
+def columns(db: Database, table: str) -> list[str]:
+    return [r["name"] for r in db.query(f"PRAGMA table_info({table})")]
+
+
+def test_names_are_numbered_in_order() -> None:
+    assert ALL[:3] == ["m001_initial", "m002_tenants", "m003_usage"]
+    assert [m.number for m in mig.MIGRATIONS] == list(range(1, len(ALL) + 1))
+    assert mig.latest() == ALL[-1]
+
+
+def test_empty_database(tmp_path: Path) -> None:
+    with Database(tmp_path / "a.db") as db:
+        assert db.migrate() == ALL
+        assert mig.applied(db) == ALL
+        assert {
+            "schema_migrations",
+            "instances",
+            "instance_transitions",
+            "instance_ids",
+            "events",
+            "launches",
+            "tenants",
+            "api_keys",
+            "usage",
+            "usage_rollup",
+        } <= tables(db)
+        row = db.query_one("PRAGMA user_version")
+        assert row is not None and row[0] == len(ALL)
+        # The rollup's columns are the ones usage.py adds into.
+        assert columns(db, "usage_rollup")[4:] == list(VALUE_COLUMNS)
+        assert set(columns(db, "instances")) == {f for f in Instance.__dataclass_fields__}
+        assert db.migrate() == []  # idempotent
+
+
+def test_database_left_at_m001_is_brought_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with Database(path) as db:
+        assert db.migrate(target="m001_initial") == ["m001_initial"]
+        assert "tenants" not in tables(db)
+        InstanceRepo(db).insert(
+            Instance(
+                id="tiny-cpu-1",
+                recipe_id="tiny-cpu",
+                backend="vllm",
+                model="/m",
+                served_name="tiny",
+                host="127.0.0.1",
+                port=18000,
+            ),
+            ts=100.0,
+        )
+    with Database(path) as db:  # a later studioctl opens it
+        assert db.migrate() == ALL[1:]
+        inst = InstanceRepo(db).get("tiny-cpu-1")
+        assert inst is not None and inst.port == 18000 and inst.created_at == 100.0
+        assert TenantRepo(db).create("acme").name == "acme"  # the new tables work
+
+
+def test_refuses_a_database_from_a_newer_studioctl(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with Database(path) as db:
+        db.migrate()
+        db.execute("INSERT INTO schema_migrations (name, applied_at) VALUES ('m999_future', 0)")
+    with Database(path) as db, pytest.raises(SchemaTooNew) as info:
+        db.migrate()
+    msg = info.value.message
+    assert "newer studioctl" in msg and "m999_future" in msg and str(path) in msg
+    assert mig.latest() in msg
+    assert info.value.hint and "upgrade" in info.value.hint
+
+
+def test_unknown_target(tmp_path: Path) -> None:
+    with (
+        Database(tmp_path / "a.db") as db,
+        pytest.raises(ValueError, match="unknown migration 'm042_nope'"),
+    ):
+        db.migrate(target="m042_nope")
+
+
+def test_two_processes_migrating_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        db = Database(path)
+        try:
+            barrier.wait()
+            results.append(db.migrate())
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    # Every migration ran exactly once, in one or the other.
+    assert sorted(results[0] + results[1]) == sorted(ALL)
+
+
+def test_a_failing_migration_leaves_the_previous_step(tmp_path: Path) -> None:
+    def m004_broken(db: Database) -> None:
+        db.execute("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("boom")
+
+    mig.migration(m004_broken)
+    try:
+        with Database(tmp_path / "a.db") as db:
+            with pytest.raises(RuntimeError, match="boom"):
+                db.migrate()
+            assert mig.applied(db) == ALL
+            assert "half_done" not in tables(db)
+    finally:
+        mig.MIGRATIONS.pop()
+
+
+def test_migration_names_are_checked() -> None:
+    def badname(db: Database) -> None: ...
+
+    def m009_skips(db: Database) -> None: ...
+
+    with pytest.raises(ValueError, match="mNNN_description"):
+        mig.migration(badname)
+    with pytest.raises(ValueError, match=f"expected number {len(ALL) + 1:03d}"):
+        mig.migration(m009_skips)
+    assert [m.name for m in mig.MIGRATIONS] == ALL
