@@ -860,11 +860,11 @@ class Standin:
     # -- signals and children
 
     def install_signals(self) -> None:
+        signal.signal(signal.SIGINT, self.on_signal)  # Ctrl+C: the uvicorn shutdown
         if self.settings.modes.ignore_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the children too
-            return
-        signal.signal(signal.SIGTERM, self.on_signal)
-        signal.signal(signal.SIGINT, self.on_signal)
+        else:
+            signal.signal(signal.SIGTERM, self.on_signal)
 
     def on_signal(self, signum: int, _frame: object) -> None:
         if self.engine.stopping:
