@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,8 +96,10 @@ def _ndjson(obj: dict[str, Any]) -> bytes:
     return (json.dumps(obj, default=str) + "\n").encode()
 
 
-def build_control_app(sup: Supervisor, bus: EventBus, info: DaemonInfo) -> Starlette:
-    """The control app. Tenant/usage routes are added by the gateway wiring (``extra_routes``)."""
+def build_control_app(
+    sup: Supervisor, bus: EventBus, info: DaemonInfo, extra_routes: list[Route] | None = None
+) -> Starlette:
+    """The control app; the admin routes (tenants, keys, usage) come in ``extra_routes``."""
 
     async def version(_: Request) -> Response:
         return _json(
@@ -141,7 +143,7 @@ def build_control_app(sup: Supervisor, bus: EventBus, info: DaemonInfo) -> Starl
 
     async def _streamed(
         request: Request,
-        op: Callable[[], Awaitable[dict[str, Any]]],
+        op: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
         match: Callable[[Event], bool],
     ) -> Response:
         """Run ``op`` while streaming matching events as NDJSON, then its result or error."""
@@ -368,6 +370,7 @@ def build_control_app(sup: Supervisor, bus: EventBus, info: DaemonInfo) -> Starl
         Route("/adopt", adopt, methods=["POST"]),
         Route("/events", events),
         Route("/daemon/shutdown", shutdown, methods=["POST"]),
+        *(extra_routes or []),
     ]
 
     async def not_found(request: Request, exc: Exception) -> Response:

@@ -177,8 +177,9 @@ class OsProc:
                 pass
         try:
             for c in psutil.net_connections(kind="inet"):
-                listening = c.status == psutil.CONN_LISTEN and c.laddr
-                if listening and c.laddr.port == port and c.pid:
+                laddr = c.laddr
+                listening = c.status == psutil.CONN_LISTEN and isinstance(laddr, tuple) and laddr
+                if listening and getattr(laddr, "port", None) == port and c.pid:
                     info = self.info(c.pid)
                     cmd = " ".join(info.cmdline)[:120] if info else "?"
                     return f"pid {c.pid} ({cmd})"

@@ -13,6 +13,7 @@ State changes go through ``_set_state`` only, which checks the transition
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -120,7 +121,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ queries
 
-    def list(self, *, include_stopped: bool = False) -> list[Instance]:
+    def list(self, *, include_stopped: bool = False) -> builtins.list[Instance]:
         out = [
             i for i in self.instances.values() if include_stopped or i.state not in (State.STOPPED,)
         ]
@@ -152,7 +153,7 @@ class Supervisor:
         recipe_id: str,
         *,
         port: int | None = None,
-        gpus: list[int] | None = None,
+        gpus: builtins.list[int] | None = None,
         force: bool = False,
         wait: bool = True,
         timeout: float | None = None,
@@ -169,7 +170,9 @@ class Supervisor:
             await self.wait_ready(inst)
         return inst
 
-    def _check_conflicts(self, recipe: Recipe, port: int, gpus: list[int], force: bool) -> None:
+    def _check_conflicts(
+        self, recipe: Recipe, port: int, gpus: builtins.list[int], force: bool
+    ) -> None:
         for other in self.instances.values():
             if other.state not in ACTIVE and other.state != State.CRASHED:
                 continue
@@ -219,7 +222,7 @@ class Supervisor:
         recipe: Recipe,
         *,
         port: int | None,
-        gpus: list[int],
+        gpus: builtins.list[int],
         force: bool,
         timeout: float | None,
     ) -> Instance:
@@ -576,7 +579,7 @@ class Supervisor:
                     "processes survived SIGKILL: "
                     + ", ".join(str(p["pid"]) for p in result["leftover"]),
                 )
-        elif inst.state != State.STOPPED:
+        elif inst.state is not State.STOPPED:  # type: ignore[comparison-overlap]
             self._set_state(inst, State.STOPPED, "evicted")
         inst.stopped_at = self.os.now()
         self._fail_waiters(inst, EngineFailed(f"{inst.id} was evicted before it was ready"))
@@ -642,7 +645,7 @@ class Supervisor:
         for p in members.values():
             inst.tree.setdefault(p.pid, p.create_time)
         alive = {pid: p for pid, p in members.items() if self.os.is_alive(pid, p.create_time)}
-        signals: list[str] = []
+        signals: builtins.list[str] = []
         how: dict[int, str] = {}
         if alive:
             if inst.pgid is not None and self.os.signal_group(inst.pgid, signal.SIGTERM):
@@ -692,7 +695,7 @@ class Supervisor:
         to: str,
         *,
         port: int | None = None,
-        gpus: list[int] | None = None,
+        gpus: builtins.list[int] | None = None,
         drain_timeout: float = 30.0,
         grace: float = 15.0,
         timeout: float | None = None,
@@ -882,7 +885,7 @@ class Supervisor:
         inst.task = asyncio.create_task(self._monitor(inst), name=f"monitor {iid}")
         return inst
 
-    def foreign_servers(self) -> list[dict[str, Any]]:
+    def foreign_servers(self) -> builtins.list[dict[str, Any]]:
         """vLLM/SGLang servers running on this host that studioctl does not manage."""
         from studioctl.engines import get_engine
 

@@ -1,0 +1,186 @@
+"""Assemble the gateway inside the daemon: tenants, auth, limits, usage writer, routes.
+
+The route table follows the supervisor (``on_change``); eviction drains on the gateway's
+in-flight count; the admin routes join the control app; usage rows go to SQLite through a
+background writer; ``GET /metrics`` adds instance states to the gateway's own figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from studioctl import API_VERSION, __version__
+from studioctl.gateway.auth import Authenticator
+from studioctl.gateway.limits import Limiter
+from studioctl.gateway.metrics import GatewayMetrics
+from studioctl.gateway.proxy import GatewayApp
+from studioctl.gateway.routing import RouteTable, Upstream
+from studioctl.gateway.tenants import TenantService, anonymous_context
+from studioctl.gateway.tokenize import PromptCounter
+
+if TYPE_CHECKING:
+    from studioctl.lifecycle.supervisor import Supervisor
+    from studioctl.settings import Settings
+    from studioctl.store.db import Database
+    from studioctl.store.usage import UsageRepo, UsageWriter
+
+log = logging.getLogger("studioctl.gateway")
+
+HOUSEKEEPING_S = 60.0  # flush key last-used times, prune idle limiter state
+
+
+@dataclass
+class Gateway:
+    app: GatewayApp
+    tenants: TenantService
+    routes: RouteTable
+    limiter: Limiter
+    metrics: GatewayMetrics
+    usage_repo: UsageRepo
+    writer: UsageWriter
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.app.shutdown()
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            self.tenants.flush_last_used()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_routes_for(gw: Gateway) -> list[Any]:
+    from studioctl.admin import admin_routes
+
+    return admin_routes(gw.tenants, gw.usage_repo)
+
+
+async def build_gateway(
+    *, settings: Settings, db: Database, sup: Supervisor, admin_app: Any, info: Any
+) -> Gateway:
+    from studioctl.store.usage import UsageRepo, UsageWriter
+
+    gs = settings.gateway
+    tenants = TenantService(db)
+    anonymous = None
+    if gs.allow_anonymous:
+        if is_loopback(gs.host):
+            anonymous = anonymous_context()
+        else:
+            log.warning(
+                "gateway.allow_anonymous ignored: the gateway binds %s, not a loopback address",
+                gs.host,
+            )
+    auth = Authenticator(tenants.lookup, anonymous=anonymous)
+    tenants.subscribe(auth.invalidate)
+    limiter = Limiter(global_max_concurrent=gs.max_concurrent)
+    metrics = GatewayMetrics(
+        tenant_labels=gs.metrics_tenant_labels, inflight_source=limiter.inflight
+    )
+    usage_repo = UsageRepo(db)
+    writer = UsageWriter(usage_repo)
+    routes = RouteTable()
+    known = {"models": _known_models(settings)}  # re-read from disk by housekeeping only
+
+    def refresh() -> None:
+        ups = [
+            Upstream(
+                instance_id=i.id,
+                recipe_id=i.recipe.id,
+                host=i.host if i.host not in ("0.0.0.0", "::", "") else "127.0.0.1",
+                port=i.port,
+                state=str(i.state),
+                model_names=tuple(i.recipe.model_names),
+            )
+            for i in sup.list()
+        ]
+        routes.update(ups, known["models"])
+
+    sup.on_change.append(refresh)
+    sup.gateway_inflight = routes.inflight
+    refresh()
+
+    async def health() -> dict[str, Any]:
+        ok_store = await asyncio.to_thread(db.check)
+        instances = {i.id: str(i.state) for i in sup.list()}
+        return {
+            "ok": ok_store,
+            "store": "ok" if ok_store else "unreachable",
+            "instances": instances,
+        }
+
+    app = GatewayApp(
+        settings=gs,
+        routes=routes,
+        auth=auth,
+        limiter=limiter,
+        usage=writer,
+        metrics=metrics,
+        tokenizer=PromptCounter(),
+        admin_app=admin_app,
+        admin_token=settings.daemon.admin_token,
+        health=health,
+        version={"version": __version__, "api_version": API_VERSION},
+    )
+    await app.startup()
+    gw = Gateway(
+        app=app,
+        tenants=tenants,
+        routes=routes,
+        limiter=limiter,
+        metrics=metrics,
+        usage_repo=usage_repo,
+        writer=writer,
+    )
+    # The admin routes join the control app (served on the socket and under /admin/).
+    admin_app.router.routes.extend(admin_routes_for(gw))
+
+    async def housekeeping() -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                await asyncio.to_thread(tenants.flush_last_used)
+                limiter.prune()
+                # Recipes added or edited on disk become known models.
+                known["models"] = await asyncio.to_thread(_known_models, settings)
+                refresh()
+            except Exception:
+                log.exception("gateway housekeeping failed")
+
+    gw._tasks.append(asyncio.create_task(housekeeping()))
+
+    async def gateway_status() -> dict[str, Any]:
+        return {
+            "gateway": {"url": info.gateway_url, "inflight": limiter.inflight(), "health": "ok"}
+        }
+
+    info.extra_status = gateway_status
+    return gw
+
+
+def _known_models(settings: Settings) -> dict[str, str]:
+    """Every recipe's served names and aliases → recipe id (for 503 model_not_running)."""
+    from studioctl.recipes import recipe_dirs, scan_recipes
+
+    scan = scan_recipes(recipe_dirs(settings))
+    for err in scan.errors:  # a bad file must not take the good ones down with it
+        log.warning("recipe skipped by the gateway: %s", err.message)
+    out: dict[str, str] = {}
+    for r in scan.recipes:
+        for name in r.model_names:
+            out.setdefault(name, r.id)
+    return out
