@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything the tests need on a fresh machine, then every check CI runs:
+#   install studioctl with its dev extras, build the engine envs + tiny model (cached under
+#   ~/.cache/studioctl-dev, keyed by version), ruff, mypy, and pytest over all three tiers
+#   (unit, integration with the stand-in engine, end to end with a real vLLM and SGLang).
+# Arguments are passed to pytest (e.g. scripts/test.sh -m "not e2e" -x).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$HERE"
+PY="${PYTHON:-python3}"
+
+echo "==> installing studioctl[dev]"
+"$PY" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+echo "==> engine environments (vLLM CPU, SGLang CPU, tiny model)"
+eval "$(bash scripts/setup-engines.sh --sglang)"
+export STUDIOCTL_VLLM_PYTHON STUDIOCTL_TINY_MODEL STUDIOCTL_SGLANG_PYTHON STUDIOCTL_SGLANG_STUB
+
+echo "==> ruff"
+"$PY" -m ruff check .
+"$PY" -m ruff format --check .
+
+echo "==> mypy"
+"$PY" -m mypy
+
+echo "==> pytest"
+exec "$PY" -m pytest "$@"
