@@ -291,7 +291,7 @@ class KeyRepo:
 
     def list(self, tenant_id: str) -> builtins.list[ApiKey]:
         rows = self.db.query(
-            "SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id", (tenant_id,)
+            "SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, rowid", (tenant_id,)
         )
         return [_key(r) for r in rows]
 
