@@ -8,6 +8,7 @@ process groups its instances left (by the pids the daemon recorded), never by na
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,9 +23,18 @@ from typing import Any
 
 import psutil
 import yaml
-from tests.standin.helpers import STANDIN_DIR, free_port
+
+try:  # pytest puts tests/ on sys.path (tests/ has no __init__.py)
+    from standin.helpers import STANDIN_DIR, free_port
+except ImportError:  # the repository root on sys.path instead
+    from tests.standin.helpers import STANDIN_DIR, free_port
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Variables of the caller's environment that would leak into the daemon (its config, a
+# systemd socket, another daemon's settings): dropped before the test's own are set.
+_LEAKY_PREFIXES = ("STUDIOCTL_",)
+_LEAKY = ("NOTIFY_SOCKET",)
 
 
 @dataclass
@@ -93,6 +103,63 @@ class Daemon:
             timeout=timeout,
         )
 
+    def cli_json(self, *args: str, timeout: float = 120.0) -> Any:
+        """Run a CLI command that prints one JSON object; assert exit 0, return it parsed."""
+        r = self.cli(*args, timeout=timeout)
+        assert r.returncode == 0, f"studioctl {' '.join(args)} exited {r.returncode}: {r.stderr}"
+        return json.loads(r.stdout)
+
+    def instances(self, *, include_stopped: bool = True) -> list[dict[str, Any]]:
+        """The daemon's instances (through the client, no CLI start-up cost)."""
+        with self.client() as c:
+            out: list[dict[str, Any]] = c.instances(include_stopped=include_stopped)["instances"]
+        return out
+
+    def instance(self, iid: str) -> dict[str, Any]:
+        for inst in self.instances():
+            if inst["id"] == iid:
+                self.track(inst)
+                return inst
+        raise KeyError(f"no instance {iid} in {[i['id'] for i in self.instances()]}")
+
+    def wait_state(self, iid: str, *states: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Poll until instance ``iid`` is in one of ``states``; return it."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(KeyError):
+                last = self.instance(iid)
+                if last["state"] in states:
+                    return last
+            time.sleep(0.1)
+        raise TimeoutError(f"{iid} not in {states} after {timeout}s; last: {last}")
+
+    def events(self, n: int = 500, instance: str | None = None) -> list[dict[str, Any]]:
+        """The stored events, oldest first (``GET /events``, SSE decoded)."""
+        params: dict[str, Any] = {"n": n}
+        if instance:
+            params["instance"] = instance
+        out: list[dict[str, Any]] = []
+        with self.client() as c:
+            for line in c.stream_lines("GET", "/events", params=params):
+                if line.startswith("data: "):
+                    out.append(json.loads(line[6:]))
+        return out
+
+    def track(self, inst: dict[str, Any]) -> None:
+        """Remember an instance's processes (from its JSON) for the teardown's leak check."""
+        for p in inst.get("processes") or ():
+            self.seen_pids.add((int(p["pid"]), float(p["create_time"])))
+
+    def evict_all(self) -> None:
+        """Stop every instance that still holds processes (a shared daemon between tests)."""
+        for inst in self.instances():
+            self.track(inst)
+            if inst["state"] not in ("stopped", "failed") or any(
+                alive(p["pid"], p["create_time"]) for p in inst["processes"]
+            ):
+                self.cli("evict", inst["id"], "--force", "--grace", "2", "--json", timeout=60)
+
     def client(self) -> Any:
         from studioctl.client import Client
 
@@ -149,11 +216,16 @@ def kill_leftovers(pids: set[tuple[int, float]]) -> list[int]:
 
 @contextlib.contextmanager
 def running_daemon(
-    extra_env: dict[str, str] | None = None, *, start: bool = True
+    extra_env: dict[str, str] | None = None, *, start: bool = True, gateway: bool = False
 ) -> Iterator[Daemon]:
+    """A daemon on a fresh home (``start=False``: only the home and env, for tests that
+    start it themselves or need none). The gateway is off unless ``gateway=True``: the
+    lifecycle does not need it, and it keeps the daemon's start-up short."""
     home = Path(tempfile.mkdtemp(prefix="sc-", dir="/tmp"))
     gw = free_port()
-    env = dict(os.environ)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_PREFIXES) and k not in _LEAKY
+    }
     env.update(
         {
             "STUDIOCTL_HOME": str(home),
@@ -163,6 +235,7 @@ def running_daemon(
             "STUDIOCTL_DAEMON_RESTART_BACKOFF_S": "0.5",
             "STUDIOCTL_DAEMON_RESTART_BACKOFF_MAX_S": "2",
             "STUDIOCTL_ENGINES_PORT_MIN": str(free_port()),
+            "STUDIOCTL_GATEWAY_ENABLED": "true" if gateway else "false",
             "PYTHONPATH": str(REPO),
         }
     )
