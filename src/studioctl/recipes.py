@@ -418,6 +418,11 @@ def recipe_from_doc(
     for key in ("model", "python"):
         if isinstance(data.get(key), str):
             data[key] = _expand_path(data[key], base)
+    if isinstance(data.get("env"), dict):  # PYTHONPATH: ~/stub, as a shell would expand it
+        data["env"] = {
+            k: os.path.expanduser(v) if isinstance(v, str) and v.startswith("~/") else v
+            for k, v in data["env"].items()
+        }
     try:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as exc:

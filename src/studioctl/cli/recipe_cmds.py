@@ -351,7 +351,7 @@ def validate(
                     typer.echo(f"       note: {note}")
             else:
                 err = entry["error"]
-                typer.echo(f"error  {entry['target']}: {err['message']}")
+                typer.echo(f"error  {err['message']}")
                 if err.get("hint"):
                     typer.echo(f"       hint: {err['hint']}")
     if failures:

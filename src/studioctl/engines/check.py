@@ -33,15 +33,20 @@ MARK = "@@studioctl-flag-check@@"
 # Runs under the recipe's python. Reads {"backend", "argv", "deep"} on stdin, prints one
 # MARK-prefixed JSON line: {"status": ok|invalid|missing|broken, "error", "version", "notes"}.
 _SCRIPT = r"""
-import json, sys, traceback
+import json, re, sys
 MARK = "@@studioctl-flag-check@@"
 def report(**kw):
     sys.stdout.write("\n" + MARK + json.dumps(kw) + "\n")
     sys.stdout.flush()
     sys.exit(0)
 def clean(exc):
-    lines = [l for l in str(exc).splitlines() if not l.strip().startswith("For further")]
-    text = "\n".join(lines).strip()
+    # pydantic's framing around the engine's own words: keep the words.
+    lines = [l.strip() for l in str(exc).splitlines()]
+    lines = [l for l in lines if l and not l.startswith("For further")
+             and not re.match(r"\d+ validation errors? for ", l)]
+    text = " ".join(lines)
+    text = re.sub(r"^Value error, ", "", text)
+    text = re.sub(r" \[type=[a-z_]+, input_value=.*?, input_type=\w+\]", "", text)
     return text or type(exc).__name__
 class ParseError(Exception):
     pass
