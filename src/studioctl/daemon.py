@@ -214,6 +214,20 @@ class _Server:
         self.server.should_exit = True
 
 
+async def _housekeeping(settings: Any, sup: Any, events: Any) -> None:
+    """Daily: delete old instance logs and events (``logs.retention_days``)."""
+    days = settings.logs.retention_days
+    while True:
+        try:
+            removed = sup.prune_logs(days)
+            pruned = events.prune(time.time() - days * 86400)
+            if removed or pruned:
+                log.info("retention: removed %d log files, %d events", len(removed), pruned)
+        except Exception:
+            log.exception("housekeeping failed")
+        await asyncio.sleep(86400)
+
+
 async def _main(settings: Any) -> int:
     from studioctl.control import DaemonInfo, build_control_app
     from studioctl.lifecycle.events import EventBus
@@ -265,6 +279,7 @@ async def _main(settings: Any) -> int:
         info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
         servers.append(_Server(gateway.app, tcp))
     tasks = [asyncio.create_task(s.serve()) for s in servers]
+    housekeeping = asyncio.create_task(_housekeeping(settings, sup, EventRepo(db)))
     log.info(
         "studioctl daemon %d ready: control %s, gateway %s",
         os.getpid(),
@@ -279,6 +294,7 @@ async def _main(settings: Any) -> int:
     sd_notify("STOPPING=1")
     log.info("stopping (engines %s)", "stop too" if stop_engines["value"] else "keep running")
     t0 = time.monotonic()
+    housekeeping.cancel()
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -707,6 +707,9 @@ class Supervisor:
             raise UsageError(f"{frm} already runs recipe {to}; nothing to switch")
         new_gpus = list(gpus) if gpus is not None else list(recipe.gpus)
         overlap = sorted(set(src.gpus) & set(new_gpus))
+        new_port = port if port is not None else recipe.port
+        # The same fixed port cannot be held twice either: evict first then.
+        same_port = new_port is not None and new_port == src.port
         resources = {
             f"recipe:{src.recipe.id}",
             f"recipe:{recipe.id}",
@@ -717,11 +720,11 @@ class Supervisor:
         report: dict[str, Any] = {
             "from": src.id,
             "to_recipe": recipe.id,
-            "order": "evict-then-launch" if overlap else "launch-then-evict",
+            "order": "evict-then-launch" if overlap or same_port else "launch-then-evict",
             "shared_gpus": overlap,
         }
         async with self.locks.hold(resources, f"switch {src.id} -> {recipe.id}", wait=lock_wait):
-            if overlap:
+            if overlap or same_port:
                 t = time.monotonic()
                 report["evict"] = await self._evict(
                     src, drain_timeout=drain_timeout, grace=grace, force=False
@@ -914,6 +917,32 @@ class Supervisor:
                     }
                 )
         return out
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def prune_logs(self, retention_days: float) -> builtins.list[Path]:
+        """Delete instance logs (and their rotations) untouched for ``retention_days``,
+        except those of instances that still hold a process."""
+        keep = {
+            i.log_path.name
+            for i in self.instances.values()
+            if i.state in ACTIVE or i.state == State.CRASHED
+        }
+        cutoff = self.os.now() - retention_days * 86400
+        removed: builtins.list[Path] = []
+        folder = paths.instance_log_dir()
+        if not folder.is_dir():
+            return removed
+        for p in folder.iterdir():
+            base = p.name.split(".log")[0] + ".log"
+            try:
+                if base in keep or p.stat().st_mtime >= cutoff:
+                    continue
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                continue
+        return removed
 
     # ------------------------------------------------------------------ internals
 
