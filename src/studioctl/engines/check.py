@@ -84,9 +84,7 @@ try:
     if backend == "vllm":
         parser = make_arg_parser(FlexibleArgumentParser(prog="vllm.entrypoints.openai.api_server"))
         parser.error = raiser
-        ns = parser.parse_args(argv)
-        if getattr(ns, "model_tag", None):
-            ns.model = ns.model_tag
+        ns = parser.parse_args(argv)  # as the api_server module does: --model, no model_tag
         validate_parsed_serve_args(ns)
         if deep:
             from vllm.engine.arg_utils import AsyncEngineArgs
