@@ -66,6 +66,8 @@ BAD = [
     ("readiness_timeout_s: 0", 3, "readiness_timeout_s", "greater than 0"),
     ("seed: -1", 3, "seed", "greater than or equal to 0"),
     ("max_model_length: 4096", 3, "max_model_length", "did you mean max_model_len?"),
+    ("tp: 2", 3, "tp", "did you mean tensor_parallel_size?"),
+    ("bogus: 1", 3, "bogus", "unknown key"),
     ("gpus: [0, -1]", 3, "gpus[1]", "greater than or equal to 0"),
     ("gpus: [0, 0]", 3, "gpus[1]", "listed twice"),
     ("dtype: fp16", 3, "dtype", "'auto', 'half'"),

@@ -515,7 +515,8 @@ def _translate(exc: pydantic.ValidationError, doc: YamlDoc) -> RecipeError:
     if kind == "extra_forbidden":
         key = str(loc[0])
         known = [k for k in Recipe.model_fields if k != "source"]
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        close = [_SPELLINGS[key]] if key in _SPELLINGS else []
+        close = close or difflib.get_close_matches(key, known, n=1, cutoff=0.75)
         message = f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
         hint = "engine flags without a recipe key go under engine_args (docs/recipes.md)"
     elif kind == "missing":
@@ -535,6 +536,29 @@ def _translate(exc: pydantic.ValidationError, doc: YamlDoc) -> RecipeError:
         extra = f"{len(errors) - 1} more problem(s): {more}"
         hint = f"{hint}; {extra}" if hint else extra
     return RecipeError(message, file=doc.path, line=line, key=dotted(loc) or None, hint=hint)
+
+
+#: Other tools' names for recipe keys, for "did you mean …?".
+_SPELLINGS = {
+    "tp": "tensor_parallel_size",
+    "tp_size": "tensor_parallel_size",
+    "pp": "pipeline_parallel_size",
+    "pp_size": "pipeline_parallel_size",
+    "dp": "data_parallel_size",
+    "dp_size": "data_parallel_size",
+    "context_length": "max_model_len",
+    "mem_fraction_static": "gpu_memory_utilization",
+    "max_running_requests": "max_num_seqs",
+    "random_seed": "seed",
+    "model_path": "model",
+    "venv": "python",
+    "venv_path": "python",
+    "python_path": "python",
+    "cuda_visible_devices": "gpus",
+    "env_vars": "env",
+    "disable_cuda_graph": "enforce_eager",
+    "engine": "backend",
+}
 
 
 def _kind(value: Any) -> str:
