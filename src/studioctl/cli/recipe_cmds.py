@@ -383,8 +383,8 @@ def import_cmd(
 ) -> None:
     """Import recipes: studioctl YAML/JSON, or vLLM Studio's JSON recipes.
 
-    vLLM Studio keys are mapped (model_path → model, tp → tensor_parallel_size, its
-    extra_args → engine_args, …); keys with no meaning here are refused by name. All files
+    vLLM Studio keys are mapped (model_path -> model, tp -> tensor_parallel_size, its
+    extra_args -> engine_args, ...); keys with no meaning here are refused by name. All files
     are read and checked before anything is written.
 
     Example: studioctl recipe import ~/vllm-studio/recipes/*.json
