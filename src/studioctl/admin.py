@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from studioctl.control import _body, _json
 from studioctl.errors import UsageError
-from studioctl.gateway.tenants import TenantService, profiles_dict
+from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantService, profiles_dict
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 _WINDOW = re.compile(r"^(\d+)([mhd])$")
@@ -117,6 +117,8 @@ def admin_routes(tenants: TenantService, usage_repo: Any) -> list[Route]:
         return _json(out)
 
     def _tenant_id(ref: str | None) -> str | None:
+        if ref == ANONYMOUS_TENANT_ID:  # the rows of gateway.allow_anonymous (no stored tenant)
+            return ref
         return tenants.get(ref).id if ref else None
 
     async def profiles(_: Request) -> Response:
