@@ -89,6 +89,8 @@ def serve_gateway(args: argparse.Namespace) -> None:
     writer: Any = None
     usage_kind = "sqlite"
     try:
+        if args.usage == "memory":
+            raise ImportError("--usage memory")
         from studioctl.store.db import Database
         from studioctl.store.usage import UsageRepo, UsageWriter
 
@@ -216,9 +218,7 @@ def wrk_script(path: Path, body: dict[str, Any], key: str) -> Path:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(
-    url: str, script: Path, conns: int, duration: float, cpu: int
-) -> dict[str, float]:
+def run_wrk(url: str, script: Path, conns: int, duration: float, cpu: int) -> dict[str, float]:
     out = subprocess.run(
         [
             "wrk",
@@ -241,6 +241,8 @@ def run_wrk(
         res[f"p{pct}"] = float(num) * _UNITS[unit]
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     res["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = float(m.group(1)) if m else 0.0
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     res["errors"] = float(m.group(1)) if m else 0.0
     m = re.search(r"Socket errors:.*", out)
@@ -329,7 +331,12 @@ def python_load(port: int, req: bytes, conns: int, duration: float) -> dict[str,
     t0 = time.perf_counter()
     asyncio.run(main())
     elapsed = time.perf_counter() - t0
-    return {**percentiles(lat), "rps": len(lat) / elapsed, "errors": 0.0}
+    return {
+        **percentiles(lat),
+        "rps": len(lat) / elapsed,
+        "requests": float(len(lat)),
+        "errors": 0.0,
+    }
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -342,8 +349,22 @@ def percentiles(values: list[float]) -> dict[str, float]:
 # -- the run --------------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    port: int, key: str, args: argparse.Namespace, tmp: Path, load_cpu: int, use_wrk: bool
+    port: int,
+    key: str,
+    args: argparse.Namespace,
+    tmp: Path,
+    load_cpu: int,
+    use_wrk: bool,
+    pid: int | None = None,
 ) -> dict[str, dict[str, float]]:
     url = f"http://{HOST}:{port}/v1/chat/completions"
     plain = CHAT
@@ -356,18 +377,28 @@ def measure(
         s_plain = wrk_script(tmp / f"plain-{port}.lua", plain, key)
         s_stream = wrk_script(tmp / f"stream-{port}.lua", streamed, key)
         res["seq"] = run_wrk(url, s_plain, 1, args.duration, load_cpu)
+        cpu0 = cpu_seconds(pid)
         res["c32"] = run_wrk(url, s_plain, 32, args.duration, load_cpu)
+        cpu1 = cpu_seconds(pid)
         res["stream_c32"] = run_wrk(url, s_stream, 32, args.duration, load_cpu)
+        cpu2 = cpu_seconds(pid)
     else:
         os.sched_setaffinity(0, {load_cpu})
         req = request_bytes(port, plain, key)
         res["seq"] = python_load(port, req, 1, args.duration)
+        cpu0 = cpu_seconds(pid)
         res["c32"] = python_load(port, req, 32, args.duration)
-        res["stream_c32"] = python_load(
-            port, request_bytes(port, streamed, key), 32, args.duration
-        )
-    ttft = sequential(port, request_bytes(port, streamed, key), args.ttft_requests, first_chunk=True)
+        cpu1 = cpu_seconds(pid)
+        res["stream_c32"] = python_load(port, request_bytes(port, streamed, key), 32, args.duration)
+        cpu2 = cpu_seconds(pid)
+    ttft = sequential(
+        port, request_bytes(port, streamed, key), args.ttft_requests, first_chunk=True
+    )
     res["ttft"] = percentiles(ttft)
+    if pid is not None:
+        # CPU the gateway spent per request: what one core can serve, whatever else runs
+        res["c32"]["cpu_us"] = (cpu1 - cpu0) / max(res["c32"]["requests"], 1.0) * 1e6
+        res["stream_c32"]["cpu_us"] = (cpu2 - cpu1) / max(res["stream_c32"]["requests"], 1.0) * 1e6
     return res
 
 
@@ -399,6 +430,13 @@ def report(direct: dict[str, dict[str, float]], gw: dict[str, dict[str, float]])
             gw["ttft"]["p50"] - direct["ttft"]["p50"] <= TARGETS["ttft"],
         ),
     ]
+    for group, label in (("c32", "non-streaming"), ("stream_c32", "streaming (100 chunks)")):
+        cpu = gw[group].get("cpu_us")
+        if cpu:
+            print(
+                f"{'gateway CPU per request, ' + label:50} {cpu:9.0f}  µs"
+                f"  (one core: ≈{1e6 / cpu:,.0f} req/s)"
+            )
     print()
     for label, ok in checks:
         print(f"  [{'ok' if ok else 'MISSED'}] {label}")
@@ -413,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
     p.add_argument("--ttft-requests", type=int, default=2000)
     p.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
+    p.add_argument(
+        "--usage",
+        choices=("sqlite", "memory"),
+        default="sqlite",
+        help="usage rows to SQLite (the store's UsageWriter) or kept in memory",
+    )
     p.add_argument("--serve-gateway", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -453,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                     str(gw_cpu),
                     "--home",
                     str(tmp / "home"),
+                    "--usage",
+                    args.usage,
                 ]
             ) as gateway:
                 key = read_line(gateway, "KEY ")
@@ -460,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 wait_port(gw_port, gateway)
                 print(f"usage sink: {usage_kind}")
                 direct = measure(up_port, key, args, tmp, load_cpu, use_wrk)
-                through = measure(gw_port, key, args, tmp, load_cpu, use_wrk)
+                through = measure(gw_port, key, args, tmp, load_cpu, use_wrk, gateway.pid)
                 stop(gateway)
                 written = read_line(gateway, "WRITTEN ")
         ok = report(direct, through)

@@ -200,11 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import uvloop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
+        uvloop.install()
+    except ImportError:  # pragma: no cover - plain asyncio then
+        pass
     try:
-        runner(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port))
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -14,7 +14,6 @@ step).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,11 +35,18 @@ except ImportError:  # pragma: no cover - exercised only without orjson
 
 
 # A choice that carries generated output: non-empty text/content/reasoning, or a tool call.
-_OUTPUT_RE = re.compile(
-    rb'"(?:content|text|reasoning_content|reasoning)":\s*"(?!")|"tool_calls":\s*\[\s*\{'
+# Counted with bytes.count (C speed; a regular expression over every quote of a 20 kB block
+# cost more than the rest of the relay): occurrences of the key followed by a string,
+# minus those followed by an empty string. Engines write compact JSON; the spaced form is
+# counted too.
+_OUTPUT_KEYS = tuple(
+    (open_ + b'"', open_ + b'""')
+    for key in (b"content", b"text", b"reasoning_content", b"reasoning")
+    for open_ in (b'"' + key + b'":', b'"' + key + b'": ')
 )
+_TOOL_CALLS = (b'"tool_calls":[{', b'"tool_calls": [{')
 # The usage-only chunk: no choices (vLLM/SGLang send it last, before [DONE]).
-_USAGE_CHUNK_RE = re.compile(rb'"choices":\s*\[\s*\]')
+_USAGE_MARKS = (b'"choices":[]', b'"choices": []')
 _SEP = b"\n\n"
 
 
@@ -58,6 +64,17 @@ def request_usage(body: dict[str, Any]) -> bool:
         return asked
     body["stream_options"] = {"include_usage": True}
     return False
+
+
+def _count_output(block: bytes) -> int:
+    n = 0
+    for with_string, with_empty in _OUTPUT_KEYS:
+        k = block.count(with_string)
+        if k:
+            n += k - block.count(with_empty)
+    for mark in _TOOL_CALLS:
+        n += block.count(mark)
+    return n
 
 
 class SSERelay:
@@ -86,10 +103,11 @@ class SSERelay:
         else:
             self._buf = data[end:]
             block = data[:end]
-        self.chunks += len(_OUTPUT_RE.findall(block))
-        m = _USAGE_CHUNK_RE.search(block)
-        if m is not None:
-            block = self._take_usage(block, m.start())
+        self.chunks += _count_output(block)
+        for mark in _USAGE_MARKS:
+            pos = block.find(mark)
+            if pos >= 0:
+                return self._take_usage(block, pos)
         return block
 
     def flush(self) -> bytes:
