@@ -873,11 +873,11 @@ class Supervisor:
         )
         inst.started_at = info.create_time
         inst.tree = {pid: info.create_time}
-        self._refresh_tree(inst)
         with contextlib.suppress(OSError):
             inst.log_offset = log_path.stat().st_size
         self.repo.insert(inst.to_record())
         self.instances[iid] = inst
+        self._refresh_tree(inst)  # after the insert: it persists the tree it finds
         self.bus.publish(
             "adopt",
             f"{iid}: adopted foreign pid {pid} as recipe {recipe.id}",
