@@ -266,18 +266,30 @@ async def _main(settings: Any) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     await sup.start()
-    control = build_control_app(sup, bus, info)
+    from studioctl.telemetry import Telemetry, control_routes
+
+    # Scrapes engines with the supervisor's aiohttp session; waits for VRAM after evicts.
+    telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup._session)
+    sup.vram_release = telemetry.vram_released
+    control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
     servers = [_Server(control, bind_unix(paths.control_socket()))]
     gateway = None
     if settings.gateway.enabled:
         from studioctl.gateway.wiring import build_gateway
 
         gateway = await build_gateway(
-            settings=settings, db=db, sup=sup, admin_app=control, info=info
+            settings=settings,
+            db=db,
+            sup=sup,
+            admin_app=control,
+            info=info,
+            extra_metrics=telemetry.prometheus_lines,
         )
+        telemetry.gateway = gateway.snapshot
         tcp = bind_tcp(settings.gateway.host, settings.gateway.port)
         info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
         servers.append(_Server(gateway.app, tcp))
+    await telemetry.start()
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     housekeeping = asyncio.create_task(_housekeeping(settings, sup, EventRepo(db)))
     log.info(
@@ -298,8 +310,10 @@ async def _main(settings: Any) -> int:
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await telemetry.stop()  # before the supervisor closes the session it scrapes with
     try:
         await sup.close(stop_engines=stop_engines["value"])
+        await telemetry.close()  # adds the last figures to the store
         if gateway is not None:
             await gateway.close()
         bus.publish("daemon", f"daemon stopped (pid {os.getpid()})", data={"pid": os.getpid()})

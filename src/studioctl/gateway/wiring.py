@@ -2,7 +2,8 @@
 
 The route table follows the supervisor (``on_change``); eviction drains on the gateway's
 in-flight count; the admin routes join the control app; usage rows go to SQLite through a
-background writer; ``GET /metrics`` adds instance states to the gateway's own figures.
+background writer; ``GET /metrics`` adds instance states and the daemon's telemetry
+(``extra_metrics``) to the gateway's own figures; ``Gateway.snapshot()`` feeds ``top``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +22,7 @@ from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.proxy import GatewayApp
 from studioctl.gateway.routing import RouteTable, Upstream
-from studioctl.gateway.tenants import TenantService, anonymous_context
+from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantService, anonymous_context
 from studioctl.gateway.tokenize import PromptCounter
 
 if TYPE_CHECKING:
@@ -44,6 +46,36 @@ class Gateway:
     usage_repo: UsageRepo
     writer: UsageWriter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _tenant_names: dict[str, str] | None = None  # tenant id → name, dropped on tenant changes
+
+    def snapshot(self) -> dict[str, Any]:
+        """The gateway's live figures for ``studioctl top``: requests answered so far, rejections
+        by reason, requests in flight (all, and per tenant with any in flight)."""
+        from studioctl.engine_metrics import parse_prometheus
+
+        parsed = parse_prometheus(self.metrics.render(), source="gateway metrics")
+        requests = sum(s.value for s in parsed.get("studioctl_gateway_requests_total", ()))
+        rejections: dict[str, float] = {}
+        for s in parsed.get("studioctl_gateway_rejections_total", ()):
+            reason = s.labels.get("reason", "")
+            rejections[reason] = rejections.get(reason, 0.0) + s.value
+        if self._tenant_names is None:
+            names = {t.id: t.name for t in self.tenants.list()}
+            names.setdefault(ANONYMOUS_TENANT_ID, ANONYMOUS_TENANT_ID)
+            self._tenant_names = names
+        per_tenant = {
+            name: n for tid, name in self._tenant_names.items() if (n := self.limiter.inflight(tid))
+        }
+        return {
+            "requests_total": requests,
+            "rejections": rejections,
+            "inflight": self.limiter.inflight(),
+            "max_concurrent": self.limiter.global_max_concurrent,
+            "tenants_inflight": per_tenant,
+        }
+
+    def _forget_tenants(self) -> None:
+        self._tenant_names = None
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -69,8 +101,33 @@ def admin_routes_for(gw: Gateway) -> list[Any]:
     return admin_routes(gw.tenants, gw.usage_repo)
 
 
+class _Routes(RouteTable):
+    """The route table, whose ``/metrics`` lines (instance states, in-flight counts) are
+    followed by the daemon's own families (``extra``: telemetry's GPU/instance/energy lines)."""
+
+    def __init__(self, extra: Callable[[], str] | None) -> None:
+        super().__init__()
+        self._extra = extra
+
+    def metrics_lines(self) -> str:
+        text = super().metrics_lines()
+        if self._extra is None:
+            return text
+        try:
+            return text + self._extra()
+        except Exception:  # a telemetry fault must not take the gateway's /metrics down
+            log.exception("extra /metrics lines failed")
+            return text
+
+
 async def build_gateway(
-    *, settings: Settings, db: Database, sup: Supervisor, admin_app: Any, info: Any
+    *,
+    settings: Settings,
+    db: Database,
+    sup: Supervisor,
+    admin_app: Any,
+    info: Any,
+    extra_metrics: Callable[[], str] | None = None,
 ) -> Gateway:
     from studioctl.store.usage import UsageRepo, UsageWriter
 
@@ -93,7 +150,7 @@ async def build_gateway(
     )
     usage_repo = UsageRepo(db)
     writer = UsageWriter(usage_repo)
-    routes = RouteTable()
+    routes = _Routes(extra_metrics)
     known = {"models": _known_models(settings)}  # re-read from disk by housekeeping only
 
     def refresh() -> None:
@@ -146,6 +203,7 @@ async def build_gateway(
         usage_repo=usage_repo,
         writer=writer,
     )
+    tenants.subscribe(gw._forget_tenants)
     # The admin routes join the control app (served on the socket and under /admin/).
     admin_app.router.routes.extend(admin_routes_for(gw))
 

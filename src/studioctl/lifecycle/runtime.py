@@ -53,6 +53,8 @@ class Instance:
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[None] | None = None
     log_offset: int = 0
+    # GPU memory of the process tree, set by the daemon's telemetry (None: no GPU/NVML).
+    vram_bytes: int | None = None
 
     @property
     def recipe_id(self) -> str:
@@ -130,6 +132,7 @@ class Instance:
             "foreign": self.foreign,
             "next_restart_at": self.next_restart_at,
             "processes": self.tree_list(),
+            "vram_bytes": self.vram_bytes,
         }
 
 

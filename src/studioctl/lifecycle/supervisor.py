@@ -20,7 +20,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +84,11 @@ class Supervisor:
         self._session: Any = None
         self._closing = False
         self.on_change: list[Callable[[], None]] = []  # e.g. the gateway's route table refresh
+        # After an evict's processes are gone: wait until NVML shows their GPU memory freed
+        # (the daemon's telemetry; None, or a None answer without GPUs: no wait).
+        self.vram_release: (
+            Callable[[Instance, int | None], Awaitable[dict[str, Any] | None]] | None
+        ) = None
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -568,9 +573,18 @@ class Supervisor:
             self._set_state(inst, State.STOPPING, "evict")
         elif inst.state == State.CRASHED:
             pass
+        held_vram = inst.vram_bytes  # the last reading, before the processes go
         result = await self._terminate(inst, grace=grace)
         report.update(result)
         report["drained"] = drained
+        if self.vram_release is not None:
+            try:
+                vram = await self.vram_release(inst, held_vram)
+            except Exception:  # a telemetry fault must not fail the evict
+                log.exception("%s: waiting for its GPU memory to be released failed", inst.id)
+                vram = None
+            if vram is not None:
+                report.update(vram)
         if result["leftover"]:
             if inst.state == State.STOPPING:
                 self._set_state(

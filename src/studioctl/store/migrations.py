@@ -273,3 +273,43 @@ def m003_usage(db: Database) -> None:
             PRIMARY KEY (res, period, tenant_id, model)
         ) WITHOUT ROWID""",
     )
+
+
+@migration
+def m004_recipe_stats(db: Database) -> None:
+    """Lifetime totals and peak figures per recipe (telemetry: tokens, energy, uptime).
+
+    A peak is its value, when it was seen and on which instance; ``ttft_best_s`` is the
+    lowest time to first token (a minimum), every other peak a maximum.
+    """
+    _run(
+        db,
+        """CREATE TABLE recipe_stats (
+            recipe_id            TEXT PRIMARY KEY,
+            prompt_tokens        REAL NOT NULL DEFAULT 0,
+            generation_tokens    REAL NOT NULL DEFAULT 0,
+            requests             REAL NOT NULL DEFAULT 0,
+            energy_j             REAL NOT NULL DEFAULT 0,
+            uptime_s             REAL NOT NULL DEFAULT 0,
+            first_seen           REAL NOT NULL,
+            updated_at           REAL NOT NULL,
+            prefill_tps          REAL,
+            prefill_tps_at       REAL,
+            prefill_tps_instance TEXT,
+            generation_tps          REAL,
+            generation_tps_at       REAL,
+            generation_tps_instance TEXT,
+            ttft_best_s          REAL,
+            ttft_best_s_at       REAL,
+            ttft_best_s_instance TEXT,
+            concurrent           REAL,
+            concurrent_at        REAL,
+            concurrent_instance  TEXT,
+            kv_cache             REAL,
+            kv_cache_at          REAL,
+            kv_cache_instance    TEXT,
+            power_w              REAL,
+            power_w_at           REAL,
+            power_w_instance     TEXT
+        )""",
+    )
