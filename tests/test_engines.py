@@ -441,3 +441,41 @@ def test_real_vllm_parser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         "max_model_len (4096) is greater than the derived max_model_len"
         in (second["error"]["message"])
     )
+
+
+SGLANG_PYTHON = Path(
+    os.environ.get(
+        "STUDIOCTL_SGLANG_PYTHON",
+        str(Path.home() / ".cache/studioctl-dev/sglang-cpu-0.5.23/bin/python"),
+    )
+)
+
+
+@pytest.mark.e2e
+def test_real_sglang_parser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not SGLANG_PYTHON.exists() or not (TINY_MODEL / "config.json").exists():
+        pytest.skip(
+            f"no SGLang CPU venv at {SGLANG_PYTHON} or tiny model at {TINY_MODEL}: "
+            "run scripts/setup-engines.sh --sglang"
+        )
+    from typer.testing import CliRunner
+
+    from studioctl.cli.app import app
+
+    monkeypatch.setenv("STUDIOCTL_SGLANG_PYTHON", str(SGLANG_PYTHON))
+    monkeypatch.setenv("STUDIOCTL_TINY_MODEL", str(TINY_MODEL))
+    monkeypatch.setenv("STUDIOCTL_RECIPE_DIRS", str(ROOT / "recipes"))
+    base = (ROOT / "recipes" / "tiny-sglang.yaml").read_text()
+    bogus = tmp_path / "tiny-sglang-bogus.yaml"
+    bogus.write_text(
+        base.replace("  enable_metrics: true\n", "  enable_metrics: true\n  bogus: 3\n")
+    )
+    result = CliRunner().invoke(
+        app, ["recipe", "validate", "--engine", "--json", "tiny-sglang", str(bogus)]
+    )
+    assert result.exit_code == 1, result.output
+    good, bad = json.loads(result.stdout)["results"]
+    assert good["ok"] is True, good
+    assert (good["engine"]["engine_version"], good["engine"]["deep"]) == ("0.5.23", True)
+    assert bad["error"]["key"] == "engine_args.bogus"
+    assert "unrecognized arguments: --bogus 3" in bad["error"]["message"]
