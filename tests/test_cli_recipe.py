@@ -92,6 +92,7 @@ def test_new_refuses_to_overwrite(user_dir: Path, tmp_path: Path) -> None:
         (["r", "--backend", "vllm", "--model", "m", "--gpus", "0,x"], "--gpus: expected"),
         (["r", "--backend", "vllm", "--model", "m", "--tp", "0"], "--tp: Input should be"),
         (["r", "--backend", "vllm", "--model", "./missing"], "--model: path does not exist"),
+        (["r", "--backend", "vllm", "--model", "m", "--python", "/no/py"], "--python: python not"),
     ],
 )
 def test_new_bad_options(user_dir: Path, args: list[str], words: str) -> None:

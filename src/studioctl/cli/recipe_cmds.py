@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from studioctl.cli.app import app
-from studioctl.errors import ConflictError, StudioError, UsageError
+from studioctl.errors import ConflictError, RecipeError, StudioError, UsageError
 
 if TYPE_CHECKING:
     from studioctl.recipes import Recipe
@@ -216,7 +216,11 @@ def new(
     dest = (directory or paths.user_recipes_dir()) / f"{recipe_id}.yaml"
     _check_free(recipe_id, dest, force)
     text = template_text(recipe)
-    parse_recipe_text(text, path=dest, check_paths=True)  # what we write must load
+    try:
+        parse_recipe_text(text, path=dest, check_paths=True)  # what we write must load
+    except RecipeError as exc:  # e.g. --python that does not exist
+        option = _OPTION_OF.get(exc.key or "", "--" + (exc.key or "").replace("_", "-"))
+        raise UsageError(f"{option}: {exc.reason}", hint=exc.hint) from None
     atomic_write(dest, text)
     typer.echo(str(dest))
 
@@ -233,7 +237,6 @@ def edit(recipe_id: str = typer.Argument(..., metavar="ID", help="Recipe id.")) 
     import subprocess
     import tempfile
 
-    from studioctl.errors import RecipeError
     from studioctl.recipes import atomic_write, find_recipe_file, parse_recipe_text
 
     path = find_recipe_file(recipe_id)
@@ -286,7 +289,7 @@ def validate(
 
     Example: studioctl recipe validate --engine tiny-cpu
     """
-    from studioctl.errors import NotFoundError, OperationTimeout, RecipeError
+    from studioctl.errors import NotFoundError, OperationTimeout
     from studioctl.recipes import get_recipe, scan_recipes
 
     results: list[dict[str, Any]] = []
