@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -185,6 +187,18 @@ def cli_ok(d: Daemon, *args: str) -> str:
     r = d.cli(*args)
     assert r.returncode == 0, f"studioctl {' '.join(args)} exited {r.returncode}: {r.stderr}"
     return r.stdout
+
+
+def cli_answer(d: Daemon, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a CLI command that asks a question, answering ``answer`` on its stdin."""
+    return subprocess.run(
+        [sys.executable, "-m", "studioctl", *args],
+        env=d.env,
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # -- usage ----------------------------------------------------------------------------------

@@ -225,7 +225,7 @@ USAGE_HIST_BUCKETS = 49
 
 @migration
 def m003_usage(db: Database) -> None:
-    """Per-request usage rows and their rollup by minute, hour and day."""
+    """Per-request usage rows and their rollup by minute, 10 minutes, hour and day."""
     hist = ",\n".join(
         f"            {p}{i} INTEGER NOT NULL DEFAULT 0"
         for p in ("lat_b", "ttft_b")
@@ -235,7 +235,7 @@ def m003_usage(db: Database) -> None:
         db,
         """CREATE TABLE usage (
             id                INTEGER PRIMARY KEY,
-            ts                REAL NOT NULL,    -- when the request finished
+            ts                REAL NOT NULL,    -- the request's time (picks its minute)
             tenant_id         TEXT,
             key_prefix        TEXT,
             model             TEXT,
@@ -250,10 +250,15 @@ def m003_usage(db: Database) -> None:
             error_code        TEXT
         )""",
         "CREATE INDEX usage_ts ON usage (ts)",
-        # res = 60 | 3600 | 86400 seconds; period = floor(ts / res). tenant_id and model
-        # are '' rather than NULL: NULLs never conflict, and the upsert relies on conflicts.
+        # res = 60 | 600 | 3600 | 86400 seconds; period = floor(ts / res).
+        # scope: 0 = per (tenant, model), 1 = per tenant (model ''), 2 = per model
+        # (tenant ''), 3 = everything (both ''): an unfiltered summary reads tenants +
+        # models + 1 rows per period instead of tenants x models.
+        # tenant_id and model are '' rather than NULL: NULLs never conflict, and the
+        # upsert relies on conflicts.
         f"""CREATE TABLE usage_rollup (
             res               INTEGER NOT NULL,
+            scope             INTEGER NOT NULL,
             period            INTEGER NOT NULL,
             tenant_id         TEXT NOT NULL,
             model             TEXT NOT NULL,
@@ -270,7 +275,7 @@ def m003_usage(db: Database) -> None:
             ttft_sum_ms       REAL NOT NULL DEFAULT 0,
             ttft_max_ms       REAL NOT NULL DEFAULT 0,
 {hist},
-            PRIMARY KEY (res, period, tenant_id, model)
+            PRIMARY KEY (res, scope, period, tenant_id, model)
         ) WITHOUT ROWID""",
     )
 
