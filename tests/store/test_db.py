@@ -11,10 +11,10 @@ import pytest
 from studioctl.store import Database, StoreError
 
 
-def pragma(db: Database, name: str) -> object:
+def pragma(db: Database, name: str, column: str | None = None) -> object:
     row = db.query_one(f"PRAGMA {name}")
     assert row is not None
-    return row[0]
+    return row[column or name]
 
 
 def test_pragmas(tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ def test_pragmas(tmp_path: Path) -> None:
         assert pragma(db, "journal_mode") == "wal"
         assert pragma(db, "foreign_keys") == 1
         assert pragma(db, "synchronous") == 1  # NORMAL
-        assert pragma(db, "busy_timeout") == 1234
+        assert pragma(db, "busy_timeout", "timeout") == 1234
         assert isinstance(db.query_one("SELECT 1 AS one"), sqlite3.Row)
 
 

@@ -47,9 +47,9 @@ def test_empty_database(tmp_path: Path) -> None:
             "usage_rollup",
         } <= tables(db)
         row = db.query_one("PRAGMA user_version")
-        assert row is not None and row[0] == len(ALL)
+        assert row is not None and row["user_version"] == len(ALL)
         # The rollup's columns are the ones usage.py adds into.
-        assert columns(db, "usage_rollup")[4:] == list(VALUE_COLUMNS)
+        assert columns(db, "usage_rollup")[5:] == list(VALUE_COLUMNS)
         assert set(columns(db, "instances")) == {f for f in Instance.__dataclass_fields__}
         assert db.migrate() == []  # idempotent
 
@@ -126,11 +126,12 @@ def test_two_processes_migrating_at_once(tmp_path: Path) -> None:
 
 
 def test_a_failing_migration_leaves_the_previous_step(tmp_path: Path) -> None:
-    def m004_broken(db: Database) -> None:
+    def broken(db: Database) -> None:
         db.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
-    mig.migration(m004_broken)
+    broken.__name__ = f"m{len(ALL) + 1:03d}_broken"
+    mig.migration(broken)
     try:
         with Database(tmp_path / "a.db") as db:
             with pytest.raises(RuntimeError, match="boom"):
@@ -144,10 +145,11 @@ def test_a_failing_migration_leaves_the_previous_step(tmp_path: Path) -> None:
 def test_migration_names_are_checked() -> None:
     def badname(db: Database) -> None: ...
 
-    def m009_skips(db: Database) -> None: ...
+    def skips(db: Database) -> None: ...
 
+    skips.__name__ = f"m{len(ALL) + 2:03d}_skips"
     with pytest.raises(ValueError, match="mNNN_description"):
         mig.migration(badname)
     with pytest.raises(ValueError, match=f"expected number {len(ALL) + 1:03d}"):
-        mig.migration(m009_skips)
+        mig.migration(skips)
     assert [m.name for m in mig.MIGRATIONS] == ALL

@@ -31,8 +31,17 @@ def test_one_row_lands_in_every_resolution(db: Database) -> None:
     repo = UsageRepo(db)
     ts = 10 * DAY + 3 * 3600 + 25 * 60 + 7.5
     assert repo.insert_many([rec(ts, prompt_tokens=5, completion_tokens=7, ttft_ms=12.0)]) == 1
-    rows = db.query("SELECT * FROM usage_rollup ORDER BY res")
-    assert [(r["res"], r["period"]) for r in rows] == [(res, int(ts // res)) for res in RESOLUTIONS]
+    rows = db.query("SELECT * FROM usage_rollup ORDER BY res, scope")
+    assert [(r["res"], r["scope"], r["period"], r["tenant_id"], r["model"]) for r in rows] == [
+        (res, scope, int(ts // res), tenant, model)
+        for res in RESOLUTIONS
+        for scope, tenant, model in (
+            (0, "t_a", "tiny"),
+            (1, "t_a", ""),
+            (2, "", "tiny"),
+            (3, "", ""),
+        )
+    ]
     for r in rows:
         assert (r["requests"], r["prompt_tokens"], r["completion_tokens"]) == (1, 5, 7)
         assert (r["lat_count"], r["lat_sum_ms"], r["lat_max_ms"]) == (1, 100.0, 100.0)
@@ -46,7 +55,7 @@ def test_upserts_accumulate_across_batches(db: Database) -> None:
     repo = UsageRepo(db)
     repo.insert_many([rec(60.0, duration_ms=5.0), rec(61.0, duration_ms=50.0)])
     repo.insert_many([rec(62.0, duration_ms=20.0, status=500)])
-    row = db.query_one("SELECT * FROM usage_rollup WHERE res = 60 AND period = 1")
+    row = db.query_one("SELECT * FROM usage_rollup WHERE res = 60 AND scope = 0 AND period = 1")
     assert row is not None
     assert (row["requests"], row["errors"], row["lat_count"]) == (3, 1, 2)
     assert row["lat_max_ms"] == 50.0  # max, not sum

@@ -92,7 +92,7 @@ class Database:
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()["journal_mode"]
             conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL-safe
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
