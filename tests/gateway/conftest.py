@@ -138,11 +138,13 @@ class StandinEngine:
         self.token_delay_s = 0.0  # between stream chunks
         self.fail: tuple[int, dict[str, Any]] | None = None  # answer this status + body
         self.tokenize_available = True
+        self.keepalive_timeout_s = 75.0  # aiohttp's default; idle connections closed after
         # observations
         self.inflight = 0
         self.max_inflight = 0
         self.requests: list[dict[str, Any]] = []
         self.raw_bodies: list[bytes] = []
+        self.peers: set[int] = set()  # client ports of the connections requests came on
         self.aborted = 0  # requests the client (the gateway) closed before the end
         self.completed = 0
         self.tokenize_calls = 0
@@ -162,7 +164,12 @@ class StandinEngine:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=self.keepalive_timeout_s,
+        )
         await self._runner.setup()
         sock = bound_socket()
         self.port = sock.getsockname()[1]
@@ -178,6 +185,8 @@ class StandinEngine:
     async def _enter(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
         self.raw_bodies.append(raw)
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername")[1])
         body: dict[str, Any] = orjson.loads(raw)
         self.requests.append(body)
         self.inflight += 1
@@ -484,6 +493,7 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
         admin_token: str | None = None,
         tenant_limits: TenantLimits = GENEROUS,
         tokenizer_timeout_s: float = 10.0,
+        engine_keepalive_s: float = 75.0,
         **settings: Any,
     ) -> Gateway:
         gs = GatewaySettings(**settings)
@@ -508,7 +518,9 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
             health=_healthy,
             version={"version": "0.1.0", "api": 1},
         )
-        gw = Gateway(loop_thread, app, StandinEngine(), routes, limiter, usage, metrics, auth, keys)
+        engine = StandinEngine()
+        engine.keepalive_timeout_s = engine_keepalive_s
+        gw = Gateway(loop_thread, app, engine, routes, limiter, usage, metrics, auth, keys)
         loop_thread.run(_start_gateway(gw))
         started.append(gw)
         gw.key = gw.add_tenant("acme", tenant_limits)

@@ -464,16 +464,19 @@ def test_rpm_limit_is_429_with_computed_retry_after(make_gateway: GatewayFactory
 
 @pytest.mark.integration
 def test_tpm_limit_is_429_with_computed_retry_after(make_gateway: GatewayFactory) -> None:
-    gw = make_gateway(tenant_limits=limits(tpm=6000, max_output_tokens=512))
+    gw = make_gateway(tenant_limits=limits(tpm=1100, max_output_tokens=512))
     # each request reserves estimate + 500 and really uses PROMPT + 500 (the stand-in
-    # generates max_tokens): the bucket of 6000 empties after 11 of them
+    # generates max_tokens): two fit in 1,100; the third lacks ~410 tokens, which the bucket
+    # (1,100/min) refills in ~22 s
     statuses = []
-    for _ in range(12):
+    for _ in range(3):
         r = chat(gw, {"model": MODEL, "messages": MESSAGES, "max_tokens": 500})
         statuses.append(r.status_code)
-    assert statuses.count(200) == 11
+    assert statuses == [200, 200, 429]
+    need = PROMPT + 500 - (1100 - 2 * (PROMPT + 500))
+    wait = need * 60 / 1100
     assert_error(r, 429, "limit_tpm", retry_after=int(r.headers["retry-after"]))
-    assert 1 <= int(r.headers["retry-after"]) <= 6
+    assert wait - 2 <= int(r.headers["retry-after"]) <= wait + 1
 
 
 # -- upstream failures ------------------------------------------------------------------------
@@ -537,6 +540,26 @@ def test_engine_errors_pass_through_with_status_and_body(gateway: Gateway, strea
     row = gateway.usage.rows[-1]
     assert (row.status, row.error_code) == (400, "upstream_400")
     assert gateway.lt.call(gateway.limiter.inflight) == 0
+
+
+@pytest.mark.integration
+def test_engine_closing_idle_keepalive_connections_is_harmless(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = make_gateway(engine_keepalive_s=0.1)
+    for stream in (False, True, False):
+        r = chat(gw, {"model": MODEL, "messages": MESSAGES, "max_tokens": 2, "stream": stream})
+        assert r.status_code == 200, r.text
+        time.sleep(0.3)  # the engine has closed the pooled connection meanwhile
+    assert gw.engine.completed == 3
+
+
+@pytest.mark.integration
+def test_keepalive_connections_are_reused(gateway: Gateway) -> None:
+    for stream in (False, True) * 5:
+        r = chat(gateway, {"model": MODEL, "messages": MESSAGES, "max_tokens": 2, "stream": stream})
+        assert r.status_code == 200
+    assert len(gateway.engine.peers) == 1  # ten requests, one upstream connection
 
 
 # -- other routes ------------------------------------------------------------------------------

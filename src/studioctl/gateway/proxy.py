@@ -990,6 +990,7 @@ class _UpstreamConn(asyncio.Protocol):
     def _reset(self) -> None:
         self.status = 0
         self.content_type = b"application/json"
+        self.framed = False  # Content-Length or chunked: else the body ends at EOF
         self.keep_alive = False
         self.head = False  # response headers received
         self.complete = False  # response fully received
@@ -1017,14 +1018,23 @@ class _UpstreamConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if not self.complete:
+        if self.head and not self.framed and not self.complete and exc is None:
+            self.complete = True  # a body delimited by the end of the connection
+            self.keep_alive = False
+            self._wake()
+        elif not self.complete:
             self._fail(UpstreamClosed(f"the engine closed the connection ({exc or 'EOF'})"))
 
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) == 12 and name.lower() == b"content-type":
+        n = len(name)
+        if n == 12 and name.lower() == b"content-type":
             self.content_type = value
+        elif (n == 14 and name.lower() == b"content-length") or (
+            n == 17 and name.lower() == b"transfer-encoding"
+        ):
+            self.framed = True
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
