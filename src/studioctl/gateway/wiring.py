@@ -165,7 +165,12 @@ async def build_gateway(
             )
             for i in sup.list()
         ]
-        routes.update(ups, known["models"])
+        # Recipes launched since the last scan (added after start-up) are known too: once
+        # evicted, their names answer 503 model_not_running, not 404.
+        names = {
+            n: i.recipe.id for i in sup.list(include_stopped=True) for n in i.recipe.model_names
+        }
+        routes.update(ups, {**names, **known["models"]})
 
     sup.on_change.append(refresh)
     sup.gateway_inflight = routes.inflight
