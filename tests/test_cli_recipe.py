@@ -25,7 +25,7 @@ TINY = "backend: vllm\nmodel: org/tiny\nmax_model_len: 512\n"
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h = tmp_path / "home"
     monkeypatch.setenv("STUDIOCTL_HOME", str(h))
-    for name in ("STUDIOCTL_RECIPE_DIRS", "STUDIOCTL_RECIPES_DIRS", "STUDIOCTL_CONFIG"):
+    for name in ("STUDIOCTL_RECIPES_DIRS", "STUDIOCTL_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     return h
 

@@ -29,7 +29,7 @@ PY = "/opt/venv/bin/python"
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h = tmp_path / "home"
     monkeypatch.setenv("STUDIOCTL_HOME", str(h))
-    monkeypatch.delenv("STUDIOCTL_RECIPE_DIRS", raising=False)
+    monkeypatch.delenv("STUDIOCTL_RECIPES_DIRS", raising=False)
     return h
 
 
@@ -416,7 +416,7 @@ def test_real_vllm_parser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setenv("STUDIOCTL_VLLM_PYTHON", str(VLLM_PYTHON))
     monkeypatch.setenv("STUDIOCTL_TINY_MODEL", str(TINY_MODEL))
-    monkeypatch.setenv("STUDIOCTL_RECIPE_DIRS", str(ROOT / "recipes"))
+    monkeypatch.setenv("STUDIOCTL_RECIPES_DIRS", str(ROOT / "recipes"))
     runner = CliRunner()
 
     ok = runner.invoke(app, ["recipe", "validate", "--engine", "--json", "tiny-cpu"])
@@ -464,7 +464,7 @@ def test_real_sglang_parser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setenv("STUDIOCTL_SGLANG_PYTHON", str(SGLANG_PYTHON))
     monkeypatch.setenv("STUDIOCTL_TINY_MODEL", str(TINY_MODEL))
-    monkeypatch.setenv("STUDIOCTL_RECIPE_DIRS", str(ROOT / "recipes"))
+    monkeypatch.setenv("STUDIOCTL_RECIPES_DIRS", str(ROOT / "recipes"))
     base = (ROOT / "recipes" / "tiny-sglang.yaml").read_text()
     bogus = tmp_path / "tiny-sglang-bogus.yaml"
     bogus.write_text(

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h = tmp_path / "home"
     monkeypatch.setenv("STUDIOCTL_HOME", str(h))
-    monkeypatch.delenv("STUDIOCTL_RECIPE_DIRS", raising=False)
+    monkeypatch.delenv("STUDIOCTL_RECIPES_DIRS", raising=False)
     monkeypatch.delenv("STUDIOCTL_RECIPES_DIRS", raising=False)
     monkeypatch.delenv("STUDIOCTL_CONFIG", raising=False)
     return h
@@ -363,8 +363,10 @@ def test_recipe_dirs_order(home: Path, tmp_path: Path, monkeypatch: pytest.Monke
     extra1, extra2 = tmp_path / "e1", tmp_path / "e2"
     (home / "config").mkdir(parents=True)
     (home / "config" / "studioctl.yaml").write_text(f"recipes:\n  dirs: [{team}]\n")
-    monkeypatch.setenv("STUDIOCTL_RECIPE_DIRS", f"{extra1}{os.pathsep}{extra2}{os.pathsep}{team}")
-    assert recipe_dirs() == [home / "config" / "recipes", team, extra1, extra2]
+    assert recipe_dirs() == [home / "config" / "recipes", team]
+    # The variable replaces the file's list (flag > env > file), duplicates dropped.
+    monkeypatch.setenv("STUDIOCTL_RECIPES_DIRS", f"{extra1}{os.pathsep}{extra2}{os.pathsep}{extra1}")
+    assert recipe_dirs() == [home / "config" / "recipes", extra1, extra2]
 
 
 def test_recipe_dirs_with_given_settings(home: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ does not exist and an unset ``${VAR}`` are each a ``RecipeError`` naming the fil
 and the key. Nothing is folded into ``extra_args``.
 
 Recipe folders (``recipe_dirs()``), searched in order: ``<config dir>/recipes``, the
-settings' ``recipes.dirs``, then ``$STUDIOCTL_RECIPE_DIRS`` (``os.pathsep``-separated).
+settings' ``recipes.dirs`` (``$STUDIOCTL_RECIPES_DIRS``, ``os.pathsep``-separated).
 """
 
 from __future__ import annotations
@@ -310,24 +310,16 @@ def _check_arg_value(value: Any, key: str) -> None:
 def recipe_dirs(settings: Settings | None = None) -> list[Path]:
     """Recipe folders in search order, without duplicates (they need not exist).
 
-    ``<config dir>/recipes``, then ``settings.recipes.dirs`` (the effective settings are
-    loaded when none are given), then ``$STUDIOCTL_RECIPE_DIRS``.
+    ``<config dir>/recipes``, then ``recipes.dirs`` of the settings (the file, or
+    ``$STUDIOCTL_RECIPES_DIRS``; the effective settings are loaded when none are given).
     """
-    dirs: list[Path] = [paths.user_recipes_dir()]
     if settings is None:
-        try:
-            from studioctl.settings import load_settings
-        except ImportError:  # settings.py is optional for recipe work
-            pass
-        else:
-            settings = load_settings()
-    if settings is not None:
-        dirs.extend(Path(d) for d in settings.recipes.dirs)
-    extra = os.environ.get("STUDIOCTL_RECIPE_DIRS", "")
-    dirs.extend(Path(p).expanduser() for p in extra.split(os.pathsep) if p)
+        from studioctl.settings import load_settings
+
+        settings = load_settings()
     out: list[Path] = []
-    for d in dirs:
-        d = d.absolute()
+    for d in settings.recipes.search_path():
+        d = d.expanduser().absolute()
         if d not in out:
             out.append(d)
     return out

@@ -62,7 +62,7 @@ def _error_dict(exc: StudioError) -> dict[str, Any]:
 def list_cmd(as_json: bool = _JSON) -> None:
     """List the recipes in every recipe folder.
 
-    Folders: <config dir>/recipes, the settings' recipes.dirs, $STUDIOCTL_RECIPE_DIRS.
+    Folders: <config dir>/recipes, the settings' recipes.dirs ($STUDIOCTL_RECIPES_DIRS).
     Files that do not validate are reported on stderr (exit 1); the others are listed.
 
     Example: studioctl recipe list --json | jq -r '.[].id'
