@@ -365,7 +365,8 @@ def test_recipe_dirs_order(home: Path, tmp_path: Path, monkeypatch: pytest.Monke
     (home / "config" / "studioctl.yaml").write_text(f"recipes:\n  dirs: [{team}]\n")
     assert recipe_dirs() == [home / "config" / "recipes", team]
     # The variable replaces the file's list (flag > env > file), duplicates dropped.
-    monkeypatch.setenv("STUDIOCTL_RECIPES_DIRS", f"{extra1}{os.pathsep}{extra2}{os.pathsep}{extra1}")
+    joined = os.pathsep.join(map(str, (extra1, extra2, extra1)))
+    monkeypatch.setenv("STUDIOCTL_RECIPES_DIRS", joined)
     assert recipe_dirs() == [home / "config" / "recipes", extra1, extra2]
 
 
