@@ -118,3 +118,298 @@ class LaunchProgress:
             eta = f"  (usually {self.eta_total:.0f}s; ~{left:.0f}s left)"
         t.add_row("", Spinner("dots", text=f"{self.title}: {elapsed:.1f}s{eta}"))
         return t
+
+
+# --------------------------------------------------------------------------- top
+
+# What `studioctl top` shows, from the daemon's telemetry snapshot (GET /telemetry, or the
+# data of a "telemetry" event): a dict with "ts", "gpu", "gpus", "instances", "gateway".
+
+_BAR_FULL = "█"
+_BAR_EMPTY = "░"
+
+
+def human_bytes(n: float | None) -> str:
+    """Bytes as GiB (or MiB below 1 GiB); "-" for None."""
+    if n is None:
+        return "-"
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f} GiB"
+    return f"{n / 1024**2:.0f} MiB"
+
+
+def human_count(n: float | None) -> str:
+    """1234 → 1.2k, 5600000 → 5.6M; "-" for None."""
+    if n is None:
+        return "-"
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{suffix}"
+    return f"{n:.0f}"
+
+
+def _num(v: float | None, fmt: str = "{:.0f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _frac(value: float | None, total: float | None) -> float | None:
+    if value is None or not total:
+        return None
+    return max(0.0, min(1.0, value / total))
+
+
+def _bar_text(frac: float | None, width: int) -> tuple[str, str]:
+    """A bar of ``width`` cells and the style for its level."""
+    if frac is None:
+        return " " * width, "dim"
+    filled = round(frac * width)
+    style = "green" if frac < 0.6 else ("yellow" if frac < 0.85 else "red")
+    return _BAR_FULL * filled + _BAR_EMPTY * (width - filled), style
+
+
+def _stamp(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def _gpu_header(snap: dict[str, Any]) -> str:
+    g = snap.get("gpu") or {}
+    if not g.get("available"):
+        return f"No NVIDIA GPU: {g.get('reason') or 'NVML unavailable'}"
+    n = len(snap.get("gpus") or [])
+    return (
+        f"{n} GPU{'s' if n != 1 else ''}, driver {g.get('driver_version') or '?'}, "
+        f"CUDA {g.get('cuda_version') or '?'}"
+    )
+
+
+def _gateway_line(gw: dict[str, Any] | None) -> str:
+    if gw is None:
+        return "gateway: off"
+    rate = gw.get("requests_per_s")
+    parts = [
+        f"gateway: {_num(rate, '{:.1f}')} req/s",
+        f"{gw.get('inflight', 0)}/{gw.get('max_concurrent', '?')} in flight",
+        f"{human_count(gw.get('requests_total'))} answered",
+    ]
+    return ", ".join(parts)
+
+
+def _rejections(gw: dict[str, Any] | None) -> str:
+    rej = (gw or {}).get("rejections") or {}
+    if not rej:
+        return "none"
+    return ", ".join(f"{k} {human_count(v)}" for k, v in sorted(rej.items(), key=lambda kv: -kv[1]))
+
+
+def _tenants(gw: dict[str, Any] | None) -> str:
+    ten = (gw or {}).get("tenants_inflight") or {}
+    if not ten:
+        return "none"
+    return ", ".join(f"{k} {v}" for k, v in sorted(ten.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _instance_cells(i: dict[str, Any]) -> list[str]:
+    kv = i.get("kv_cache_usage")
+    return [
+        str(i.get("id", "?")),
+        str(i.get("recipe", "?")),
+        str(i.get("state", "?")),
+        human_bytes(i.get("vram_bytes")),
+        _num(i.get("requests_running")),
+        _num(i.get("requests_waiting")),
+        _num(i.get("prompt_tokens_per_s"), "{:.1f}"),
+        _num(i.get("generation_tokens_per_s"), "{:.1f}"),
+        "-" if kv is None else f"{kv * 100:.0f}%",
+        _num(i.get("ttft_s"), "{:.3f}s"),
+        _num(i.get("power_w"), "{:.0f} W"),
+    ]
+
+
+_INSTANCE_HEADERS = [
+    "instance",
+    "recipe",
+    "state",
+    "VRAM",
+    "run",
+    "wait",
+    "prompt tok/s",
+    "gen tok/s",
+    "KV",
+    "TTFT",
+    "power",
+]
+
+_STATE_STYLES = {
+    "ready": "green",
+    "starting": "cyan",
+    "loading": "cyan",
+    "draining": "yellow",
+    "stopping": "yellow",
+    "crashed": "red",
+    "failed": "red",
+}
+
+
+def render_top(snapshot: dict[str, Any], width: int, height: int) -> Any:
+    """The ``studioctl top`` screen for one telemetry snapshot, as a rich renderable that
+    fits ``width`` x ``height`` (instances past the height are summed up in one line)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    snap = snapshot
+    gw = snap.get("gateway")
+    head = Text()
+    head.append("studioctl top", style="bold")
+    head.append(f"  {_stamp(snap.get('ts'))}  ·  {_gpu_header(snap)}")
+    head.truncate(width, overflow="ellipsis")
+    parts: list[Any] = [head, Text("")]
+
+    gpus = snap.get("gpus") or []
+    bar_w = max(4, min(20, (width - 40) // 8))
+    if gpus:
+        t = Table(box=None, pad_edge=False, expand=False, header_style="bold", width=width)
+        for name in ("GPU", "name", "util", "memory", "power", "temp"):
+            t.add_column(name, no_wrap=True, overflow="ellipsis")
+        for g in gpus:
+            label = str(g.get("index"))
+            name = str(g.get("name") or "?")
+            if g.get("lost") or g.get("error"):
+                why = "LOST" if g.get("lost") else "ERROR"
+                t.add_row(label, name, Text(f"{why}: {g.get('error') or ''}", style="bold red"))
+                continue
+            util = g.get("util_pct")
+            used, total = g.get("mem_used_bytes"), g.get("mem_total_bytes")
+            power, limit = g.get("power_w"), g.get("power_limit_w")
+            temp = g.get("temperature_c")
+            t.add_row(
+                label,
+                name,
+                _bar(_frac(util, 100.0), bar_w, _num(util, "{:.0f}%")),
+                _bar(
+                    _frac(used, total),
+                    bar_w,
+                    f"{human_bytes(used)} / {human_bytes(total)}",
+                ),
+                _bar(
+                    _frac(power, limit),
+                    bar_w,
+                    f"{_num(power)}/{_num(limit)} W" if limit is not None else f"{_num(power)} W",
+                ),
+                # 90 °C: where data-centre GPUs start to throttle; the bar's scale.
+                _bar(_frac(temp, 90.0), max(4, bar_w // 2), _num(temp, "{:.0f}°C")),
+            )
+        parts.append(t)
+    else:
+        parts.append(Text(_gpu_header(snap), style="dim"))
+    parts.append(Text(""))
+
+    insts = snap.get("instances") or []
+    used_lines = len(parts) + len(gpus) + 8  # headers, gateway lines, spacing
+    room = max(1, height - used_lines)
+    shown, hidden = insts[:room], insts[room:]
+    if insts:
+        t = Table(box=None, pad_edge=False, header_style="bold", width=width)
+        for h in _INSTANCE_HEADERS:
+            justify: Any = "left" if h in ("instance", "recipe", "state") else "right"
+            t.add_column(h, no_wrap=True, overflow="ellipsis", justify=justify)
+        for i in shown:
+            cells: list[Any] = _instance_cells(i)
+            cells[2] = Text(cells[2], style=_STATE_STYLES.get(cells[2], ""))
+            t.add_row(*cells)
+        parts.append(t)
+        if hidden:
+            parts.append(Text(f"… {len(hidden)} more instance(s)", style="dim"))
+    else:
+        parts.append(Text("no instances (launch one: studioctl launch RECIPE)", style="dim"))
+    parts.append(Text(""))
+    parts.append(Text(_gateway_line(gw), style="bold" if gw is not None else "dim"))
+    if gw is not None:
+        parts.append(Text(f"rejections: {_rejections(gw)}"))
+        parts.append(Text(f"in flight by tenant: {_tenants(gw)}"))
+    parts.append(Text("q quits", style="dim"))
+    return Group(*parts)
+
+
+def _bar(frac: float | None, width: int, label: str) -> Any:
+    from rich.text import Text
+
+    bar, style = _bar_text(frac, width)
+    out = Text(bar, style=style)
+    out.append(" " + label)
+    return out
+
+
+def top_lines(snapshot: dict[str, Any]) -> list[str]:
+    """The same figures as plain lines (no colour, no bars): `top` when not on a terminal."""
+    snap = snapshot
+    gw = snap.get("gateway")
+    lines = [f"# {_stamp(snap.get('ts'))}  {_gpu_header(snap)}", _gateway_line(gw)]
+    gpu_rows = []
+    for g in snap.get("gpus") or []:
+        if g.get("lost") or g.get("error"):
+            state = "LOST" if g.get("lost") else "ERROR"
+            gpu_rows.append([str(g.get("index")), str(g.get("name")), state, "", "", ""])
+            continue
+        gpu_rows.append(
+            [
+                str(g.get("index")),
+                str(g.get("name") or "?"),
+                _num(g.get("util_pct"), "{:.0f}%"),
+                f"{human_bytes(g.get('mem_used_bytes'))}/{human_bytes(g.get('mem_total_bytes'))}",
+                _num(g.get("power_w"), "{:.0f} W"),
+                _num(g.get("temperature_c"), "{:.0f}C"),
+            ]
+        )
+    if gpu_rows:
+        lines += _aligned(["gpu", "name", "util", "memory", "power", "temp"], gpu_rows)
+    insts = snap.get("instances") or []
+    if insts:
+        lines += _aligned(_INSTANCE_HEADERS, [_instance_cells(i) for i in insts])
+    else:
+        lines.append("no instances")
+    if gw is not None:
+        lines.append(f"rejections: {_rejections(gw)}")
+        lines.append(f"in flight by tenant: {_tenants(gw)}")
+    return lines
+
+
+def _aligned(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    out = []
+    for row in (list(headers), *rows):
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return out
+
+
+class LiveTop:
+    """The full-screen live view of ``studioctl top`` (alternate screen, redrawn on update)."""
+
+    def __init__(self) -> None:
+        self._live: Any = None
+        self._console: Any = None
+
+    def __enter__(self) -> LiveTop:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        self._console = Console()
+        self._live = Live(
+            Text("waiting for the daemon…"),
+            console=self._console,
+            screen=True,
+            auto_refresh=False,
+            transient=True,
+        )
+        self._live.__enter__()
+        return self
+
+    def update(self, snapshot: dict[str, Any]) -> None:
+        c = self._console
+        self._live.update(render_top(snapshot, c.width, c.height), refresh=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None

@@ -220,6 +220,17 @@ def evict(
     )
     for p in rep.get("processes", []):
         typer.echo(f"  pid {p['pid']:>7}  {p['name']:<24} {p['how']}")
+    if "vram_released" in rep:  # only with GPUs (NVML)
+        from studioctl.ui import human_bytes
+
+        held = human_bytes(rep.get("vram_bytes"))
+        if rep["vram_released"]:
+            typer.echo(f"  GPU memory {held} released ({rep['vram_wait_s']:.1f}s)")
+        else:
+            typer.echo(
+                f"  GPU memory {held}: {human_bytes(rep.get('vram_still_held'))} still held "
+                f"after {rep['vram_wait_s']:.1f}s by pid(s) {rep.get('vram_pids')}"
+            )
     if rep.get("leftover"):
         left = ", ".join(f"{p['pid']} ({p['name']})" for p in rep["leftover"])
         raise EngineFailed(f"processes survived SIGKILL: {left}")
@@ -290,7 +301,7 @@ def adopt(
 
 
 def _instance_rows(instances: list[dict[str, Any]]) -> list[list[Any]]:
-    from studioctl.ui import duration
+    from studioctl.ui import duration, human_bytes
 
     return [
         [
@@ -304,6 +315,7 @@ def _instance_rows(instances: list[dict[str, Any]]) -> list[list[Any]]:
             duration(i.get("uptime_s")),
             i["restarts"],
             ",".join(map(str, i["gpus"])) or "-",
+            human_bytes(i.get("vram_bytes")),  # None: no GPU/NVML, or not measured yet
         ]
         for i in instances
     ]
@@ -320,6 +332,7 @@ _PS_HEADERS = [
     "uptime",
     "restarts",
     "gpus",
+    "vram",
 ]
 
 
@@ -333,7 +346,7 @@ def ps(
     ),
     as_json: bool = _JSON,
 ) -> None:
-    """List instances: state, pid, port, uptime, restarts, GPUs."""
+    """List instances: state, pid, port, uptime, restarts, GPUs, GPU memory (VRAM)."""
     from studioctl.client import connect
     from studioctl.ui import table
 
@@ -505,6 +518,8 @@ def events(
                 if not line.startswith("data: "):
                     continue
                 ev = json.loads(line[6:])
+                if ev.get("kind") == "telemetry":
+                    continue  # the once-a-second figures of `studioctl top`, not log events
                 if as_json:
                     _echo_json(ev)
                 else:
