@@ -32,7 +32,7 @@ from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.proxy import GatewayApp
 from studioctl.gateway.routing import RouteTable, Upstream
-from studioctl.gateway.tenants import TenantContext, TenantLimits
+from studioctl.gateway.tenants import TenantContext, TenantLimits, anonymous_context
 from studioctl.gateway.tokenize import PromptCounter
 from studioctl.gateway.usage import MemoryUsageSink
 from studioctl.settings import GatewaySettings
@@ -494,6 +494,8 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
         tenant_limits: TenantLimits = GENEROUS,
         tokenizer_timeout_s: float = 10.0,
         engine_keepalive_s: float = 75.0,
+        anonymous: bool = False,
+        health: Callable[[], Awaitable[dict[str, Any]]] = _healthy,
         **settings: Any,
     ) -> Gateway:
         gs = GatewaySettings(**settings)
@@ -503,7 +505,7 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
         metrics = GatewayMetrics(
             tenant_labels=gs.metrics_tenant_labels, inflight_source=limiter.inflight
         )
-        auth = Authenticator(keys.get)
+        auth = Authenticator(keys.get, anonymous=anonymous_context() if anonymous else None)
         usage = MemoryUsageSink()
         app = GatewayApp(
             settings=gs,
@@ -515,7 +517,7 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
             tokenizer=PromptCounter(timeout_s=tokenizer_timeout_s),
             admin_app=_admin_echo,
             admin_token=admin_token,
-            health=_healthy,
+            health=health,
             version={"version": "0.1.0", "api": 1},
         )
         engine = StandinEngine()

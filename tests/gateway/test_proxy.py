@@ -562,6 +562,55 @@ def test_keepalive_connections_are_reused(gateway: Gateway) -> None:
     assert len(gateway.engine.peers) == 1  # ten requests, one upstream connection
 
 
+@pytest.mark.integration
+def test_alias_unknown_to_the_engine_is_sent_with_the_engines_name(gateway: Gateway) -> None:
+    engine = gateway.engine
+    gateway.set_upstreams(
+        [Upstream("i-1", "r", engine.host, engine.port, "ready", (MODEL, ALIAS), (MODEL,))], {}
+    )
+    assert chat(gateway, {"model": ALIAS, "messages": MESSAGES}).status_code == 200
+    assert chat(gateway, {"model": MODEL, "messages": MESSAGES}).status_code == 200
+    assert [r["model"] for r in engine.requests] == [MODEL, MODEL]
+    assert [r.model for r in gateway.usage.rows] == [ALIAS, MODEL]  # as the client named it
+
+
+@pytest.mark.integration
+def test_anonymous_access_on_loopback_when_allowed(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(anonymous=True, allow_anonymous=True, host="127.0.0.1")
+    r = httpx.post(gw.base_url + "/chat/completions", json={"model": MODEL, "messages": MESSAGES})
+    assert r.status_code == 200, r.text
+    assert gw.usage.rows[-1].tenant_id == "anonymous"
+    # a wrong key is still refused
+    r = chat(gw, {"model": MODEL, "messages": MESSAGES}, key="sk-st-" + "B" * 43)
+    assert_error(r, 401, "invalid_api_key")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "settings",
+    [{"allow_anonymous": True, "host": "0.0.0.0"}, {"allow_anonymous": False}],
+)
+def test_anonymous_access_refused_off_loopback_or_when_not_allowed(
+    make_gateway: GatewayFactory, settings: dict[str, Any]
+) -> None:
+    gw = make_gateway(anonymous=True, **settings)
+    r = httpx.post(gw.base_url + "/chat/completions", json={"model": MODEL, "messages": MESSAGES})
+    err = assert_error(r, 401, "invalid_api_key")
+    assert "loopback" in err["message"]
+    assert_error(httpx.get(gw.base_url + "/models"), 401, "invalid_api_key")
+
+
+@pytest.mark.integration
+def test_failing_health_check_is_503(make_gateway: GatewayFactory) -> None:
+    async def broken() -> dict[str, Any]:
+        raise RuntimeError("store locked")
+
+    gw = make_gateway(health=broken)
+    r = httpx.get(gw.url + "/healthz")
+    assert r.status_code == 503
+    assert "store locked" in r.json()["error"]
+
+
 # -- other routes ------------------------------------------------------------------------------
 
 

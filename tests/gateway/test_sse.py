@@ -35,6 +35,17 @@ def test_request_usage_keeps_other_stream_options() -> None:
     assert body["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}
 
 
+def test_request_usage_turns_off_continuous_usage_the_client_would_not_have_seen() -> None:
+    body: dict[str, Any] = {"stream_options": {"continuous_usage_stats": True}}
+    assert request_usage(body) is False
+    assert body["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}
+    asked: dict[str, Any] = {
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True}
+    }
+    assert request_usage(asked) is True
+    assert asked["stream_options"]["continuous_usage_stats"] is True
+
+
 def test_request_usage_reports_a_client_that_asked() -> None:
     body: dict[str, Any] = {"stream_options": {"include_usage": True}}
     assert request_usage(body) is True

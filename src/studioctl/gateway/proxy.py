@@ -44,7 +44,7 @@ from studioctl.gateway.limits import Admission, Limiter
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.sse import SSERelay, json_dumps, json_loads, request_usage
-from studioctl.gateway.tenants import TenantContext
+from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantContext
 from studioctl.gateway.tokenize import PromptCounter
 from studioctl.gateway.usage import UsageRecord, UsageSink
 from studioctl.settings import GatewaySettings
@@ -140,6 +140,15 @@ class GatewayApp:
         self._health = health
         self._version_body = json_dumps(version)
         self._max_body = settings.max_body_bytes
+        # Requests without a key are served (as the anonymous tenant) only if allowed and the
+        # gateway listens on a loopback address, whatever the Authenticator was given.
+        self._anonymous_ok = settings.allow_anonymous and _is_loopback(settings.host)
+        if auth.anonymous is not None and not self._anonymous_ok:
+            _log.warning(
+                "gateway: anonymous access refused: it needs gateway.allow_anonymous and a "
+                "loopback gateway.host (is %r)",
+                settings.host,
+            )
         self._clamp = settings.clamp_output
         origins = tuple(settings.cors_origins)
         self._cors_any = "*" in origins
@@ -241,7 +250,7 @@ class GatewayApp:
         try:
             raw = await self._read_body(receive, length)
             body = _parse_body(raw)
-            tenant = self.auth.authenticate(authorization)
+            tenant = self._authenticate(authorization)
             model = _model_of(body)
             limits = tenant.limits
             if limits.allowed_models is not None and model not in limits.allowed_models:
@@ -252,13 +261,18 @@ class GatewayApp:
                     param="model",
                 )
             upstream = self.routes.resolve(model)
+            dirty = False
+            if upstream.engine_names and model not in upstream.engine_names:
+                body["model"] = upstream.engine_names[0]  # an alias the engine does not know
+                dirty = True
             stream = body.get("stream", False)
             if stream is not True and stream is not False and stream is not None:
                 raise GatewayError(
                     400, "invalid_request", "'stream' must be true or false", param="stream"
                 )
             stream = stream is True and endpoint != EMBEDDINGS
-            max_output, dirty = self._cap_output(endpoint, body, limits.max_output_tokens)
+            max_output, capped = self._cap_output(endpoint, body, limits.max_output_tokens)
+            dirty = dirty or capped
             client_usage = True
             if stream:
                 client_usage = request_usage(body)
@@ -329,6 +343,17 @@ class GatewayApp:
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)
+
+    def _authenticate(self, authorization: bytes | None) -> TenantContext:
+        tenant = self.auth.authenticate(authorization)
+        if tenant.tenant_id == ANONYMOUS_TENANT_ID and not self._anonymous_ok:
+            raise GatewayError(
+                401,
+                "invalid_api_key",
+                "missing API key: anonymous access is allowed only with "
+                "gateway.allow_anonymous on a loopback gateway.host",
+            )
+        return tenant
 
     def _cap_output(self, endpoint: int, body: dict[str, Any], cap: int) -> tuple[int, bool]:
         """Check the output-length fields against ``cap``; returns (tokens to reserve, dirty).
@@ -754,7 +779,10 @@ class GatewayApp:
             elif path == "/livez":
                 await _send_json(send, 200, b'{"status":"ok"}', extra)
             elif path == "/healthz":
-                report = await self._health()
+                try:
+                    report = await self._health()
+                except Exception as exc:
+                    report = {"status": "error", "error": repr(exc)}
                 ok = report.get("status", "ok") == "ok"
                 await _send_json(send, 200 if ok else 503, json_dumps(report), extra)
             elif path == "/version":
@@ -778,7 +806,7 @@ class GatewayApp:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
-        tenant = self.auth.authenticate(authorization)
+        tenant = self._authenticate(authorization)
         allowed = tenant.limits.allowed_models
         data = self.routes.models()
         if allowed is not None:
@@ -865,6 +893,17 @@ async def _watch_disconnect(receive: Receive, flight: _Flight) -> None:
                 flight.gone = True
                 flight.task.cancel()
             return
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:

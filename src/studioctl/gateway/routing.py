@@ -40,6 +40,9 @@ class Upstream:
     port: int
     state: str
     model_names: tuple[str, ...]  # served names and aliases
+    # The names the engine itself answers to (its --served-model-name). Empty: all of
+    # model_names. A request naming another alias is sent with engine_names[0] instead.
+    engine_names: tuple[str, ...] = ()
     base_url: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

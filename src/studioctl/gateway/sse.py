@@ -54,13 +54,16 @@ def request_usage(body: dict[str, Any]) -> bool:
     """Make a streamed request ask the engine for usage; True if the client had asked itself.
 
     Mutates ``body``: ``stream_options.include_usage`` becomes true (other stream options
-    are kept).
+    are kept, except ``continuous_usage_stats`` when the client did not ask for usage: it
+    would put usage into every chunk, which plain vLLM would not have sent).
     """
     opts = body.get("stream_options")
     if isinstance(opts, dict):
         asked = opts.get("include_usage") is True
         if not asked:
             opts["include_usage"] = True
+            if opts.get("continuous_usage_stats"):
+                opts["continuous_usage_stats"] = False
         return asked
     body["stream_options"] = {"include_usage": True}
     return False
