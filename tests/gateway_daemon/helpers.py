@@ -292,3 +292,26 @@ def scrape(d: Daemon, token: str | None = ADMIN_TOKEN) -> Metrics:
     assert resp.status_code == 200, f"/metrics → {resp.status_code}: {resp.text}"
     assert resp.headers["content-type"].startswith("text/plain"), resp.headers
     return parse_metrics(resp.text)
+
+
+def engine_port(d: Daemon, recipe: str) -> int:
+    """The port of ``recipe``'s live instance, from ``studioctl ps --json``."""
+    instances = d.cli_json("ps", "--json")["instances"]
+    live = [i for i in instances if i["recipe"] == recipe and i["state"] == "ready"]
+    assert len(live) == 1, f"expected one ready {recipe} in ps --json: {instances}"
+    return int(live[0]["port"])
+
+
+def engine_metrics(port: int) -> Metrics:
+    """The engine's own GET /metrics (straight to its port, not through the gateway)."""
+    import httpx
+
+    resp = httpx.get(f"http://{LOOPBACK}:{port}/metrics", timeout=30)
+    assert resp.status_code == 200, f"engine /metrics → {resp.status_code}: {resp.text[:300]}"
+    return parse_metrics(resp.text)
+
+
+def engine_tokens(port: int, flavour: str = "vllm") -> tuple[float, float]:
+    """(prompt, generation) token counters of the engine, summed over their labels."""
+    m = engine_metrics(port)
+    return m.sum(f"{flavour}:prompt_tokens_total"), m.sum(f"{flavour}:generation_tokens_total")
