@@ -611,6 +611,53 @@ def test_failing_health_check_is_503(make_gateway: GatewayFactory) -> None:
     assert "store locked" in r.json()["error"]
 
 
+@pytest.mark.integration
+def test_long_stream_to_a_slow_client_arrives_whole(make_gateway: GatewayFactory) -> None:
+    # ~1 MB of events: more than the relay buffers (256 kB) before it stops reading upstream
+    gw = make_gateway(tenant_limits=limits(max_output_tokens=6000))
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 6000, "stream": True}
+    received = b""
+    with httpx.stream(
+        "POST", gw.base_url + "/chat/completions", json=body, headers=gw.headers(), timeout=30
+    ) as r:
+        for i, piece in enumerate(r.iter_raw(16384)):
+            received += piece
+            if i < 20:
+                time.sleep(0.02)  # a slow reader at first: backpressure all the way upstream
+    assert received == b"".join(gw.engine.stream_events(body, PROMPT, 6000, chat=True))
+    assert gw.usage.rows[-1].completion_tokens == 6000
+
+
+async def _close_delimited_server(sock: Any) -> Any:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = orjson.dumps({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, sock=sock)
+
+
+@pytest.mark.integration
+def test_upstream_body_delimited_by_connection_close(gateway: Gateway) -> None:
+    from .conftest import bound_socket
+
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    server = gateway.lt.run(_close_delimited_server(sock))
+    try:
+        gateway.set_upstreams([Upstream("i-2", "r", "127.0.0.1", port, "ready", (MODEL,))], {})
+        for _ in range(2):  # the closed connection is not reused
+            r = chat(gateway, {"model": MODEL, "messages": MESSAGES})
+            assert r.status_code == 200
+            assert r.json()["usage"]["completion_tokens"] == 2
+    finally:
+        server.close()
+        gateway.lt.run(server.wait_closed())
+    assert gateway.usage.rows[-1].completion_tokens == 2
+
+
 # -- other routes ------------------------------------------------------------------------------
 
 
