@@ -27,7 +27,7 @@ import yaml
 try:  # pytest puts tests/ on sys.path (tests/ has no __init__.py)
     from standin.helpers import STANDIN_DIR, free_port
 except ImportError:  # the repository root on sys.path instead
-    from tests.standin.helpers import STANDIN_DIR, free_port
+    from tests.standin.helpers import STANDIN_DIR, free_port  # type: ignore[import-not-found,no-redef]
 
 REPO = Path(__file__).resolve().parent.parent
 
