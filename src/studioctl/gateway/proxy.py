@@ -1039,6 +1039,7 @@ class _UpstreamConn(asyncio.Protocol):
         self.buffered = 0
         self.paused = False
         self.waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.last_data = 0.0
 
     # asyncio.Protocol
@@ -1054,6 +1055,10 @@ class _UpstreamConn(asyncio.Protocol):
         except self._parse_error as exc:
             self._fail(UpstreamClosed(f"invalid HTTP from the engine: {exc}"))
             self.close()
+
+    def eof_received(self) -> bool | None:
+        self.closed = True  # never reused; connection_lost follows
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -1113,11 +1118,11 @@ class _UpstreamConn(asyncio.Protocol):
             raise self.error
         waiter = self.waiter = self.loop.create_future()
         self.last_data = self.loop.time()
-        timer = self.loop.call_later(timeout, self._check_timeout, waiter, timeout)
+        self.timer = self.loop.call_later(timeout, self._check_timeout, waiter, timeout)
         try:
             await waiter
         finally:
-            timer.cancel()
+            self.timer.cancel()
             self.waiter = None
 
     def _check_timeout(self, waiter: asyncio.Future[None], timeout: float) -> None:
@@ -1127,7 +1132,7 @@ class _UpstreamConn(asyncio.Protocol):
         if idle >= timeout:
             waiter.set_exception(TimeoutError())
         else:  # data came meanwhile: wait for the rest of the period
-            self.loop.call_later(timeout - idle, self._check_timeout, waiter, timeout)
+            self.timer = self.loop.call_later(timeout - idle, self._check_timeout, waiter, timeout)
 
     async def read_head(self, timeout: float) -> None:
         while not self.head:
