@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon_helpers import Daemon, running_daemon
 
@@ -232,18 +232,24 @@ def usage_cli(d: Daemon, *args: str) -> dict[str, Any]:
     return out
 
 
-def db_path(d: Daemon) -> Path:
+class HasHome(Protocol):
+    """A daemon of the tests (``Daemon`` here, ``E2EDaemon`` in tests/e2e): its home."""
+
+    home: Path
+
+
+def db_path(d: HasHome) -> Path:
     """The daemon's SQLite store (``paths.database_file()`` under its STUDIOCTL_HOME)."""
     return d.home / "state" / "studioctl.db"
 
 
-def usage_rows(d: Daemon, **filters: Any) -> list[UsageRecord]:
+def usage_rows(d: HasHome, **filters: Any) -> list[UsageRecord]:
     """The raw usage rows in the daemon's store, newest first (read beside the daemon: WAL)."""
     from studioctl.store.db import Database
     from studioctl.store.usage import UsageRepo
 
     path = db_path(d)
-    assert path.is_file(), f"no database at {path}: {sorted(p.name for p in d.home.rglob('*'))}"
+    assert path.is_file(), f"no database at {path}"
     db = Database(path)
     try:
         return UsageRepo(db).rows(**filters)
