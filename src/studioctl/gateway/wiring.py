@@ -162,6 +162,7 @@ async def build_gateway(
                 port=i.port,
                 state=str(i.state),
                 model_names=tuple(i.recipe.model_names),
+                engine_names=(i.recipe.served_name,),  # aliases are rewritten to it
             )
             for i in sup.list()
         ]
