@@ -113,6 +113,30 @@ def engine_env(backend: str) -> EngineEnv:
     return EngineEnv(backend=backend, env=env, missing=tuple(missing))
 
 
+def require(env: EngineEnv) -> None:
+    """Skip (or, when CI requires the engines, fail) the calling test if ``env`` is missing."""
+    import pytest
+
+    if env.ok:
+        return
+    if os.environ.get(REQUIRE_VAR, "").strip().lower() in ("1", "true", "yes", "on"):
+        pytest.fail(f"{REQUIRE_VAR} is set but {env.reason}", pytrace=False)
+    if env.reason not in SKIPPED:
+        SKIPPED.append(env.reason)
+    pytest.skip(env.reason)
+
+
+#: Why end-to-end tests were skipped, and what they measured: printed by conftest's
+#: terminal summary. (They live here, not in conftest.py: pytest imports a conftest under
+#: its own module name, so a test importing it would get a second copy of these.)
+SKIPPED: list[str] = []
+TIMINGS: dict[str, float] = {}
+
+
+def record_timing(name: str, seconds: float) -> None:
+    TIMINGS[name] = round(seconds, 2)
+
+
 # ------------------------------------------------------------------ small utilities
 
 

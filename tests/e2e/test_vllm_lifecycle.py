@@ -20,7 +20,6 @@ from typing import Any
 
 import psutil
 import pytest
-from tests.e2e.conftest import record_timing, require
 from tests.e2e.helpers import (
     E2EDaemon,
     alive,
@@ -30,6 +29,8 @@ from tests.e2e.helpers import (
     engine_env,
     find_process,
     http,
+    record_timing,
+    require,
     wait_for,
 )
 
