@@ -134,8 +134,8 @@ def test_drain_timeout_exceeded_stops_anyway(d: Daemon) -> None:
     stream.join(10)
     assert not stream.is_alive()
     assert rep["drained"] is False
-    assert 1.0 <= rep["drain_s"] < 4.0
-    assert elapsed < 10.0
+    assert 1.0 <= rep["drain_s"] < 6.0  # the drain timeout, not the 30 s of tokens
+    assert elapsed < 15.0
     assert rep["state"] == "stopped"
     assert not stream.done and len(stream.pieces) < 60  # cut off by the stop
     assert survivors(inst["processes"]) == []
@@ -254,7 +254,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            if all(http_status(f"{u}/health", timeout=0.5) != 200 for u in self.urls):
+            if all(http_status(f"{u}/health", timeout=3.0) != 200 for u in self.urls):
                 self.gaps.append(time.monotonic())
             self.samples += 1
             time.sleep(0.02)
