@@ -579,11 +579,9 @@ class GatewayApp:
                 return
             flight.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-            error_code = None
-            if relay.usage is None and relay.chunks == 0:
-                error_code = "upstream_no_usage"
+            # No usage chunk (an engine without include_usage): the chunks seen are counted.
             self._finish(
-                admission, tenant, model, upstream, 200, error_code,
+                admission, tenant, model, upstream, 200, None,
                 relay.prompt_tokens or prompt, relay.completion_tokens, ttft, ts, t0,
                 streamed=True, disconnected=False,
             )  # fmt: skip
