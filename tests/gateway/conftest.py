@@ -138,6 +138,7 @@ class StandinEngine:
         self.token_delay_s = 0.0  # between stream chunks
         self.fail: tuple[int, dict[str, Any]] | None = None  # answer this status + body
         self.tokenize_available = True
+        self.send_usage = True  # False: an engine that ignores stream_options.include_usage
         self.keepalive_timeout_s = 75.0  # aiohttp's default; idle connections closed after
         # observations
         self.inflight = 0
@@ -268,7 +269,7 @@ class StandinEngine:
         """The exact events vLLM sends for a stream of ``n`` tokens (usage as asked)."""
         model = body["model"]
         opts = body.get("stream_options") or {}
-        include_usage = bool(opts.get("include_usage"))
+        include_usage = bool(opts.get("include_usage")) and self.send_usage
         if chat:
             head = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": CREATED}
 

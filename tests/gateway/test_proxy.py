@@ -233,6 +233,16 @@ def test_streamed_bytes_equal_what_plain_vllm_sends(gateway: Gateway) -> None:
     assert got == b"".join(plain)
 
 
+@pytest.mark.integration
+def test_engine_without_stream_usage_is_accounted_by_chunks(gateway: Gateway) -> None:
+    gateway.engine.send_usage = False
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 7, "stream": True}
+    assert chat(gateway, body).status_code == 200
+    row = gateway.usage.rows[-1]
+    assert (row.completion_tokens, row.error_code, row.status) == (7, None, 200)
+    assert row.prompt_tokens == estimate(body)  # the gateway's own count stands
+
+
 # -- the output cap, the context cap ------------------------------------------------------------
 
 
