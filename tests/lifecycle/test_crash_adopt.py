@@ -81,29 +81,38 @@ def test_crash_restarts_with_backoff_and_keeps_the_log() -> None:
         assert third["pid"] not in (first["pid"], second["pid"])
         assert survivors(second["processes"]) == []
 
+        # kill -9 of the engine's worker (its child): the server exits, as vLLM's does.
+        child = next(p for p in third["processes"] if p["pid"] != third["pid"])
+        os.kill(child["pid"], signal.SIGKILL)
+        fourth = wait_for(d, iid, lambda i: i["restarts"] == 3 and i["state"] == "ready")
+        assert survivors(third["processes"]) == []
+
         steps = transitions(d, iid)
         crashes = [t for t in steps if t[1] == "crashed"]
-        assert [c[0] for c in crashes] == ["ready", "ready"]
+        assert [c[0] for c in crashes] == ["ready", "ready", "ready"]
         assert crashes[0][2] == "exited with code 1"
         assert crashes[1][2] == "exited with code -9"
+        assert crashes[2][2] == "exited with code 1"
         assert [t[2] for t in steps if t[:2] == ("crashed", "starting")] == [
             "restart 1",
             "restart 2",
+            "restart 3",
         ]
         assert steps[-1][1] == "ready"
         events = d.events(instance=iid)
         delays = [e["data"]["delay_s"] for e in events if e["kind"] == "restart_scheduled"]
-        assert delays == [0.5, 1.0]  # STUDIOCTL_DAEMON_RESTART_BACKOFF_S, doubled
-        assert sum(e["kind"] == "crash" for e in events) == 2
+        # STUDIOCTL_DAEMON_RESTART_BACKOFF_S doubled, capped at ..._BACKOFF_MAX_S (2).
+        assert delays == [0.5, 1.0, 2.0]
+        assert sum(e["kind"] == "crash" for e in events) == 3
 
-        # One log, all three runs, each behind a studioctl marker.
-        log = Path(third["log_path"]).read_text()
+        # One log, all four runs, each behind a studioctl marker.
+        log = Path(fourth["log_path"]).read_text()
         assert log.count("=== studioctl: launch of phoenix") == 1
-        assert "=== studioctl: restart 1 of phoenix" in log
-        assert "=== studioctl: restart 2 of phoenix" in log
+        for n in (1, 2, 3):
+            assert log.count(f"=== studioctl: restart {n} of phoenix") == 1
         assert "POST /standin/crash: exiting with code 1" in log
-        assert log.count("Application startup complete.") == 3
-        assert log.index("restart 1 of") < log.index("restart 2 of")
+        assert log.count("Application startup complete.") == 4
+        assert log.index("restart 1 of") < log.index("restart 2 of") < log.index("restart 3 of")
 
 
 def test_crash_loop_fails_after_the_budget() -> None:

@@ -82,6 +82,9 @@ def test_daemon_status_json_up_and_down() -> None:
         assert json.loads(r.stdout)["running"] is False
         assert "the studioctl daemon is not running" in r.stderr
         assert not d.socket.exists()  # removed on a graceful stop
+        r = d.cli("status", "--json")
+        assert r.returncode == EXIT_DAEMON_UNREACHABLE
+        assert json.loads(r.stdout) == {"daemon": {"running": False}}
         assert d.cli("daemon", "stop").stdout.strip() == "daemon is not running"
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from daemon_helpers import Daemon, alive, running_daemon
 from standin.helpers import free_port, group_pids, http_status
-from studioctl.errors import EXIT_CONFLICT
+from studioctl.errors import EXIT_CONFLICT, EXIT_ENGINE_FAILED
 
 pytestmark = pytest.mark.integration
 
@@ -239,6 +239,24 @@ def test_concurrent_ops_refused_while_an_evict_drains(d: Daemon) -> None:
     assert stream.done
 
 
+def test_evict_during_launch_fails_the_launch(d: Daemon) -> None:
+    d.recipe("cut-short", env={"STANDIN_STARTUP_S": "4"})
+    launching = cli_bg(d, "launch", "cut-short")
+    try:
+        inst = d.wait_state("cut-short-1", "starting", "loading", timeout=15)
+        rep = d.cli_json("evict", "cut-short", "--json")
+        _, err = launching.communicate(timeout=30)
+    finally:
+        if launching.poll() is None:
+            launching.kill()
+            launching.wait(10)
+    assert rep["state_before"] in ("starting", "loading")
+    assert rep["state"] == "stopped" and rep["drained"] is None
+    assert launching.returncode == EXIT_ENGINE_FAILED, err
+    assert "cut-short-1 was evicted before it was ready" in err
+    assert survivors(d.instance(inst["id"])["processes"]) == []
+
+
 # --------------------------------------------------------------------------- switch
 
 
@@ -358,3 +376,18 @@ def test_operations_refused_while_a_switch_runs(d: Daemon) -> None:
     d.track(rep["instance"])
     assert rep["order"] == "launch-then-evict"
     assert rep["instance"]["state"] == "ready"
+
+
+def test_switch_to_a_broken_recipe_keeps_the_old_one(d: Daemon) -> None:
+    d.recipe("sw-g", gpus=[16])
+    d.recipe("sw-broken", gpus=[17], env={"STANDIN_MODE": "crash_at_start"})
+    g = launch(d, "sw-g")
+    r = d.cli("switch", "sw-g", "sw-broken")
+    assert r.returncode == EXIT_ENGINE_FAILED, r.stderr
+    assert "sw-broken-1 (vllm) exited with code 3 before it was ready" in r.stderr
+    # Launch-then-evict: the old instance was never touched and still serves.
+    still = d.instance("sw-g-1")
+    assert still["state"] == "ready" and still["pid"] == g["pid"]
+    assert http_status(f"{g['url']}/health") == 200
+    assert not any(e["kind"] == "evict" for e in d.events(instance="sw-g-1"))
+    assert d.instance("sw-broken-1")["state"] == "failed"

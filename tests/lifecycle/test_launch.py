@@ -24,6 +24,7 @@ from studioctl.daemon import lock_holder
 from studioctl.errors import (
     EXIT_CONFLICT,
     EXIT_ENGINE_FAILED,
+    EXIT_NOT_FOUND,
     EXIT_TIMEOUT,
 )
 
@@ -247,3 +248,10 @@ def test_relaunch_after_failure_gets_a_new_instance(d: Daemon) -> None:
     d.track(out)
     assert out["id"] == "second-go-2" and out["state"] == "ready"
     assert d.instance("second-go-1")["state"] == "failed"
+
+
+def test_unknown_recipe_is_exit_3(d: Daemon) -> None:
+    r = d.cli("launch", "no-such-recipe")
+    assert r.returncode == EXIT_NOT_FOUND, r.stderr
+    assert "no-such-recipe" in r.stderr
+    assert not any(i["recipe"] == "no-such-recipe" for i in d.instances())
