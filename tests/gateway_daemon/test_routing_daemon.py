@@ -35,7 +35,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gamma": {"served_model_name": "gamma-served"},
     "delta": {},
     "slow": {"env": {"STANDIN_STARTUP_S": "60"}},
-    # ~0.25 s per token: a 12-token stream stays in flight for ~3 s.
+    # 0.25 s per token: a 24-token stream stays in flight for ~6 s.
     "drainy": {"env": {"STANDIN_TOKEN_DELAY_S": "0.25"}},
 }
 
@@ -170,7 +170,7 @@ def test_evict_drains_a_streaming_request_in_flight_through_the_gateway(
                 for chunk in client.chat.completions.create(
                     model="drainy",
                     messages=[{"role": "user", "content": "stream please"}],
-                    max_tokens=12,
+                    max_tokens=24,
                     stream=True,
                 ):
                     if chunk.choices:
@@ -213,7 +213,7 @@ def test_evict_drains_a_streaming_request_in_flight_through_the_gateway(
         reader.join(30)
     assert not errors, errors
     # The stream finished whole: every token, its finish reason, before the engine stopped.
-    assert "".join(chunks).split() == [f"tok{i}" for i in range(12)], chunks
+    assert "".join(chunks).split() == [f"tok{i}" for i in range(24)], chunks
     assert finish == ["length"]
     assert report["drained"] is True, report
     assert report["state"] == "stopped", report
