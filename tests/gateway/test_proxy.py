@@ -668,6 +668,46 @@ def test_upstream_body_delimited_by_connection_close(gateway: Gateway) -> None:
     assert gateway.usage.rows[-1].completion_tokens == 2
 
 
+def _load_fixed_upstream() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "upstream_fixed.py"
+    spec = importlib.util.spec_from_file_location("upstream_fixed", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.integration
+def test_benchmark_upstream_through_the_gateway(gateway: Gateway) -> None:
+    """The benchmark's fixed upstream speaks HTTP the gateway relays correctly."""
+    fixed = _load_fixed_upstream()
+    from .conftest import bound_socket
+
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+
+    async def start() -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(fixed.FixedHTTP, sock=sock)
+
+    server = gateway.lt.run(start())
+    try:
+        gateway.set_upstreams([Upstream("i-b", "b", "127.0.0.1", port, "ready", ("bench",))], {})
+        body = {"model": "bench", "messages": MESSAGES, "max_tokens": 16}
+        r = chat(gateway, body)
+        assert r.status_code == 200 and r.content == fixed.COMPLETION
+        r = chat(gateway, {**body, "stream": True})
+        events = [e for e in r.content.split(b"\n\n") if e]
+        assert len(events) == fixed.CHUNKS + 1  # 100 chunks and [DONE]; usage stripped
+        assert b'"usage"' not in r.content
+        row = gateway.usage.rows[-1]
+        assert (row.prompt_tokens, row.completion_tokens) == (8, 99)
+    finally:
+        server.close()
+
+
 # -- other routes ------------------------------------------------------------------------------
 
 
