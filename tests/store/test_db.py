@@ -129,3 +129,22 @@ def test_unusable_folder_names_the_path(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StoreError, match=r"file/x\.db"):
         Database(blocker / "x.db")
+
+
+def test_a_forked_child_opens_its_own_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import studioctl.store.db as dbmod
+
+    db = Database(tmp_path / "a.db")
+    parent = db.conn
+    child_pid = os.getpid() + 1
+    monkeypatch.setattr(dbmod.os, "getpid", lambda: child_pid)  # as after fork()
+    child = db.conn
+    assert child is not parent
+    assert db.conn is child
+    parent.execute("SELECT 1")  # the parent's connection was left open, untouched
+    db.close()
+    parent.close()

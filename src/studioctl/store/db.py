@@ -12,6 +12,7 @@ failing at once.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +54,7 @@ class Database:
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
         self._closed = False
+        self._pid = os.getpid()
         self.conn  # noqa: B018 — open now, so a bad path or a non-database fails here
 
     # -- connections ---------------------------------------------------------------------
@@ -60,6 +62,15 @@ class Database:
     @property
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""
+        if self._pid != os.getpid():
+            # A forked child (daemon start detaching) must not use the parent's
+            # connections (SQLite forbids carrying them across fork): start afresh, and
+            # keep the parent's referenced, never closed (closing could checkpoint the
+            # parent's WAL under it).
+            self._pid = os.getpid()
+            self._inherited = [*getattr(self, "_inherited", []), *self._all]
+            self._local = threading.local()
+            self._all = []
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             if self._closed:
