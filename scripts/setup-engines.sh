@@ -104,6 +104,10 @@ if "studioctl-test-workaround" not in src:
         sys.exit("torchvision __init__ layout changed; cannot apply workaround")
     open(path, "w").write(src)
 PYEOF
+  # The server module must import with both workarounds in place (as the recipe runs it).
+  SGLANG_USE_CPU_ENGINE=1 PYTHONPATH="$SGLANG_STUB" "$SGLANG_VENV/bin/python" \
+    -c "import sglang.launch_server, torchvision" >/dev/null 2>&1 \
+    || { log "SGLang venv does not import sglang.launch_server (with the sgl_kernel stub)"; exit 1; }
   touch "$SGLANG_VENV/.complete"
 }
 
