@@ -33,7 +33,7 @@ def launch(d: Daemon, rid: str) -> dict[str, Any]:
 
 
 def wait_for(
-    d: Daemon, iid: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+    d: Daemon, iid: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 30.0
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last: dict[str, Any] | None = None
@@ -154,7 +154,7 @@ def test_health_failures_count_as_a_crash() -> None:
 
 
 def wait_for_events(
-    d: Daemon, iid: str, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
+    d: Daemon, iid: str, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0
 ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -72,7 +72,9 @@ class Streamer(threading.Thread):
         self.started = threading.Event()
         self.pieces: list[str] = []
         self.done = False
+        self.done_at: float | None = None
         self.error: BaseException | None = None
+        self.cancel = threading.Event()  # set: hang up (the engine ends the request)
 
     def run(self) -> None:
         body = {"model": self.model, "prompt": "hi", "max_tokens": self.max_tokens, "stream": True}
@@ -80,10 +82,13 @@ class Streamer(threading.Thread):
             with httpx.stream("POST", f"{self.url}/v1/completions", json=body, timeout=60) as resp:
                 resp.raise_for_status()
                 for line in resp.iter_lines():
+                    if self.cancel.is_set():
+                        return
                     if not line.startswith("data: "):
                         continue
                     if line == "data: [DONE]":
                         self.done = True
+                        self.done_at = time.time()
                         continue
                     self.pieces.extend(c["text"] for c in json.loads(line[6:])["choices"])
                     self.started.set()
@@ -107,19 +112,28 @@ def start_stream(inst: dict[str, Any], max_tokens: int) -> Streamer:
 def test_evict_waits_for_the_request_in_flight(d: Daemon) -> None:
     d.recipe("drain", env={"STANDIN_TOKEN_DELAY_S": "0.1"})
     inst = launch(d, "drain")
-    stream = start_stream(inst, max_tokens=25)  # ~2.5 s of tokens
-    t0 = time.monotonic()
-    rep = d.cli_json("evict", "drain", "--drain-timeout", "15", "--json")
+    stream = start_stream(inst, max_tokens=40)  # ~4 s of tokens
+    rep = d.cli_json("evict", "drain", "--drain-timeout", "30", "--json")
     stream.join(10)
     assert rep["drained"] is True
     assert rep["state_before"] == "ready" and rep["state"] == "stopped"
-    assert rep["drain_s"] >= 1.0  # it waited for the tokens still to come
-    assert time.monotonic() - t0 >= 1.0
     assert rep["signals"] == ["SIGTERM"]
-    # The request completed before the engine was stopped.
+    # The request completed: every token and [DONE], no error.
     assert stream.error is None, stream.error
-    assert stream.done
-    assert len(stream.pieces) == 25
+    assert stream.done and stream.done_at is not None
+    assert len(stream.pieces) == 40
+    # ...and it was still in flight when the drain began: the evict waited for it, and
+    # stopped the engine only after it was done.
+    events = d.events(instance=inst["id"])
+    draining = next(
+        e["ts"] for e in events if e["kind"] == "state" and e["data"]["to"] == "draining"
+    )
+    stopping = next(
+        e["ts"] for e in events if e["kind"] == "state" and e["data"]["to"] == "stopping"
+    )
+    # (0.2 s: the client thread may read [DONE] a moment after the engine counted it done)
+    assert draining < stream.done_at <= stopping + 0.2
+    assert rep["drain_s"] >= stream.done_at - draining - 0.2
     assert survivors(inst["processes"]) == []
     assert d.instance(inst["id"])["state"] == "stopped"
 
@@ -215,8 +229,10 @@ def test_leaked_worker_is_killed(d: Daemon) -> None:
 def test_concurrent_ops_refused_while_an_evict_drains(d: Daemon) -> None:
     d.recipe("busy", env={"STANDIN_TOKEN_DELAY_S": "0.2"})
     inst = launch(d, "busy")
-    stream = start_stream(inst, max_tokens=20)  # ~4 s
-    first = cli_bg(d, "evict", "busy", "--drain-timeout", "20", "--json")
+    # ~60 s of tokens: the evict drains until the client hangs up below, however slowly
+    # the checks in between run on a loaded machine.
+    stream = start_stream(inst, max_tokens=300)
+    first = cli_bg(d, "evict", "busy", "--drain-timeout", "60", "--json")
     try:
         d.wait_state(inst["id"], "draining", timeout=10)
         r = d.cli("evict", "busy")
@@ -228,19 +244,23 @@ def test_concurrent_ops_refused_while_an_evict_drains(d: Daemon) -> None:
         assert "evict busy-1 is in progress" in r.stderr
         st = d.cli_json("status", "--json")
         assert [op["operation"] for op in st["operations"]] == ["evict busy-1"]
+        assert first.poll() is None  # still draining
+        stream.cancel.set()  # the request ends: nothing in flight, the drain is over
         out, err = first.communicate(timeout=30)
     finally:
+        stream.cancel.set()
         if first.poll() is None:
             first.kill()
             first.wait(10)
     assert first.returncode == 0, err
-    assert json.loads(out)["drained"] is True
+    rep = json.loads(out)
+    assert rep["drained"] is True and rep["state"] == "stopped"
     stream.join(10)
-    assert stream.done
+    assert not stream.done and stream.error is None
 
 
 def test_evict_during_launch_fails_the_launch(d: Daemon) -> None:
-    d.recipe("cut-short", env={"STANDIN_STARTUP_S": "4"})
+    d.recipe("cut-short", env={"STANDIN_STARTUP_S": "20"})  # evicted long before that
     launching = cli_bg(d, "launch", "cut-short")
     try:
         inst = d.wait_state("cut-short-1", "starting", "loading", timeout=15)
@@ -350,10 +370,13 @@ def test_switch_overlapping_gpus_evicts_first(d: Daemon) -> None:
 
 
 def test_operations_refused_while_a_switch_runs(d: Daemon) -> None:
-    d.recipe("sw-e", gpus=[14])
-    d.recipe("sw-f", gpus=[15], env={"STANDIN_STARTUP_S": "2"})
-    launch(d, "sw-e")
-    sw = cli_bg(d, "switch", "sw-e", "sw-f", "--json")
+    d.recipe("sw-e", gpus=[14], env={"STANDIN_TOKEN_DELAY_S": "0.2"})
+    d.recipe("sw-f", gpus=[15])
+    e = launch(d, "sw-e")
+    # A long request on the old instance: the switch holds its lock while it drains, until
+    # the client hangs up below (the checks in between may be slow on a loaded machine).
+    stream = start_stream(e, max_tokens=300)
+    sw = cli_bg(d, "switch", "sw-e", "sw-f", "--drain-timeout", "60", "--json")
     try:
         deadline = time.monotonic() + 15
         while not any(i["recipe"] == "sw-f" for i in d.instances()):
@@ -366,8 +389,11 @@ def test_operations_refused_while_a_switch_runs(d: Daemon) -> None:
         r = d.cli("evict", "sw-e")
         assert r.returncode == EXIT_CONFLICT, r.stderr
         assert "switch sw-e-1 -> sw-f is in progress" in r.stderr
+        assert sw.poll() is None
+        stream.cancel.set()
         out, err = sw.communicate(timeout=30)
     finally:
+        stream.cancel.set()
         if sw.poll() is None:
             sw.kill()
             sw.wait(10)
@@ -376,6 +402,7 @@ def test_operations_refused_while_a_switch_runs(d: Daemon) -> None:
     d.track(rep["instance"])
     assert rep["order"] == "launch-then-evict"
     assert rep["instance"]["state"] == "ready"
+    assert rep["evict"]["drained"] is True and rep["evict"]["state"] == "stopped"
 
 
 def test_switch_to_a_broken_recipe_keeps_the_old_one(d: Daemon) -> None:
