@@ -330,13 +330,18 @@ class Telemetry:
         active = self._active()
         trees = {i.id: list(i.tree) for i in active}
         tels = {i.id: self._tel(i) for i in active}
-        # Instances that ended: their figures go (a relaunch gets a new id).
+        # Instances that ended: their figures go (a relaunch gets a new id); a crashed one
+        # keeps them for its restart. Neither holds a measured VRAM figure any more.
+        for resting in self.sup.instances.values():
+            if resting.state not in ACTIVE:
+                with contextlib.suppress(AttributeError):
+                    resting.vram_bytes = None
         for iid in [k for k in self.instances if k not in tels]:
             inst = self.sup.instances.get(iid)
             if inst is None or inst.state in (State.STOPPED, State.FAILED):
                 del self.instances[iid]
             else:
-                self.instances[iid].state = str(inst.state)  # crashed: kept for its restart
+                self.instances[iid].state = str(inst.state)
 
         if host.available:
             self.meter.update(host)
@@ -364,7 +369,9 @@ class Telemetry:
                 per_gpu = vram.get(inst.id, {})
                 it.vram_by_gpu = dict(per_gpu)
                 it.vram_bytes = sum(per_gpu.values())
-                it.power_w = power.get(inst.id, 0.0 if any(g.power_w for g in host.gpus) else None)
+                # No share of any GPU: it draws nothing (0 W), if the GPUs report power at all.
+                reported = any(g.power_w is not None for g in host.gpus)
+                it.power_w = power.get(inst.id, 0.0 if reported else None)
             else:
                 it.vram_by_gpu, it.vram_bytes, it.power_w = {}, None, None
             with contextlib.suppress(AttributeError):  # a test's stand-in object may refuse

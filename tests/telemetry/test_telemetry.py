@@ -286,6 +286,7 @@ def test_stopped_instances_are_dropped_and_uptime_counts_ready_only(
     assert tel._pending["a"].uptime_s == pytest.approx(1.0 + 5.0)
     assert "b" not in tel._pending or tel._pending["b"].uptime_s == 0.0
     assert "a-1" not in tel.instances and "b-1" in tel.instances
+    assert a.vram_bytes is None and b.vram_bytes == 10 * GIB  # no stale figure once stopped
     assert [i["id"] for i in tel.snapshot()["instances"]] == ["b-1"]
 
 
