@@ -73,18 +73,24 @@ class Client:
             )
         self._checked = True
 
+    def _unreachable(self) -> DaemonUnreachable:
+        return DaemonUnreachable(
+            f"the studioctl daemon is not running (no answer on {self.socket_path})",
+            hint="studioctl daemon start",
+        )
+
     def request(
         self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
         import httpx
 
+        if not self.socket_path.exists():
+            # No socket, no daemon (and httpcore would leak the failed socket object).
+            raise self._unreachable()
         try:
             resp = self._client().request(method, path, json=json_body, params=params)
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonUnreachable(
-                f"the studioctl daemon is not running (no answer on {self.socket_path})",
-                hint="studioctl daemon start",
-            ) from exc
+            raise self._unreachable() from exc
         except httpx.TransportError as exc:
             raise DaemonUnreachable(f"lost the daemon connection: {exc}") from exc
         self._check_version(resp)
@@ -96,6 +102,8 @@ class Client:
         """Lines of a streamed answer (NDJSON, logs, SSE)."""
         import httpx
 
+        if not self.socket_path.exists():
+            raise self._unreachable()
         try:
             with self._client().stream(method, path, json=json_body, params=params) as resp:
                 self._check_version(resp)
@@ -104,10 +112,7 @@ class Client:
                     _decode(resp)
                 yield from resp.iter_lines()
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonUnreachable(
-                f"the studioctl daemon is not running (no answer on {self.socket_path})",
-                hint="studioctl daemon start",
-            ) from exc
+            raise self._unreachable() from exc
         except httpx.RemoteProtocolError as exc:
             raise DaemonUnreachable(f"the daemon closed the stream: {exc}") from exc
 
