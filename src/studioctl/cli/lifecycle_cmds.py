@@ -435,7 +435,9 @@ def logs(
     target: str = typer.Argument(..., help="Instance id or recipe id."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     n: int = typer.Option(100, "-n", "--lines", help="How many lines from the end."),
-    since: str | None = typer.Option(None, "--since", help="Only lines after: 10m, 2h, or an ISO time."),
+    since: str | None = typer.Option(
+        None, "--since", help="Only lines after: 10m, 2h, or an ISO time."
+    ),
 ) -> None:
     """Print an instance's engine log (from the daemon, or the log file when it is down)."""
     from studioctl.client import Client
