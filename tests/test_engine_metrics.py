@@ -309,6 +309,8 @@ def test_throughput_unknown_counters_and_clock_going_backwards() -> None:
     r = t.update(_snap(None, 30), ts=12.0)
     assert r.prompt_tokens_per_s is None and r.generation_tokens_per_s == 10.0
     assert t.update(_snap(None, 40), ts=12.0).generation_tokens_per_s is None  # dt = 0
+    # The baseline stayed at ts=12 with 30 tokens: the next rate counts all 20 since then.
+    assert t.update(_snap(None, 50), ts=14.0).generation_tokens_per_s == 10.0
 
 
 def test_throughput_between_two_real_vllm_scrapes() -> None:

@@ -402,13 +402,17 @@ class ThroughputTracker:
         self._last: tuple[float, EngineMetricSnapshot] | None = None
 
     def update(self, snap: EngineMetricSnapshot, ts: float) -> Throughput:
-        last, self._last = self._last, (ts, snap)
+        last = self._last
         if last is None:
+            self._last = (ts, snap)
             return Throughput()
         t0, prev = last
         dt = ts - t0
         if dt <= 0:
+            # Same instant (or the clock stepped back): no rate, and keep the old baseline
+            # so the tokens counted since it are not lost at the next update.
             return Throughput()
+        self._last = (ts, snap)
         dp = counter_delta(prev.prompt_tokens_total, snap.prompt_tokens_total)
         dg = counter_delta(prev.generation_tokens_total, snap.generation_tokens_total)
         reset = any(
