@@ -269,7 +269,7 @@ async def _main(settings: Any) -> int:
     from studioctl.telemetry import Telemetry, control_routes
 
     # Scrapes engines with the supervisor's aiohttp session; waits for VRAM after evicts.
-    telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup._session)
+    telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup.session)
     sup.vram_release = telemetry.vram_released
     control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
     servers = [_Server(control, bind_unix(paths.control_socket()))]

@@ -97,6 +97,11 @@ class Supervisor:
 
         return get_recipe(recipe_id, recipe_dirs(self.settings))
 
+    @property
+    def session(self) -> Any:
+        """The shared aiohttp session for engine probes and scrapes (None until start())."""
+        return self._session
+
     async def start(self) -> None:
         import aiohttp
 
