@@ -520,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     gw_cpu, load_cpu = cpus[0], cpus[1]
     use_wrk = not args.no_wrk and shutil.which("wrk") is not None
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        print(
+            f"warning: load average {load1:.1f} — other work shares these CPUs; wall-clock "
+            "numbers will be noisy (use --repeat 3; CPU per request stays meaningful)"
+        )
     print(
         f"gateway on CPU {gw_cpu}; upstream + load on CPU {load_cpu}; load generator: "
         + ("wrk" if use_wrk else "python raw sockets (wrk not found: apt-get install wrk)")
