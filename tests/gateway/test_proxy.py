@@ -611,6 +611,16 @@ def test_anonymous_access_refused_off_loopback_or_when_not_allowed(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("report", [{"ok": False, "store": "unreachable"}, {"status": "degraded"}])
+def test_unhealthy_report_is_503(make_gateway: GatewayFactory, report: dict[str, Any]) -> None:
+    async def unhealthy() -> dict[str, Any]:
+        return report
+
+    r = httpx.get(make_gateway(health=unhealthy).url + "/healthz")
+    assert (r.status_code, r.json()) == (503, report)
+
+
+@pytest.mark.integration
 def test_failing_health_check_is_503(make_gateway: GatewayFactory) -> None:
     async def broken() -> dict[str, Any]:
         raise RuntimeError("store locked")

@@ -785,7 +785,8 @@ class GatewayApp:
                     report = await self._health()
                 except Exception as exc:
                     report = {"status": "error", "error": repr(exc)}
-                ok = report.get("status", "ok") == "ok"
+                # 503 when the report says so: {"ok": false} or {"status": "<not ok>"}
+                ok = bool(report.get("ok", True)) and report.get("status", "ok") == "ok"
                 await _send_json(send, 200 if ok else 503, json_dumps(report), extra)
             elif path == "/version":
                 await _send_json(send, 200, self._version_body, extra)
