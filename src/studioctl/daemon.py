@@ -181,9 +181,19 @@ def run(*, verbose: bool = False) -> int:
     lock.acquire()
     setup_logging(verbose)
     try:
-        return asyncio.run(_main(settings))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_main(settings))
     finally:
         lock.release()
+
+
+def _loop_factory() -> Any:
+    """uvloop when available (the gateway's hot path is ~2x faster on it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 class _Server:
@@ -199,6 +209,8 @@ class _Server:
 
         cfg = uvicorn.Config(
             app,
+            http="httptools",
+            proxy_headers=False,  # clients talk to us directly; never trust X-Forwarded-*
             lifespan="off",
             log_level="warning",
             access_log=False,
