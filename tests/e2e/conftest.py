@@ -9,7 +9,7 @@ measured (launch, restart, switch, evict) get a section of their own.
 from __future__ import annotations
 
 import pytest
-from tests.e2e.helpers import SKIPPED, TIMINGS, record_timing, require
+from tests.e2e.helpers import NOTES, SKIPPED, TIMINGS, record_timing, require
 
 # Re-exported for test modules that import them from here (the state lives in helpers).
 __all__ = ["record_timing", "require"]
@@ -20,6 +20,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("end-to-end tests SKIPPED", sep="!", yellow=True, bold=True)
         for reason in SKIPPED:
             terminalreporter.line(f"SKIPPED: {reason}", yellow=True)
+    if NOTES:
+        terminalreporter.section("end-to-end notes", yellow=True)
+        for text in NOTES:
+            terminalreporter.line(f"NOTE: {text}", yellow=True)
     if TIMINGS:
         terminalreporter.section("end-to-end timings (seconds)")
         for name, secs in TIMINGS.items():

@@ -131,6 +131,12 @@ def require(env: EngineEnv) -> None:
 #: its own module name, so a test importing it would get a second copy of these.)
 SKIPPED: list[str] = []
 TIMINGS: dict[str, float] = {}
+NOTES: list[str] = []  # test-side workarounds a run had to apply, shown in the summary
+
+
+def note(text: str) -> None:
+    if text not in NOTES:
+        NOTES.append(text)
 
 
 def record_timing(name: str, seconds: float) -> None:
