@@ -15,6 +15,8 @@ echo "==> installing studioctl[dev]"
 echo "==> engine environments (vLLM CPU, SGLang CPU, tiny model)"
 eval "$(bash scripts/setup-engines.sh --sglang)"
 export STUDIOCTL_VLLM_PYTHON STUDIOCTL_TINY_MODEL STUDIOCTL_SGLANG_PYTHON STUDIOCTL_SGLANG_STUB
+# The engines were just built: a real-engine test that cannot find them fails, never skips.
+export STUDIOCTL_E2E_REQUIRED=1
 
 echo "==> ruff"
 "$PY" -m ruff check .

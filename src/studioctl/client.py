@@ -73,6 +73,21 @@ class Client:
             )
         self._checked = True
 
+    def _socket_answers(self) -> bool:
+        """Something accepts connections on the socket (a stale file from a killed daemon
+        does not). Checked once per client: later calls reuse the connection."""
+        if self._http is not None:
+            return True
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2.0)
+            try:
+                s.connect(str(self.socket_path))
+            except OSError:
+                return False
+        return True
+
     def _unreachable(self) -> DaemonUnreachable:
         return DaemonUnreachable(
             f"the studioctl daemon is not running (no answer on {self.socket_path})",
@@ -84,8 +99,8 @@ class Client:
     ) -> Any:
         import httpx
 
-        if not self.socket_path.exists():
-            # No socket, no daemon (and httpcore would leak the failed socket object).
+        if not self._socket_answers():
+            # No listener, no daemon (and httpcore would leak the failed socket object).
             raise self._unreachable()
         try:
             resp = self._client().request(method, path, json=json_body, params=params)
@@ -102,7 +117,7 @@ class Client:
         """Lines of a streamed answer (NDJSON, logs, SSE)."""
         import httpx
 
-        if not self.socket_path.exists():
+        if not self._socket_answers():
             raise self._unreachable()
         try:
             with self._client().stream(method, path, json=json_body, params=params) as resp:

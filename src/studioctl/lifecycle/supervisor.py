@@ -42,6 +42,7 @@ from studioctl.lifecycle.runtime import Instance, recipe_from_json
 from studioctl.lifecycle.states import ACTIVE, State, check
 
 if TYPE_CHECKING:
+    from studioctl.engines.base import Stage
     from studioctl.recipes import Recipe
     from studioctl.settings import Settings
     from studioctl.store.db import Database
@@ -362,16 +363,14 @@ class Supervisor:
             t = self.os.now() - start
             for stage in tracker.feed(follower.read_new(), t):
                 inst.stages[stage.name] = round(t, 3)
-                self.bus.publish(
-                    "stage",
-                    f"{inst.id}: {stage.label}",
-                    instance_id=inst.id,
-                    recipe_id=inst.recipe.id,
-                    data={"stage": stage.name, "label": stage.label, "t": round(t, 3)},
-                )
+                self._publish_stage(inst, stage)
                 if inst.state == State.STARTING:
                     self._set_state(inst, State.LOADING, stage.label)
             if await readiness.probe(self._session, inst.base_url, probe_paths):
+                # The log may hold the last stage lines (SGLang's "fired up" comes late).
+                for stage in tracker.feed(follower.read_new(), self.os.now() - start):
+                    inst.stages[stage.name] = round(self.os.now() - start, 3)
+                    self._publish_stage(inst, stage)
                 self._refresh_tree(inst)
                 inst.ready_at = self.os.now()
                 inst.stages["ready"] = round(inst.ready_at - start, 3)
@@ -415,6 +414,16 @@ class Supervisor:
                 return
             self._refresh_tree(inst)
             await asyncio.sleep(PROBE_INTERVAL_S)
+
+    def _publish_stage(self, inst: Instance, stage: Stage) -> None:
+        t = inst.stages[stage.name]
+        self.bus.publish(
+            "stage",
+            f"{inst.id}: {stage.label}",
+            instance_id=inst.id,
+            recipe_id=inst.recipe.id,
+            data={"stage": stage.name, "label": stage.label, "t": t},
+        )
 
     async def _failed_start(self, inst: Instance, why: str) -> None:
         # Collect anything of the tree the dead parent left behind.
