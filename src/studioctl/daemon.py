@@ -248,6 +248,11 @@ async def _main(settings: Any) -> int:
     from studioctl.store.db import Database
     from studioctl.store.events import EventRepo
 
+    # Bind first: a taken gateway port is a clear error (exit 5) before anything starts.
+    control_sock = bind_unix(paths.control_socket())
+    tcp = (
+        bind_tcp(settings.gateway.host, settings.gateway.port) if settings.gateway.enabled else None
+    )
     db = Database(paths.database_file())
     db.migrate()
     bus = EventBus(EventRepo(db))
@@ -284,9 +289,9 @@ async def _main(settings: Any) -> int:
     telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup.session)
     sup.vram_release = telemetry.vram_released
     control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
-    servers = [_Server(control, bind_unix(paths.control_socket()))]
+    servers = [_Server(control, control_sock)]
     gateway = None
-    if settings.gateway.enabled:
+    if tcp is not None:
         from studioctl.gateway.wiring import build_gateway
 
         gateway = await build_gateway(
@@ -298,7 +303,6 @@ async def _main(settings: Any) -> int:
             extra_metrics=telemetry.prometheus_lines,
         )
         telemetry.gateway = gateway.snapshot
-        tcp = bind_tcp(settings.gateway.host, settings.gateway.port)
         info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
         servers.append(_Server(gateway.app, tcp))
     await telemetry.start()

@@ -181,7 +181,7 @@ class OsProc:
                 listening = c.status == psutil.CONN_LISTEN and isinstance(laddr, tuple) and laddr
                 if listening and getattr(laddr, "port", None) == port and c.pid:
                     info = self.info(c.pid)
-                    cmd = " ".join(info.cmdline)[:120] if info else "?"
+                    cmd = " ".join(info.cmdline).replace("\n", " ")[:120] if info else "?"
                     return f"pid {c.pid} ({cmd})"
         except psutil.Error:
             pass
