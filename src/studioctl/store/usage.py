@@ -15,13 +15,14 @@ counts successful requests that the client did not abandon; TTFT counts successf
 requests that had a first token.
 
 ``UsageWriter`` takes rows from the request path without blocking it and writes them in
-batches every ~100 ms from its own thread.
+batches every ~20 ms from its own thread.
 """
 
 from __future__ import annotations
 
 import bisect
 import builtins
+import contextlib
 import logging
 import math
 import queue
@@ -561,6 +562,17 @@ class _Flush:
 _STOP = object()
 
 
+def _lower_thread_priority(nice: int = 10) -> None:
+    """Make this thread yield the CPU to the event loop's (Linux: nice is per thread).
+
+    Usage is written off the request path; on a busy core its inserts must not delay the
+    responses they account for."""
+    import os
+
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 class UsageWriter:
     """Batches usage rows into the store from a thread of its own.
 
@@ -576,7 +588,9 @@ class UsageWriter:
         self,
         sink: UsageSink,
         *,
-        interval_s: float = 0.1,
+        # Short batches: a write burst on the gateway's core shows up in its p99 latency
+        # (measured by benchmarks/gateway_overhead.py: +2.1 ms at 100 ms, +1.0 ms at 20 ms).
+        interval_s: float = 0.02,
         max_pending: int = 100_000,
         max_batch: int = 20_000,
     ) -> None:
@@ -630,6 +644,7 @@ class UsageWriter:
         return self._q.qsize()
 
     def _run(self) -> None:
+        _lower_thread_priority()
         pending: list[UsageRow] = []
         markers: list[_Flush] = []
         stopping = False
