@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -36,10 +35,11 @@ from studioctl.errors import (
 from studioctl.lifecycle import logfiles, readiness
 from studioctl.lifecycle.events import EventBus
 from studioctl.lifecycle.locks import ResourceLocks
-from studioctl.lifecycle.osproc import OsProc, ProcInfo
+from studioctl.lifecycle.osproc import OsProc
 from studioctl.lifecycle.restart import RestartPolicy, decide
 from studioctl.lifecycle.runtime import Instance, recipe_from_json
 from studioctl.lifecycle.states import ACTIVE, State, check
+from studioctl.lifecycle.terminate import terminate
 
 if TYPE_CHECKING:
     from studioctl.engines.base import Stage
@@ -659,61 +659,14 @@ class Supervisor:
 
     async def _terminate(self, inst: Instance, *, grace: float) -> dict[str, Any]:
         """SIGTERM the group, SIGKILL after ``grace``, then verify the whole tree is gone."""
-        members: dict[int, ProcInfo] = {}
-        if inst.pid is not None:
-            for p in self.os.tree(inst.pid):
-                members[p.pid] = p
-        if inst.pgid is not None:
-            for p in self.os.group_members(inst.pgid):
-                members.setdefault(p.pid, p)
-        for pid, ctime in inst.tree.items():
-            if pid not in members and self.os.is_alive(pid, ctime):
-                info = self.os.info(pid)
-                members[pid] = info or ProcInfo(pid, ctime, "?")
-        for p in members.values():
-            inst.tree.setdefault(p.pid, p.create_time)
-        alive = {pid: p for pid, p in members.items() if self.os.is_alive(pid, p.create_time)}
-        signals: builtins.list[str] = []
-        how: dict[int, str] = {}
-        if alive:
-            if inst.pgid is not None and self.os.signal_group(inst.pgid, signal.SIGTERM):
-                signals.append("SIGTERM")
-            for pid, p in alive.items():  # members outside the group (re-grouped workers)
-                if inst.pgid is None or _pgid(pid) != inst.pgid:
-                    self.os.signal_pid(pid, p.create_time, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                self.os.reap(inst.spawned)
-                for pid in [
-                    pid for pid, p in alive.items() if not self.os.is_alive(pid, p.create_time)
-                ]:
-                    how[pid] = "SIGTERM"
-                    del alive[pid]
-                if not alive:
-                    break
-                await asyncio.sleep(0.1)
-            if alive:
-                signals.append("SIGKILL")
-                if inst.pgid is not None:
-                    self.os.signal_group(inst.pgid, signal.SIGKILL)
-                for pid, p in alive.items():
-                    self.os.signal_pid(pid, p.create_time, signal.SIGKILL)
-                deadline = time.monotonic() + 5.0
-                while alive and time.monotonic() < deadline:
-                    self.os.reap(inst.spawned)
-                    for pid in [
-                        pid for pid, p in alive.items() if not self.os.is_alive(pid, p.create_time)
-                    ]:
-                        how[pid] = "SIGKILL"
-                        del alive[pid]
-                    await asyncio.sleep(0.05)
-        self.os.reap(inst.spawned)
-        processes = [
-            {"pid": pid, "name": members[pid].name, "how": how.get(pid, "already gone")}
-            for pid in sorted(members)
-        ]
-        leftover = [{"pid": pid, "name": p.name} for pid, p in sorted(alive.items())]
-        return {"signals": signals, "processes": processes, "leftover": leftover}
+        return await terminate(
+            self.os,
+            pid=inst.pid,
+            pgid=inst.pgid,
+            recorded=inst.tree,
+            spawned=inst.spawned,
+            grace=grace,
+        )
 
     # ------------------------------------------------------------------ switch
 
@@ -1033,13 +986,6 @@ class Supervisor:
             shutil.copyfile(inst.log_path, inst.log_path.with_name(f"{inst.log_path.name}.1"))
         with open(inst.log_path, "r+b") as f:
             f.truncate(0)
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
 
 
 def _port_from_cmdline(cmdline: Iterable[str]) -> int | None:
