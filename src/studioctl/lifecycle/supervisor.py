@@ -16,10 +16,9 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ from studioctl.lifecycle.events import EventBus
 from studioctl.lifecycle.locks import ResourceLocks
 from studioctl.lifecycle.osproc import OsProc
 from studioctl.lifecycle.restart import RestartPolicy, decide
-from studioctl.lifecycle.runtime import Instance, recipe_from_json
+from studioctl.lifecycle.runtime import Instance
 from studioctl.lifecycle.states import ACTIVE, State, check
 from studioctl.lifecycle.terminate import terminate
 
@@ -747,157 +746,21 @@ class Supervisor:
 
     async def reconcile(self) -> None:
         """Daemon start: adopt live instances from the store; mark dead ones crashed."""
-        for rec in self.repo.list(include_stopped=False):
-            try:
-                recipe = recipe_from_json(rec.recipe_json)
-            except Exception as exc:
-                log.warning("cannot restore instance %s: %s", rec.id, exc)
-                continue
-            from studioctl.engines import get_engine
+        from studioctl.lifecycle.adoption import reconcile
 
-            inst = Instance(
-                id=rec.id,
-                recipe=recipe,
-                engine=get_engine(recipe.backend),
-                host=rec.host,
-                port=rec.port,
-                gpus=list(rec.gpus),
-                log_path=Path(rec.log_path),
-                state=State(rec.state),
-                reason=rec.state_reason or "",
-                pid=rec.pid,
-                pgid=rec.pgid,
-                create_time=rec.create_time,
-                tree={int(p["pid"]): float(p["create_time"]) for p in rec.process_tree},
-                restarts=rec.restarts,
-                crash_times=list(rec.crash_times),
-                desired=rec.desired,
-                created_at=rec.created_at,
-                started_at=rec.started_at,
-                ready_at=rec.ready_at,
-                stopped_at=rec.stopped_at,
-                adopted=True,
-                ever_ready=rec.ready_at is not None,
-            )
-            self.instances[inst.id] = inst
-            inst.ready = asyncio.get_running_loop().create_future()
-            if inst.state == State.FAILED:
-                continue
-            alive = inst.pid is not None and self.os.is_alive(inst.pid, inst.create_time)
-            if inst.state in ACTIVE and alive:
-                with contextlib.suppress(OSError):
-                    inst.log_offset = inst.log_path.stat().st_size
-                if inst.state in (State.DRAINING, State.STOPPING):
-                    # An evict was cut short by the daemon's exit: finish it.
-                    inst.desired = "stopped"
-                    inst.task = asyncio.create_task(self._finish_evict(inst))
-                    continue
-                self.bus.publish(
-                    "adopt",
-                    f"{inst.id}: adopted pid {inst.pid} ({inst.state}) after daemon restart",
-                    instance_id=inst.id,
-                    recipe_id=recipe.id,
-                )
-            elif inst.state in ACTIVE:
-                if inst.state == State.STOPPING or inst.desired == "stopped":
-                    self._set_state(inst, State.STOPPED, "gone while the daemon was down")
-                    continue
-                if inst.ever_ready:
-                    self._crashed(inst, "process gone while the daemon was down")
-                else:
-                    self._set_state(
-                        inst,
-                        State.FAILED,
-                        "launch interrupted: process gone while the daemon was down",
-                    )
-                    continue
-            inst.task = asyncio.create_task(self._monitor(inst), name=f"monitor {inst.id}")
-        self._changed()
-
-    async def _finish_evict(self, inst: Instance) -> None:
-        with contextlib.suppress(StudioError):
-            await self._evict(inst, drain_timeout=0.0, grace=15.0, force=True)
+        await reconcile(self)
 
     async def adopt(self, pid: int, recipe_id: str, *, port: int | None = None) -> Instance:
         """Take over an engine server studioctl did not start."""
-        info = self.os.info(pid)
-        if info is None:
-            raise NotFoundError(f"no process with pid {pid}")
-        for other in self.instances.values():
-            if pid in other.tree and other.state in ACTIVE:
-                raise ConflictError(f"pid {pid} already belongs to {other.id}")
-        recipe = self._load_recipe(recipe_id)
-        from studioctl.engines import get_engine
+        from studioctl.lifecycle.adoption import adopt
 
-        port = port or _port_from_cmdline(info.cmdline) or recipe.port
-        if port is None:
-            raise UsageError(f"cannot tell which port pid {pid} listens on; pass --port")
-        iid = self.repo.next_id(recipe.id)
-        log_path = _stdout_file(pid) or paths.instance_log_dir() / f"{iid}.log"
-        try:
-            pgid = os.getpgid(pid)
-        except ProcessLookupError as exc:
-            raise NotFoundError(f"pid {pid} exited") from exc
-        inst = Instance(
-            id=iid,
-            recipe=recipe,
-            engine=get_engine(recipe.backend),
-            host=recipe.host,
-            port=port,
-            gpus=list(recipe.gpus),
-            log_path=log_path,
-            pid=pid,
-            pgid=pgid,
-            create_time=info.create_time,
-            adopted=True,
-            foreign=True,
-        )
-        inst.started_at = info.create_time
-        inst.tree = {pid: info.create_time}
-        with contextlib.suppress(OSError):
-            inst.log_offset = log_path.stat().st_size
-        self.repo.insert(inst.to_record())
-        self.instances[iid] = inst
-        self._refresh_tree(inst)  # after the insert: it persists the tree it finds
-        self.bus.publish(
-            "adopt",
-            f"{iid}: adopted foreign pid {pid} as recipe {recipe.id}",
-            instance_id=iid,
-            recipe_id=recipe.id,
-        )
-        inst.ready = asyncio.get_running_loop().create_future()
-        inst.task = asyncio.create_task(self._monitor(inst), name=f"monitor {iid}")
-        return inst
+        return await adopt(self, pid, recipe_id, port=port)
 
     def foreign_servers(self) -> builtins.list[dict[str, Any]]:
         """vLLM/SGLang servers running on this host that studioctl does not manage."""
-        from studioctl.engines import get_engine
+        from studioctl.lifecycle.adoption import foreign_servers
 
-        ours: set[int] = set()
-        for inst in self.instances.values():
-            if inst.state in ACTIVE:
-                ours.update(inst.tree)
-        out = []
-        for backend in ("vllm", "sglang"):
-            markers = get_engine(backend).process_markers
-            for p in self.os.scan(markers):
-                if p.pid in ours or p.pid == os.getpid():
-                    continue
-                try:
-                    if os.getpgid(p.pid) != p.pid and _parent_is_engine(p.pid, markers):
-                        continue  # a worker of a server already listed
-                except ProcessLookupError:
-                    continue
-                out.append(
-                    {
-                        "pid": p.pid,
-                        "backend": backend,
-                        "port": _port_from_cmdline(p.cmdline),
-                        "command": " ".join(p.cmdline)[:200],
-                        "managed": False,
-                    }
-                )
-        return out
+        return foreign_servers(self)
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -986,37 +849,3 @@ class Supervisor:
             shutil.copyfile(inst.log_path, inst.log_path.with_name(f"{inst.log_path.name}.1"))
         with open(inst.log_path, "r+b") as f:
             f.truncate(0)
-
-
-def _port_from_cmdline(cmdline: Iterable[str]) -> int | None:
-    args = list(cmdline)
-    for i, a in enumerate(args):
-        if a == "--port" and i + 1 < len(args) and args[i + 1].isdigit():
-            return int(args[i + 1])
-        if a.startswith("--port="):
-            v = a.split("=", 1)[1]
-            if v.isdigit():
-                return int(v)
-    return None
-
-
-def _stdout_file(pid: int) -> Path | None:
-    try:
-        target = os.readlink(f"/proc/{pid}/fd/1")
-    except OSError:
-        return None
-    p = Path(target)
-    return p if p.is_file() else None
-
-
-def _parent_is_engine(pid: int, markers: tuple[str, ...]) -> bool:
-    import psutil
-
-    try:
-        parent = psutil.Process(pid).parent()
-        if parent is None:
-            return False
-        cmd = " ".join(parent.cmdline())
-    except psutil.Error:
-        return False
-    return any(m in cmd for m in markers)
