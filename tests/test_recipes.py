@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from studioctl.errors import NotFoundError, RecipeError
+from studioctl.recipe_import import read_import
 from studioctl.recipes import (
     FIELD_DOCS,
     Recipe,
@@ -18,7 +19,6 @@ from studioctl.recipes import (
     list_recipes,
     load_recipe_file,
     parse_recipe_text,
-    read_import,
     recipe_dirs,
     remove_recipe,
     save_recipe,
@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h = tmp_path / "home"
     monkeypatch.setenv("STUDIOCTL_HOME", str(h))
-    monkeypatch.delenv("STUDIOCTL_RECIPES_DIRS", raising=False)
     monkeypatch.delenv("STUDIOCTL_RECIPES_DIRS", raising=False)
     monkeypatch.delenv("STUDIOCTL_CONFIG", raising=False)
     return h

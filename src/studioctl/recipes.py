@@ -24,7 +24,6 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
@@ -376,7 +375,7 @@ def recipe_from_doc(
         raise RecipeError("empty recipe file", file=doc.path, line=1)
     if not isinstance(data, dict):
         raise RecipeError(
-            f"a recipe is a mapping of keys, got {_kind(data)}", file=doc.path, line=doc.line()
+            f"a recipe is a mapping of keys, got {kind_of(data)}", file=doc.path, line=doc.line()
         )
     if "source" in data:  # a field of the model, but not a key of the file
         raise RecipeError("unknown key", file=doc.path, line=doc.line("source"), key="source")
@@ -385,7 +384,7 @@ def recipe_from_doc(
         raw = doc.data[key]
         if isinstance(raw, str) and "${" in raw and key in _TYPED_FIELDS:
             data[key] = _reparse(value)
-    stem = _stem(path) if path else None
+    stem = file_stem(path) if path else None
     if "id" not in data:
         if stem is None:
             raise RecipeError("required key is missing", file=doc.path, line=doc.line(), key="id")
@@ -553,7 +552,7 @@ _SPELLINGS = {
 }
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -567,13 +566,13 @@ def _kind(value: Any) -> str:
 
 def _shown(value: Any) -> str:
     if isinstance(value, dict | list):
-        return _kind(value)
+        return kind_of(value)
     if value is None:
         return "null"
     return f"{type(value).__name__} {value!r}"
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
     return path.name[: -len(path.suffix)] if path.suffix in SUFFIXES else path.stem
 
 
@@ -650,7 +649,7 @@ def find_recipe_file(recipe_id: str, dirs: list[Path] | None = None) -> Path:
         raise _duplicate(recipe_id, found[0], found[1])
     if found:
         return found[0]
-    known = sorted({_stem(p) for p in recipe_files(dirs)})
+    known = sorted({file_stem(p) for p in recipe_files(dirs)})
     close = difflib.get_close_matches(recipe_id, known, n=3)
     raise NotFoundError(
         f"no recipe {recipe_id!r}"
@@ -731,7 +730,7 @@ def save_recipe(recipe: Recipe, path: Path | None = None) -> Path:
     """Write the recipe as YAML (atomically). Default: ``<user recipes dir>/<id>.yaml``."""
     if path is None:
         path = paths.user_recipes_dir() / f"{recipe.id}.yaml"
-    if _stem(path) != recipe.id:
+    if file_stem(path) != recipe.id:
         raise RecipeError(
             f"a recipe file is named after its id: {recipe.id}.yaml, not {path.name}",
             file=str(path),
@@ -805,257 +804,3 @@ def template_text(recipe: Recipe) -> str:
         else:
             out.append(f"# {key}: {_EXAMPLES.get(key, '')}".rstrip() + f"    # {doc}")
     return "\n".join(out) + "\n"
-
-
-# --- import -------------------------------------------------------------------------------
-
-#: vLLM Studio recipe keys → studioctl keys (its JSON form; see docs/recipes.md).
-_STUDIO_KEYS: dict[str, str] = {
-    "id": "id",
-    "name": "name",
-    "description": "description",
-    "backend": "backend",
-    "engine": "backend",
-    "model_path": "model",
-    "model": "model",
-    "served_model_name": "served_model_name",
-    "tp": "tensor_parallel_size",
-    "tensor_parallel_size": "tensor_parallel_size",
-    "pp": "pipeline_parallel_size",
-    "pipeline_parallel_size": "pipeline_parallel_size",
-    "dp": "data_parallel_size",
-    "data_parallel_size": "data_parallel_size",
-    "max_model_len": "max_model_len",
-    "gpu_memory_utilization": "gpu_memory_utilization",
-    "kv_cache_dtype": "kv_cache_dtype",
-    "max_num_seqs": "max_num_seqs",
-    "trust_remote_code": "trust_remote_code",
-    "enforce_eager": "enforce_eager",
-    "tool_call_parser": "tool_call_parser",
-    "reasoning_parser": "reasoning_parser",
-    "enable_auto_tool_choice": "enable_auto_tool_choice",
-    "quantization": "quantization",
-    "dtype": "dtype",
-    "chat_template": "chat_template",
-    "seed": "seed",
-    "python_path": "python",
-    "env_vars": "env",
-    "env-vars": "env",
-    "envVars": "env",
-    "aliases": "aliases",
-}
-#: vLLM Studio keys with no meaning here: dropped, with a note.
-_STUDIO_DROPPED = {
-    "host": "engines listen on the recipe's host (default 127.0.0.1)",
-    "port": "engine ports come from studioctl's engine port range",
-}
-#: vLLM Studio keys kept inside its ``extra_args`` that are not engine flags.
-_STUDIO_EXTRA_INTERNAL = {"venv_path", "env_vars", "cuda_visible_devices", "description"}
-_STUDIO_EXTRA_DROPPED = {"tags", "status"}
-_STUDIO_JSON_KEYS = {"speculative_config", "default_chat_template_kwargs"}
-
-
-@dataclass
-class Imported:
-    """One recipe read by ``read_import``: the validated recipe, the YAML text to save
-    and notes on what was mapped or dropped."""
-
-    recipe: Recipe
-    text: str
-    notes: list[str] = field(default_factory=list)
-
-
-def read_import(path: Path, *, check_paths: bool = True) -> list[Imported]:
-    """Read a file to import: a studioctl recipe (YAML or JSON), or vLLM Studio's JSON
-    recipe form (one recipe, a list of them, or ``{"recipes": [...]}``)."""
-    from studioctl.yamlfile import YamlDoc, load_file
-
-    try:
-        doc = load_file(path, error=RecipeError)
-    except RecipeError:
-        if path.suffix != ".json":
-            raise
-        try:  # JSON that YAML cannot read (tabs, …): no line numbers then
-            doc = YamlDoc(path=str(path), data=json.loads(path.read_text(encoding="utf-8")))
-        except ValueError as exc:
-            raise RecipeError(f"invalid JSON: {exc}", file=str(path)) from exc
-    data = doc.data
-    items: list[tuple[tuple[str | int, ...], Any]]
-    if isinstance(data, dict) and isinstance(data.get("recipes"), list) and len(data) == 1:
-        items = [(("recipes", i), item) for i, item in enumerate(data["recipes"])]
-    elif isinstance(data, list):
-        items = [((i,), item) for i, item in enumerate(data)]
-    else:
-        items = [((), data)]
-    out: list[Imported] = []
-    for prefix, item in items:
-        if isinstance(item, dict) and ("model_path" in item or "model" not in item):
-            out.append(_import_studio(item, doc, prefix, path, check_paths))
-        elif prefix:
-            raise RecipeError(
-                "a list of recipes must be in vLLM Studio's form (model_path, backend, …)",
-                file=doc.path,
-                line=doc.line(*prefix),
-            )
-        else:
-            recipe = recipe_from_doc(doc, path=path, check_paths=check_paths, check_stem=False)
-            raw = data if isinstance(data, dict) else {}
-            relative = any(
-                isinstance(raw.get(k), str) and raw[k].startswith(("./", "../"))
-                for k in ("model", "python")
-            )
-            if path.suffix in SUFFIXES and not relative:
-                text = path.read_text(encoding="utf-8")
-            else:
-                text = dump_recipe(recipe, header=f"studioctl recipe, imported from {path.name}")
-            out.append(Imported(recipe, text))
-    ids = [i.recipe.id for i in out]
-    dupes = sorted({x for x in ids if ids.count(x) > 1})
-    if dupes:
-        raise RecipeError(f"the file holds recipe id {dupes[0]!r} twice", file=str(path))
-    return out
-
-
-def _import_studio(
-    item: Any, doc: YamlDoc, prefix: tuple[str | int, ...], path: Path, check_paths: bool
-) -> Imported:
-    from studioctl.yamlfile import YamlDoc, dotted
-
-    def err(message: str, *kp: str | int, hint: str | None = None) -> RecipeError:
-        return RecipeError(
-            message,
-            file=doc.path,
-            line=doc.line(*prefix, *kp),
-            key=dotted((*prefix, *kp)) or None,
-            hint=hint,
-        )
-
-    if not isinstance(item, dict):
-        raise err(f"a recipe is a mapping of keys, got {_kind(item)}")
-    notes: list[str] = []
-    data: dict[str, Any] = {}
-    lines: dict[tuple[str | int, ...], int] = {(): doc.line(*prefix) or 1}
-
-    def put(key: str, value: Any, *kp: str | int) -> None:
-        if key in data and data[key] != value:
-            raise err(f"{key} is given twice (as {kp[-1]} and before) with different values", *kp)
-        data[key] = value
-        lines[(key,)] = doc.line(*prefix, *kp) or 1
-
-    extra = item.get("extra_args")
-    for key, value in item.items():
-        if key == "extra_args" or value is None:
-            continue
-        if key in _STUDIO_DROPPED:
-            notes.append(f"{key}: dropped ({_STUDIO_DROPPED[key]})")
-            continue
-        if key == "thinking_mode" and value in ("conservative", "auto"):
-            continue
-        if key in ("thinking_mode", "max_thinking_tokens"):
-            raise err(
-                "vLLM Studio's thinking settings have no studioctl equivalent",
-                key,
-                hint="set default_chat_template_kwargs under engine_args instead",
-            )
-        target = _STUDIO_KEYS.get(key)
-        if target is None:
-            close = difflib.get_close_matches(key, list(_STUDIO_KEYS), n=1)
-            raise err(
-                "unknown vLLM Studio recipe key"
-                + (f" (did you mean {close[0]}?)" if close else ""),
-                key,
-                hint="known keys: " + ", ".join(sorted(_STUDIO_KEYS)),
-            )
-        if target == "backend" and value not in ("vllm", "sglang"):
-            raise err(f"backend {value!r} is not supported here (vllm or sglang)", key)
-        if target == "env" and isinstance(value, dict):
-            value = {k: v for k, v in value.items() if v is not None}
-        put(target, value, key)
-    data.setdefault("backend", "vllm")
-    if extra is not None:
-        if not isinstance(extra, dict):
-            raise err(f"extra_args must be a mapping, got {_kind(extra)}", "extra_args")
-        _import_studio_extra(extra, data, lines, notes, doc, prefix, err)
-    if "id" not in data:
-        data["id"] = _slug(_stem(path))
-    elif isinstance(data["id"], str) and not ID_RE.fullmatch(data["id"]):
-        new_id = _slug(data["id"])
-        notes.append(f"id {data['id']!r} became {new_id!r} (ids are lowercase, no spaces)")
-        data["id"] = new_id
-    sub = YamlDoc(path=doc.path, data=data, lines=lines)
-    recipe = recipe_from_doc(sub, path=path, check_paths=check_paths, check_stem=False)
-    text = dump_recipe(recipe, header=f"studioctl recipe, imported from vLLM Studio {path.name}")
-    return Imported(recipe, text, notes)
-
-
-def _import_studio_extra(
-    extra: dict[str, Any],
-    data: dict[str, Any],
-    lines: dict[tuple[str | int, ...], int],
-    notes: list[str],
-    doc: YamlDoc,
-    prefix: tuple[str | int, ...],
-    err: Callable[..., RecipeError],
-) -> None:
-    from studioctl.engines.sglang import ENGINE as SGLANG
-    from studioctl.engines.vllm import ENGINE as VLLM
-
-    table = SGLANG if data.get("backend") == "sglang" else VLLM
-    engine_args: dict[str, Any] = {}
-    for key, value in extra.items():
-        kp = ("extra_args", key)
-        norm = key.replace("-", "_").lower()
-        if value is None:
-            continue
-        if norm in _STUDIO_EXTRA_DROPPED:
-            notes.append(f"extra_args.{key}: dropped (vLLM Studio bookkeeping)")
-            continue
-        if norm in _STUDIO_EXTRA_INTERNAL:
-            if norm == "venv_path":
-                target, value = "python", value
-            elif norm == "env_vars":
-                target = "env"
-                value = {**data.get("env", {}), **value} if isinstance(value, dict) else value
-            elif norm == "cuda_visible_devices":
-                target, value = "gpus", _gpu_list(value, err, kp)
-            else:
-                target = "description"
-            data[target] = value
-            lines[(target,)] = doc.line(*prefix, *kp) or 1
-            continue
-        recipe_key = table.reserved.get(norm)
-        if recipe_key is not None:
-            if recipe_key in data and data[recipe_key] != value:
-                raise err(f"sets {recipe_key} again, to a different value", *kp)
-            data[recipe_key] = value
-            lines[(recipe_key,)] = doc.line(*prefix, *kp) or 1
-            notes.append(f"extra_args.{key}: became the recipe key {recipe_key}")
-            continue
-        if isinstance(value, str) and norm in _STUDIO_JSON_KEYS and value.strip()[:1] in "{[":
-            with contextlib.suppress(ValueError):
-                value = json.loads(value)
-        if isinstance(value, list):
-            value = json.dumps(value)  # vLLM Studio passes lists as one JSON argument
-        engine_args[key] = value
-        lines[("engine_args", key)] = doc.line(*prefix, *kp) or 1
-    if engine_args:
-        data["engine_args"] = engine_args
-        lines[("engine_args",)] = doc.line(*prefix, "extra_args") or 1
-
-
-def _gpu_list(value: Any, err: Callable[..., RecipeError], kp: tuple[str | int, ...]) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, int) for v in value):
-        return list(value)
-    if isinstance(value, str):
-        try:
-            return [int(p) for p in value.split(",") if p.strip()]
-        except ValueError:
-            pass
-    raise err(f"cuda_visible_devices must be GPU indices like '0,1', got {value!r}", *kp)
-
-
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
-    return slug or "recipe"

@@ -393,7 +393,8 @@ def import_cmd(
     Example: studioctl recipe import ~/vllm-studio/recipes/*.json
     """
     from studioctl import paths
-    from studioctl.recipes import atomic_write, read_import
+    from studioctl.recipe_import import read_import
+    from studioctl.recipes import atomic_write
 
     dest_dir = directory or paths.user_recipes_dir()
     todo = []
