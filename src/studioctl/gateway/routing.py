@@ -63,6 +63,7 @@ class RouteTable:
         self._known: dict[str, str] = {}
         self._upstreams: tuple[Upstream, ...] = ()
         self._inflight: dict[str, int] = {}
+        self._last_used: dict[str, float] = {}
         self._created = int(time.time())
 
     # -- updates (daemon side) ----------------------------------------------------------
@@ -116,11 +117,16 @@ class RouteTable:
         self._inflight[instance_id] = self._inflight.get(instance_id, 0) + 1
 
     def end(self, instance_id: str) -> None:
+        self._last_used[instance_id] = time.time()
         n = self._inflight.get(instance_id, 0) - 1
         if n > 0:
             self._inflight[instance_id] = n
         else:
             self._inflight.pop(instance_id, None)
+
+    def last_used(self, instance_id: str) -> float | None:
+        """When the last request to the instance ended (wall clock), or None: idle unload."""
+        return self._last_used.get(instance_id)
 
     def inflight(self, instance_id: str | None = None) -> int:
         """Requests in flight to one instance, or to all of them."""

@@ -175,6 +175,7 @@ async def build_gateway(
 
     sup.on_change.append(refresh)
     sup.gateway_inflight = routes.inflight
+    sup.last_activity = routes.last_used
     refresh()
 
     async def health() -> dict[str, Any]:

@@ -78,6 +78,8 @@ class Supervisor:
         self.health_interval_s = health_interval_s
         self.health_failures = health_failures
         self.gateway_inflight = gateway_inflight or (lambda _iid: 0)
+        # When the gateway last finished a request to an instance (idle_unload_s).
+        self.last_activity: Callable[[str], float | None] = lambda _iid: None
         self._load_recipe = recipe_loader or self._default_recipe_loader
         self.instances: dict[str, Instance] = {}
         self.locks = ResourceLocks()
@@ -451,9 +453,10 @@ class Supervisor:
 
     async def _watch(self, inst: Instance) -> None:
         failures = 0
-        last_tree = 0.0
+        last_tree = last_probe = 0.0
         probe_paths = (inst.engine.health_path,)
         while inst.state in (State.READY, State.DRAINING):
+            # Exits are noticed within a second; health is probed every health_interval_s.
             await asyncio.sleep(min(self.health_interval_s, 1.0))
             if inst.state not in (State.READY, State.DRAINING):
                 return
@@ -470,6 +473,12 @@ class Supervisor:
                 last_tree = now
                 self._refresh_tree(inst)
                 self._rotate_log(inst)
+            idle = self._idle_for(inst, now)
+            if idle is not None and await self._unload_idle(inst, idle):
+                return
+            if now - last_probe < self.health_interval_s * 0.999:
+                continue
+            last_probe = now
             if await readiness.probe(self._session, inst.base_url, probe_paths):
                 failures = 0
             else:
@@ -477,6 +486,33 @@ class Supervisor:
                 if failures >= self.health_failures:
                     self._crashed(inst, f"health probe failed {failures} times in a row")
                     return
+
+    def _idle_for(self, inst: Instance, now: float) -> float | None:
+        """Seconds without a gateway request, once past the recipe's ``idle_unload_s``."""
+        limit = inst.recipe.idle_unload_s
+        if not limit or inst.state != State.READY or inst.ready_at is None:
+            return None
+        if self.gateway_inflight(inst.id):
+            return None
+        idle = now - max(inst.ready_at, self.last_activity(inst.id) or 0.0)
+        return idle if idle >= limit else None
+
+    async def _unload_idle(self, inst: Instance, idle: float) -> bool:
+        """Evict an idle instance (draining any direct clients); False if another
+        operation holds it (tried again at the next check)."""
+        self.bus.publish(
+            "idle_unload",
+            f"{inst.id}: no request for {idle:.0f}s (idle_unload_s "
+            f"{inst.recipe.idle_unload_s:g}): evicting",
+            instance_id=inst.id,
+            recipe_id=inst.recipe.id,
+            data={"idle_s": idle},
+        )
+        try:
+            await self.evict(inst.id)
+        except ConflictError:
+            return False
+        return True
 
     def _crashed(self, inst: Instance, why: str) -> None:
         inst.crash_times.append(self.os.now())
