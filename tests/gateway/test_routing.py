@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -114,6 +116,19 @@ def test_inflight_counts_per_instance_and_in_total() -> None:
     table.end("b")  # never below zero
     assert (table.inflight("a"), table.inflight("b"), table.inflight()) == (1, 0, 1)
     assert table.inflight("unknown") == 0
+
+
+def test_last_used_is_when_the_last_request_ended() -> None:
+    table = RouteTable()
+    table.update([up("a")], {})
+    assert table.last_used("a") is None
+    table.begin("a")
+    assert table.last_used("a") is None  # a request in flight is not an end
+    before = time.time()
+    table.end("a")
+    after = time.time()
+    used = table.last_used("a")
+    assert used is not None and before <= used <= after
 
 
 def test_models_lists_ready_then_pending_then_not_loaded() -> None:
