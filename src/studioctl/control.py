@@ -318,7 +318,7 @@ def build_control_app(
         async def gen() -> AsyncIterator[bytes]:
             try:
                 for row in past:
-                    d = _event_row(row)
+                    d = row.to_dict()
                     if instance and d.get("instance_id") != instance:
                         continue
                     yield enc(d)
@@ -381,19 +381,6 @@ def build_control_app(
         exception_handlers={Exception: on_error, 404: not_found, StudioError: on_error},
     )
     return app
-
-
-def _event_row(row: Any) -> dict[str, Any]:
-    if isinstance(row, dict):
-        return row
-    to_dict = getattr(row, "to_dict", None)
-    if callable(to_dict):
-        d: dict[str, Any] = to_dict()
-        return d
-    return {
-        k: getattr(row, k)
-        for k in ("id", "ts", "kind", "message", "instance_id", "recipe_id", "data")
-    }
 
 
 async def _log_stream(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,13 @@ def test_parser_on_live_standin_metrics(flavour: str, tmp_path: Path) -> None:
         assert before.prompt_tokens_total == 0 and before.generation_tokens_total == 0
         assert before.requests_running == 0 and before.requests_waiting == 0
         usage = [complete(engine.url, words=4, max_tokens=6)["usage"] for _ in range(3)]
-        after = summarize(flavour, fetch(engine.url), source=engine.url)
+        # The engine finishes its bookkeeping just after the response is sent: poll briefly.
+        deadline = time.monotonic() + 5.0
+        while True:
+            after = summarize(flavour, fetch(engine.url), source=engine.url)
+            if after.requests_running == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     assert after.prompt_tokens_total == sum(u["prompt_tokens"] for u in usage) == 12
     assert after.generation_tokens_total == sum(u["completion_tokens"] for u in usage) == 18
     assert after.kv_cache_usage == 0.0 and after.requests_running == 0

@@ -6,30 +6,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from studioctl.store.events import Event  # one event type, stored or live
 
-@dataclass(frozen=True)
-class Event:
-    id: int
-    ts: float
-    kind: str
-    message: str
-    instance_id: str | None = None
-    recipe_id: str | None = None
-    data: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "ts": self.ts,
-            "kind": self.kind,
-            "message": self.message,
-            "instance_id": self.instance_id,
-            "recipe_id": self.recipe_id,
-            "data": self.data or {},
-        }
+__all__ = ["Event", "EventBus", "EventStore"]
 
 
 class EventStore(Protocol):
@@ -72,7 +53,7 @@ class EventBus:
         else:
             self._mem_id -= 1  # negative ids: live-only events (not stored)
             eid = self._mem_id
-        ev = Event(eid, ts, kind, message, instance_id, recipe_id, data)
+        ev = Event(eid, ts, kind, message, instance_id, recipe_id, data or {})
         for q in list(self._subs):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(ev)
