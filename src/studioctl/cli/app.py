@@ -38,6 +38,7 @@ def _root(
     config: str | None = typer.Option(
         None,
         "--config",
+        metavar="FILE",
         envvar="STUDIOCTL_CONFIG",
         help="Settings file to use instead of <config dir>/studioctl.yaml.",
     ),
