@@ -109,6 +109,19 @@ class Daemon:
         assert r.returncode == 0, f"studioctl {' '.join(args)} exited {r.returncode}: {r.stderr}"
         return json.loads(r.stdout)
 
+    def launch(self, rid: str, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+        """``studioctl launch RID --json ARGS``: assert exit 0; return the result (ready unless
+        ``--no-wait``) and remember its processes for the leak check."""
+        r = self.cli("launch", rid, "--json", *args, timeout=timeout)
+        assert r.returncode == 0, f"launch {rid} exited {r.returncode}: {r.stderr}"
+        lines = json_lines(r.stdout)
+        assert lines, f"launch {rid} printed nothing"
+        inst = lines[-1]
+        if "--no-wait" not in args:
+            assert inst.get("type") == "result" and inst["state"] == "ready", inst
+        self.track(inst)
+        return inst
+
     def instances(self, *, include_stopped: bool = True) -> list[dict[str, Any]]:
         """The daemon's instances (through the client, no CLI start-up cost)."""
         with self.client() as c:
@@ -195,6 +208,11 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Each non-empty line of ``text`` parsed as JSON (the CLI's streamed --json output)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def alive(pid: int, create_time: float) -> bool:

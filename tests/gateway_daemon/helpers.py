@@ -14,7 +14,6 @@ prompt is one token per message plus the words of its content; a completion prod
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 import time
@@ -63,13 +62,7 @@ def base_url(d: Daemon) -> str:
 
 def launch(d: Daemon, recipe: str, *args: str) -> dict[str, Any]:
     """``studioctl launch RECIPE --json`` (waits for ready unless ``--no-wait``): the result."""
-    r = d.cli("launch", recipe, "--json", *args, timeout=60)
-    assert r.returncode == 0, f"launch {recipe} exited {r.returncode}: {r.stderr}\n{d.log_text()}"
-    lines = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-    assert lines, f"launch {recipe} printed nothing"
-    out: dict[str, Any] = lines[-1]
-    d.remember()
-    return out
+    return d.launch(recipe, *args, timeout=60)
 
 
 def evict(d: Daemon, target: str, *args: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ a daemon killed with SIGKILL and restarted (live engines adopted, dead ones rest
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -21,15 +20,6 @@ from daemon_helpers import Daemon, alive, running_daemon
 from standin.helpers import group_pids, http_status, kill_group, start_standin
 
 pytestmark = pytest.mark.integration
-
-
-def launch(d: Daemon, rid: str) -> dict[str, Any]:
-    r = d.cli("launch", rid, "--json")
-    assert r.returncode == 0, r.stderr
-    inst: dict[str, Any] = json.loads(r.stdout.splitlines()[-1])
-    assert inst["state"] == "ready"
-    d.track(inst)
-    return inst
 
 
 def wait_for(
@@ -66,7 +56,7 @@ def crash_via_http(url: str) -> None:
 def test_crash_restarts_with_backoff_and_keeps_the_log() -> None:
     with running_daemon() as d:
         d.recipe("phoenix")
-        first = launch(d, "phoenix")
+        first = d.launch("phoenix")
         iid = first["id"]
 
         crash_via_http(first["url"])
@@ -118,7 +108,7 @@ def test_crash_restarts_with_backoff_and_keeps_the_log() -> None:
 def test_crash_loop_fails_after_the_budget() -> None:
     with running_daemon({"STUDIOCTL_DAEMON_CRASH_BUDGET": "3"}) as d:
         d.recipe("looper", env={"STANDIN_MODE": "crash_after:0.3"})
-        inst = launch(d, "looper")
+        inst = d.launch("looper")
         failed = d.wait_state(inst["id"], "failed", timeout=30)
         assert failed["restarts"] == 2
         assert "crash loop: 3 crashes" in failed["reason"]
@@ -138,7 +128,7 @@ def test_crash_loop_fails_after_the_budget() -> None:
 def test_health_failures_count_as_a_crash() -> None:
     with running_daemon() as d:
         d.recipe("sickly", env={"STANDIN_MODE": "unhealthy_after:0.5"})
-        inst = launch(d, "sickly")
+        inst = d.launch("sickly")
         events = wait_for_events(d, inst["id"], lambda es: any(e["kind"] == "crash" for e in es))
         crashed = [e for e in events if e["kind"] in ("crash", "ready")]
         ready_ts = next(e["ts"] for e in crashed if e["kind"] == "ready")
@@ -168,7 +158,7 @@ def wait_for_events(
 def test_restart_policy_never_fails() -> None:
     with running_daemon() as d:
         d.recipe("once", restart="never")
-        inst = launch(d, "once")
+        inst = d.launch("once")
         crash_via_http(inst["url"])
         failed = d.wait_state(inst["id"], "failed", timeout=15)
         assert failed["restarts"] == 0
@@ -186,8 +176,8 @@ def test_daemon_sigkill_then_restart_adopts_live_and_restarts_dead() -> None:
     with running_daemon() as d:
         d.recipe("keep")
         d.recipe("lost")
-        keep = launch(d, "keep")
-        lost = launch(d, "lost")
+        keep = d.launch("keep")
+        lost = d.launch("lost")
         d.remember()
         daemon_pid = d.proc.pid if d.proc else None
         d.kill9()

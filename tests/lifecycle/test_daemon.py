@@ -31,15 +31,6 @@ from studioctl.errors import EXIT_CONFLICT, EXIT_DAEMON_UNREACHABLE, EXIT_NOT_FO
 pytestmark = pytest.mark.integration
 
 
-def launch(d: Daemon, rid: str) -> dict[str, Any]:
-    r = d.cli("launch", rid, "--json")
-    assert r.returncode == 0, r.stderr
-    inst: dict[str, Any] = json.loads(r.stdout.splitlines()[-1])
-    assert inst["state"] == "ready"
-    d.track(inst)
-    return inst
-
-
 def lock_file(d: Daemon) -> Path:
     return d.home / "state" / "daemon.lock"
 
@@ -173,7 +164,7 @@ def test_autostart_on_starts_the_daemon() -> None:
 def test_daemon_stop_leaves_engines_and_the_next_daemon_adopts_them() -> None:
     with running_daemon() as d:
         d.recipe("stay", env={"STANDIN_ACCESS_LOG": "0"})
-        inst = launch(d, "stay")
+        inst = d.launch("stay")
         assert d.proc is not None
         first_pid = d.proc.pid
         r = d.cli("daemon", "stop")
@@ -227,8 +218,8 @@ def qd() -> Iterator[Daemon]:
     with running_daemon() as d:
         d.recipe("q", gpus=[7], env={"STANDIN_ACCESS_LOG": "0"})
         d.recipe("chatty")  # access log on: a line per request
-        launch(d, "q")
-        launch(d, "chatty")
+        d.launch("q")
+        d.launch("chatty")
         yield d
 
 

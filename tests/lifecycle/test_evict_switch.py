@@ -9,44 +9,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psutil
 import pytest
 
-from daemon_helpers import Daemon, alive, running_daemon
+from daemon_helpers import Daemon, alive, json_lines
 from standin.helpers import free_port, group_pids, http_status
 from studioctl.errors import EXIT_CONFLICT, EXIT_ENGINE_FAILED
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Daemon]:
-    with running_daemon() as d:
-        yield d
-
-
-@pytest.fixture
-def d(shared: Daemon) -> Iterator[Daemon]:
-    """The module's daemon; whatever a test launched is evicted after it."""
-    yield shared
-    shared.evict_all()
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def launch(d: Daemon, rid: str) -> dict[str, Any]:
-    r = d.cli("launch", rid, "--json")
-    assert r.returncode == 0, r.stderr
-    inst = json_lines(r.stdout)[-1]
-    assert inst["type"] == "result" and inst["state"] == "ready"
-    d.track(inst)
-    return inst
 
 
 def survivors(procs: list[dict[str, Any]]) -> list[int]:
@@ -111,7 +84,7 @@ def start_stream(inst: dict[str, Any], max_tokens: int) -> Streamer:
 
 def test_evict_waits_for_the_request_in_flight(d: Daemon) -> None:
     d.recipe("drain", env={"STANDIN_TOKEN_DELAY_S": "0.1"})
-    inst = launch(d, "drain")
+    inst = d.launch("drain")
     stream = start_stream(inst, max_tokens=40)  # ~4 s of tokens
     rep = d.cli_json("evict", "drain", "--drain-timeout", "30", "--json")
     stream.join(10)
@@ -140,7 +113,7 @@ def test_evict_waits_for_the_request_in_flight(d: Daemon) -> None:
 
 def test_drain_timeout_exceeded_stops_anyway(d: Daemon) -> None:
     d.recipe("drain-slow", env={"STANDIN_TOKEN_DELAY_S": "0.5"})
-    inst = launch(d, "drain-slow")
+    inst = d.launch("drain-slow")
     stream = start_stream(inst, max_tokens=60)  # ~30 s: far past the drain timeout
     t0 = time.monotonic()
     rep = d.cli_json("evict", "drain-slow", "--drain-timeout", "1", "--grace", "5", "--json")
@@ -157,7 +130,7 @@ def test_drain_timeout_exceeded_stops_anyway(d: Daemon) -> None:
 
 def test_evict_force_skips_draining(d: Daemon) -> None:
     d.recipe("forced", env={"STANDIN_TOKEN_DELAY_S": "0.5"})
-    inst = launch(d, "forced")
+    inst = d.launch("forced")
     stream = start_stream(inst, max_tokens=60)
     rep = d.cli_json("evict", "forced", "--force", "--json")
     stream.join(10)
@@ -170,7 +143,7 @@ def test_evict_force_skips_draining(d: Daemon) -> None:
 
 def test_term_then_kill_escalation(d: Daemon) -> None:
     d.recipe("stubborn", env={"STANDIN_MODE": "ignore_sigterm"})
-    inst = launch(d, "stubborn")
+    inst = d.launch("stubborn")
     recorded = d.instance(inst["id"])["processes"]
     assert len(recorded) >= 2
     rep = d.cli_json("evict", "stubborn", "--grace", "1", "--json")
@@ -190,7 +163,7 @@ def test_term_then_kill_escalation(d: Daemon) -> None:
 
 def test_no_process_left_behind(d: Daemon) -> None:
     d.recipe("tree")
-    inst = launch(d, "tree")
+    inst = d.launch("tree")
     recorded = d.instance(inst["id"])["processes"]
     names = {p["pid"]: psutil.Process(p["pid"]).name() for p in recorded}
     assert any(n.startswith("VLLM::EngineCor") for n in names.values()), names
@@ -214,7 +187,7 @@ def test_no_process_left_behind(d: Daemon) -> None:
 def test_leaked_worker_is_killed(d: Daemon) -> None:
     # A worker that ignores SIGTERM and does not watch its parent: the classic GPU leak.
     d.recipe("leaky", env={"STANDIN_CHILD": "linger"})
-    inst = launch(d, "leaky")
+    inst = d.launch("leaky")
     recorded = d.instance(inst["id"])["processes"]
     child = next(p for p in recorded if p["pid"] != inst["pid"])
     rep = d.cli_json("evict", "leaky", "--grace", "1", "--json")
@@ -228,7 +201,7 @@ def test_leaked_worker_is_killed(d: Daemon) -> None:
 
 def test_concurrent_ops_refused_while_an_evict_drains(d: Daemon) -> None:
     d.recipe("busy", env={"STANDIN_TOKEN_DELAY_S": "0.2"})
-    inst = launch(d, "busy")
+    inst = d.launch("busy")
     # ~60 s of tokens: the evict drains until the client hangs up below, however slowly
     # the checks in between run on a loaded machine.
     stream = start_stream(inst, max_tokens=300)
@@ -302,7 +275,7 @@ def test_switch_disjoint_gpus_launches_first(d: Daemon) -> None:
     d.recipe("sw-a", gpus=[10])
     b_port = free_port()
     d.recipe("sw-b", gpus=[11], port=b_port)
-    a = launch(d, "sw-a")
+    a = d.launch("sw-a")
     sampler = Sampler([a["url"], f"http://127.0.0.1:{b_port}"])
     sampler.start()
     try:
@@ -345,7 +318,7 @@ def test_switch_disjoint_gpus_launches_first(d: Daemon) -> None:
 def test_switch_overlapping_gpus_evicts_first(d: Daemon) -> None:
     d.recipe("sw-c", gpus=[12])
     d.recipe("sw-d", gpus=[12, 13])
-    c = launch(d, "sw-c")
+    c = d.launch("sw-c")
     r = d.cli("switch", "sw-c", "sw-d", "--json")
     assert r.returncode == 0, r.stderr
     lines = json_lines(r.stdout)
@@ -372,7 +345,7 @@ def test_switch_overlapping_gpus_evicts_first(d: Daemon) -> None:
 def test_operations_refused_while_a_switch_runs(d: Daemon) -> None:
     d.recipe("sw-e", gpus=[14], env={"STANDIN_TOKEN_DELAY_S": "0.2"})
     d.recipe("sw-f", gpus=[15])
-    e = launch(d, "sw-e")
+    e = d.launch("sw-e")
     # A long request on the old instance: the switch holds its lock while it drains, until
     # the client hangs up below (the checks in between may be slow on a loaded machine).
     stream = start_stream(e, max_tokens=300)
@@ -408,7 +381,7 @@ def test_operations_refused_while_a_switch_runs(d: Daemon) -> None:
 def test_switch_to_a_broken_recipe_keeps_the_old_one(d: Daemon) -> None:
     d.recipe("sw-g", gpus=[16])
     d.recipe("sw-broken", gpus=[17], env={"STANDIN_MODE": "crash_at_start"})
-    g = launch(d, "sw-g")
+    g = d.launch("sw-g")
     r = d.cli("switch", "sw-g", "sw-broken")
     assert r.returncode == EXIT_ENGINE_FAILED, r.stderr
     assert "sw-broken-1 (vllm) exited with code 3 before it was ready" in r.stderr

@@ -4,21 +4,19 @@ port taken, GPUs held, a concurrent launch)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from daemon_helpers import Daemon, alive, running_daemon
+from daemon_helpers import Daemon, alive, json_lines, running_daemon
 from standin.helpers import STANDIN_DIR, free_port, group_pids, http_status
 from studioctl.daemon import lock_holder
 from studioctl.errors import (
@@ -31,23 +29,6 @@ from studioctl.errors import (
 pytestmark = pytest.mark.integration
 
 VLLM_STAGES = ["started", "config", "engine", "loading", "weights", "warmup", "api"]
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Daemon]:
-    with running_daemon() as d:
-        yield d
-
-
-@pytest.fixture
-def d(shared: Daemon) -> Iterator[Daemon]:
-    """The module's daemon; whatever a test launched is evicted after it."""
-    yield shared
-    shared.evict_all()
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def all_gone(inst: dict[str, Any]) -> list[int]:
