@@ -211,27 +211,21 @@ def start_daemon(*, timeout: float = 30.0, socket_path: Path | None = None) -> d
     logfile = paths.daemon_log_file()
     paths.ensure_dir(logfile.parent)
     offset = logfile.stat().st_size if logfile.exists() else 0
-    with open(os.devnull, "rb") as devnull, open(logfile, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "studioctl", "daemon", "run"],
-            stdin=devnull,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            start_new_session=True,  # survives the shell that started it
-            close_fds=True,
-            env={**os.environ, "STUDIOCTL_DETACHED": "1"},
-        )
+    pid = _spawn_detached(
+        [sys.executable, "-m", "studioctl", "daemon", "run"],
+        logfile=logfile,
+        env={**os.environ, "STUDIOCTL_DETACHED": "1"},
+    )
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             info = client.ping()
             if info is not None:
                 return info
-            code = proc.poll()
-            if code is not None:
+            if not _running(pid):
                 lines = _new_lines(logfile, offset) or tail_lines(logfile, 20)
                 raise DaemonUnreachable(
-                    f"the daemon exited with code {code} while starting",
+                    f"the daemon (pid {pid}) exited while starting",
                     hint="its log:\n  " + "\n  ".join(lines[-20:]),
                 )
             time.sleep(0.1)
@@ -239,9 +233,42 @@ def start_daemon(*, timeout: float = 30.0, socket_path: Path | None = None) -> d
         client.close()
     lines = _new_lines(logfile, offset)
     raise DaemonUnreachable(
-        f"the daemon (pid {proc.pid}) did not answer on {sock} within {timeout:g}s",
+        f"the daemon (pid {pid}) did not answer on {sock} within {timeout:g}s",
         hint="its log:\n  " + "\n  ".join(lines[-20:]),
     )
+
+
+def _spawn_detached(argv: list[str], *, logfile: Path, env: dict[str, str]) -> int:
+    """Start ``argv`` fully detached and return its pid.
+
+    A short-lived ``sh`` starts it in the background and exits, so the daemon is re-parented
+    (init reaps it) and is not this process's child: no zombie, no Popen left to warn about,
+    and a new session keeps it out of the terminal's job control and SIGHUP.
+    """
+    launcher = subprocess.run(
+        ["/bin/sh", "-c", '"$@" </dev/null >/dev/null 2>>"$STUDIOCTL_LOG" & echo $!', "sh", *argv],
+        env={**env, "STUDIOCTL_LOG": str(logfile)},
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=30,
+        check=False,
+    )
+    pid = launcher.stdout.strip()
+    if launcher.returncode != 0 or not pid.isdigit():
+        raise DaemonUnreachable(
+            f"could not start the daemon: {launcher.stderr.strip() or 'no pid from /bin/sh'}"
+        )
+    return int(pid)
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _new_lines(path: Path, offset: int) -> list[str]:

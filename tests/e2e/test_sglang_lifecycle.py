@@ -66,7 +66,7 @@ def test_launch_stays_loading_while_health_says_503(daemon: E2EDaemon) -> None:
         text=True,
     )
     # (seconds, daemon state, /health status) while the launch is under way. The state is
-    # read before the probe: "ready" is one-way, so a ready state must meet a 200.
+    # read before the probe: "ready" is one-way, so a ready state must not meet a 503.
     samples: list[tuple[float, str, int]] = []
     try:
         while cli.poll() is None and time.monotonic() - t0 < LAUNCH_TIMEOUT:
@@ -103,7 +103,12 @@ def test_launch_stays_loading_while_health_says_503(daemon: E2EDaemon) -> None:
     warming = [(t, s) for t, s, code in samples if code == 503]
     assert warming, f"never saw /health 503 while warming up: {samples}"
     assert all(s in ("starting", "loading") for _, s in warming), warming
-    assert all(code == 200 for _, s, code in samples if s == "ready"), samples
+    # Once ready, never warming again (a 503). A probe of ours that timed out under load (0)
+    # says nothing either way.
+    assert all(code != 503 for _, s, code in samples if s == "ready"), samples
+    assert any(code == 200 for _, s, code in samples if s == "ready") or not any(
+        s == "ready" for _, s, _ in samples
+    ), samples
     record_timing("SGLang launch: seconds of /health 503 seen", warming[-1][0] - warming[0][0])
     # A state change never sent it back: the sequence is starting* loading* ready*.
     order = {"starting": 0, "loading": 1, "ready": 2}
