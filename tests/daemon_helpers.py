@@ -25,9 +25,13 @@ import psutil
 import yaml
 
 try:  # pytest puts tests/ on sys.path (tests/ has no __init__.py)
-    from standin.helpers import STANDIN_DIR, free_port
+    from standin.helpers import STANDIN_DIR, free_port, free_port_block
 except ImportError:  # the repository root on sys.path instead
-    from tests.standin.helpers import STANDIN_DIR, free_port  # type: ignore[import-not-found,no-redef]
+    from tests.standin.helpers import (  # type: ignore[import-not-found,no-redef]
+        STANDIN_DIR,
+        free_port,
+        free_port_block,
+    )
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -252,7 +256,7 @@ def running_daemon(
             "STUDIOCTL_DAEMON_HEALTH_INTERVAL_S": "0.3",
             "STUDIOCTL_DAEMON_RESTART_BACKOFF_S": "0.5",
             "STUDIOCTL_DAEMON_RESTART_BACKOFF_MAX_S": "2",
-            "STUDIOCTL_ENGINES_PORT_MIN": str(free_port()),
+            "STUDIOCTL_ENGINES_PORT_MIN": str(free_port_block(201)),
             "STUDIOCTL_GATEWAY_ENABLED": "true" if gateway else "false",
             "PYTHONPATH": str(REPO),
         }

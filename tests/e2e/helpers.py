@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 
 import psutil
 
+from standin.helpers import free_port_block
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 CACHE = Path(os.environ.get("STUDIOCTL_DEV_CACHE") or Path.home() / ".cache" / "studioctl-dev")
@@ -154,22 +156,8 @@ def free_port() -> int:
 
 
 def free_port_range(size: int = 50) -> int:
-    """The first port of ``size`` consecutive ports that are all free right now."""
-    for _ in range(200):
-        base = free_port()
-        if base + size > 65000:
-            continue
-        ok = True
-        for p in range(base, base + size):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range")
+    """The first of ``size`` consecutive free ports, below the ephemeral range."""
+    return free_port_block(size)
 
 
 def wait_for(

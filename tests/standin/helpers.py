@@ -45,6 +45,35 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_port_block(size: int = 50) -> int:
+    """The first of ``size`` consecutive free ports, below the kernel's ephemeral range.
+
+    Engine ports must not be in the ephemeral range: between the daemon picking a port and
+    the engine binding it (seconds later for a real vLLM), any outgoing connection of the
+    machine may take it as its local port ("Address already in use")."""
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(20000 + size, low) - size
+    for _ in range(200):
+        base = random.randrange(20000, top)
+        if all(_bindable(p) for p in range(base, base + size)):
+            return base
+    raise RuntimeError(f"no {size} consecutive free ports below {low}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def http_status(url: str, timeout: float = 1.0) -> int | None:
     """The status of GET ``url``, or None when nothing answers (refused, reset, timed out)."""
     try:
