@@ -546,6 +546,9 @@ class GatewayApp:
                         if ttft is None:
                             ttft = time.perf_counter() - t0
                         await send({"type": "http.response.body", "body": out, "more_body": True})
+                        if out.endswith(_DONE_EVENT):
+                            # The client has the whole stream: its closing now is no disconnect.
+                            flight.finished = True
                 pool.release(conn)
                 conn = None
                 tail = relay.flush()
