@@ -67,7 +67,8 @@ def main(out: Path) -> None:
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
-    print(f"tiny model written to {out}")
+    # stderr: setup-engines.sh's stdout is eval'ed and must hold KEY=VALUE lines only.
+    print(f"tiny model written to {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

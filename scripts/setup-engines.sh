@@ -27,6 +27,9 @@ for arg in "$@"; do
   esac
 done
 
+# stdout is eval'ed by its callers: keep it for the KEY=VALUE lines alone (fd 3) and send
+# everything else any step prints -- pip, python, our own messages -- to stderr.
+exec 3>&1 1>&2
 log() { printf 'setup-engines: %s\n' "$*" >&2; }
 mkdir -p "$CACHE_ROOT"
 
@@ -115,9 +118,10 @@ build_vllm
 build_model
 [ "$want_sglang" = 1 ] && build_sglang
 
-echo "STUDIOCTL_VLLM_PYTHON=$VLLM_VENV/bin/python"
-echo "STUDIOCTL_TINY_MODEL=$TINY_MODEL"
+out() { printf '%s=%q\n' "$1" "$2" >&3; }
+out STUDIOCTL_VLLM_PYTHON "$VLLM_VENV/bin/python"
+out STUDIOCTL_TINY_MODEL "$TINY_MODEL"
 if [ "$want_sglang" = 1 ]; then
-  echo "STUDIOCTL_SGLANG_PYTHON=$SGLANG_VENV/bin/python"
-  echo "STUDIOCTL_SGLANG_STUB=$SGLANG_STUB"
+  out STUDIOCTL_SGLANG_PYTHON "$SGLANG_VENV/bin/python"
+  out STUDIOCTL_SGLANG_STUB "$SGLANG_STUB"
 fi

@@ -43,6 +43,9 @@ class Upstream:
     # The names the engine itself answers to (its --served-model-name). Empty: all of
     # model_names. A request naming another alias is sent with engine_names[0] instead.
     engine_names: tuple[str, ...] = ()
+    # The engine's own API key (generated per instance): every call the gateway makes to it
+    # (proxied requests, /tokenize) sends ``Authorization: Bearer <api_key>``. None: no key.
+    api_key: str | None = field(default=None, repr=False)
     base_url: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
