@@ -16,10 +16,13 @@ PY="${PYTHON:-python3}"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "installing studioctl"
-"$PY" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+. scripts/lib.sh
+quiet "$PY" -m pip install -e '.[dev]'
 
 step "engine venv and tiny model (cached under ~/.cache/studioctl-dev)"
-eval "$(bash scripts/setup-engines.sh)"
+# Not `eval "$(…)"` alone: its exit status would hide a failed set-up from `set -e`.
+ENGINE_ENV="$(bash scripts/setup-engines.sh)"
+eval "$ENGINE_ENV"
 export STUDIOCTL_VLLM_PYTHON STUDIOCTL_TINY_MODEL
 
 export STUDIOCTL_HOME="${STUDIOCTL_HOME:-$HOME/.cache/studioctl-demo}"

