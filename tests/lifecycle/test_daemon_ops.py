@@ -44,9 +44,7 @@ def test_daemon_start_with_a_directory_at_the_socket_path() -> None:
         r = d.cli("daemon", "start", "--timeout", "30")
         assert r.returncode == EXIT_ERROR, (r.returncode, r.stderr)
         assert "Traceback" not in r.stderr
-        assert (
-            f"cannot create the control socket {d.socket}: a directory is in the way" in r.stderr
-        )
+        assert f"cannot create the control socket {d.socket}: a directory is in the way" in r.stderr
         assert d.socket.is_dir()  # never removed
         assert no_daemon_left(d)
 
@@ -93,9 +91,9 @@ def test_daemon_start_with_a_read_only_log_dir_says_why() -> None:
         log = d.home / "log"
         log.mkdir(mode=0o700)
         script = 'mount --bind "$LOG" "$LOG" && mount -o remount,bind,ro "$LOG" && exec "$@"'
+        start = [sys.executable, "-m", "studioctl", "daemon", "start", "--timeout", "30"]
         r = subprocess.run(
-            ["unshare", "-m", "sh", "-c", script, "sh"]
-            + [sys.executable, "-m", "studioctl", "daemon", "start", "--timeout", "30"],
+            ["unshare", "-m", "sh", "-c", script, "sh", *start],
             env={**d.env, "LOG": str(log)},
             capture_output=True,
             text=True,
