@@ -85,6 +85,16 @@ def test_private_dir_symlink_is_refused(short_tmp: Path) -> None:
     assert f"refusing the runtime dir {link}: it is a symbolic link" in err.value.message
 
 
+def test_private_dir_without_create_checks_but_makes_nothing(short_tmp: Path) -> None:
+    missing = short_tmp / "studioctl-9"
+    assert paths.private_dir(missing, create=False) == missing
+    assert not os.path.lexists(missing)
+    missing.mkdir()
+    os.chmod(missing, 0o777)
+    with pytest.raises(ConflictError, match="writable by group and others"):
+        paths.private_dir(missing, create=False)
+
+
 # --------------------------------------------------------------------------- bind_unix
 
 

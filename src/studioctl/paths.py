@@ -109,9 +109,10 @@ def ensure_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def private_dir(path: Path) -> Path:
+def private_dir(path: Path, *, create: bool = True) -> Path:
     """Create ``path`` (0700) if missing and prove it is ours alone: a directory, not a
-    symbolic link, owned by this user and writable by nobody else.
+    symbolic link, owned by this user and writable by nobody else. With ``create=False``
+    (a client about to connect), a missing folder is left missing and passes.
 
     The runtime dir may fall back to ``/tmp/studioctl-<uid>``, which anyone can create first;
     a folder another user owns (or may write to) would let them swap our control socket for
@@ -120,10 +121,14 @@ def private_dir(path: Path) -> Path:
     """
     from studioctl.errors import ConflictError
 
-    if not path.parent.exists():
-        ensure_dir(path.parent)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
+    if not create:
+        if not os.path.lexists(path):
+            return path
+    else:
+        if not path.parent.exists():
+            ensure_dir(path.parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
     hint = "remove or fix it, or point studioctl elsewhere (XDG_RUNTIME_DIR or STUDIOCTL_HOME)"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
