@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -36,71 +34,11 @@ def run(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug loggi
         code = run_daemon(verbose=verbose)
     except StudioError as exc:
         if os.environ.get("STUDIOCTL_DETACHED") == "1":
-            _report_start_failure(exc)  # for `daemon start`, which cannot see our stderr
+            from studioctl.start_report import report_failure
+
+            report_failure(exc)  # for `daemon start`, which cannot see our stderr
         raise
     raise typer.Exit(code)
-
-
-def _start_failure_file() -> Path:
-    from studioctl import paths
-
-    return paths.state_dir() / "daemon-start-failure.json"
-
-
-def _report_start_failure(exc: Any) -> None:
-    record = {
-        "pid": os.getpid(),
-        "ts": time.time(),
-        "exit_code": exc.exit_code,
-        "message": exc.message,
-        "hint": exc.hint,
-    }
-    try:
-        from studioctl import paths
-
-        paths.ensure_dir(_start_failure_file().parent)
-        _start_failure_file().write_text(json.dumps(record))
-    except OSError:
-        pass  # the log still has it
-
-
-def _start_failure(since: float) -> Any:
-    """The error the detached daemon reported, as the StudioError it raised (exit code too)."""
-    from studioctl.errors import StudioError
-
-    try:
-        record = json.loads(_start_failure_file().read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or float(record.get("ts") or 0) < since:
-        return None
-    err = StudioError(
-        f"the daemon (pid {record.get('pid')}) could not start: {record.get('message')}",
-        hint=record.get("hint"),
-    )
-    err.exit_code = int(record.get("exit_code") or 1)
-    return err
-
-
-def _check_log_writable() -> None:
-    """The detached daemon's stderr goes to daemon.log: if we cannot write it, say so here
-    (the daemon could not tell anyone)."""
-    from studioctl import paths
-    from studioctl.errors import StudioError
-
-    logfile = paths.daemon_log_file()
-    try:
-        paths.ensure_dir(logfile.parent)
-        with open(logfile, "a"):
-            pass
-    except OSError as exc:
-        raise StudioError(
-            f"cannot write the daemon log {logfile}: {exc.strerror}",
-            code="log_not_writable",
-            hint="the daemon logs there: make the folder writable, or move the log dir "
-            "(STUDIOCTL_HOME, or XDG_STATE_HOME for the platform's directories)",
-            details={"path": str(logfile)},
-        ) from exc
 
 
 @daemon_app.command("start")
@@ -111,13 +49,14 @@ def start(
     """Start the daemon in the background; return once its control socket answers."""
     from studioctl.client import start_daemon
     from studioctl.errors import DaemonUnreachable
+    from studioctl.start_report import check_log_writable, reported_failure
 
-    _check_log_writable()
+    check_log_writable()
     t0 = time.time()
     try:
         info = start_daemon(timeout=timeout)
     except DaemonUnreachable as exc:
-        failure = _start_failure(t0)
+        failure = reported_failure(since=t0)
         if failure is not None:
             raise failure from exc
         raise

@@ -50,16 +50,10 @@ async def stop_recorded_engines(
                 spawned=None,
                 grace=grace,
             )
-        final = State.FAILED if result["leftover"] else State.STOPPED
-        reason = (
-            REASON
-            if final == State.STOPPED
-            else (
-                REASON
-                + ": processes survived SIGKILL: "
-                + ", ".join(str(p["pid"]) for p in result["leftover"])
-            )
-        )
+        final, reason = State.STOPPED, REASON
+        if result["leftover"]:
+            survivors = ", ".join(str(p["pid"]) for p in result["leftover"])
+            final, reason = State.FAILED, f"{REASON}: processes survived SIGKILL: {survivors}"
         state = rec.state
         if state in ACTIVE and state != State.STOPPING:
             repo.record_transition(rec.id, state, State.STOPPING, REASON, desired="stopped")
