@@ -9,6 +9,16 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$HERE"
 PY="${PYTHON:-python3}"
 
+echo "==> systemd's tools (tests verify the shipped unit with systemd-analyze)"
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    # Debian/Ubuntu: systemd-analyze is in the systemd package. No daemon is started.
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+  else
+    echo "systemd-analyze is missing: install systemd (the unit tests fail without it)" >&2
+  fi
+fi
+
 echo "==> installing studioctl[dev]"
 . scripts/lib.sh
 quiet "$PY" -m pip install -e '.[dev]'

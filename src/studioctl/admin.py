@@ -12,26 +12,30 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from studioctl import api_params as P
 from studioctl.control import _body, _json
 from studioctl.errors import UsageError
 from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantService, profiles_dict
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
-_WINDOW = re.compile(r"^(\d+)([mhd])$")
+_WINDOW = re.compile(r"([0-9]{1,9})([mhd])")
+MAX_WINDOW_S = 3660 * 86400  # ten years and then some: older than any usage row
+MAX_GRACE_S = 365 * 86400.0  # how long rotated keys may stay valid
 
 
 def parse_window(value: str) -> float:
-    """``1h``, ``24h``, ``7d``, ``30d`` (or any ``N[mhd]``) → seconds."""
+    """``1h``, ``24h``, ``7d``, ``30d`` (or any ``N[mhd]`` up to ten years) → seconds."""
     if value in WINDOWS:
         return WINDOWS[value]
-    m = _WINDOW.match(value)
-    if not m or int(m.group(1)) == 0:
+    m = _WINDOW.fullmatch(value)
+    seconds = int(m.group(1)) * {"m": 60, "h": 3600, "d": 86400}[m.group(2)] if m else 0
+    if not 0 < seconds <= MAX_WINDOW_S:
         raise UsageError(
-            f"window must be one of {', '.join(WINDOWS)} (or N followed by m, h or d), "
-            f"got {value!r}",
+            f"window must be one of {', '.join(WINDOWS)} (or N followed by m, h or d, "
+            f"at most 3660d), got {P.shown(value)}",
             details={"param": "window"},
         )
-    return int(m.group(1)) * {"m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return float(seconds)
 
 
 def _overrides(data: dict[str, Any]) -> dict[str, Any]:
@@ -49,12 +53,10 @@ def admin_routes(tenants: TenantService, usage_repo: Any) -> list[Route]:
 
     async def create_tenant(request: Request) -> Response:
         data = await _body(request)
-        name = data.get("name")
-        if not isinstance(name, str):
-            raise UsageError("name is required", details={"param": "name"})
+        name = P.b_required_text(data, "name")
         info, key = tenants.create(
             name,
-            profile=str(data.get("profile") or "standard"),
+            profile=P.b_text(data, "profile") or "standard",
             overrides=_overrides(data),
             allowed_models=data.get("allowed_models"),
         )
@@ -71,7 +73,7 @@ def admin_routes(tenants: TenantService, usage_repo: Any) -> list[Route]:
             raise UsageError("enabled must be true or false", details={"param": "enabled"})
         t = tenants.set(
             request.path_params["tenant"],
-            profile=data.get("profile"),
+            profile=P.b_text(data, "profile"),
             overrides=_overrides(data),
             enabled=enabled,
             allowed_models=data.get("allowed_models"),
@@ -92,24 +94,22 @@ def admin_routes(tenants: TenantService, usage_repo: Any) -> list[Route]:
 
     async def rotate_key(request: Request) -> Response:
         data = await _body(request)
-        grace = data.get("grace_s", 86400.0)
-        if not isinstance(grace, int | float) or isinstance(grace, bool):
-            raise UsageError("grace_s must be a number of seconds", details={"param": "grace_s"})
-        key = tenants.rotate_key(request.path_params["tenant"], grace_s=float(grace))
+        grace = P.b_seconds(data, "grace_s", 86400.0, hi=MAX_GRACE_S) or 0.0
+        key = tenants.rotate_key(request.path_params["tenant"], grace_s=grace)
         return _json({"key": key, "grace_s": grace}, status=201)
 
     async def revoke_key(request: Request) -> Response:
         data = await _body(request)
-        tenant = data.get("tenant")
+        tenant = P.b_text(data, "tenant")
         k = tenants.revoke_key(request.path_params["key"], tenant=tenant)
         return _json(k.to_dict())
 
     async def usage(request: Request) -> Response:
         qp = request.query_params
         window = qp.get("window", "24h")
-        summary = usage_repo.summary(
-            parse_window(window), tenant=_tenant_id(qp.get("tenant")), model=qp.get("model")
-        )
+        seconds = parse_window(window)
+        tenant, model = P.q_text(qp, "tenant"), P.q_text(qp, "model")
+        summary = usage_repo.summary(seconds, tenant=_tenant_id(tenant), model=model)
         out = summary.to_dict()
         out["window"] = window
         names = {t.id: t.name for t in tenants.list()}

@@ -23,12 +23,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from studioctl import API_VERSION, __version__
+from studioctl import api_params as P
 from studioctl.errors import NotFoundError, StudioError, UsageError
 from studioctl.lifecycle import logfiles
 from studioctl.lifecycle.events import Event, EventBus
 from studioctl.lifecycle.supervisor import Supervisor
 
 API_HEADER = "X-Studioctl-Api"
+MAX_LOG_LINES = 1_000_000  # `logs -n`
+MAX_EVENTS = 100_000  # `events -n`
 
 
 @dataclass
@@ -57,39 +60,18 @@ def error_response(exc: StudioError) -> JSONResponse:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await P.read_body(request)
     if not raw:
         return {}
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise UsageError(f"request body is not valid JSON: {exc.msg} at char {exc.pos}") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8; nested deeper than we parse
+        raise UsageError(f"request body is not valid JSON: {type(exc).__name__}") from exc
     if not isinstance(data, dict):
         raise UsageError("request body must be a JSON object")
     return data
-
-
-def _opt_float(data: dict[str, Any], key: str, default: float | None) -> float | None:
-    v = data.get(key, default)
-    if v is None:
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{key} must be a number, got {v!r}", details={"param": key}) from exc
-
-
-def _opt_gpus(v: Any) -> list[int] | None:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        v = [x for x in v.split(",") if x.strip()]
-    try:
-        return [int(x) for x in v]
-    except (TypeError, ValueError) as exc:
-        raise UsageError(
-            f"gpus must be a list of GPU indices, got {v!r}", details={"param": "gpus"}
-        ) from exc
 
 
 def _ndjson(obj: dict[str, Any]) -> bytes:
@@ -130,11 +112,12 @@ def build_control_app(
         return _json(out)
 
     async def list_instances(request: Request) -> Response:
-        include = request.query_params.get("all") in ("1", "true")
+        include = P.q_bool(request.query_params, "all")
+        foreign = P.q_bool(request.query_params, "foreign")
         now = time.time()
         data = [i.to_dict(now) for i in sup.list(include_stopped=include)]
         out: dict[str, Any] = {"instances": data}
-        if request.query_params.get("foreign") in ("1", "true"):
+        if foreign:
             out["foreign"] = await asyncio.to_thread(sup.foreign_servers)
         return _json(out)
 
@@ -194,68 +177,74 @@ def build_control_app(
 
     async def launch(request: Request) -> Response:
         data = await _body(request)
-        recipe = data.get("recipe")
-        if not isinstance(recipe, str) or not recipe:
-            raise UsageError("recipe is required", details={"param": "recipe"})
-        port = data.get("port")
-        if port is not None and not isinstance(port, int):
-            raise UsageError(f"port must be an integer, got {port!r}", details={"param": "port"})
-        wait = bool(data.get("wait", True))
+        recipe = P.b_required_text(data, "recipe", max_len=P.MAX_PATH)
+        port = P.b_int(data, "port", 1, 65535)
+        gpus = P.gpus(data.get("gpus"))
+        force = P.b_bool(data, "force")
+        wait = P.b_bool(data, "wait", True)
+        timeout = P.b_seconds(data, "timeout", None)
+        lock_wait = P.b_bool(data, "lock_wait")
 
         async def op() -> dict[str, Any]:
             inst = await sup.launch(
                 recipe,
                 port=port,
-                gpus=_opt_gpus(data.get("gpus")),
-                force=bool(data.get("force", False)),
+                gpus=gpus,
+                force=force,
                 wait=wait,
-                timeout=_opt_float(data, "timeout", None),
-                lock_wait=bool(data.get("lock_wait", False)),
+                timeout=timeout,
+                lock_wait=lock_wait,
             )
             return inst.to_dict()
 
-        if data.get("stream"):
+        if P.b_bool(data, "stream"):
             return await _streamed(request, op, lambda ev: ev.recipe_id == recipe)
         return _json(await op(), status=201)
 
     async def evict(request: Request) -> Response:
         data = await _body(request)
-        target = request.path_params["target"]
-        inst = sup.get(target)
+        drain_timeout = P.b_seconds(data, "drain_timeout", 30.0) or 0.0
+        grace = P.b_seconds(data, "grace", 15.0) or 0.0
+        force = P.b_bool(data, "force")
+        lock_wait = P.b_bool(data, "lock_wait")
+        stream = P.b_bool(data, "stream")
+        inst = sup.get(request.path_params["target"])
 
         async def op() -> dict[str, Any]:
             return await sup.evict(
-                inst.id,
-                drain_timeout=_opt_float(data, "drain_timeout", 30.0) or 0.0,
-                grace=_opt_float(data, "grace", 15.0) or 0.0,
-                force=bool(data.get("force", False)),
-                lock_wait=bool(data.get("lock_wait", False)),
+                inst.id, drain_timeout=drain_timeout, grace=grace, force=force, lock_wait=lock_wait
             )
 
-        if data.get("stream"):
+        if stream:
             return await _streamed(request, op, lambda ev: ev.instance_id == inst.id)
         return _json(await op())
 
     async def switch(request: Request) -> Response:
         data = await _body(request)
-        frm, to = data.get("from"), data.get("to")
-        if not isinstance(frm, str) or not isinstance(to, str):
-            raise UsageError("switch needs 'from' (instance or recipe) and 'to' (recipe)")
+        frm = P.b_required_text(data, "from")
+        to = P.b_required_text(data, "to", max_len=P.MAX_PATH)
+        port = P.b_int(data, "port", 1, 65535)
+        gpus = P.gpus(data.get("gpus"))
+        drain_timeout = P.b_seconds(data, "drain_timeout", 30.0) or 0.0
+        grace = P.b_seconds(data, "grace", 15.0) or 0.0
+        timeout = P.b_seconds(data, "timeout", None)
+        lock_wait = P.b_bool(data, "lock_wait")
+        stream = P.b_bool(data, "stream")
         src = sup.get(frm)
 
         async def op() -> dict[str, Any]:
             return await sup.switch(
                 src.id,
                 to,
-                port=data.get("port"),
-                gpus=_opt_gpus(data.get("gpus")),
-                drain_timeout=_opt_float(data, "drain_timeout", 30.0) or 0.0,
-                grace=_opt_float(data, "grace", 15.0) or 0.0,
-                timeout=_opt_float(data, "timeout", None),
-                lock_wait=bool(data.get("lock_wait", False)),
+                port=port,
+                gpus=gpus,
+                drain_timeout=drain_timeout,
+                grace=grace,
+                timeout=timeout,
+                lock_wait=lock_wait,
             )
 
-        if data.get("stream"):
+        if stream:
             return await _streamed(
                 request,
                 op,
@@ -265,23 +254,22 @@ def build_control_app(
 
     async def adopt(request: Request) -> Response:
         data = await _body(request)
-        pid, recipe = data.get("pid"), data.get("recipe")
-        if not isinstance(pid, int) or not isinstance(recipe, str):
-            raise UsageError("adopt needs an integer 'pid' and a 'recipe' id")
-        inst = await sup.adopt(pid, recipe, port=data.get("port"))
+        pid = P.b_int(data, "pid", 1, P.MAX_PID)
+        if pid is None:
+            raise P.bad("pid", "is required")
+        recipe = P.b_required_text(data, "recipe", max_len=P.MAX_PATH)
+        port = P.b_int(data, "port", 1, 65535)
+        inst = await sup.adopt(pid, recipe, port=port)
         return _json(inst.to_dict(), status=201)
 
     async def logs(request: Request) -> Response:
-        inst = sup.get(request.path_params["target"])
         qp = request.query_params
-        try:
-            n = int(qp.get("n", "100"))
-            since = float(qp["since"]) if "since" in qp else None
-            if since is not None and "n" not in qp:
-                n = 10**9  # since alone: every line after it
-        except ValueError as exc:
-            raise UsageError(f"bad query parameter: {exc}") from exc
-        follow = qp.get("follow") in ("1", "true")
+        n = P.q_int(qp, "n", 0, MAX_LOG_LINES, 100)
+        since = P.q_float(qp, "since", 0.0, 1e11)  # a Unix time
+        if since is not None and "n" not in qp:
+            n = 10**9  # since alone: every line after it
+        follow = P.q_bool(qp, "follow")
+        inst = sup.get(request.path_params["target"])
         return StreamingResponse(
             _log_stream(
                 inst.log_path,
@@ -298,13 +286,10 @@ def build_control_app(
         from studioctl.store.events import EventRepo
 
         qp = request.query_params
-        try:
-            n = int(qp.get("n", "50"))
-            after = int(qp["after"]) if "after" in qp else None
-        except ValueError as exc:
-            raise UsageError(f"bad query parameter: {exc}") from exc
-        follow = qp.get("follow") in ("1", "true")
-        instance = qp.get("instance")
+        n = P.q_int(qp, "n", 0, MAX_EVENTS, 50)
+        after = P.q_opt_int(qp, "after", 0, P.MAX_SQL_INT)
+        follow = P.q_bool(qp, "follow")
+        instance = P.q_text(qp, "instance")
         repo = EventRepo(sup.db)
         q = bus.subscribe() if follow else None
         past = (
@@ -345,13 +330,11 @@ def build_control_app(
 
     async def shutdown(request: Request) -> Response:
         data = await _body(request)
+        stop_engines = P.b_bool(data, "stop_engines")
         if info.shutdown is None:
             raise StudioError("this daemon cannot be shut down over the API")
-        info.shutdown(bool(data.get("stop_engines", False)))
-        return _json(
-            {"ok": True, "pid": info.pid, "stop_engines": bool(data.get("stop_engines"))},
-            status=202,
-        )
+        info.shutdown(stop_engines)
+        return _json({"ok": True, "pid": info.pid, "stop_engines": stop_engines}, status=202)
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, StudioError):

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -107,20 +108,59 @@ def sd_notify(state: str) -> bool:
 
 
 def bind_unix(path: Path) -> socket.socket:
-    paths.ensure_dir(path.parent)
-    if path.exists():
-        # A stale socket from a daemon that died: we hold the lock, so nobody else uses it.
+    """The control socket, 0600 in a runtime dir that is ours alone (``paths.private_dir``).
+
+    Whatever is at ``path`` must be a socket (a stale one from a daemon that died: we hold the
+    lock, so nobody else uses it); anything else is an error naming it, never removed. The
+    mode comes from the umask at bind (no chmod by path, which a swapped entry could
+    redirect) and is verified on the new entry.
+    """
+    paths.private_dir(path.parent)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else _file_kind(st.st_mode)
+            raise StudioError(
+                f"cannot create the control socket {path}: {kind} is in the way",
+                code="socket_path_taken",
+                hint=f"remove {path} (the daemon only replaces a stale socket)",
+                details={"path": str(path)},
+            )
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # the socket is created 0600: the file system is the authentication
     try:
         sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise StudioError(
+            f"cannot create the control socket {path}: {exc.strerror}",
+            code="socket_path_taken",
+            details={"path": str(path)},
+        ) from exc
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    st = os.lstat(path)
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        sock.close()
+        raise StudioError(
+            f"the control socket {path} came out as mode {stat.S_IMODE(st.st_mode):04o}, "
+            f"uid {st.st_uid}: expected a socket of ours with mode 0600"
+        )
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "a file that is not a socket"
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:

@@ -13,7 +13,9 @@ Without it, the platform's directories (platformdirs; XDG on Linux) are used.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -92,5 +94,69 @@ def instance_log_dir() -> Path:
 
 
 def ensure_dir(path: Path, mode: int = 0o700) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    """Create ``path`` and its missing parents, each with ``mode`` (mkdir's ``mode`` alone
+    covers the last one only: a recipes folder must not leave ``config/`` at 0755)."""
+    missing = []
+    p = path
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            d.mkdir(mode=mode)
+    if not path.is_dir():
+        path.mkdir()  # raises the precise error (FileExistsError: a file is in the way)
+    return path
+
+
+def private_dir(path: Path, *, create: bool = True) -> Path:
+    """Create ``path`` (0700) if missing and prove it is ours alone: a directory, not a
+    symbolic link, owned by this user and writable by nobody else. With ``create=False``
+    (a client about to connect), a missing folder is left missing and passes.
+
+    The runtime dir may fall back to ``/tmp/studioctl-<uid>``, which anyone can create first;
+    a folder another user owns (or may write to) would let them swap our control socket for
+    their own. Checked on an ``O_NOFOLLOW`` descriptor, so a symlink or a rename between the
+    check and the use cannot redirect it. Raises ``ConflictError`` naming what it found.
+    """
+    from studioctl.errors import ConflictError
+
+    if not create:
+        if not os.path.lexists(path):
+            return path
+    else:
+        if not path.parent.exists():
+            ensure_dir(path.parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+    hint = "remove or fix it, or point studioctl elsewhere (XDG_RUNTIME_DIR or STUDIOCTL_HOME)"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        what = "a symbolic link" if os.path.islink(path) else f"not usable ({exc.strerror})"
+        raise ConflictError(
+            f"refusing the runtime dir {path}: it is {what}",
+            code="unsafe_runtime_dir",
+            hint=hint,
+            details={"path": str(path)},
+        ) from exc
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    mode = stat.S_IMODE(st.st_mode)
+    problems = []
+    if st.st_uid != os.getuid():
+        problems.append(f"owned by uid {st.st_uid}, not by us (uid {os.getuid()})")
+    writers = [who for who, bit in (("group", 0o020), ("others", 0o002)) if mode & bit]
+    if writers:
+        problems.append("writable by " + " and ".join(writers))
+    if problems:
+        raise ConflictError(
+            f"refusing the runtime dir {path} (mode {mode:04o}, owner uid {st.st_uid}): "
+            + "; ".join(problems),
+            code="unsafe_runtime_dir",
+            hint=hint,
+            details={"path": str(path), "uid": st.st_uid, "mode": f"{mode:04o}"},
+        )
     return path

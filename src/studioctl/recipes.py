@@ -39,7 +39,12 @@ if TYPE_CHECKING:
     from studioctl.settings import Settings
     from studioctl.yamlfile import YamlDoc
 
-ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+ID_MAX = 64  # a recipe id names files (<id>.yaml, <id>-<n>.log): well under NAME_MAX
+ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+ID_RULE = (
+    f"1-{ID_MAX} characters: lowercase letters, digits, '.', '_' and '-', "
+    "starting with a letter or digit"
+)
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ARG_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 SUFFIXES = (".yaml", ".yml")
@@ -160,11 +165,9 @@ class Recipe(BaseModel):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not ID_RE.fullmatch(value):
-            _fail(
-                f"invalid recipe id {value!r}: use lowercase letters, digits, '.', '_' and "
-                "'-', starting with a letter or digit"
-            )
+        problem = id_problem(value)
+        if problem:
+            _fail(problem)
         return value
 
     @field_validator("aliases")
@@ -392,7 +395,7 @@ def recipe_from_doc(
         if not ID_RE.fullmatch(stem):
             raise RecipeError(
                 f"the file name {path.name if path else stem!r} is not a valid recipe id: "
-                "use lowercase letters, digits, '.', '_' and '-' (or set id)",
+                f"{ID_RULE} (or set id)",
                 file=doc.path,
                 line=doc.line(),
                 key="id",
@@ -639,8 +642,19 @@ def _duplicate(recipe_id: str, first: Path, second: Path) -> RecipeError:
     )
 
 
+def id_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid recipe id (the id and the rule), or None."""
+    if ID_RE.fullmatch(value):
+        return None
+    text = repr(value) if len(value) <= 70 else f"{value[:40]!r}… ({len(value)} characters)"
+    return f"invalid recipe id {text}: {ID_RULE}"
+
+
 def find_recipe_file(recipe_id: str, dirs: list[Path] | None = None) -> Path:
     """The file of recipe ``recipe_id`` (by file name: the id equals the file's stem)."""
+    problem = id_problem(recipe_id)
+    if problem:  # no such file can exist; and never ask the OS (ENAMETOOLONG, a NUL)
+        raise NotFoundError(f"no recipe: {problem}", details={"param": "recipe"})
     dirs = recipe_dirs() if dirs is None else dirs
     found = [
         d / f"{recipe_id}{s}" for d in dirs for s in SUFFIXES if (d / f"{recipe_id}{s}").is_file()
@@ -669,7 +683,13 @@ def get_recipe(
     """A recipe by id (searched in the folders) or by file path."""
     if is_path_like(id_or_path):
         path = Path(id_or_path).expanduser()
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as exc:  # a name too long, a NUL
+            raise NotFoundError(f"no recipe file {str(path)[:200]}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise NotFoundError(f"no recipe file {str(path)[:200]}: {exc}") from exc
+        if not found:
             raise NotFoundError(f"no recipe file {path}")
         return load_recipe_file(path, check_paths=check_paths)
     return load_recipe_file(find_recipe_file(id_or_path, dirs), check_paths=check_paths)
@@ -679,8 +699,9 @@ def get_recipe(
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``text`` to ``path`` via a temporary file and a rename (never half a file).
+    Missing folders are made 0700 (the config dir holds recipes with paths and env)."""
+    paths.ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -1,8 +1,10 @@
-"""``studioctl daemon``: run in the foreground (systemd), start detached, stop, status."""
+"""``studioctl daemon``: run in the foreground (systemd), start detached, stop, status,
+install the systemd unit."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import typer
@@ -26,8 +28,17 @@ def run(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug loggi
     gracefully; engines keep running and are adopted by the next daemon.
     """
     from studioctl.daemon import run as run_daemon
+    from studioctl.errors import StudioError
 
-    raise typer.Exit(run_daemon(verbose=verbose))
+    try:
+        code = run_daemon(verbose=verbose)
+    except StudioError as exc:
+        if os.environ.get("STUDIOCTL_DETACHED") == "1":
+            from studioctl.start_report import report_failure
+
+            report_failure(exc)  # for `daemon start`, which cannot see our stderr
+        raise
+    raise typer.Exit(code)
 
 
 @daemon_app.command("start")
@@ -37,8 +48,18 @@ def start(
 ) -> None:
     """Start the daemon in the background; return once its control socket answers."""
     from studioctl.client import start_daemon
+    from studioctl.errors import DaemonUnreachable
+    from studioctl.start_report import check_log_writable, reported_failure
 
-    info = start_daemon(timeout=timeout)
+    check_log_writable()
+    t0 = time.time()
+    try:
+        info = start_daemon(timeout=timeout)
+    except DaemonUnreachable as exc:
+        failure = reported_failure(since=t0)
+        if failure is not None:
+            raise failure from exc
+        raise
     if as_json:
         typer.echo(json.dumps(info))
     else:
@@ -52,7 +73,11 @@ def stop(
     ),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for it to exit."),
 ) -> None:
-    """Stop the daemon gracefully. Engines keep running unless --stop-engines."""
+    """Stop the daemon gracefully. Engines keep running unless --stop-engines.
+
+    With --stop-engines and no daemon running, the engines it left are stopped from the
+    state it stored (each process checked by pid and start time).
+    """
     from studioctl.client import Client
     from studioctl.daemon import lock_holder
     from studioctl.errors import OperationTimeout
@@ -60,12 +85,15 @@ def stop(
     pid = lock_holder()
     if pid is None:
         typer.echo("daemon is not running")
+        if stop_engines:
+            _stop_engines_offline()
         return
+    asked = False
     with Client() as client:
         if client.ping() is not None:
             client.shutdown(stop_engines=stop_engines)
+            asked = True
         else:
-            import os
             import signal
 
             if pid > 0:
@@ -76,6 +104,45 @@ def stop(
             raise OperationTimeout(f"daemon pid {pid} did not exit within {timeout:g}s")
         time.sleep(0.1)
     typer.echo(f"daemon stopped (pid {pid})")
+    if stop_engines and not asked:  # SIGTERM leaves engines running: stop them ourselves
+        _stop_engines_offline()
+
+
+def _stop_engines_offline() -> None:
+    """Stop the engines recorded in the store, holding the daemon lock meanwhile."""
+    import asyncio
+
+    from studioctl import paths
+    from studioctl.daemon import DaemonLock
+    from studioctl.errors import StudioError
+
+    db_file = paths.database_file()
+    if not db_file.exists():
+        typer.echo("no engines recorded (no state database): nothing to stop")
+        return
+    from studioctl.lifecycle.offline_stop import stop_recorded_engines
+    from studioctl.store.db import Database
+
+    lock = DaemonLock(paths.daemon_lock_file())
+    lock.acquire()  # a daemon starting now would adopt what we are stopping
+    db = Database(db_file)
+    try:
+        db.migrate()
+        reports = asyncio.run(stop_recorded_engines(db))
+    finally:
+        db.close()
+        lock.release()
+    if not reports:
+        typer.echo("no engines were running")
+        return
+    failed = []
+    for r in reports:
+        how = ", ".join(r["signals"]) or "already gone"
+        typer.echo(f"stopped {r['id']} (pid {r['pid']}): {how}")
+        if r["leftover"]:
+            failed.append(f"{r['id']}: " + ", ".join(str(p["pid"]) for p in r["leftover"]))
+    if failed:
+        raise StudioError("processes survived SIGKILL: " + "; ".join(failed))
 
 
 @daemon_app.command("status")
@@ -107,3 +174,51 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
             f"daemon running: pid {info['pid']}, v{info['version']} "
             f"(api {info['api_version']}), socket {out['socket']}"
         )
+
+
+@daemon_app.command("install-unit")
+def install_unit(
+    user: bool = typer.Option(
+        False, "--user", help="A user unit (~/.config/systemd/user) instead of a system one."
+    ),
+    print_only: bool = typer.Option(False, "--print", help="Print the unit; write nothing."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a different unit file."),
+) -> None:
+    """Write the systemd unit for this install (Type=notify, engines outlive restarts).
+
+    System: /etc/systemd/system/studioctl.service, with STUDIOCTL_HOME (default
+    /var/lib/studioctl, a systemd state directory). --user: ~/.config/systemd/user, using
+    your own directories. Prints the two commands to run next.
+    """
+    from studioctl.errors import ConflictError, StudioError
+    from studioctl.systemd_unit import next_commands, render, this_install, unit_path
+
+    text = render(this_install(user=user), user=user)
+    if print_only:
+        typer.echo(text, nl=False)
+        return
+    dest = unit_path(user=user)
+    try:
+        old = dest.read_text() if dest.exists() else None
+    except OSError:
+        old = None
+    if old is not None and old != text and not force:
+        raise ConflictError(f"{dest} exists and differs", hint="pass --force to overwrite it")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise StudioError(
+            f"cannot write {dest}: {exc.strerror}",
+            hint=None if user else "a system unit needs root (sudo), or use --user",
+        ) from exc
+    typer.echo(f"wrote {dest}")
+    typer.echo("next:")
+    for cmd in next_commands(user=user):
+        typer.echo(f"  {cmd}")
+    home = this_install(user=user).home
+    if not user and home and os.environ.get("STUDIOCTL_HOME") != home:
+        typer.echo(f"and in the shells that use it: export STUDIOCTL_HOME={home}")
