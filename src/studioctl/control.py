@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,6 +27,9 @@ from studioctl.errors import NotFoundError, StudioError, UsageError
 from studioctl.lifecycle import logfiles
 from studioctl.lifecycle.events import Event, EventBus
 from studioctl.lifecycle.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from studioctl.recipes import Recipe
 
 API_HEADER = "X-Studioctl-Api"
 
@@ -90,6 +93,54 @@ def _opt_gpus(v: Any) -> list[int] | None:
         raise UsageError(
             f"gpus must be a list of GPU indices, got {v!r}", details={"param": "gpus"}
         ) from exc
+
+
+#: A recipe file a client sends is a few KiB; this bounds what the daemon will parse.
+MAX_RECIPE_TEXT = 256 * 1024
+
+
+def sent_recipe(value: Any, param: str) -> Recipe:
+    """A recipe file that a client read and sent (``studioctl launch ./my.yaml``):
+    ``{"path": its absolute path, "text": its text}``. Validated here exactly as that file
+    would be in a recipe folder (the id from the file name, relative model/python paths
+    from its folder, ``${VAR}`` from the daemon's environment, local paths must exist):
+    the client's own check is a courtesy, not a guarantee."""
+    from studioctl.recipes import SUFFIXES, parse_recipe_text
+
+    path, text = (value.get("path"), value.get("text")) if isinstance(value, dict) else (0, 0)
+    if not isinstance(path, str) or not isinstance(text, str):
+        raise UsageError(
+            f"{param} must be {{'path': ..., 'text': ...}} (strings)", details={"param": param}
+        )
+    if len(path) > 4096 or not Path(path).is_absolute() or not path.endswith((*SUFFIXES, ".json")):
+        raise UsageError(
+            f"{param}.path must be an absolute path to a .yaml, .yml or .json file",
+            details={"param": param},
+        )
+    if len(text) > MAX_RECIPE_TEXT:
+        raise UsageError(
+            f"{param}.text is over {MAX_RECIPE_TEXT} characters", details={"param": param}
+        )
+    return parse_recipe_text(text, path=Path(path), label=f"{path} (as sent)")
+
+
+def recipe_id_of(target: str) -> str:
+    """The recipe id a launch or switch by id-or-path will run. A relative path would be
+    resolved against the daemon's working directory (``/`` under systemd), which is never
+    what the caller meant: refused."""
+    from studioctl.recipes import file_stem, is_path_like
+
+    if not is_path_like(target):
+        return target
+    path = Path(target).expanduser()
+    if not path.is_absolute():
+        raise UsageError(
+            f"recipe path {target[:200]!r} is relative, and the daemon does not share your "
+            "working directory",
+            hint="send the file (studioctl launch ./FILE does) or an absolute path",
+            details={"param": "recipe"},
+        )
+    return file_stem(path)
 
 
 def _ndjson(obj: dict[str, Any]) -> bytes:
@@ -195,8 +246,19 @@ def build_control_app(
     async def launch(request: Request) -> Response:
         data = await _body(request)
         recipe = data.get("recipe")
-        if not isinstance(recipe, str) or not recipe:
+        target: str | Recipe
+        if data.get("recipe_file") is not None:
+            target = await asyncio.to_thread(sent_recipe, data["recipe_file"], "recipe_file")
+            if recipe not in (None, target.id):
+                raise UsageError(
+                    f"recipe {recipe!r} and recipe_file (id {target.id!r}) differ",
+                    details={"param": "recipe"},
+                )
+            recipe_id = target.id
+        elif not isinstance(recipe, str) or not recipe:
             raise UsageError("recipe is required", details={"param": "recipe"})
+        else:
+            target, recipe_id = recipe, recipe_id_of(recipe)
         port = data.get("port")
         if port is not None and not isinstance(port, int):
             raise UsageError(f"port must be an integer, got {port!r}", details={"param": "port"})
@@ -204,7 +266,7 @@ def build_control_app(
 
         async def op() -> dict[str, Any]:
             inst = await sup.launch(
-                recipe,
+                target,
                 port=port,
                 gpus=_opt_gpus(data.get("gpus")),
                 force=bool(data.get("force", False)),
@@ -215,7 +277,8 @@ def build_control_app(
             return inst.to_dict()
 
         if data.get("stream"):
-            return await _streamed(request, op, lambda ev: ev.recipe_id == recipe)
+            # The recipe's id, never the raw argument: a path names no events.
+            return await _streamed(request, op, lambda ev: ev.recipe_id == recipe_id)
         return _json(await op(), status=201)
 
     async def evict(request: Request) -> Response:
@@ -239,14 +302,20 @@ def build_control_app(
     async def switch(request: Request) -> Response:
         data = await _body(request)
         frm, to = data.get("from"), data.get("to")
-        if not isinstance(frm, str) or not isinstance(to, str):
+        to_target: str | Recipe
+        if isinstance(frm, str) and data.get("to_file") is not None:
+            to_target = await asyncio.to_thread(sent_recipe, data["to_file"], "to_file")
+            to = to_target.id
+        elif not isinstance(frm, str) or not isinstance(to, str):
             raise UsageError("switch needs 'from' (instance or recipe) and 'to' (recipe)")
+        else:
+            to_target, to = to, recipe_id_of(to)
         src = sup.get(frm)
 
         async def op() -> dict[str, Any]:
             return await sup.switch(
                 src.id,
-                to,
+                to_target,
                 port=data.get("port"),
                 gpus=_opt_gpus(data.get("gpus")),
                 drain_timeout=_opt_float(data, "drain_timeout", 30.0) or 0.0,
