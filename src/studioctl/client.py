@@ -203,7 +203,7 @@ class Client:
 
     def evict(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = self.request(
-            "POST", f"/instances/{_segment(target)}/evict", json_body=body
+            "POST", f"/instances/{path_segment(target)}/evict", json_body=body
         )
         return out
 
@@ -225,7 +225,7 @@ class Client:
         return out
 
 
-def _segment(value: str) -> str:
+def path_segment(value: str) -> str:
     """``value`` as one path segment (an id never holds '/', but a typo may)."""
     from urllib.parse import quote
 
