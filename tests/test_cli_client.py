@@ -17,10 +17,13 @@ from studioctl import API_VERSION
 from studioctl.client import Client
 from studioctl.errors import (
     EXIT_DAEMON_UNREACHABLE,
+    EXIT_ERROR,
     EXIT_NOT_FOUND,
     DaemonUnreachable,
     NotFoundError,
+    RecipeError,
     StudioError,
+    UsageError,
 )
 
 Handler = Callable[[socket.socket, bytes], None]
@@ -114,6 +117,18 @@ def test_error_envelope_becomes_the_same_studio_error(tmp_path: Path) -> None:
     assert info.value.message == "no recipe 'x'"
     assert info.value.hint == "try y"
     assert info.value.exit_code == EXIT_NOT_FOUND
+
+
+def test_an_invalid_recipe_the_daemon_read_keeps_its_exit_code(tmp_path: Path) -> None:
+    sock = tmp_path / "c.sock"
+    body = b'{"error": {"message": "/r/x.yaml:3: port: bad", "code": "invalid_recipe"}}'
+    with serve(sock, answer(400, body)), pytest.raises(RecipeError) as info:
+        Client(sock).request("POST", "/instances", json_body={"recipe": "x"})
+    assert info.value.exit_code == EXIT_ERROR
+    assert info.value.message == "/r/x.yaml:3: port: bad"
+    plain = b'{"error": {"message": "port must be an integer", "code": "invalid_request"}}'
+    with serve(sock.with_name("d.sock"), answer(400, plain)), pytest.raises(UsageError):
+        Client(sock.with_name("d.sock")).request("POST", "/instances", json_body={})
 
 
 @pytest.mark.parametrize("body", [b"<html>boom</html>", b'{"error": "flat"}', b"[1, 2]"])

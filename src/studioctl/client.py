@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from studioctl import API_VERSION, paths
 from studioctl.errors import (
+    ConfigError,
     DaemonUnreachable,
+    RecipeError,
     StudioError,
+    ValidationError,
     from_envelope,
 )
 
@@ -225,6 +228,12 @@ class Client:
         return out
 
 
+_FILE_ERRORS: dict[str | None, type[ValidationError]] = {
+    RecipeError.code: RecipeError,
+    ConfigError.code: ConfigError,
+}
+
+
 def path_segment(value: str) -> str:
     """``value`` as one path segment (an id never holds '/', but a typo may)."""
     from urllib.parse import quote
@@ -243,11 +252,24 @@ def _decode(status: int, raw: bytes) -> Any:
         text = raw.decode("utf-8", "replace")
         data = {"error": {"message": text or f"HTTP {status}"}}
     if status >= 400:
-        err = data.get("error") if isinstance(data, dict) else data
-        if not isinstance(err, dict):  # not our envelope: show (a bounded part of) what came
-            data = {"error": {"message": str(err)[:500] or f"HTTP {status}"}}
-        raise from_envelope(status, data)
+        raise envelope_error(status, data)
     return data
+
+
+def envelope_error(status: int, data: Any) -> StudioError:
+    """The StudioError of an error answer (or of a stream's error message)."""
+    err = data.get("error") if isinstance(data, dict) else data
+    if not isinstance(err, dict):  # not our envelope: show (a bounded part of) what came
+        data = {"error": {"message": str(err)[:500] or f"HTTP {status}"}}
+    exc = from_envelope(status, data)
+    invalid_file = _FILE_ERRORS.get(exc.code) if status == 400 else None
+    if invalid_file is None:
+        return exc
+    # A bad recipe or settings file read by the daemon exits 1 as it does when the CLI
+    # reads it (HTTP 400 alone would make it a usage error, exit 2).
+    file_exc = invalid_file(exc.message, hint=exc.hint)
+    file_exc.details = exc.details
+    return file_exc
 
 
 # ------------------------------------------------------------------ daemon process

@@ -151,6 +151,13 @@ def test_an_invalid_file_is_refused_by_the_cli_with_its_line(d: Daemon, project:
     assert len(d.events()) == before
 
 
+def test_an_invalid_recipe_read_by_the_daemon_exits_1_too(d: Daemon) -> None:
+    path = d.recipe("bad-in-folder", backend="nope")
+    r = d.cli("launch", "bad-in-folder")
+    assert r.returncode == EXIT_ERROR, r.stderr  # as when the CLI reads it (was 2)
+    assert f"{path}:" in r.stderr and "backend" in r.stderr
+
+
 # ------------------------------------------------------------------ the daemon's side
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from studioctl.cli.app import app
-from studioctl.errors import EngineFailed, StudioError, UsageError, from_envelope
+from studioctl.errors import EngineFailed, StudioError, UsageError
 
 _JSON = typer.Option(False, "--json", help="Print JSON (one object per line when streaming).")
 
@@ -162,7 +162,9 @@ def _follow_operation(stream: Any, title: str, as_json: bool) -> dict[str, Any]:
                 elif kind == "result":
                     result = msg["result"]
                 elif kind == "error":
-                    raise from_envelope(int(msg.get("status", 500)), {"error": msg["error"]})
+                    from studioctl.client import envelope_error
+
+                    raise envelope_error(int(msg.get("status", 500)), {"error": msg["error"]})
     except KeyboardInterrupt:
         sys.stderr.write(
             "\ninterrupted: the operation goes on in the daemon "
