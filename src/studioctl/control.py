@@ -251,7 +251,7 @@ def build_control_app(
             target = await asyncio.to_thread(sent_recipe, data["recipe_file"], "recipe_file")
             if recipe not in (None, target.id):
                 raise UsageError(
-                    f"recipe {recipe!r} and recipe_file (id {target.id!r}) differ",
+                    f"recipe {str(recipe)[:200]!r} and recipe_file (id {target.id!r}) differ",
                     details={"param": "recipe"},
                 )
             recipe_id = target.id
