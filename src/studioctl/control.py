@@ -124,6 +124,20 @@ def sent_recipe(value: Any, param: str) -> Recipe:
     return parse_recipe_text(text, path=Path(path), label=f"{path} (as sent)")
 
 
+def _on_control_socket(request: Request, what: str) -> None:
+    """Recipe files and paths come only through the control socket, whose file mode limits it
+    to the daemon's own user. Over TCP (the admin API, ``/admin/`` on the gateway port) the
+    admin token must not become a way to run any command (a recipe's ``python:``) or read
+    any file the daemon can: there, recipes are launched by id. uvicorn gives a Unix
+    socket's requests no client address."""
+    if request.client is not None:
+        raise UsageError(
+            f"{what} is accepted only on the daemon's control socket, not over TCP",
+            hint="launch a recipe by id through the admin API; put the file in a recipe folder",
+            details={"param": "recipe"},
+        )
+
+
 def recipe_id_of(target: str) -> str:
     """The recipe id a launch or switch by id-or-path will run. A relative path would be
     resolved against the daemon's working directory (``/`` under systemd), which is never
@@ -248,6 +262,7 @@ def build_control_app(
         recipe = data.get("recipe")
         target: str | Recipe
         if data.get("recipe_file") is not None:
+            _on_control_socket(request, "a recipe file")
             target = await asyncio.to_thread(sent_recipe, data["recipe_file"], "recipe_file")
             if recipe not in (None, target.id):
                 raise UsageError(
@@ -259,6 +274,8 @@ def build_control_app(
             raise UsageError("recipe is required", details={"param": "recipe"})
         else:
             target, recipe_id = recipe, recipe_id_of(recipe)
+            if recipe_id != recipe:
+                _on_control_socket(request, "a recipe path")
         port = data.get("port")
         if port is not None and not isinstance(port, int):
             raise UsageError(f"port must be an integer, got {port!r}", details={"param": "port"})
@@ -304,12 +321,15 @@ def build_control_app(
         frm, to = data.get("from"), data.get("to")
         to_target: str | Recipe
         if isinstance(frm, str) and data.get("to_file") is not None:
+            _on_control_socket(request, "a recipe file")
             to_target = await asyncio.to_thread(sent_recipe, data["to_file"], "to_file")
             to = to_target.id
         elif not isinstance(frm, str) or not isinstance(to, str):
             raise UsageError("switch needs 'from' (instance or recipe) and 'to' (recipe)")
         else:
             to_target, to = to, recipe_id_of(to)
+            if to_target != to:
+                _on_control_socket(request, "a recipe path")
         src = sup.get(frm)
 
         async def op() -> dict[str, Any]:

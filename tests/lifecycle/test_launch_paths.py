@@ -210,3 +210,43 @@ def test_daemon_launches_an_absolute_path_and_streams_its_id(d: Daemon, project:
     assert result["type"] == "result", result
     d.track(result["result"])
     assert_stages([m["data"]["stage"] for m in msgs if m.get("kind") == "stage"])
+
+
+# ------------------------------------------------------------------ not over TCP
+
+
+def test_recipe_files_and_paths_are_refused_over_the_admin_tcp_api(project: Path) -> None:
+    """The admin token must not become a way to run any command (a sent recipe's python:)
+    or read any file the daemon can: over TCP, recipes are launched by id only."""
+    from gateway_daemon.helpers import ADMIN_TOKEN, gateway_daemon, request
+
+    good = write_recipe(project, "tcp-model.yaml")
+    text = good.read_text()
+    with gateway_daemon({"by-id": {}}, admin_token=ADMIN_TOKEN) as gd:
+        hdr = {"X-Admin-Token": ADMIN_TOKEN}
+        for body in (
+            {"recipe_file": {"path": str(good), "text": text}, "wait": False},
+            {"recipe": str(good), "wait": False},
+        ):
+            r = request(gd, "POST", "/admin/instances", body=body, headers=hdr)
+            assert r.status_code == 400, r.text
+            assert "only on the daemon's control socket" in r.json()["error"]["message"]
+        r = request(
+            gd,
+            "POST",
+            "/admin/switch",
+            body={"from": "x", "to": "t", "to_file": {"path": str(good), "text": text}},
+            headers=hdr,
+        )
+        assert r.status_code == 400 and "control socket" in r.text
+        assert gd.instances() == []
+        # By id it is the admin API it was.
+        r = request(gd, "POST", "/admin/instances", body={"recipe": "by-id"}, headers=hdr)
+        assert r.status_code == 201, r.text
+        gd.track(r.json())
+        assert r.json()["state"] == "ready"
+        # And the same file through the socket is fine.
+        with gd.client() as c:
+            out = c.request("POST", "/instances", json_body={"recipe": str(good), "wait": False})
+        gd.track(out)
+        assert out["recipe"] == "tcp-model"
