@@ -1,25 +1,35 @@
-"""How long `studioctl --help` takes, next to the floor: a bare `python -c pass`.
+"""How long `studioctl --help`, `status` and `ps` take, next to the floor: `python -c pass`.
 
     python benchmarks/cli_startup.py [-n 30] [--args "config --help"] [--importtime]
 
-Runs the installed console script (or `python -m studioctl` when it is not on PATH) and
-the bare interpreter alternately, N times each, and prints median and p90 wall time in
-milliseconds and their ratio. The target (issue #2): well under 200 ms on the dev machine.
-`--importtime` also prints the slowest imports (`python -X importtime`) to see what to
-make lazy. Not a test: nothing here fails on a number.
+Starts a daemon on a temporary STUDIOCTL_HOME (gateway on a free port, no engines), runs
+the installed console script (or `python -m studioctl` when it is not on PATH) for each
+command and the bare interpreter in turn, N times each, prints median and p90 wall time
+in milliseconds and each command's ratio to the floor, and stops the daemon by its pid.
+`--args` times other arguments instead of the three. Targets: `--help` well under 200 ms
+(issue #2); `status` and `ps` at most 150 ms with the daemon running (issue 9.5).
+`--importtime` also prints the slowest imports (`python -X importtime`) of each command
+to see what to make lazy. Not a test: nothing here fails on a number.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shlex
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+
+DEFAULT_COMMANDS = ["--help", "status", "ps"]
 
 
 def _command(args: list[str]) -> list[str]:
@@ -62,40 +72,84 @@ def _importtime(args: list[str], env: dict[str, str], top: int) -> None:
         print(f"  {cumulative_us / 1000:8.1f} ms  {name}")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _daemon(env: dict[str, str]) -> Iterator[int]:
+    """A daemon on ``env``'s STUDIOCTL_HOME for the duration; yields its pid, then stops it
+    by that pid (SIGTERM, SIGKILL after 30 s): never anything found by name."""
+    cmd = [sys.executable, "-m", "studioctl"]
+    subprocess.run([*cmd, "daemon", "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    info = subprocess.run(
+        [*cmd, "daemon", "status", "--json"], env=env, check=True, capture_output=True, text=True
+    )
+    pid = int(json.loads(info.stdout)["pid"])
+    try:
+        yield pid
+    finally:
+        _stop(pid)
+
+
+def _stop(pid: int) -> None:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    except psutil.TimeoutExpired:
+        proc.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=30, help="runs of each command (default 30)")
-    parser.add_argument("--args", default="--help", help="studioctl arguments to time")
+    parser.add_argument(
+        "--args", help="studioctl arguments to time instead of --help, status and ps"
+    )
     parser.add_argument("--importtime", action="store_true", help="show the slowest imports")
     opts = parser.parse_args()
-    args = shlex.split(opts.args)
+    commands = [shlex.split(opts.args)] if opts.args else [[c] for c in DEFAULT_COMMANDS]
 
-    with tempfile.TemporaryDirectory(prefix="studioctl-bench-") as home:
+    with tempfile.TemporaryDirectory(prefix="sc-bench-", dir="/tmp") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIOCTL_")}
         env["STUDIOCTL_HOME"] = home  # never read or write the user's real folders
-        cli = _command(args)
-        floor = [sys.executable, "-c", "pass"]
-        # Warm the OS caches (and .pyc files) once; then alternate so both see the same load.
-        _time_once(cli, env)
-        _time_once(floor, env)
-        cli_ms: list[float] = []
-        floor_ms: list[float] = []
-        for _ in range(opts.n):
-            cli_ms.append(_time_once(cli, env))
-            floor_ms.append(_time_once(floor, env))
+        env["STUDIOCTL_GATEWAY_PORT"] = str(_free_port())
+        env["STUDIOCTL_DAEMON_AUTOSTART"] = "false"  # a dead daemon must show, not restart
+        with _daemon(env) as pid:
+            clis = [_command(args) for args in commands]
+            floor = [sys.executable, "-c", "pass"]
+            # Warm the OS caches (and .pyc files) once; then alternate so all see the same load.
+            for cmd in [*clis, floor]:
+                _time_once(cmd, env)
+            samples: list[list[float]] = [[] for _ in clis]
+            floor_ms: list[float] = []
+            for _ in range(opts.n):
+                for cmd, out in zip(clis, samples, strict=True):
+                    out.append(_time_once(cmd, env))
+                floor_ms.append(_time_once(floor, env))
 
-        print(f"runs: {opts.n} each   command: {shlex.join(cli)}")
-        print(f"{'':24}{'median ms':>10}{'p90 ms':>10}")
-        for label, samples in (
-            (shlex.join(["studioctl", *args]), cli_ms),
-            ("python -c pass", floor_ms),
-        ):
-            print(f"{label:24}{statistics.median(samples):10.1f}{_p90(samples):10.1f}")
-        ratio = statistics.median(cli_ms) / statistics.median(floor_ms)
-        extra = statistics.median(cli_ms) - statistics.median(floor_ms)
-        print(f"ratio (median): {ratio:.2f}x the bare interpreter; +{extra:.1f} ms for studioctl")
-        if opts.importtime:
-            _importtime(args, env, top=15)
+            print(f"runs: {opts.n} each   command: {shlex.join(clis[0][: -len(commands[0])])}")
+            print(f"daemon: pid {pid}, STUDIOCTL_HOME={home}")
+            print(f"{'':24}{'median ms':>10}{'p90 ms':>10}{'x floor':>9}{'+ms':>8}")
+            base = statistics.median(floor_ms)
+            for args, ms in zip(commands, samples, strict=True):
+                med = statistics.median(ms)
+                print(
+                    f"{shlex.join(['studioctl', *args]):24}{med:10.1f}{_p90(ms):10.1f}"
+                    f"{med / base:9.2f}{med - base:8.1f}"
+                )
+            print(f"{'python -c pass':24}{base:10.1f}{_p90(floor_ms):10.1f}")
+            if opts.importtime:
+                for args in commands:
+                    _importtime(args, env, top=15)
 
 
 if __name__ == "__main__":

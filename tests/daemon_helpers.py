@@ -47,6 +47,7 @@ class Daemon:
     env: dict[str, str]
     gateway_port: int
     proc: subprocess.Popen[bytes] | None = None
+    cwd: str | None = None  # the daemon's working directory ("/" as under systemd)
     seen_pids: set[tuple[int, float]] = field(default_factory=set)
 
     @property
@@ -83,6 +84,7 @@ class Daemon:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=self.cwd,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -238,7 +240,11 @@ def kill_leftovers(pids: set[tuple[int, float]]) -> list[int]:
 
 @contextlib.contextmanager
 def running_daemon(
-    extra_env: dict[str, str] | None = None, *, start: bool = True, gateway: bool = False
+    extra_env: dict[str, str] | None = None,
+    *,
+    start: bool = True,
+    gateway: bool = False,
+    cwd: str | None = None,
 ) -> Iterator[Daemon]:
     """A daemon on a fresh home (``start=False``: only the home and env, for tests that
     start it themselves or need none). The gateway is off unless ``gateway=True``: the
@@ -264,7 +270,7 @@ def running_daemon(
     )
     env["STUDIOCTL_ENGINES_PORT_MAX"] = str(int(env["STUDIOCTL_ENGINES_PORT_MIN"]) + 200)
     env.update(extra_env or {})
-    d = Daemon(home=home, env=env, gateway_port=gw)
+    d = Daemon(home=home, env=env, gateway_port=gw, cwd=cwd)
     try:
         if start:
             d.start()

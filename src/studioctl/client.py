@@ -18,41 +18,45 @@ from typing import TYPE_CHECKING, Any
 
 from studioctl import API_VERSION, paths
 from studioctl.errors import (
+    ConfigError,
     DaemonUnreachable,
+    RecipeError,
     StudioError,
+    ValidationError,
     from_envelope,
 )
 
 if TYPE_CHECKING:
-    import httpx
+    import http.client
 
 API_HEADER = "x-studioctl-api"
 
+# Bodies of plain (not streamed) answers are read whole: bounded, so a confused peer on the
+# socket cannot make the CLI buffer without limit.
+_MAX_BODY = 64 << 20
+
 
 class Client:
+    """HTTP/1.1 over the daemon's Unix socket with the standard library's ``http.client``.
+
+    ``status`` and ``ps`` are typed all day and polled by scripts: httpx (with httpcore,
+    anyio and its optional rich/trio imports) cost more than the request itself. One
+    connection per request: connecting to a Unix socket costs microseconds, and no idle
+    keep-alive connection can be closed under a later request.
+    """
+
     def __init__(self, socket_path: Path | None = None, *, timeout: float = 30.0) -> None:
         self.socket_path = socket_path or paths.control_socket()
-        self.timeout = timeout
-        self._http: httpx.Client | None = None
+        self.timeout = timeout  # connecting and sending; answers may take as long as they take
         self._checked = False
+        self._open: http.client.HTTPConnection | None = None  # a stream being read
 
     # -------------------------------------------------------------- transport
 
-    def _client(self) -> httpx.Client:
-        if self._http is None:
-            import httpx
-
-            self._http = httpx.Client(
-                transport=httpx.HTTPTransport(uds=str(self.socket_path)),
-                base_url="http://studioctl",
-                timeout=httpx.Timeout(self.timeout, read=None),
-            )
-        return self._http
-
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        if self._open is not None:
+            self._open.close()
+            self._open = None
 
     def __enter__(self) -> Client:
         return self
@@ -60,10 +64,10 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check_version(self, resp: httpx.Response) -> None:
+    def _check_version(self, resp: http.client.HTTPResponse) -> None:
         if self._checked:
             return
-        got = resp.headers.get(API_HEADER)
+        got = resp.getheader(API_HEADER)
         if got is not None and got != str(API_VERSION):
             raise StudioError(
                 f"the daemon speaks control API v{got}, this studioctl speaks v{API_VERSION}",
@@ -73,63 +77,105 @@ class Client:
             )
         self._checked = True
 
-    def _socket_answers(self) -> bool:
-        """Something accepts connections on the socket (a stale file from a killed daemon
-        does not). Checked once per client: later calls reuse the connection."""
-        if self._http is not None:
-            return True
-        import socket
-
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2.0)
-            try:
-                s.connect(str(self.socket_path))
-            except OSError:
-                return False
-        return True
-
-    def _unreachable(self) -> DaemonUnreachable:
+    def _unreachable(self, why: str | None = None) -> DaemonUnreachable:
         return DaemonUnreachable(
-            f"the studioctl daemon is not running (no answer on {self.socket_path})",
+            f"the studioctl daemon is not running (no answer on {self.socket_path}"
+            + (f": {why})" if why else ")"),
             hint="studioctl daemon start",
         )
+
+    def _send(
+        self, method: str, path: str, json_body: Any, params: dict[str, Any] | None
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Connect, send one request, read the answer's head; the caller reads the body and
+        closes the connection."""
+        import http.client
+        import socket
+        from urllib.parse import urlencode
+
+        if params:
+            query = {k: v for k, v in params.items() if v is not None}
+            if query:
+                path += "?" + urlencode(query)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self.socket_path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise self._unreachable() from exc
+        except OSError as exc:  # e.g. the socket of another user, a timeout
+            sock.close()
+            raise self._unreachable(exc.strerror or str(exc)) from exc
+        conn = http.client.HTTPConnection("studioctl", timeout=self.timeout)
+        conn.sock = sock
+        resp: http.client.HTTPResponse | None = None
+        try:
+            headers = {"Host": "studioctl", "Connection": "close"}
+            body: bytes | None = None
+            if json_body is not None:
+                body = json.dumps(json_body).encode()
+                headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=body, headers=headers)
+            sock.settimeout(None)  # a launch answers when the engine is ready
+            resp = conn.getresponse()
+            self._check_version(resp)
+        except BaseException as exc:
+            # With "Connection: close" the answer owns the socket: close both.
+            if resp is not None:
+                resp.close()
+            conn.close()
+            if isinstance(exc, OSError | http.client.HTTPException):
+                raise DaemonUnreachable(f"lost the daemon connection: {exc!r}") from exc
+            raise
+        return conn, resp
 
     def request(
         self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
-        import httpx
+        import http.client
 
-        if not self._socket_answers():
-            # No listener, no daemon (and httpcore would leak the failed socket object).
-            raise self._unreachable()
+        conn, resp = self._send(method, path, json_body, params)
         try:
-            resp = self._client().request(method, path, json=json_body, params=params)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise self._unreachable() from exc
-        except httpx.TransportError as exc:
-            raise DaemonUnreachable(f"lost the daemon connection: {exc}") from exc
-        self._check_version(resp)
-        return _decode(resp)
+            raw = resp.read(_MAX_BODY + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonUnreachable(f"lost the daemon connection: {exc!r}") from exc
+        finally:
+            resp.close()
+            conn.close()
+        if len(raw) > _MAX_BODY:
+            raise StudioError(f"the daemon's answer to {method} {path} is over {_MAX_BODY} bytes")
+        return _decode(resp.status, raw)
 
     def stream_lines(
         self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
     ) -> Iterator[str]:
-        """Lines of a streamed answer (NDJSON, logs, SSE)."""
-        import httpx
+        """Lines of a streamed answer (NDJSON, logs, SSE), each as soon as it arrives."""
+        import http.client
 
-        if not self._socket_answers():
-            raise self._unreachable()
+        conn, resp = self._send(method, path, json_body, params)
+        self._open = conn
         try:
-            with self._client().stream(method, path, json=json_body, params=params) as resp:
-                self._check_version(resp)
-                if resp.status_code >= 400:
-                    resp.read()
-                    _decode(resp)
-                yield from resp.iter_lines()
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise self._unreachable() from exc
-        except httpx.RemoteProtocolError as exc:
-            raise DaemonUnreachable(f"the daemon closed the stream: {exc}") from exc
+            if resp.status >= 400:
+                _decode(resp.status, resp.read(_MAX_BODY))
+            pending = b""
+            while True:
+                # read1: what has arrived (one chunk), without waiting for more.
+                data = resp.read1(65536)
+                if not data:
+                    break
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield _text(line)
+            if pending:
+                yield _text(pending)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonUnreachable(f"the daemon closed the stream: {exc!r}") from exc
+        finally:
+            resp.close()
+            conn.close()
+            self._open = None
 
     def ping(self) -> dict[str, Any] | None:
         try:
@@ -159,7 +205,9 @@ class Client:
         return out
 
     def evict(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = self.request("POST", f"/instances/{target}/evict", json_body=body)
+        out: dict[str, Any] = self.request(
+            "POST", f"/instances/{path_segment(target)}/evict", json_body=body
+        )
         return out
 
     def switch_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -180,14 +228,48 @@ class Client:
         return out
 
 
-def _decode(resp: httpx.Response) -> Any:
+_FILE_ERRORS: dict[str | None, type[ValidationError]] = {
+    RecipeError.code: RecipeError,
+    ConfigError.code: ConfigError,
+}
+
+
+def path_segment(value: str) -> str:
+    """``value`` as one path segment (an id never holds '/', but a typo may)."""
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def _text(line: bytes) -> str:
+    return line.rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _decode(status: int, raw: bytes) -> Any:
     try:
-        data = resp.json()
+        data = json.loads(raw)
     except ValueError:
-        data = {"error": {"message": resp.text or f"HTTP {resp.status_code}"}}
-    if resp.status_code >= 400:
-        raise from_envelope(resp.status_code, data)
+        text = raw.decode("utf-8", "replace")
+        data = {"error": {"message": text or f"HTTP {status}"}}
+    if status >= 400:
+        raise envelope_error(status, data)
     return data
+
+
+def envelope_error(status: int, data: Any) -> StudioError:
+    """The StudioError of an error answer (or of a stream's error message)."""
+    err = data.get("error") if isinstance(data, dict) else data
+    if not isinstance(err, dict):  # not our envelope: show (a bounded part of) what came
+        data = {"error": {"message": str(err)[:500] or f"HTTP {status}"}}
+    exc = from_envelope(status, data)
+    invalid_file = _FILE_ERRORS.get(exc.code) if status == 400 else None
+    if invalid_file is None:
+        return exc
+    # A bad recipe or settings file read by the daemon exits 1 as it does when the CLI
+    # reads it (HTTP 400 alone would make it a usage error, exit 2).
+    file_exc = invalid_file(exc.message, hint=exc.hint)
+    file_exc.details = exc.details
+    return file_exc
 
 
 # ------------------------------------------------------------------ daemon process

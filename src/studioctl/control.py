@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,6 +28,9 @@ from studioctl.errors import NotFoundError, StudioError, UsageError
 from studioctl.lifecycle import logfiles
 from studioctl.lifecycle.events import Event, EventBus
 from studioctl.lifecycle.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from studioctl.recipes import Recipe
 
 API_HEADER = "X-Studioctl-Api"
 MAX_LOG_LINES = 1_000_000  # `logs -n`
@@ -72,6 +75,68 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError("request body must be a JSON object")
     return data
+
+
+#: A recipe file a client sends is a few KiB; this bounds what the daemon will parse.
+MAX_RECIPE_TEXT = 256 * 1024
+
+
+def sent_recipe(value: Any, param: str) -> Recipe:
+    """A recipe file that a client read and sent (``studioctl launch ./my.yaml``):
+    ``{"path": its absolute path, "text": its text}``. Validated here exactly as that file
+    would be in a recipe folder (the id from the file name, relative model/python paths
+    from its folder, ``${VAR}`` from the daemon's environment, local paths must exist):
+    the client's own check is a courtesy, not a guarantee."""
+    from studioctl.recipes import SUFFIXES, parse_recipe_text
+
+    path, text = (value.get("path"), value.get("text")) if isinstance(value, dict) else (0, 0)
+    if not isinstance(path, str) or not isinstance(text, str):
+        raise UsageError(
+            f"{param} must be {{'path': ..., 'text': ...}} (strings)", details={"param": param}
+        )
+    if len(path) > 4096 or not Path(path).is_absolute() or not path.endswith((*SUFFIXES, ".json")):
+        raise UsageError(
+            f"{param}.path must be an absolute path to a .yaml, .yml or .json file",
+            details={"param": param},
+        )
+    if len(text) > MAX_RECIPE_TEXT:
+        raise UsageError(
+            f"{param}.text is over {MAX_RECIPE_TEXT} characters", details={"param": param}
+        )
+    return parse_recipe_text(text, path=Path(path), label=f"{path} (as sent)")
+
+
+def _on_control_socket(request: Request, what: str) -> None:
+    """Recipe files and paths come only through the control socket, whose file mode limits it
+    to the daemon's own user. Over TCP (the admin API, ``/admin/`` on the gateway port) the
+    admin token must not become a way to run any command (a recipe's ``python:``) or read
+    any file the daemon can: there, recipes are launched by id. uvicorn gives a Unix
+    socket's requests no client address."""
+    if request.client is not None:
+        raise UsageError(
+            f"{what} is accepted only on the daemon's control socket, not over TCP",
+            hint="launch a recipe by id through the admin API; put the file in a recipe folder",
+            details={"param": "recipe"},
+        )
+
+
+def recipe_id_of(target: str) -> str:
+    """The recipe id a launch or switch by id-or-path will run. A relative path would be
+    resolved against the daemon's working directory (``/`` under systemd), which is never
+    what the caller meant: refused."""
+    from studioctl.recipes import file_stem, is_path_like
+
+    if not is_path_like(target):
+        return target
+    path = Path(target).expanduser()
+    if not path.is_absolute():
+        raise UsageError(
+            f"recipe path {target[:200]!r} is relative, and the daemon does not share your "
+            "working directory",
+            hint="send the file (studioctl launch ./FILE does) or an absolute path",
+            details={"param": "recipe"},
+        )
+    return file_stem(path)
 
 
 def _ndjson(obj: dict[str, Any]) -> bytes:
@@ -177,7 +242,22 @@ def build_control_app(
 
     async def launch(request: Request) -> Response:
         data = await _body(request)
-        recipe = P.b_required_text(data, "recipe", max_len=P.MAX_PATH)
+        recipe = data.get("recipe")
+        target: str | Recipe
+        if data.get("recipe_file") is not None:
+            _on_control_socket(request, "a recipe file")
+            target = await asyncio.to_thread(sent_recipe, data["recipe_file"], "recipe_file")
+            if recipe not in (None, target.id):
+                raise UsageError(
+                    f"recipe {str(recipe)[:200]!r} and recipe_file (id {target.id!r}) differ",
+                    details={"param": "recipe"},
+                )
+            recipe_id = target.id
+        else:
+            recipe = P.b_required_text(data, "recipe", max_len=P.MAX_PATH)
+            target, recipe_id = recipe, recipe_id_of(recipe)
+            if recipe_id != recipe:
+                _on_control_socket(request, "a recipe path")
         port = P.b_int(data, "port", 1, 65535)
         gpus = P.gpus(data.get("gpus"))
         force = P.b_bool(data, "force")
@@ -187,7 +267,7 @@ def build_control_app(
 
         async def op() -> dict[str, Any]:
             inst = await sup.launch(
-                recipe,
+                target,
                 port=port,
                 gpus=gpus,
                 force=force,
@@ -198,7 +278,8 @@ def build_control_app(
             return inst.to_dict()
 
         if P.b_bool(data, "stream"):
-            return await _streamed(request, op, lambda ev: ev.recipe_id == recipe)
+            # The recipe's id, never the raw argument: a path names no events.
+            return await _streamed(request, op, lambda ev: ev.recipe_id == recipe_id)
         return _json(await op(), status=201)
 
     async def evict(request: Request) -> Response:
@@ -222,7 +303,16 @@ def build_control_app(
     async def switch(request: Request) -> Response:
         data = await _body(request)
         frm = P.b_required_text(data, "from")
-        to = P.b_required_text(data, "to", max_len=P.MAX_PATH)
+        to_target: str | Recipe
+        if data.get("to_file") is not None:
+            _on_control_socket(request, "a recipe file")
+            to_target = await asyncio.to_thread(sent_recipe, data["to_file"], "to_file")
+            to = to_target.id
+        else:
+            to_target = P.b_required_text(data, "to", max_len=P.MAX_PATH)
+            to = recipe_id_of(to_target)
+            if to_target != to:
+                _on_control_socket(request, "a recipe path")
         port = P.b_int(data, "port", 1, 65535)
         gpus = P.gpus(data.get("gpus"))
         drain_timeout = P.b_seconds(data, "drain_timeout", 30.0) or 0.0
@@ -235,7 +325,7 @@ def build_control_app(
         async def op() -> dict[str, Any]:
             return await sup.switch(
                 src.id,
-                to,
+                to_target,
                 port=port,
                 gpus=gpus,
                 drain_timeout=drain_timeout,

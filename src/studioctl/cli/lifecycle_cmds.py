@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from studioctl.cli.app import app
-from studioctl.errors import EngineFailed, StudioError, UsageError, from_envelope
+from studioctl.errors import EngineFailed, StudioError, UsageError
 
 _JSON = typer.Option(False, "--json", help="Print JSON (one object per line when streaming).")
 
@@ -72,7 +72,7 @@ def launch(
         return
     from studioctl.client import connect
 
-    body = {
+    body: dict[str, Any] = {
         "recipe": recipe,
         "port": port,
         "gpus": gpu_list,
@@ -80,6 +80,10 @@ def launch(
         "wait": wait,
         "timeout": timeout,
     }
+    local = _recipe_file(recipe)
+    if local is not None:
+        body["recipe"], body["recipe_file"] = local
+        recipe = local[0]
     with connect() as client:
         if not wait:
             out = client.launch(body)
@@ -97,6 +101,37 @@ def launch(
             f"{result['id']} ready on {result['url']} (model {result['served_name']}"
             + (f", {ready_in:.1f}s)" if ready_in is not None else ")")
         )
+
+
+def _recipe_file(target: str) -> tuple[str, dict[str, str]] | None:
+    """A TARGET that is a path (holds a slash, or ends .yaml/.yml/.json): ``(recipe id,
+    {"path", "text"})`` to send in place of the path, else None (a recipe id).
+
+    The daemon resolves a relative path against its own working directory (``/`` under
+    systemd) and may not read the user's home: the CLI reads the file, validates it here
+    (errors name the file and line, before anything is sent) and sends its text with its
+    absolute path, which anchors the recipe's relative paths and names its id. The daemon
+    validates it again; it trusts nothing it is sent.
+    """
+    from studioctl.errors import NotFoundError
+    from studioctl.recipes import is_path_like, load_recipe_file
+
+    if not is_path_like(target):
+        return None
+    path = Path(target).expanduser().absolute()
+    if not path.is_file():
+        shown = target if target == str(path) else f"{target} ({path})"
+        bare = "/" not in target  # `launch tiny.yaml`: perhaps the id was meant
+        raise NotFoundError(
+            f"no recipe file {shown}",
+            hint=f"a recipe id is written without .yaml: {Path(target).stem}" if bare else None,
+        )
+    recipe = load_recipe_file(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    return recipe.id, {"path": str(path), "text": text}
 
 
 def _follow_operation(stream: Any, title: str, as_json: bool) -> dict[str, Any]:
@@ -127,7 +162,9 @@ def _follow_operation(stream: Any, title: str, as_json: bool) -> dict[str, Any]:
                 elif kind == "result":
                     result = msg["result"]
                 elif kind == "error":
-                    raise from_envelope(int(msg.get("status", 500)), {"error": msg["error"]})
+                    from studioctl.client import envelope_error
+
+                    raise envelope_error(int(msg.get("status", 500)), {"error": msg["error"]})
     except KeyboardInterrupt:
         sys.stderr.write(
             "\ninterrupted: the operation goes on in the daemon "
@@ -239,7 +276,9 @@ def evict(
 @app.command()
 def switch(
     frm: str = typer.Argument(..., metavar="FROM", help="Running instance or recipe id."),
-    to: str = typer.Argument(..., metavar="TO", help="Recipe id to run instead."),
+    to: str = typer.Argument(
+        ..., metavar="TO", help="Recipe id (or a path to a recipe file) to run instead."
+    ),
     port: int | None = typer.Option(None, "--port"),
     gpus: str | None = typer.Option(None, "--gpus"),
     timeout: float | None = typer.Option(None, "--timeout"),
@@ -257,7 +296,7 @@ def switch(
     """
     from studioctl.client import connect
 
-    body = {
+    body: dict[str, Any] = {
         "from": frm,
         "to": to,
         "port": port,
@@ -267,6 +306,10 @@ def switch(
         "grace": grace,
         "lock_wait": wait_lock,
     }
+    local = _recipe_file(to)
+    if local is not None:
+        body["to"], body["to_file"] = local
+        to = local[0]
     with connect() as client:
         rep = _follow_operation(client.switch_stream(body), f"switching {frm} -> {to}", as_json)
     if as_json:
@@ -438,9 +481,15 @@ def logs(
     since: str | None = typer.Option(
         None, "--since", help="Only lines after: 10m, 2h, or an ISO time."
     ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="One JSON object per line: ts (the time the line carries, else the last one "
+        "seen), source (engine or studioctl), instance, line.",
+    ),
 ) -> None:
     """Print an instance's engine log (from the daemon, or the log file when it is down)."""
-    from studioctl.client import Client
+    from studioctl.client import Client, path_segment
 
     since_ts = parse_since(since) if since else None
     params: dict[str, Any] = {"n": n, "follow": "1" if follow else "0"}
@@ -449,18 +498,56 @@ def logs(
     client = Client()
     try:
         if client.ping() is not None:
+            out = _plain
+            if as_json:  # the instance a recipe id names, for every object
+                inst = client.request("GET", f"/instances/{path_segment(target)}")
+                out = LogJson(str(inst["id"])).echo
             try:
-                for line in client.stream_lines("GET", f"/instances/{target}/logs", params=params):
-                    typer.echo(line)
+                path = f"/instances/{path_segment(target)}/logs"
+                for line in client.stream_lines("GET", path, params=params):
+                    out(line)
             except KeyboardInterrupt:
                 raise typer.Exit(130) from None
             return
     finally:
         client.close()
-    _logs_from_file(target, n=n, follow=follow, since=since_ts)
+    _logs_from_file(target, n=n, follow=follow, since=since_ts, as_json=as_json)
 
 
-def _logs_from_file(target: str, *, n: int, follow: bool, since: float | None) -> None:
+def _plain(line: str) -> None:
+    typer.echo(line)
+
+
+class LogJson:
+    """``logs --json``: each log line as one JSON object.
+
+    Engines write stdout and stderr straight into one file, so the source tells only
+    studioctl's own marker lines (``=== studioctl: launch …``) from the engine's. ``ts`` is
+    the time the line carries (ISO, or vLLM's ``MM-DD HH:MM:SS``); a line without one (a
+    traceback, a progress bar) gets the last one seen, as ``--since`` treats it; null
+    before any.
+    """
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.ts: float | None = None
+
+    def record(self, line: str) -> dict[str, Any]:
+        from studioctl.lifecycle.logfiles import line_time
+
+        stamped = line_time(line)
+        if stamped is not None:
+            self.ts = stamped
+        source = "studioctl" if line.startswith("=== studioctl:") else "engine"
+        return {"ts": self.ts, "source": source, "instance": self.instance, "line": line}
+
+    def echo(self, line: str) -> None:
+        _echo_json(self.record(line))
+
+
+def _logs_from_file(
+    target: str, *, n: int, follow: bool, since: float | None, as_json: bool = False
+) -> None:
     from studioctl import paths
     from studioctl.errors import NotFoundError
     from studioctl.lifecycle import logfiles
@@ -472,19 +559,20 @@ def _logs_from_file(target: str, *, n: int, follow: bool, since: float | None) -
             hint="the daemon is not running; `studioctl daemon start`",
         )
     sys.stderr.write(f"(daemon not running: reading {path})\n")
+    out = LogJson(path.stem).echo if as_json else _plain  # the file is <instance id>.log
     lines = logfiles.tail_lines(
         path, n if since is None else 10**9, max_bytes=64 << 20 if since else 256 << 10
     )
     if since is not None:
         lines = list(logfiles.since(lines, since))[-n:] if n else []
     for line in lines:
-        typer.echo(line)
+        out(line)
     if follow:
         follower = logfiles.LogFollower(path, offset=path.stat().st_size)
         try:
             while True:
                 for line in follower.read_new():
-                    typer.echo(line)
+                    out(line)
                 time.sleep(0.25)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None

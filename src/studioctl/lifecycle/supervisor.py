@@ -162,7 +162,7 @@ class Supervisor:
 
     async def launch(
         self,
-        recipe_id: str,
+        recipe_id: str | Recipe,
         *,
         port: int | None = None,
         gpus: builtins.list[int] | None = None,
@@ -171,7 +171,8 @@ class Supervisor:
         timeout: float | None = None,
         lock_wait: bool = False,
     ) -> Instance:
-        recipe = self._load_recipe(recipe_id)
+        # A Recipe: one a client sent (a file outside the recipe folders), validated by the caller.
+        recipe = self._load_recipe(recipe_id) if isinstance(recipe_id, str) else recipe_id
         gpu_set = list(gpus) if gpus is not None else list(recipe.gpus)
         resources = {f"recipe:{recipe.id}", *(f"gpu:{g}" for g in gpu_set)}
         async with self.locks.hold(resources, f"launch {recipe.id}", wait=lock_wait):
@@ -708,7 +709,7 @@ class Supervisor:
     async def switch(
         self,
         frm: str,
-        to: str,
+        to: str | Recipe,
         *,
         port: int | None = None,
         gpus: builtins.list[int] | None = None,
@@ -718,9 +719,9 @@ class Supervisor:
         lock_wait: bool = False,
     ) -> dict[str, Any]:
         src = self.get(frm)
-        recipe = self._load_recipe(to)
+        recipe = self._load_recipe(to) if isinstance(to, str) else to
         if recipe.id == src.recipe.id:
-            raise UsageError(f"{frm} already runs recipe {to}; nothing to switch")
+            raise UsageError(f"{frm} already runs recipe {recipe.id}; nothing to switch")
         new_gpus = list(gpus) if gpus is not None else list(recipe.gpus)
         overlap = sorted(set(src.gpus) & set(new_gpus))
         new_port = port if port is not None else recipe.port
