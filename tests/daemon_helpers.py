@@ -258,7 +258,7 @@ def running_daemon(
             "STUDIOCTL_DAEMON_RESTART_BACKOFF_MAX_S": "2",
             "STUDIOCTL_ENGINES_PORT_MIN": str(free_port_block(201)),
             "STUDIOCTL_GATEWAY_ENABLED": "true" if gateway else "false",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
         }
     )
     env["STUDIOCTL_ENGINES_PORT_MAX"] = str(int(env["STUDIOCTL_ENGINES_PORT_MIN"]) + 200)
