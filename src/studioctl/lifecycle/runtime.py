@@ -153,6 +153,14 @@ def new_api_key() -> str:
     return "sce-" + secrets.token_urlsafe(32)
 
 
+def key_file_path(instance_id: str) -> Path:
+    """Where an engine that reads its key from a file (SGLang) finds it while it starts
+    (written 0600 in a 0700 folder; removed once start-up is over)."""
+    from studioctl import paths
+
+    return paths.state_dir() / "engine-keys" / f"{instance_id}.yaml"
+
+
 def recipe_from_json(text: str) -> Recipe:
     from studioctl.recipes import Recipe
 

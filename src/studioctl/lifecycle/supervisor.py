@@ -42,7 +42,7 @@ from studioctl.lifecycle.events import EventBus
 from studioctl.lifecycle.locks import ResourceLocks
 from studioctl.lifecycle.osproc import OsProc
 from studioctl.lifecycle.restart import RestartPolicy, decide
-from studioctl.lifecycle.runtime import Instance, new_api_key
+from studioctl.lifecycle.runtime import Instance, key_file_path, new_api_key
 from studioctl.lifecycle.states import ACTIVE, State, check
 from studioctl.lifecycle.terminate import terminate
 
@@ -291,7 +291,7 @@ class Supervisor:
             port=inst.port,
             gpus=inst.gpus,
             api_key=inst.api_key,
-            key_file=str(_key_file(inst.id)),
+            key_file=str(key_file_path(inst.id)),
         )
         try:
             for path, content in cmd.files.items():
@@ -888,7 +888,7 @@ class Supervisor:
             # Start-up is over: the engine read its key file and printed what it prints.
             self._scrub_log(inst)
             with contextlib.suppress(OSError):
-                _key_file(inst.id).unlink(missing_ok=True)
+                key_file_path(inst.id).unlink(missing_ok=True)
         inst.state = new
         inst.reason = reason
         ts = self.os.now()
@@ -980,11 +980,6 @@ def _nvml_gpu_count() -> int:
     from studioctl import gpu
 
     return gpu.device_count()
-
-
-def _key_file(instance_id: str) -> Path:
-    """Where an engine that reads its key from a file (SGLang) finds it, while it starts."""
-    return paths.state_dir() / "engine-keys" / f"{instance_id}.yaml"
 
 
 def _write_private(path: Path, content: str) -> None:
