@@ -20,7 +20,6 @@ import psutil
 import pytest
 
 from daemon_helpers import Daemon, running_daemon
-from studioctl.store import Database, InstanceRepo
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +39,7 @@ def d(shared: Daemon) -> Iterator[Daemon]:
 
 
 def stored_key(d: Daemon, iid: str) -> str:
-    with Database(d.home / "state" / "studioctl.db") as db:
-        key = InstanceRepo(db).require(iid).api_key
+    key = d.engine_key(iid)
     assert key, f"{iid} has no stored key"
     return key
 

@@ -61,7 +61,7 @@ def test_one_gpu_a_second_engine_is_refused_unless_forced(one_gpu: Daemon) -> No
         a = d.launch("solo-a")
         assert a["gpus"] == []
         err = refused(d, "launch", "solo-b")
-        assert "GPU 0 is used by solo-a-1 (recipe solo-a)" in err
+        assert "GPU 0 is held by solo-a-1 (recipe solo-a)" in err
         assert "--force" in err
         assert [i["recipe"] for i in d.instances(include_stopped=False)] == ["solo-a"]
         # --dry-run says the same, and starts nothing.
@@ -102,7 +102,7 @@ def test_two_gpus_switch_order_follows_the_gpus(two_gpus: Daemon) -> None:
         d.recipe("two-0", gpus=[0])
         d.recipe("two-1", gpus=[1])
         d.launch("two-0")
-        assert "GPU 0 is used by two-0-1" in refused(d, "launch", "two-all")
+        assert "GPU 0 is held by two-0-1" in refused(d, "launch", "two-all")
         # Another GPU: launched beside it, then the old one evicted (no gap in service).
         r = d.cli("switch", "two-0", "two-1", "--json")
         assert r.returncode == 0, r.stderr
@@ -129,11 +129,11 @@ def test_four_gpus_disjoint_engines_run_side_by_side(four_gpus: Daemon) -> None:
         d.launch("four-01")
         d.launch("four-23")
         err = refused(d, "launch", "four-all")
-        assert "GPU 0,1 is used by four-01-1 (recipe four-01)" in err
-        assert "GPU 2 is used by four-23-1 (recipe four-23)" in refused(d, "launch", "four-2")
+        assert "GPU 0,1 is held by four-01-1 (recipe four-01)" in err
+        assert "GPU 2 is held by four-23-1 (recipe four-23)" in refused(d, "launch", "four-2")
         # A switch whose new engine would land on a third instance's GPU is refused before
         # the old one is touched.
-        assert "GPU 2 is used by four-23-1" in refused(d, "switch", "four-01", "four-2")
+        assert "GPU 2 is held by four-23-1" in refused(d, "switch", "four-01", "four-2")
         states = {i["id"]: i["state"] for i in d.instances(include_stopped=False)}
         assert states == {"four-01-1": "ready", "four-23-1": "ready"}
     finally:

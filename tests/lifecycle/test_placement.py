@@ -81,9 +81,9 @@ def test_device_count_goes_through_the_make_nvml_seam(monkeypatch: pytest.Monkey
 
 
 def test_the_message_names_the_instance_and_the_gpu() -> None:
-    assert Conflict("b-1", "b", (0,), False).message() == "GPU 0 is used by b-1 (recipe b)"
+    assert Conflict("b-1", "b", (0,), False).message() == "GPU 0 is held by b-1 (recipe b)"
     text = Conflict("a-1", "a", (0, 1), True).message()
-    assert text.startswith("GPU 0,1 is used by a-1 (recipe a)")
+    assert text.startswith("GPU 0,1 is held by a-1 (recipe a)")
     assert "names no gpus" in text
 
 

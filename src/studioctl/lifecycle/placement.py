@@ -42,7 +42,7 @@ class Conflict:
     def message(self) -> str:
         which = ",".join(map(str, self.gpus))
         why = " (its recipe names no gpus: it uses every visible GPU)" if self.all_gpus else ""
-        return f"GPU {which} is used by {self.instance_id} (recipe {self.recipe_id}){why}"
+        return f"GPU {which} is held by {self.instance_id} (recipe {self.recipe_id}){why}"
 
 
 def gpu_set(gpus: Sequence[int], visible: int) -> frozenset[int]:

@@ -284,7 +284,7 @@ class Supervisor:
         return inst
 
     def _spawn(self, inst: Instance, *, first: bool) -> None:
-        if inst.api_key is None and not inst.foreign:  # started before keys: gets one now
+        if inst.api_key is None:  # started before keys (or adopted): it gets one now
             inst.api_key = new_api_key()
         cmd = inst.engine.command(
             inst.recipe,
