@@ -985,7 +985,7 @@ def _nvml_gpu_count() -> int:
 def _write_private(path: Path, content: str) -> None:
     """Write ``content`` to ``path`` readable by this user only (dir 0700, file 0600)."""
     paths.ensure_dir(path.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)  # an older file of another mode is made private too
         os.write(fd, content.encode())
