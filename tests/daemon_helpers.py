@@ -179,6 +179,14 @@ class Daemon:
             ):
                 self.cli("evict", inst["id"], "--force", "--grace", "2", "--json", timeout=60)
 
+    def engine_key(self, iid: str) -> str | None:
+        """The API key the daemon started instance ``iid``'s engine with (read from its
+        store: the control API never shows it). Talking to an engine directly needs it."""
+        from studioctl.store import Database, InstanceRepo
+
+        with Database(self.home / "state" / "studioctl.db") as db:
+            return InstanceRepo(db).require(iid).api_key
+
     def client(self) -> Any:
         from studioctl.client import Client
 

@@ -158,7 +158,7 @@ def test_engine_args_rendering() -> None:
     args = {
         "enable_prefix_caching": False,  # vLLM BooleanOptionalAction → --no-
         "disable_log_stats": False,  # store_true in vLLM: left out
-        "api_key": ["k1", "k2"],
+        "allowed_origins": ["k1", "k2"],
         "speculative_config": {"method": "ngram", "num_speculative_tokens": 4},
         "swap_space": 4.5,
         "empty_list": [],
@@ -167,7 +167,7 @@ def test_engine_args_rendering() -> None:
     tail = get_engine("vllm").command(r, port=1).argv[11:]
     assert tail == [
         "--no-enable-prefix-caching",
-        "--api-key", "k1", "k2",
+        "--allowed-origins", "k1", "k2",
         "--speculative-config", '{"method":"ngram","num_speculative_tokens":4}',
         "--swap-space", "4.5",
     ]  # fmt: skip
@@ -192,6 +192,54 @@ def test_gpu_override_and_env() -> None:
     assert get_engine("vllm").command(no_gpus, port=1, gpus=[0, 1]).env == {
         "CUDA_VISIBLE_DEVICES": "0,1"
     }
+
+
+KEY = "sce-Zm9vYmFyLWtleS1mb3ItdGVzdHM"
+
+
+def test_vllm_takes_its_key_from_the_environment_never_argv() -> None:
+    """vLLM reads VLLM_API_KEY as it reads --api-key: the key stays off the command line
+    (``ps`` on the host shows argv to every user)."""
+    plain = get_engine("vllm").command(full("vllm"), port=18007)
+    cmd = get_engine("vllm").command(full("vllm"), port=18007, api_key=KEY)
+    assert cmd.argv == plain.argv and not cmd.files
+    assert cmd.env == {**plain.env, "VLLM_API_KEY": KEY}
+    assert KEY not in cmd.shell() and "VLLM_API_KEY='***'" in cmd.shell()
+    assert cmd.shown_env()["VLLM_API_KEY"] == "***" and KEY not in repr(cmd)
+
+
+def test_sglang_takes_its_key_from_a_config_file_never_argv() -> None:
+    """SGLang reads no key variable; `--config FILE.yaml` (merged into its arguments) carries
+    ``api-key``: the argv names the file, the file (written 0600 by the launch) holds it."""
+    plain = get_engine("sglang").command(full("sglang"), port=18008)
+    cmd = get_engine("sglang").command(
+        full("sglang"), port=18008, api_key=KEY, key_file="/s/keys/full-1.yaml"
+    )
+    assert cmd.argv == [*plain.argv, "--config", "/s/keys/full-1.yaml"]
+    assert cmd.env == plain.env
+    assert json.loads(cmd.files["/s/keys/full-1.yaml"]) == {"api-key": KEY}  # JSON is YAML
+    assert not any(KEY in a for a in cmd.argv) and KEY not in cmd.shell()
+    with pytest.raises(ValueError, match="key_file"):
+        get_engine("sglang").command(full("sglang"), port=1, api_key=KEY)
+
+
+@pytest.mark.parametrize(
+    ("backend", "over", "named"),
+    [
+        ("vllm", {"engine_args": {"api_key": "x"}}, "--api-key is not allowed"),
+        ("vllm", {"extra_args": ["--api-key=x"]}, "--api-key is not allowed"),
+        ("vllm", {"env": {"VLLM_API_KEY": "x"}}, "VLLM_API_KEY is not allowed"),
+        ("sglang", {"engine_args": {"api-key": "x"}}, "--api-key is not allowed"),
+        ("sglang", {"extra_args": ["--config", "c.yaml"]}, "--config is not allowed"),
+    ],
+)
+def test_a_recipe_cannot_set_the_engine_key(
+    backend: str, over: dict[str, object], named: str
+) -> None:
+    """The key is studioctl's: a recipe's own would lock the gateway and probes out."""
+    with pytest.raises(ValueError, match="own generated API key") as info:
+        Recipe.model_validate({"id": "k", "backend": backend, "model": "m", **over})
+    assert named in str(info.value)
 
 
 def test_shell_is_what_runs() -> None:

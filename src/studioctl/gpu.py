@@ -184,6 +184,16 @@ class Nvml:
         gpus = tuple(self._read_gpu(m, i) for i in range(count))
         return HostGpus(True, None, driver, cuda, gpus, self._clock())
 
+    def device_count(self) -> int:
+        """How many GPUs NVML sees; 0 without a driver (or when it cannot count them)."""
+        m, reason = self._start()
+        if reason is not None:
+            return 0
+        try:
+            return max(0, int(m.nvmlDeviceGetCount()))
+        except m.NVMLError:
+            return 0
+
     def _read_gpu(self, m: Any, index: int) -> GpuSnapshot:
         known_name, known_uuid = self._known.get(index, (None, None))
         try:
@@ -266,6 +276,13 @@ def snapshot() -> HostGpus:
     """One-shot read of every GPU (initialises and shuts NVML down around it)."""
     with make_nvml() as nvml:
         return nvml.snapshot()
+
+
+def device_count() -> int:
+    """How many GPUs this host has (NVML's count; 0 without a driver). Placement uses it: a
+    recipe without ``gpus`` runs on every one of them."""
+    with make_nvml() as nvml:
+        return nvml.device_count()
 
 
 def map_processes(host: HostGpus, trees: Mapping[str, Iterable[int]]) -> dict[str, dict[int, int]]:

@@ -428,7 +428,7 @@ class Telemetry:
         from studioctl.lifecycle.readiness import fetch_text
 
         url = inst.base_url + "/metrics"
-        text = await fetch_text(session, url)
+        text = await fetch_text(session, url, headers=getattr(inst, "auth_headers", None))
         self.observe_metrics(inst, text, source=url)
 
     def observe_metrics(self, inst: Instance, text: str | None, *, source: str) -> None:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from standin.helpers import free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
+
+#: Homes of the running e2e daemons: their stores hold each engine's own API key.
+_HOMES: list[Path] = []
 CACHE = Path(os.environ.get("STUDIOCTL_DEV_CACHE") or Path.home() / ".cache" / "studioctl-dev")
 SETUP = "scripts/setup-engines.sh"
 
@@ -178,9 +182,15 @@ def wait_for(
 def http(
     url: str, body: dict[str, Any] | None = None, *, timeout: float = 30.0
 ) -> tuple[int, bytes]:
-    """(status, body) of a GET (or a JSON POST when ``body`` is given); status 0 = no answer."""
+    """(status, body) of a GET (or a JSON POST when ``body`` is given); status 0 = no answer.
+
+    A request straight to an engine carries that engine's API key (see ``engine_key``)."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    key = engine_key(url)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return int(resp.status), resp.read()
@@ -188,6 +198,25 @@ def http(
         return int(exc.code), exc.read()
     except (OSError, TimeoutError):
         return 0, b""
+
+
+def engine_key(url: str) -> str | None:
+    """The API key of the engine listening at ``url``'s port, from the store of a running e2e
+    daemon (studioctl starts every engine with its own key; the engines refuse /v1 without
+    it), or None when no managed engine listens there (the gateway, a stopped engine)."""
+    from studioctl.lifecycle.states import ACTIVE
+    from studioctl.store import Database, InstanceRepo
+
+    port = urllib.parse.urlsplit(url).port
+    for home in list(_HOMES):
+        path = home / "state" / "studioctl.db"
+        if not path.exists():
+            continue
+        with Database(path) as db:
+            live = [i for i in InstanceRepo(db).list() if i.port == port and i.state in ACTIVE]
+        if live:
+            return live[-1].api_key
+    return None
 
 
 def completion(
@@ -470,6 +499,7 @@ def e2e_daemon(engines: EngineEnv) -> Iterator[E2EDaemon]:
     home = Path(tempfile.mkdtemp(prefix="sc-e2e-", dir="/tmp"))
     d = E2EDaemon(home=home, env=daemon_env(home, engines.env))
     leaked: list[str] = []
+    _HOMES.append(home)
     try:
         d.start()
         yield d
@@ -482,6 +512,7 @@ def e2e_daemon(engines: EngineEnv) -> Iterator[E2EDaemon]:
             d.stop()
         finally:
             leaked = kill_leftovers(d.seen)
+            _HOMES.remove(home)
             keep = os.environ.get("STUDIOCTL_E2E_KEEP_HOME")
             if not keep:
                 shutil.rmtree(home, ignore_errors=True)

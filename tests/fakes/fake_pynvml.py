@@ -309,3 +309,8 @@ def unsupported_metrics() -> FakePynvml:
             )
         ]
     )
+
+
+def gpus(n: int) -> FakePynvml:
+    """``n`` idle A100s, no processes (placement only needs them to exist)."""
+    return FakePynvml([FakeGpu(uuid=f"GPU-00000000-0000-4000-8000-{i:012d}") for i in range(n)])

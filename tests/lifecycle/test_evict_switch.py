@@ -39,9 +39,10 @@ def cli_bg(d: Daemon, *args: str) -> subprocess.Popen[str]:
 class Streamer(threading.Thread):
     """A streaming completion against the engine's own port, read chunk by chunk."""
 
-    def __init__(self, url: str, model: str, max_tokens: int) -> None:
+    def __init__(self, url: str, model: str, max_tokens: int, key: str | None) -> None:
         super().__init__(daemon=True)
         self.url, self.model, self.max_tokens = url, model, max_tokens
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.started = threading.Event()
         self.pieces: list[str] = []
         self.done = False
@@ -52,7 +53,13 @@ class Streamer(threading.Thread):
     def run(self) -> None:
         body = {"model": self.model, "prompt": "hi", "max_tokens": self.max_tokens, "stream": True}
         try:
-            with httpx.stream("POST", f"{self.url}/v1/completions", json=body, timeout=60) as resp:
+            with httpx.stream(
+                "POST",
+                f"{self.url}/v1/completions",
+                json=body,
+                headers=self.headers,  # the engine's own key: it refuses /v1 without it
+                timeout=60,
+            ) as resp:
                 resp.raise_for_status()
                 for line in resp.iter_lines():
                     if self.cancel.is_set():
@@ -71,8 +78,8 @@ class Streamer(threading.Thread):
             self.started.set()
 
 
-def start_stream(inst: dict[str, Any], max_tokens: int) -> Streamer:
-    s = Streamer(inst["url"], inst["served_name"], max_tokens)
+def start_stream(d: Daemon, inst: dict[str, Any], max_tokens: int) -> Streamer:
+    s = Streamer(inst["url"], inst["served_name"], max_tokens, d.engine_key(inst["id"]))
     s.start()
     assert s.started.wait(10), "the stream did not start"
     assert s.error is None, s.error
@@ -85,7 +92,7 @@ def start_stream(inst: dict[str, Any], max_tokens: int) -> Streamer:
 def test_evict_waits_for_the_request_in_flight(d: Daemon) -> None:
     d.recipe("drain", env={"STANDIN_TOKEN_DELAY_S": "0.1"})
     inst = d.launch("drain")
-    stream = start_stream(inst, max_tokens=40)  # ~4 s of tokens
+    stream = start_stream(d, inst, max_tokens=40)  # ~4 s of tokens
     rep = d.cli_json("evict", "drain", "--drain-timeout", "30", "--json")
     stream.join(10)
     assert rep["drained"] is True
@@ -114,7 +121,7 @@ def test_evict_waits_for_the_request_in_flight(d: Daemon) -> None:
 def test_drain_timeout_exceeded_stops_anyway(d: Daemon) -> None:
     d.recipe("drain-slow", env={"STANDIN_TOKEN_DELAY_S": "0.5"})
     inst = d.launch("drain-slow")
-    stream = start_stream(inst, max_tokens=60)  # ~30 s: far past the drain timeout
+    stream = start_stream(d, inst, max_tokens=60)  # ~30 s: far past the drain timeout
     t0 = time.monotonic()
     rep = d.cli_json("evict", "drain-slow", "--drain-timeout", "1", "--grace", "5", "--json")
     elapsed = time.monotonic() - t0
@@ -131,7 +138,7 @@ def test_drain_timeout_exceeded_stops_anyway(d: Daemon) -> None:
 def test_evict_force_skips_draining(d: Daemon) -> None:
     d.recipe("forced", env={"STANDIN_TOKEN_DELAY_S": "0.5"})
     inst = d.launch("forced")
-    stream = start_stream(inst, max_tokens=60)
+    stream = start_stream(d, inst, max_tokens=60)
     rep = d.cli_json("evict", "forced", "--force", "--json")
     stream.join(10)
     assert rep["drained"] is None
@@ -204,7 +211,7 @@ def test_concurrent_ops_refused_while_an_evict_drains(d: Daemon) -> None:
     inst = d.launch("busy")
     # ~60 s of tokens: the evict drains until the client hangs up below, however slowly
     # the checks in between run on a loaded machine.
-    stream = start_stream(inst, max_tokens=300)
+    stream = start_stream(d, inst, max_tokens=300)
     first = cli_bg(d, "evict", "busy", "--drain-timeout", "60", "--json")
     try:
         d.wait_state(inst["id"], "draining", timeout=10)
@@ -348,7 +355,7 @@ def test_operations_refused_while_a_switch_runs(d: Daemon) -> None:
     e = d.launch("sw-e")
     # A long request on the old instance: the switch holds its lock while it drains, until
     # the client hangs up below (the checks in between may be slow on a loaded machine).
-    stream = start_stream(e, max_tokens=300)
+    stream = start_stream(d, e, max_tokens=300)
     sw = cli_bg(d, "switch", "sw-e", "sw-f", "--drain-timeout", "60", "--json")
     try:
         deadline = time.monotonic() + 15

@@ -38,6 +38,12 @@ Standard library only, so it is up in a few tens of milliseconds. What it does, 
   ``sglang:generation_tokens_total``, ``sglang:num_requests_total``; the running / waiting
   gauges count the requests really in flight), ``GET /version`` (vLLM),
   ``GET /get_model_info`` (SGLang), and ``POST /standin/crash`` (exit 1 at once).
+- API key, as the real engines take and enforce it: vLLM ``--api-key`` or ``VLLM_API_KEY``
+  (``--api-key`` wins), required as ``Authorization: Bearer KEY`` on ``/v1/*`` only (not
+  ``/health``, ``/metrics``, ``/tokenize``, ``/version``); SGLang ``--api-key`` or
+  ``--config FILE.yaml`` holding ``api-key`` (the command line wins), required on every route
+  but ``/health*``, ``/ready*`` and ``/metrics*``. Without it: 401 ``{"error":
+  "Unauthorized"}``. SGLang logs the key in its ``server_args`` line, as 0.5.23 does.
 - Tokens: one per whitespace-separated word of the prompt; a chat prompt is one token per
   message (its role) plus the words of its content. A completion generates exactly
   ``max_tokens`` (or ``max_completion_tokens``; default 16) tokens, text ``"tok0 tok1 ..."``,
@@ -75,6 +81,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hmac
 import json
 import os
 import signal
@@ -183,6 +190,7 @@ class Settings:
     child: str
     access_log: bool
     modes: Modes
+    api_key: str | None = None
 
 
 def parse_settings(flavour: str, argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
@@ -193,6 +201,7 @@ def parse_settings(flavour: str, argv: Sequence[str], environ: Mapping[str, str]
     parser.add_argument("--port", type=int, default=8000 if flavour == "vllm" else 30000)
     parser.add_argument("--served-model-name", nargs="+", default=None)
     parser.add_argument("--max-total-tokens", type=int, default=65536)
+    parser.add_argument("--api-key", default=None)
     if flavour == "vllm":
         parser.add_argument("--host", default="0.0.0.0")
         parser.add_argument("--model", default="Qwen/Qwen3-0.6B")
@@ -203,6 +212,7 @@ def parse_settings(flavour: str, argv: Sequence[str], environ: Mapping[str, str]
         parser.add_argument("--model-path", required=True)
         parser.add_argument("--context-length", type=int, default=2048)
         parser.add_argument("--max-running-requests", type=int, default=256)
+        parser.add_argument("--config", default=None)
     ns, _unknown = parser.parse_known_args(list(argv))
     if flavour == "vllm":
         model, max_len, max_running = ns.model, ns.max_model_len, ns.max_num_seqs
@@ -214,6 +224,10 @@ def parse_settings(flavour: str, argv: Sequence[str], environ: Mapping[str, str]
     access_log = environ.get("STANDIN_ACCESS_LOG", "1")
     if access_log not in ("0", "1"):
         raise UsageError(f"STANDIN_ACCESS_LOG: {access_log!r} is not 0 or 1")
+    if flavour == "vllm":
+        api_key = ns.api_key or environ.get("VLLM_API_KEY") or None
+    else:
+        api_key = ns.api_key or (_config_key(ns.config) if ns.config else None)
     return Settings(
         flavour=flavour,
         host=ns.host,
@@ -229,7 +243,24 @@ def parse_settings(flavour: str, argv: Sequence[str], environ: Mapping[str, str]
         child=child,
         access_log=access_log == "1",
         modes=parse_modes(environ.get("STANDIN_MODE", "")),
+        api_key=api_key,
     )
+
+
+def _config_key(path: str) -> str | None:
+    """``api-key`` from an SGLang ``--config`` file (YAML; the stand-in reads the JSON form
+    of it, which is what studioctl writes: the standard library has no YAML)."""
+    if not path.endswith((".yaml", ".yml")):
+        raise UsageError(f"Config file must be YAML format, got: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError("Config file must contain a dictionary at root level")
+    key = data.get("api-key", data.get("api_key"))
+    return str(key) if key is not None else None
 
 
 # ------------------------------------------------------------------------------------ tokens
@@ -548,6 +579,12 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest("request body must be a JSON object")
         return body
 
+    def _read_json_quietly(self) -> None:
+        """Consume a request body left unread (keep-alive needs the stream in step)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+
     def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -570,9 +607,26 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
+    def _guarded(self, path: str) -> bool:
+        """Whether ``path`` needs the API key (as each real engine decides)."""
+        if self.engine.settings.api_key is None or self.command == "OPTIONS":
+            return False
+        if self.engine.settings.flavour == "vllm":
+            return path.startswith(("/v1", "/v2", "/inference", "/cohere"))
+        return not path.startswith(("/health", "/ready", "/metrics"))
+
+    def _authorized(self) -> bool:
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        key = self.engine.settings.api_key or ""
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
+
     def _route(self, routes: Mapping[str, Callable[[], None]]) -> None:
         path = self.path.split("?", 1)[0]
         handler = routes.get(path)
+        if self._guarded(path) and not self._authorized():
+            self._read_json_quietly()
+            self._json(401, {"error": "Unauthorized"})
+            return
         try:
             if handler is None:
                 raise BadRequest("Not Found", status=404, kind="NotFoundError")
@@ -1031,7 +1085,7 @@ class Standin:
             f"server_args=ServerArgs(model_path={s.model!r}, tokenizer_path={s.model!r}, "
             f"served_model_name={s.served_names[0]!r}, host={s.host!r}, port={s.port}, "
             f"context_length={s.max_model_len}, max_running_requests={s.max_running}, "
-            f"max_total_tokens={s.kv_capacity_tokens}, device='cpu')"
+            f"max_total_tokens={s.kv_capacity_tokens}, api_key={s.api_key!r}, device='cpu')"
         )
         self.spawn_children()
         self.core("Init torch distributed begin.", where="model_runner.py:1")

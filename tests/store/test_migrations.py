@@ -59,23 +59,40 @@ def test_database_left_at_m001_is_brought_up_to_date(tmp_path: Path) -> None:
     with Database(path) as db:
         assert db.migrate(target="m001_initial") == ["m001_initial"]
         assert "tenants" not in tables(db)
-        InstanceRepo(db).insert(
-            Instance(
-                id="tiny-cpu-1",
-                recipe_id="tiny-cpu",
-                backend="vllm",
-                model="/m",
-                served_name="tiny",
-                host="127.0.0.1",
-                port=18000,
-            ),
-            ts=100.0,
+        # The row as studioctl 0.1 wrote it (its columns only).
+        db.execute(
+            "INSERT INTO instances (id, recipe_id, backend, model, served_name, host, port,"
+            " state, created_at, updated_at) VALUES"
+            " ('tiny-cpu-1', 'tiny-cpu', 'vllm', '/m', 'tiny', '127.0.0.1', 18000,"
+            " 'ready', 100.0, 100.0)"
         )
     with Database(path) as db:  # a later studioctl opens it
         assert db.migrate() == ALL[1:]
-        inst = InstanceRepo(db).get("tiny-cpu-1")
+        repo = InstanceRepo(db)
+        inst = repo.get("tiny-cpu-1")
         assert inst is not None and inst.port == 18000 and inst.created_at == 100.0
+        assert inst.api_key is None  # started before engines had keys
         assert TenantRepo(db).create("acme").name == "acme"  # the new tables work
+        assert repo.update("tiny-cpu-1", api_key="sce-x").api_key == "sce-x"
+
+
+def test_the_engine_key_is_stored_but_never_shown(tmp_path: Path) -> None:
+    with Database(tmp_path / "a.db") as db:
+        db.migrate()
+        repo = InstanceRepo(db)
+        rec = Instance(
+            id="t-1",
+            recipe_id="t",
+            backend="vllm",
+            model="/m",
+            served_name="t",
+            host="127.0.0.1",
+            port=18000,
+            api_key="sce-secret",
+        )
+        got = repo.insert(rec)
+        assert got.api_key == "sce-secret" and repo.list()[0].api_key == "sce-secret"
+        assert "api_key" not in got.to_dict() and "sce-secret" not in repr(got)
 
 
 def test_refuses_a_database_from_a_newer_studioctl(tmp_path: Path) -> None:

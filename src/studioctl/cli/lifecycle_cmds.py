@@ -48,7 +48,11 @@ def launch(
     ),
     port: int | None = typer.Option(None, "--port", help="Port for the engine."),
     gpus: str | None = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1."),
-    force: bool = typer.Option(False, "--force", help="Launch onto GPUs another instance holds."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Launch even onto GPUs another instance uses (a recipe without gpus uses all).",
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the exact command and environment; start nothing."
     ),
@@ -58,8 +62,9 @@ def launch(
 
     Shows the launch stages parsed from the engine's log (weights, KV cache, API server)
     with elapsed time and an ETA from earlier launches. Exit codes: 5 when the recipe is
-    already running or its port/GPUs are taken, 6 on readiness timeout, 7 when the engine
-    exits before it is ready (the last log lines are printed).
+    already running, its port is taken or another instance uses one of its GPUs (a recipe
+    without `gpus` uses every GPU of the host; --force runs both), 6 on readiness timeout,
+    7 when the engine exits before it is ready (the last log lines are printed).
 
     Examples:
       studioctl launch tiny-cpu
@@ -177,13 +182,20 @@ def _follow_operation(stream: Any, title: str, as_json: bool) -> dict[str, Any]:
 
 
 def _dry_run(recipe_id: str, *, port: int | None, gpus: list[int] | None, as_json: bool) -> None:
+    from studioctl import gpu
     from studioctl.engines import get_engine
+    from studioctl.engines.base import REDACTED
+    from studioctl.lifecycle import placement
     from studioctl.lifecycle.osproc import OsProc
+    from studioctl.lifecycle.runtime import key_file_path
     from studioctl.recipes import get_recipe, recipe_dirs
     from studioctl.settings import load_settings
 
     settings = load_settings()
-    recipe = get_recipe(recipe_id, recipe_dirs(settings))
+    recipe = placement.placed(get_recipe(recipe_id, recipe_dirs(settings)), settings.engines.host)
+    wanted = gpus if gpus is not None else list(recipe.gpus)
+    visible = gpu.device_count()
+    in_the_way = placement.conflicts(_residents(), wanted, visible)
     chosen = port or recipe.port
     if chosen is None:
         osp = OsProc()
@@ -196,20 +208,59 @@ def _dry_run(recipe_id: str, *, port: int | None, gpus: list[int] | None, as_jso
             ),
             eng.port_min,
         )
-    cmd = get_engine(recipe.backend).command(recipe, port=chosen, gpus=gpus)
+    # The key is made at launch: shown as *** (and its file by the name it will have).
+    cmd = get_engine(recipe.backend).command(
+        recipe,
+        port=chosen,
+        gpus=gpus,
+        api_key=REDACTED,
+        key_file=str(key_file_path(f"{recipe.id}-N")),
+    )
     if as_json:
         _echo_json(
             {
                 "recipe": recipe.id,
                 "backend": recipe.backend,
+                "host": recipe.host,
                 "port": chosen,
-                "argv": cmd.argv,
-                "env": cmd.env,
+                "argv": cmd.shown_argv(),
+                "env": cmd.shown_env(),
                 "shell": cmd.shell(),
+                "gpus": sorted(placement.gpu_set(wanted, visible)),
+                "visible_gpus": visible,
+                "conflicts": [
+                    {"instance": c.instance_id, "recipe": c.recipe_id, "gpus": list(c.gpus)}
+                    for c in in_the_way
+                ],
             }
         )
     else:
         typer.echo(cmd.shell())
+        for c in in_the_way:
+            sys.stderr.write(f"note: {c.message()}: launch refuses it without --force\n")
+
+
+def _residents() -> list[Any]:
+    """The daemon's instances that hold GPUs, if a daemon is running (none otherwise)."""
+    from studioctl.client import Client
+    from studioctl.lifecycle import placement
+    from studioctl.lifecycle.states import ACTIVE, State
+
+    client = Client()
+    try:
+        if client.ping() is None:
+            return []
+        listed = client.instances()["instances"]
+    except StudioError:
+        return []
+    finally:
+        client.close()
+    holding = {str(s) for s in (*ACTIVE, State.CRASHED)}  # as the supervisor counts them
+    return [
+        placement.Resident(i["id"], i["recipe"], tuple(i.get("gpus") or ()))
+        for i in listed
+        if i.get("state") in holding
+    ]
 
 
 # ------------------------------------------------------------------ evict / switch / adopt

@@ -12,6 +12,13 @@ shared builder turns a recipe into argv in a fixed order::
                       <common options, in recipe field order>
                       <engine_args, in file order>
                       <extra_args, verbatim>
+                      [the engine's API key: an environment variable, or a 0600 file]
+
+Every engine studioctl starts gets its own API key (``api_key``): vLLM reads it from
+``VLLM_API_KEY`` (kept off the command line); SGLang has no such variable, so it gets
+``--config FILE``, a mode-0600 YAML file holding ``api-key`` (its config-file option; the
+key never appears in argv). ``EngineCommand.shell()`` and the ``shown_*`` views print the
+key as ``***``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from studioctl.recipes import Recipe
+
+#: What a secret is shown as (``ps``, ``--dry-run``, logs, events).
+REDACTED = "***"
 
 #: The recipe's common engine options, in the order their flags are emitted.
 COMMON_OPTIONS: tuple[str, ...] = (
@@ -60,12 +70,35 @@ class EngineCommand:
     argv: list[str]
     env: dict[str, str]
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: The engine's API key (wherever it went: env or a file); never shown.
+    secret: str | None = field(default=None, compare=False, repr=False)
+    #: Files the launch writes (mode 0600) before starting the engine: path → content.
+    files: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __repr__(self) -> str:  # env holds the key: a traceback or a log line must not
+        return f"EngineCommand(argv={self.shown_argv()!r}, env={self.shown_env()!r})"
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secret)
+
+    def shown_env(self) -> dict[str, str]:
+        """``env`` with the key as ``***``."""
+        return {k: self.redact(v) for k, v in self.env.items()}
+
+    def shown_argv(self) -> list[str]:
+        """``argv`` with the key as ``***`` (it is not in argv; this is a guard)."""
+        return [self.redact(a) for a in self.argv]
 
     def shell(self) -> str:
-        """``VAR=val … argv`` shell-quoted: paste it into a shell to run the same thing."""
-        parts = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
-        parts.append(shlex.join(self.argv))
+        """``VAR=val … argv`` shell-quoted, the key as ``***``: what a launch runs."""
+        parts = [f"{k}={shlex.quote(v)}" for k, v in self.shown_env().items()]
+        parts.append(shlex.join(self.shown_argv()))
         return " ".join(parts)
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` replaced by ``***``."""
+    return text.replace(secret, REDACTED) if secret else text
 
 
 @dataclass(frozen=True)
@@ -88,7 +121,13 @@ class Engine(Protocol):
     process_markers: tuple[str, ...]
 
     def command(
-        self, recipe: Recipe, *, port: int, gpus: list[int] | None = None
+        self,
+        recipe: Recipe,
+        *,
+        port: int,
+        gpus: list[int] | None = None,
+        api_key: str | None = None,
+        key_file: str | None = None,
     ) -> EngineCommand: ...
 
     def problems(self, recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
@@ -146,6 +185,8 @@ class TableEngine:
         negatable: frozenset[str] = frozenset(),
         store_true: frozenset[str] = frozenset(),
         negate_by_default: bool = False,
+        api_key_env: str | None = None,
+        api_key_config_flag: str | None = None,
     ) -> None:
         self.name = name
         #: The module the engine's python runs (``PYTHON -m MODULE``).
@@ -171,6 +212,10 @@ class TableEngine:
         self.store_true = store_true
         #: For booleans in neither set: ``True`` → ``--no-flag``, ``False`` → left out.
         self.negate_by_default = negate_by_default
+        #: How the engine takes its API key: an environment variable, or (when it has none)
+        #: a YAML config file named by this flag, holding ``api-key``.
+        self.api_key_env = api_key_env
+        self.api_key_config_flag = api_key_config_flag
         missing = [k for k in COMMON_OPTIONS if k not in self.value_flags and k not in bool_flags]
         if missing:  # a programming error: every common option needs a spelling
             raise ValueError(f"{name}: no flag for {missing}")
@@ -180,7 +225,17 @@ class TableEngine:
 
     # -- argv ------------------------------------------------------------------------------
 
-    def command(self, recipe: Recipe, *, port: int, gpus: list[int] | None = None) -> EngineCommand:
+    def command(
+        self,
+        recipe: Recipe,
+        *,
+        port: int,
+        gpus: list[int] | None = None,
+        api_key: str | None = None,
+        key_file: str | None = None,
+    ) -> EngineCommand:
+        """The engine's argv and env. ``api_key``: the key the engine requires on its API
+        (``key_file``: where an engine without a key variable reads it from)."""
         argv: list[str] = [recipe.python_executable(), "-m", self.module]
         origins: dict[str, str] = {}
 
@@ -204,7 +259,19 @@ class TableEngine:
         chosen = recipe.gpus if gpus is None else gpus
         if chosen:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in chosen)
-        return EngineCommand(argv=argv, env=env, origins=origins)
+        files: dict[str, str] = {}
+        if api_key is not None:
+            if self.api_key_env:
+                env[self.api_key_env] = api_key
+            elif self.api_key_config_flag:
+                if key_file is None:
+                    raise ValueError(f"{self.name} reads its API key from a file: key_file needed")
+                argv.extend([self.api_key_config_flag, key_file])
+                # JSON is YAML: no quoting rules to get wrong for any key.
+                files[key_file] = json.dumps({"api-key": api_key}) + "\n"
+            else:  # a programming error: every engine must take a key somehow
+                raise ValueError(f"{self.name}: no way to pass an API key")
+        return EngineCommand(argv=argv, env=env, origins=origins, secret=api_key, files=files)
 
     def common_args(self, recipe: Recipe) -> list[tuple[str, list[str]]]:
         """``[(recipe key, argv fragment), …]`` for the common options that are set."""
@@ -280,6 +347,25 @@ class TableEngine:
                 if clash:
                     flag = item.split("=", 1)[0]
                     out.append((("extra_args", i), _clash_message(flag, clash)))
+        out.extend(self.key_problems(recipe))
+        return out
+
+    def key_problems(self, recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+        """The engine's API key is studioctl's: a recipe that sets it (or the config file
+        it travels in) would lock the gateway, probes and scrapes out."""
+        owned = {"api_key"}
+        if self.api_key_config_flag:
+            owned.add(norm_key(self.api_key_config_flag))
+        why = "studioctl starts every engine with its own generated API key"
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        for key in recipe.engine_args:
+            if norm_key(key) in owned:
+                out.append((("engine_args", key), f"{flag_name(key)} is not allowed: {why}"))
+        for i, item in enumerate(recipe.extra_args):
+            if item.startswith("--") and norm_key(item) in owned:
+                out.append((("extra_args", i), f"{item.split('=', 1)[0]} is not allowed: {why}"))
+        if self.api_key_env and self.api_key_env in recipe.env:
+            out.append((("env", self.api_key_env), f"{self.api_key_env} is not allowed: {why}"))
         return out
 
     def unsupported(self, recipe: Recipe) -> list[tuple[str, str]]:

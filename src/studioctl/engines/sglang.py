@@ -135,4 +135,8 @@ ENGINE = TableEngine(
     reserved=RESERVED,
     negatable=NEGATABLE,
     negate_by_default=False,
+    # SGLang 0.5.23 reads no key variable; `--config FILE.yaml` merges the file's keys into
+    # its arguments (file < command line). It guards every route but /health*, /ready* and
+    # /metrics* with the key, /get_model_info and /tokenize included.
+    api_key_config_flag="--config",
 )

@@ -111,4 +111,7 @@ ENGINE = TableEngine(
     reserved=RESERVED,
     store_true=STORE_TRUE,
     negate_by_default=True,
+    # vLLM reads the key from VLLM_API_KEY as from --api-key, and guards /v1 (not /health,
+    # /metrics or /tokenize) with it.
+    api_key_env="VLLM_API_KEY",
 )

@@ -163,6 +163,7 @@ async def build_gateway(
                 state=str(i.state),
                 model_names=tuple(i.recipe.model_names),
                 engine_names=(i.recipe.served_name,),  # aliases are rewritten to it
+                api_key=i.api_key,  # the engine's own key: sent on every call to it
             )
             for i in sup.list()
         ]

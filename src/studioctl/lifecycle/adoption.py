@@ -60,6 +60,7 @@ async def reconcile(sup: Supervisor) -> None:
             stopped_at=rec.stopped_at,
             adopted=True,
             ever_ready=rec.ready_at is not None,
+            api_key=rec.api_key,  # the key the engine was started with
         )
         sup.instances[inst.id] = inst
         inst.ready = asyncio.get_running_loop().create_future()

@@ -91,3 +91,31 @@ def since(lines: Iterable[str], ts: float) -> Iterator[str]:
             keep = t >= ts
         if keep:
             yield line
+
+
+def scrub(path: Path, secret: str | None, *, start: int = 0, max_bytes: int = 64 << 20) -> int:
+    """Overwrite each occurrence of ``secret`` in the file (from byte ``start``) with as many
+    ``*``, in place; return how many there were.
+
+    An engine may print its own API key (SGLang logs its server arguments, key included).
+    The engine writes O_APPEND, so rewriting bytes it wrote earlier at their offsets never
+    disturbs it, and every reader of the file (``logs``, with or without the daemon, a
+    rotated copy made later) sees the key masked.
+    """
+    if not secret:
+        return 0
+    needle = secret.encode()
+    try:
+        with open(path, "r+b") as f:
+            f.seek(start)
+            data = f.read(max_bytes)
+            found = 0
+            at = data.find(needle)
+            while at >= 0:
+                f.seek(start + at)
+                f.write(b"*" * len(needle))
+                found += 1
+                at = data.find(needle, at + len(needle))
+            return found
+    except OSError:
+        return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +31,24 @@ class StageTracker:
         return new
 
 
-async def probe(session: Any, base_url: str, paths: Sequence[str], timeout: float = 2.0) -> bool:
-    """True when every path answers 200 (SGLang answers 503 on /health until warm)."""
+async def probe(
+    session: Any,
+    base_url: str,
+    paths: Sequence[str],
+    timeout: float = 2.0,
+    *,
+    headers: Mapping[str, str] | None = None,
+) -> bool:
+    """True when every path answers 200 (SGLang answers 503 on /health until warm).
+
+    ``headers``: the engine's ``Authorization`` (SGLang guards /get_model_info with its key).
+    """
     import aiohttp
 
     try:
         for path in paths:
             async with session.get(
-                base_url + path, timeout=aiohttp.ClientTimeout(total=timeout)
+                base_url + path, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers
             ) as resp:
                 await resp.read()
                 if resp.status != 200:
@@ -48,11 +58,15 @@ async def probe(session: Any, base_url: str, paths: Sequence[str], timeout: floa
         return False
 
 
-async def fetch_text(session: Any, url: str, timeout: float = 3.0) -> str | None:
+async def fetch_text(
+    session: Any, url: str, timeout: float = 3.0, *, headers: Mapping[str, str] | None = None
+) -> str | None:
     import aiohttp
 
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with session.get(
+            url, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers
+        ) as resp:
             if resp.status != 200:
                 return None
             text: str = await resp.text()

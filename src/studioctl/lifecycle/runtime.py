@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,10 @@ class Instance:
     foreign: bool = False  # adopted with `studioctl adopt PID`: not started by studioctl
     ever_ready: bool = False
     exit_code: int | None = None
+    # The engine's own API key, generated at launch and stored with the instance (a restart
+    # or an adoption keeps it). None: an engine started without one (before keys, foreign).
+    # Never shown: not in to_dict() nor repr.
+    api_key: str | None = field(default=None, repr=False)
     # Runtime only (never stored):
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[None] | None = None
@@ -95,7 +100,13 @@ class Instance:
             "ready_at": self.ready_at,
             "stopped_at": self.stopped_at,
             "next_restart_at": self.next_restart_at,
+            "api_key": self.api_key,
         }
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What every call to the engine sends (probes, scrapes): its key, if it has one."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def to_record(self) -> Any:
         """A new store record (state included: the store's first history entry)."""
@@ -134,6 +145,20 @@ class Instance:
             "processes": self.tree_list(),
             "vram_bytes": self.vram_bytes,
         }
+
+
+def new_api_key() -> str:
+    """A fresh engine API key. The prefix keeps it from starting with ``-`` (an argparse
+    option) and makes it recognisable to secret scanners."""
+    return "sce-" + secrets.token_urlsafe(32)
+
+
+def key_file_path(instance_id: str) -> Path:
+    """Where an engine that reads its key from a file (SGLang) finds it while it starts
+    (written 0600 in a 0700 folder; removed once start-up is over)."""
+    from studioctl import paths
+
+    return paths.state_dir() / "engine-keys" / f"{instance_id}.yaml"
 
 
 def recipe_from_json(text: str) -> Recipe:

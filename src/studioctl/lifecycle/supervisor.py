@@ -8,6 +8,10 @@ One asyncio task per instance (``_monitor``) drives it through its states:
 
 State changes go through ``_set_state`` only, which checks the transition
 (lifecycle.states), stores it and publishes an event. Every OS call goes through ``self.os``.
+
+Which GPUs an engine uses and whom it would share them with is ``lifecycle.placement``'s
+answer (``gpu_count``: how many GPUs the host has, from NVML). Every engine is started with
+its own API key (``Instance.api_key``), which the probes and scrapes send.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studioctl import paths
+from studioctl.engines.base import redact
 from studioctl.errors import (
     ConflictError,
     EngineFailed,
@@ -31,12 +37,12 @@ from studioctl.errors import (
     StudioError,
     UsageError,
 )
-from studioctl.lifecycle import logfiles, readiness
+from studioctl.lifecycle import logfiles, placement, readiness
 from studioctl.lifecycle.events import EventBus
 from studioctl.lifecycle.locks import ResourceLocks
 from studioctl.lifecycle.osproc import OsProc
 from studioctl.lifecycle.restart import RestartPolicy, decide
-from studioctl.lifecycle.runtime import Instance
+from studioctl.lifecycle.runtime import Instance, key_file_path, new_api_key
 from studioctl.lifecycle.states import ACTIVE, State, check
 from studioctl.lifecycle.terminate import terminate
 
@@ -65,6 +71,7 @@ class Supervisor:
         health_failures: int = 3,
         gateway_inflight: Callable[[str], int] | None = None,
         recipe_loader: Callable[[str], Recipe] | None = None,
+        gpu_count: Callable[[], int] | None = None,
     ) -> None:
         from studioctl.store.instances import InstanceRepo, LaunchRepo
 
@@ -81,6 +88,8 @@ class Supervisor:
         # When the gateway last finished a request to an instance (idle_unload_s).
         self.last_activity: Callable[[str], float | None] = lambda _iid: None
         self._load_recipe = recipe_loader or self._default_recipe_loader
+        # How many GPUs the host has (a recipe without `gpus` uses all of them); NVML's count.
+        self.gpu_count: Callable[[], int] = gpu_count or _nvml_gpu_count
         self.instances: dict[str, Instance] = {}
         self.locks = ResourceLocks()
         self._session: Any = None
@@ -172,19 +181,38 @@ class Supervisor:
         lock_wait: bool = False,
     ) -> Instance:
         # A Recipe: one a client sent (a file outside the recipe folders), validated by the caller.
-        recipe = self._load_recipe(recipe_id) if isinstance(recipe_id, str) else recipe_id
+        loaded = self._load_recipe(recipe_id) if isinstance(recipe_id, str) else recipe_id
+        recipe = placement.placed(loaded, self.settings.engines.host)
         gpu_set = list(gpus) if gpus is not None else list(recipe.gpus)
-        resources = {f"recipe:{recipe.id}", *(f"gpu:{g}" for g in gpu_set)}
+        visible = await self._visible_gpus()
+        held = placement.gpu_set(gpu_set, visible)
+        resources = {f"recipe:{recipe.id}", *(f"gpu:{g}" for g in held)}
         async with self.locks.hold(resources, f"launch {recipe.id}", wait=lock_wait):
             inst = self._start_instance(
-                recipe, port=port, gpus=gpu_set, force=force, timeout=timeout
+                recipe, port=port, gpus=gpu_set, force=force, timeout=timeout, visible=visible
             )
         if wait:
             await self.wait_ready(inst)
         return inst
 
+    async def _visible_gpus(self) -> int:
+        """The host's GPU count (NVML, off the event loop); 0 when it cannot be read."""
+        try:
+            return max(0, int(await asyncio.to_thread(self.gpu_count)))
+        except Exception:  # placement must not fail a launch over a telemetry fault
+            log.exception("counting GPUs failed; placing as on a host without GPUs")
+            return 0
+
+    def residents(self, *, exclude: str | None = None) -> builtins.list[placement.Resident]:
+        """Instances that hold (or will hold again) their GPUs: active or crashed."""
+        return [
+            placement.Resident(i.id, i.recipe.id, tuple(i.gpus))
+            for i in self.list()
+            if (i.state in ACTIVE or i.state == State.CRASHED) and i.id != exclude
+        ]
+
     def _check_conflicts(
-        self, recipe: Recipe, port: int, gpus: builtins.list[int], force: bool
+        self, recipe: Recipe, port: int, gpus: builtins.list[int], force: bool, visible: int
     ) -> None:
         for other in self.instances.values():
             if other.state not in ACTIVE and other.state != State.CRASHED:
@@ -195,15 +223,8 @@ class Supervisor:
                     code="already_running",
                     hint=f"studioctl evict {other.id}   or   studioctl switch {other.id} OTHER",
                 )
-            shared = sorted(set(other.gpus) & set(gpus))
-            if shared and not force:
-                raise ConflictError(
-                    f"GPU {','.join(map(str, shared))} is held by {other.id} "
-                    f"(recipe {other.recipe.id})",
-                    code="gpus_busy",
-                    hint=f"evict it first, use `studioctl switch {other.id} {recipe.id}`, "
-                    "or pass --force",
-                )
+        if not force:
+            _refuse_shared_gpus(recipe.id, placement.conflicts(self.residents(), gpus, visible))
         holder = self.os.port_holder(recipe.host, port)
         if holder is not None:
             raise ConflictError(
@@ -238,11 +259,12 @@ class Supervisor:
         gpus: builtins.list[int],
         force: bool,
         timeout: float | None,
+        visible: int,
     ) -> Instance:
         from studioctl.engines import get_engine
 
         chosen = self._pick_port(recipe, port)
-        self._check_conflicts(recipe, chosen, gpus, force)
+        self._check_conflicts(recipe, chosen, gpus, force, visible)
         engine = get_engine(recipe.backend)
         iid = self.repo.next_id(recipe.id)
         log_path = paths.instance_log_dir() / f"{iid}.log"
@@ -254,6 +276,7 @@ class Supervisor:
             port=chosen,
             gpus=gpus,
             log_path=log_path,
+            api_key=new_api_key(),
         )
         self.repo.insert(inst.to_record())
         self.instances[iid] = inst
@@ -263,7 +286,20 @@ class Supervisor:
         return inst
 
     def _spawn(self, inst: Instance, *, first: bool) -> None:
-        cmd = inst.engine.command(inst.recipe, port=inst.port, gpus=inst.gpus)
+        if inst.api_key is None:  # started before keys (or adopted): it gets one now
+            inst.api_key = new_api_key()
+        cmd = inst.engine.command(
+            inst.recipe,
+            port=inst.port,
+            gpus=inst.gpus,
+            api_key=inst.api_key,
+            key_file=str(key_file_path(inst.id)),
+        )
+        try:
+            for path, content in cmd.files.items():
+                _write_private(Path(path), content)
+        except OSError as exc:
+            raise EngineFailed(f"cannot write {inst.id}'s key file: {exc}") from exc
         inst.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(inst.log_path, "ab") as f:
             what = "launch" if first else f"restart {inst.restarts}"
@@ -363,12 +399,17 @@ class Supervisor:
         probe_paths = (inst.engine.health_path, *inst.engine.ready_paths)
         while True:
             t = self.os.now() - start
-            for stage in tracker.feed(follower.read_new(), t):
+            lines = follower.read_new()
+            if inst.api_key and any(inst.api_key in line for line in lines):
+                self._scrub_log(inst)  # the engine printed its key (SGLang's server_args)
+            for stage in tracker.feed(lines, t):
                 inst.stages[stage.name] = round(t, 3)
                 self._publish_stage(inst, stage)
                 if inst.state == State.STARTING:
                     self._set_state(inst, State.LOADING, stage.label)
-            if await readiness.probe(self._session, inst.base_url, probe_paths):
+            if await readiness.probe(
+                self._session, inst.base_url, probe_paths, headers=inst.auth_headers
+            ):
                 # The log may hold the last stage lines (SGLang's "fired up" comes late).
                 for stage in tracker.feed(follower.read_new(), self.os.now() - start):
                     inst.stages[stage.name] = round(self.os.now() - start, 3)
@@ -401,7 +442,7 @@ class Supervisor:
                 return
             if t > limit:
                 await self._terminate(inst, grace=5.0)
-                tail = logfiles.tail_lines(inst.log_path, LOG_TAIL_LINES)
+                tail = self._log_tail(inst)
                 self._set_state(inst, State.FAILED, f"not ready after {limit:g}s")
                 self._record_launch(inst, "timeout")
                 self._fail_waiters(
@@ -430,7 +471,7 @@ class Supervisor:
     async def _failed_start(self, inst: Instance, why: str) -> None:
         # Collect anything of the tree the dead parent left behind.
         await self._terminate(inst, grace=2.0)
-        tail = logfiles.tail_lines(inst.log_path, LOG_TAIL_LINES)
+        tail = self._log_tail(inst)
         if not inst.ever_ready:
             self._set_state(inst, State.FAILED, f"{why} before it was ready")
             self._record_launch(inst, "failed")
@@ -480,7 +521,9 @@ class Supervisor:
             if now - last_probe < self.health_interval_s * 0.999:
                 continue
             last_probe = now
-            if await readiness.probe(self._session, inst.base_url, probe_paths):
+            if await readiness.probe(
+                self._session, inst.base_url, probe_paths, headers=inst.auth_headers
+            ):
                 failures = 0
             else:
                 failures += 1
@@ -675,7 +718,9 @@ class Supervisor:
         """Running + waiting requests from the engine's own /metrics (None if unreadable)."""
         from studioctl.engine_metrics import summarize
 
-        text = await readiness.fetch_text(self._session, inst.base_url + "/metrics")
+        text = await readiness.fetch_text(
+            self._session, inst.base_url + "/metrics", headers=inst.auth_headers
+        )
         if text is None:
             return None
         snap = summarize(inst.recipe.backend, text)
@@ -719,11 +764,21 @@ class Supervisor:
         lock_wait: bool = False,
     ) -> dict[str, Any]:
         src = self.get(frm)
-        recipe = self._load_recipe(to) if isinstance(to, str) else to
+        loaded = self._load_recipe(to) if isinstance(to, str) else to
+        recipe = placement.placed(loaded, self.settings.engines.host)
         if recipe.id == src.recipe.id:
             raise UsageError(f"{frm} already runs recipe {recipe.id}; nothing to switch")
         new_gpus = list(gpus) if gpus is not None else list(recipe.gpus)
-        overlap = sorted(set(src.gpus) & set(new_gpus))
+        visible = await self._visible_gpus()
+        # Sharing a GPU with the old engine: it must go first (both would not fit). Anyone
+        # else in the way: refuse before touching the old one.
+        with_src = placement.conflicts(
+            [placement.Resident(src.id, src.recipe.id, tuple(src.gpus))], new_gpus, visible
+        )
+        overlap = list(with_src[0].gpus) if with_src else []
+        _refuse_shared_gpus(
+            recipe.id, placement.conflicts(self.residents(exclude=src.id), new_gpus, visible)
+        )
         new_port = port if port is not None else recipe.port
         # The same fixed port cannot be held twice either: evict first then.
         same_port = new_port is not None and new_port == src.port
@@ -731,7 +786,8 @@ class Supervisor:
             f"recipe:{src.recipe.id}",
             f"recipe:{recipe.id}",
             f"instance:{src.id}",
-            *(f"gpu:{g}" for g in [*src.gpus, *new_gpus]),
+            *(f"gpu:{g}" for g in placement.gpu_set(src.gpus, visible)),
+            *(f"gpu:{g}" for g in placement.gpu_set(new_gpus, visible)),
         }
         t0 = time.monotonic()
         report: dict[str, Any] = {
@@ -750,15 +806,16 @@ class Supervisor:
                 gap_start = t + report["evict"].get("drain_s", 0.0)
                 t = time.monotonic()
                 inst = self._start_instance(
-                    recipe, port=port, gpus=new_gpus, force=False, timeout=timeout
+                    recipe, port=port, gpus=new_gpus, force=False, timeout=timeout, visible=visible
                 )
                 await self.wait_ready(inst)
                 report["launch_s"] = round(time.monotonic() - t, 3)
                 report["gap_s"] = round(time.monotonic() - gap_start, 3)
             else:
                 t = time.monotonic()
+                # No GPU shared with the old one (checked above), nor with anyone else.
                 inst = self._start_instance(
-                    recipe, port=port, gpus=new_gpus, force=True, timeout=timeout
+                    recipe, port=port, gpus=new_gpus, force=False, timeout=timeout, visible=visible
                 )
                 await self.wait_ready(inst)
                 report["launch_s"] = round(time.monotonic() - t, 3)
@@ -830,6 +887,11 @@ class Supervisor:
     def _set_state(self, inst: Instance, new: State, reason: str) -> None:
         old = inst.state
         check(old, new, instance_id=inst.id)
+        if new in (State.READY, State.FAILED, State.STOPPED, State.CRASHED):
+            # Start-up is over: the engine read its key file and printed what it prints.
+            self._scrub_log(inst)
+            with contextlib.suppress(OSError):
+                key_file_path(inst.id).unlink(missing_ok=True)
         inst.state = new
         inst.reason = reason
         ts = self.os.now()
@@ -848,6 +910,16 @@ class Supervisor:
 
     def _persist(self, inst: Instance) -> None:
         self.repo.update(inst.id, **inst.stored_fields())
+
+    def _scrub_log(self, inst: Instance) -> None:
+        """Mask the engine's key wherever the engine printed it into its log."""
+        logfiles.scrub(inst.log_path, inst.api_key, start=inst.log_offset)
+
+    def _log_tail(self, inst: Instance) -> builtins.list[str]:
+        """The log's last lines for an error message, the key masked."""
+        self._scrub_log(inst)
+        lines = logfiles.tail_lines(inst.log_path, LOG_TAIL_LINES)
+        return [redact(line, inst.api_key) for line in lines]
 
     def _record_launch(self, inst: Instance, outcome: str) -> None:
         if inst.started_at is None:
@@ -886,3 +958,39 @@ class Supervisor:
             shutil.copyfile(inst.log_path, inst.log_path.with_name(f"{inst.log_path.name}.1"))
         with open(inst.log_path, "r+b") as f:
             f.truncate(0)
+
+
+def _refuse_shared_gpus(recipe_id: str, found: builtins.list[placement.Conflict]) -> None:
+    """ConflictError (exit 5) naming the first instance in the way and the GPU(s)."""
+    if not found:
+        return
+    c = found[0]
+    raise ConflictError(
+        c.message(),
+        code="gpus_busy",
+        hint=f"evict it first, use `studioctl switch {c.instance_id} {recipe_id}`, "
+        "or pass --force to run both",
+        details={
+            "conflicts": [
+                {"instance": x.instance_id, "recipe": x.recipe_id, "gpus": list(x.gpus)}
+                for x in found
+            ]
+        },
+    )
+
+
+def _nvml_gpu_count() -> int:
+    from studioctl import gpu
+
+    return gpu.device_count()
+
+
+def _write_private(path: Path, content: str) -> None:
+    """Write ``content`` to ``path`` readable by this user only (dir 0700, file 0600)."""
+    paths.ensure_dir(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an older file of another mode is made private too
+        os.write(fd, content.encode())
+    finally:
+        os.close(fd)

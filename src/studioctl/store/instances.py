@@ -58,9 +58,14 @@ class Instance:
     ready_at: float | None = None
     stopped_at: float | None = None
     next_restart_at: float | None = None
+    # The engine's own API key (the engine requires it; the gateway, probes and scrapes
+    # send it). A secret: left out of to_dict() and repr.
+    api_key: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["api_key"]
+        return out
 
 
 @dataclass(frozen=True)

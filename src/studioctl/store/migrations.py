@@ -318,3 +318,10 @@ def m004_recipe_stats(db: Database) -> None:
             power_w_instance     TEXT
         )""",
     )
+
+
+@migration
+def m005_instance_api_key(db: Database) -> None:
+    """Each engine's own API key, generated at launch: a restarted or adopted engine keeps
+    answering to the key the gateway, probes and scrapes send. NULL: started before keys."""
+    _run(db, "ALTER TABLE instances ADD COLUMN api_key TEXT")

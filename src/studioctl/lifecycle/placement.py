@@ -1,0 +1,74 @@
+"""Placement: which GPUs an engine uses, and which resident instances it would share them with.
+
+Pure functions, used alike by ``launch`` (refuse unless ``--force``), ``switch`` (evict
+first when the two share a GPU) and ``launch --dry-run`` (say what would be in the way).
+
+A recipe without ``gpus`` runs with the daemon's own view of the devices: it sees, and
+will allocate memory on, every visible GPU. So on a host with ``visible`` GPUs an empty
+list means ``0 .. visible-1``; on a host without GPUs (``visible == 0``) it means none,
+and such an instance conflicts with nobody (there is no GPU memory to run out of).
+
+The bind address is settled here too: a recipe's own ``host``, else ``engines.host``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from studioctl.recipes import Recipe
+
+
+@dataclass(frozen=True)
+class Resident:
+    """An instance that holds (or is about to hold) GPUs."""
+
+    instance_id: str
+    recipe_id: str
+    gpus: tuple[int, ...]  # as the recipe or --gpus named them; () = every visible GPU
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A resident instance in the way of a new engine, and the GPUs both would use."""
+
+    instance_id: str
+    recipe_id: str
+    gpus: tuple[int, ...]
+    all_gpus: bool  # the resident named no GPUs: it holds every visible one
+
+    def message(self) -> str:
+        which = ",".join(map(str, self.gpus))
+        why = " (its recipe names no gpus: it uses every visible GPU)" if self.all_gpus else ""
+        return f"GPU {which} is held by {self.instance_id} (recipe {self.recipe_id}){why}"
+
+
+def gpu_set(gpus: Sequence[int], visible: int) -> frozenset[int]:
+    """The GPUs an engine uses: its own list, or every visible GPU when the list is empty."""
+    return frozenset(gpus) if gpus else frozenset(range(max(0, visible)))
+
+
+def conflicts(residents: Iterable[Resident], gpus: Sequence[int], visible: int) -> list[Conflict]:
+    """The residents that share a GPU with an engine on ``gpus``, in the given order."""
+    mine = gpu_set(gpus, visible)
+    out: list[Conflict] = []
+    for r in residents:
+        shared = mine & gpu_set(r.gpus, visible)
+        if shared:
+            out.append(Conflict(r.instance_id, r.recipe_id, tuple(sorted(shared)), not r.gpus))
+    return out
+
+
+def bind_host(recipe: Recipe, default: str) -> str:
+    """The address an engine listens on: the recipe's own ``host`` when it names one, else
+    the ``engines.host`` setting (``default``)."""
+    return recipe.host if "host" in recipe.model_fields_set else default
+
+
+def placed(recipe: Recipe, default_host: str) -> Recipe:
+    """The recipe as it will run: its bind address settled (stored with the instance, so a
+    restart or an adoption uses the same address)."""
+    host = bind_host(recipe, default_host)
+    return recipe if host == recipe.host else recipe.model_copy(update={"host": host})

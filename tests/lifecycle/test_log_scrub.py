@@ -1,0 +1,26 @@
+"""Masking an engine's key in its log file, in place, while the engine keeps appending."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from studioctl.lifecycle.logfiles import scrub
+
+
+def test_scrub_masks_every_occurrence_after_start_in_place(tmp_path: Path) -> None:
+    log = tmp_path / "e.log"
+    head = b"=== studioctl: launch (before the engine's output)\n"
+    log.write_bytes(head + b"server_args={'api_key': 'sce-K'} x\nagain sce-K\n")
+    engine = os.open(log, os.O_WRONLY | os.O_APPEND)  # the engine's own descriptor
+    try:
+        assert scrub(log, "sce-K", start=len(head)) == 2
+        os.write(engine, b"later line\n")  # still appends at the end
+    finally:
+        os.close(engine)
+    assert log.read_bytes() == head + (
+        b"server_args={'api_key': '*****'} x\nagain *****\nlater line\n"
+    )
+    assert scrub(log, "sce-K") == 0 and scrub(log, None) == 0
+    assert scrub(tmp_path / "missing.log", "sce-K") == 0
+    assert scrub(log, "sce-K", start=10**9) == 0  # an offset past a rotation: nothing to do
