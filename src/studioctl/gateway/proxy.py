@@ -1,17 +1,28 @@
 """The gateway's HTTP front: a raw ASGI app (no framework on the hot path).
 
 Every ``POST /v1/{chat/completions,completions,embeddings}`` goes through, in this order,
-before anything is sent upstream::
+before anything is sent upstream (cheap checks first; nothing costly before the tenant's
+concurrency and RPM admitted the request)::
 
+    draining (GatewayApp.drain was called)                           → 503 shutting_down
     body size (read in chunks, never more than max_body_bytes + 1)  → 413 body_too_large
-    JSON parse (once)                                                → 400 invalid_json
     key → tenant                                                     → 401 / 403
+    JSON parse (once; nesting ≤ 254 levels, see body.py)             → 400 invalid_json
+    Limiter.enter: concurrency, then RPM (a slot and 1 RPM token)    → 429 + Retry-After
+    model name (≤ 256 characters)                                    → 400 invalid_request
     model allowed for the tenant                                     → 403 model_not_allowed
     route (RouteTable.resolve)                                       → 404 / 503
-    max output tokens (cap, or clamp when gateway.clamp_output)      → 400 output_too_long
-    prompt tokens (PromptCounter)                                    → 400 context_too_long
-    Limiter.admit: concurrency, RPM, TPM                             → 429 + Retry-After
-    upstream (a lean keep-alive HTTP/1.1 pool, see the end of this module)
+    stream, n (1…128), max output tokens (cap, or clamp when
+      gateway.clamp_output)                                          → 400 / output_too_long
+    prompt items (≤ 2,048 messages or prompts)                       → 400 invalid_request
+    prompt tokens (PromptCounter; the engine's tokenizer if needed)  → 400 context_too_long
+    Admission.reserve: TPM                                           → 429 + Retry-After
+    upstream (a lean keep-alive HTTP/1.1 pool, see upstream.py)
+
+Every refusal after the key is known spends the RPM token it took (an invented model name
+costs a request like any other) and writes a usage row. From ``Limiter.enter`` on, one
+``try/finally`` covers everything: whatever fails, the client gets a JSON error (500
+``internal_error`` for the unforeseen), the row is written and the slot given back.
 
 Then the answer is relayed: non-streamed bodies whole, streams event by event (see
 ``sse.py``). Upstream timeout → 504 ``upstream_timeout``; connection refused or lost → 502
@@ -24,7 +35,13 @@ engines (``/tokenize`` for PromptCounter); the proxied requests themselves use t
 end of this module, which costs a quarter of aiohttp's CPU per request (measured there).
 
 Every request ends with exactly one ``usage.submit(row)`` once the tenant is known, one
-``metrics.request(...)``, and ``Admission.finish``/``RouteTable.end`` for what it took.
+``metrics.request(...)`` (model label: the name if the route table knows it, else
+``OTHER_MODEL``), and ``Admission.finish``/``RouteTable.end`` for what it took.
+
+``GatewayApp.drain(timeout_s)`` (the daemon calls it before stopping the server): new
+requests get 503 ``shutting_down``; those in flight may finish for ``timeout_s``; the rest are
+ended by the gateway (a stream with an error event and ``[DONE]``, a request still waiting
+for its head with a 503), each with its row and its slot back.
 
 Other routes: ``GET /v1/models``; ``/livez``, ``/healthz``, ``/version``; ``GET /metrics``
 (needs the admin token on TCP unless ``gateway.metrics_public``); ``/admin/*`` (admin token
@@ -109,6 +126,9 @@ _CONNECT_TIMEOUT_S = 10.0
 SHUTDOWN_RETRY_AFTER_S = 5.0
 # How long drain() waits for the requests it ended to send their last bytes.
 _DRAIN_END_S = 5.0
+# Exact prompt counts for the rows of disconnected streams running at once; past it the
+# estimate stands (those calls run after the slot is released: they must stay bounded).
+_MAX_BACKGROUND_COUNTS = 32
 
 
 class _ClientGone(Exception):
@@ -781,6 +801,7 @@ class GatewayApp:
             and not self._closing
             and not self._draining
             and upstream is not None
+            and len(self._background) < _MAX_BACKGROUND_COUNTS
             and self.tokenizer.single_call(body)
         )
         row = self._account(
