@@ -69,7 +69,7 @@ from studioctl.gateway.metrics import OTHER_MODEL, GatewayMetrics
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.sse import SSERelay, json_dumps, json_loads, request_usage
 from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantContext
-from studioctl.gateway.tokenize import PromptCounter, check_prompt_items
+from studioctl.gateway.tokenize import PROMPT_FIELDS, PromptCounter, check_prompt_items
 from studioctl.gateway.upstream import (
     UpstreamConn,
     UpstreamConnectError,
@@ -128,7 +128,7 @@ SHUTDOWN_RETRY_AFTER_S = 5.0
 _DRAIN_END_S = 5.0
 # Exact prompt counts for the rows of disconnected streams running at once; past it the
 # estimate stands (those calls run after the slot is released: they must stay bounded).
-_MAX_BACKGROUND_COUNTS = 32
+_MAX_BACKGROUND_COUNTS = 256
 
 
 class _ClientGone(Exception):
@@ -809,7 +809,11 @@ class GatewayApp:
             disconnected=True, submit=not later,
         )  # fmt: skip
         if later and row is not None and upstream is not None:
-            task = asyncio.get_running_loop().create_task(self._exact_usage(row, upstream, body))
+            # Only what the count reads is kept while it waits (not, say, a large metadata).
+            prompt_only = {k: body[k] for k in PROMPT_FIELDS if k in body}
+            task = asyncio.get_running_loop().create_task(
+                self._exact_usage(row, upstream, prompt_only)
+            )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 

@@ -46,6 +46,16 @@ PER_MESSAGE_ALLOWANCE = 16
 # (OpenAI's own bound on an embeddings input list).
 MAX_PROMPT_ITEMS = 2048
 _JSON_HEADERS = {"Content-Type": "application/json"}
+# The body fields a count reads (the rest of a body may be dropped before counting).
+PROMPT_FIELDS = (
+    "model",
+    "messages",
+    "tools",
+    "chat_template",
+    "chat_template_kwargs",
+    "prompt",
+    "input",
+)
 
 
 class PromptCounter:
