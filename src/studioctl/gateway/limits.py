@@ -61,40 +61,56 @@ UNIT = 60_000_000_000
 class _TenantState:
     """Buckets (in units) and in-flight count of one tenant."""
 
-    __slots__ = ("inflight", "rpm", "rpm_level", "stamp", "tpm", "tpm_level")
+    __slots__ = (
+        "inflight",
+        "rpm",
+        "rpm_cap",
+        "rpm_level",
+        "stamp",
+        "tpm",
+        "tpm_cap",
+        "tpm_level",
+    )
 
     def __init__(self, rpm: int, tpm: int, now: int) -> None:
         self.inflight = 0
         self.rpm = rpm  # the limits the levels were last computed for
         self.tpm = tpm
-        self.rpm_level = rpm * UNIT
-        self.tpm_level = tpm * UNIT
+        self.rpm_cap = self.rpm_level = rpm * UNIT
+        self.tpm_cap = self.tpm_level = tpm * UNIT
         self.stamp = now  # nanoseconds
 
     def refill(self, now: int, rpm: int, tpm: int) -> None:
         """Bring both buckets to ``now`` and adapt their capacity to the current limits."""
-        if rpm != self.rpm:
-            self.rpm_level = _resize(self.rpm_level, self.rpm, rpm)
-            self.rpm = rpm
-        if tpm != self.tpm:
-            self.tpm_level = _resize(self.tpm_level, self.tpm, tpm)
-            self.tpm = tpm
+        if rpm != self.rpm or tpm != self.tpm:
+            self._resize(rpm, tpm)
         elapsed = now - self.stamp
         if elapsed > 0:  # else a clock that stood still (or an injected one going back)
             self.stamp = now
             level = self.rpm_level + elapsed * rpm
-            cap = rpm * UNIT
+            cap = self.rpm_cap
             self.rpm_level = level if level < cap else cap
             level = self.tpm_level + elapsed * tpm
-            cap = tpm * UNIT
+            cap = self.tpm_cap
             self.tpm_level = level if level < cap else cap
 
-
-def _resize(level: int, old: int, new: int) -> int:
-    if new > old:
-        return level + (new - old) * UNIT  # more room now; what was used stays used
-    cap = new * UNIT
-    return level if level < cap else cap
+    def _resize(self, rpm: int, tpm: int) -> None:
+        """A limit changed: more room when it rose (what was used stays used); clipped to
+        the new capacity when it fell."""
+        if rpm != self.rpm:
+            cap = rpm * UNIT
+            if rpm > self.rpm:
+                self.rpm_level += cap - self.rpm_cap
+            elif self.rpm_level > cap:
+                self.rpm_level = cap
+            self.rpm, self.rpm_cap = rpm, cap
+        if tpm != self.tpm:
+            cap = tpm * UNIT
+            if tpm > self.tpm:
+                self.tpm_level += cap - self.tpm_cap
+            elif self.tpm_level > cap:
+                self.tpm_level = cap
+            self.tpm, self.tpm_cap = tpm, cap
 
 
 def _seconds(missing_units: int, per_ns: int) -> float:
@@ -160,31 +176,36 @@ class Admission:
         limiter._inflight -= 1
         if not self.reserved_tokens:
             return
-        # Bring the bucket to now first, so a debit is taken from the current level.
-        state.refill(limiter._now(), state.rpm, state.tpm)
-        level = state.tpm_level + (self.reserved_tokens - max(actual_tokens, 0)) * UNIT
-        cap = state.tpm * UNIT
+        back = self.reserved_tokens - max(actual_tokens, 0)
+        if back < 0:
+            # A debit is taken from the level brought to now (not from one that would
+            # still gain what the full bucket could not hold). A refund needs no refill:
+            # refunding then refilling gives the same level as the other way round.
+            state.refill(limiter._now(), state.rpm, state.tpm)
+        level = state.tpm_level + back * UNIT
+        cap = state.tpm_cap
         state.tpm_level = level if level < cap else cap
 
 
 class Limiter:
     """Admission control for the gateway (single asyncio thread; no locks)."""
 
-    __slots__ = ("_clock", "_inflight", "_states", "global_max_concurrent")
+    __slots__ = ("_clock", "_inflight", "_now", "_states", "global_max_concurrent")
 
     def __init__(
         self, *, global_max_concurrent: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        """``clock``: seconds (an injected one in tests; the real one is read in ns)."""
         if global_max_concurrent < 1:
             raise ValueError("global_max_concurrent must be at least 1")
         self.global_max_concurrent = global_max_concurrent
         self._clock = clock
+        # The clock in integer nanoseconds (an injected one rounded: exact for its steps).
+        self._now: Callable[[], int] = (
+            time.monotonic_ns if clock is time.monotonic else lambda: round(clock() * 1e9)
+        )
         self._inflight = 0
         self._states: dict[str, _TenantState] = {}
-
-    def _now(self) -> int:
-        """The clock in integer nanoseconds (rounded: exact for a test clock's steps)."""
-        return round(self._clock() * 1e9)
 
     def enter(self, tenant: TenantContext) -> Admission:
         """Step 1: take a concurrency slot and one RPM token, or raise 429 (see the module
@@ -273,7 +294,7 @@ class Limiter:
             if state.inflight:
                 continue
             state.refill(now, state.rpm, state.tpm)
-            if state.rpm_level >= state.rpm * UNIT and state.tpm_level >= state.tpm * UNIT:
+            if state.rpm_level >= state.rpm_cap and state.tpm_level >= state.tpm_cap:
                 drop.append(tid)
         for tid in drop:
             del self._states[tid]
