@@ -412,3 +412,14 @@ def test_tokenize_sends_the_engines_key(loop_thread: LoopThread, api_key: str | 
         loop_thread.run(engine.stop())
     expected = f"Bearer {api_key}" if api_key else None
     assert engine.tokenize_auth == [expected] * 3
+
+
+def test_a_refused_stream_is_recorded_as_a_refusal_not_a_stream(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = make_gateway(tenant_limits=limits(max_context_tokens=600))
+    r = chat(gw, {"model": MODEL, "messages": LONG, "max_tokens": 5, "stream": True})
+    assert_error(r, 400, "context_too_long")
+    row = gw.usage.rows[-1]
+    assert (row.status, row.streamed, row.instance_id) == (400, False, None)
+    assert released(gw)

@@ -262,6 +262,7 @@ class GatewayApp:
         self.tokenizer.bind(self._session)
         self._closing = False
         self._draining = False
+        self._idle = None
 
     async def shutdown(self) -> None:
         """Finish background work (usage of disconnected streams), close the connections."""
@@ -876,6 +877,7 @@ class GatewayApp:
     async def _refuse(self, send: Send, call: _Call, exc: GatewayError) -> None:
         """Answer a request refused before anything was sent upstream (no tokens used)."""
         self.metrics.rejection(exc.code or "error", call.tenant.name if call.tenant else None)
+        call.stream = False  # answered with an error, not a stream
         try:
             call.finished = call.started = True
             await _send_error(send, exc, call.extra)
