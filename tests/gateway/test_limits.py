@@ -282,16 +282,91 @@ def test_rpm_refusal_consumes_no_tpm_and_no_slot() -> None:
     assert lim.inflight() == 0
 
 
-def test_tpm_refusal_consumes_no_rpm_and_no_slot() -> None:
+def test_tpm_refusal_spends_the_rpm_token_but_no_slot() -> None:
+    # A request refused at step 2 (TPM) has passed step 1: it counted as a request (the
+    # gateway did work for it: a prompt count), so its RPM token stays spent; TPM and the
+    # slot are untouched.
     lim = Limiter(global_max_concurrent=100, clock=Clock())
     ctx = tenant(rpm=60, tpm=600)
     lim.admit(ctx, prompt_tokens=600, max_output_tokens=0).finish(actual_tokens=600)
-    rpm_before = lim.available(ctx)[0]
-    assert rpm_before == pytest.approx(59.0)
+    assert lim.available(ctx) == (pytest.approx(59.0), pytest.approx(0.0))
     for _ in range(30):
         assert refused(lim, ctx, prompt=50).code == "limit_tpm"
-    assert lim.available(ctx)[0] == rpm_before
+    assert lim.available(ctx) == (pytest.approx(29.0), pytest.approx(0.0))
     assert lim.inflight() == 0 and lim.inflight(ctx.tenant_id) == 0
+
+
+# -- the two steps: enter (concurrency, RPM), then reserve (TPM) --------------------------------
+
+
+def test_enter_takes_a_slot_and_an_rpm_token_and_nothing_of_tpm() -> None:
+    lim = Limiter(global_max_concurrent=100, clock=Clock())
+    ctx = tenant(max_concurrent=1, rpm=10, tpm=6000)
+    adm = lim.enter(ctx)
+    assert lim.inflight(ctx.tenant_id) == 1
+    assert lim.available(ctx) == (pytest.approx(9.0), pytest.approx(6000.0))
+    with pytest.raises(GatewayError) as info:
+        lim.enter(ctx)  # the slot is held through the (slow) prompt count
+    assert info.value.code == "limit_concurrent"
+    adm.reserve(prompt_tokens=100, max_output_tokens=400)
+    assert adm.reserved_tokens == 500
+    assert lim.available(ctx)[1] == pytest.approx(5500.0)
+    adm.finish(actual_tokens=120)
+    assert lim.inflight() == 0
+    assert lim.available(ctx) == (pytest.approx(9.0), pytest.approx(5880.0))
+
+
+def test_finish_before_reserve_releases_the_slot_and_debits_nothing() -> None:
+    lim = Limiter(global_max_concurrent=1, clock=Clock())
+    ctx = tenant(tpm=6000)
+    adm = lim.enter(ctx)
+    adm.finish(actual_tokens=5000)  # refused later (say, context_too_long): nothing was used
+    assert lim.inflight() == 0
+    assert lim.available(ctx)[1] == pytest.approx(6000.0)
+    lim.enter(ctx).finish(actual_tokens=0)  # the global slot is free again
+
+
+def test_a_refused_reservation_keeps_the_slot_until_finish() -> None:
+    lim = Limiter(global_max_concurrent=100, clock=Clock())
+    ctx = tenant(max_concurrent=1, tpm=600)
+    adm = lim.enter(ctx)
+    adm.reserve(prompt_tokens=600, max_output_tokens=0)
+    adm.finish(actual_tokens=600)
+    adm = lim.enter(ctx)
+    with pytest.raises(GatewayError) as info:
+        adm.reserve(prompt_tokens=10, max_output_tokens=0)
+    assert info.value.code == "limit_tpm"
+    assert info.value.retry_after == pytest.approx(1.0)  # 10 tokens at 10/s
+    assert lim.inflight(ctx.tenant_id) == 1
+    adm.finish(actual_tokens=0)
+    assert lim.inflight(ctx.tenant_id) == 0
+    assert lim.available(ctx)[1] == pytest.approx(0.0)
+
+
+# -- integer arithmetic --------------------------------------------------------------------------
+
+
+def test_a_huge_reservation_is_refunded_exactly() -> None:
+    # n ≈ 2**63 once multiplied the reservation; the float refund then left the bucket at
+    # −524,288 tokens after a request that used 18. Integer levels give back every token.
+    lim = Limiter(global_max_concurrent=10, clock=Clock())
+    ctx = tenant(tpm=1_000_000)
+    adm = lim.admit(ctx, prompt_tokens=10, max_output_tokens=512 * 2**63)
+    adm.finish(actual_tokens=18)
+    assert lim.available(ctx)[1] == 1_000_000 - 18
+
+
+def test_many_small_refills_add_up_exactly() -> None:
+    # 7 tokens per minute, looked at every second for 30 s: exactly 3.5 tokens come back
+    # (a float bucket adds 7/60 thirty times and ends at 3.5000000000000004).
+    clock = Clock(0.0)
+    lim = Limiter(global_max_concurrent=10, clock=clock)
+    ctx = tenant(tpm=7)
+    lim.admit(ctx, prompt_tokens=7, max_output_tokens=0).finish(actual_tokens=7)
+    for second in range(1, 31):
+        clock.t = float(second)
+        lim.available(ctx)
+    assert lim.available(ctx)[1] == 3.5
 
 
 # -- limit changes apply to the next request ---------------------------------------------------

@@ -1,17 +1,28 @@
 """The gateway's HTTP front: a raw ASGI app (no framework on the hot path).
 
 Every ``POST /v1/{chat/completions,completions,embeddings}`` goes through, in this order,
-before anything is sent upstream::
+before anything is sent upstream (cheap checks first; nothing costly before the tenant's
+concurrency and RPM admitted the request)::
 
+    draining (GatewayApp.drain was called)                           → 503 shutting_down
     body size (read in chunks, never more than max_body_bytes + 1)  → 413 body_too_large
-    JSON parse (once)                                                → 400 invalid_json
     key → tenant                                                     → 401 / 403
+    JSON parse (once; nesting ≤ 254 levels, see body.py)             → 400 invalid_json
+    Limiter.enter: concurrency, then RPM (a slot and 1 RPM token)    → 429 + Retry-After
+    model name (≤ 256 characters)                                    → 400 invalid_request
     model allowed for the tenant                                     → 403 model_not_allowed
     route (RouteTable.resolve)                                       → 404 / 503
-    max output tokens (cap, or clamp when gateway.clamp_output)      → 400 output_too_long
-    prompt tokens (PromptCounter)                                    → 400 context_too_long
-    Limiter.admit: concurrency, RPM, TPM                             → 429 + Retry-After
-    upstream (a lean keep-alive HTTP/1.1 pool, see the end of this module)
+    stream, n (1…128), max output tokens (cap, or clamp when
+      gateway.clamp_output)                                          → 400 / output_too_long
+    prompt items (≤ 2,048 messages or prompts)                       → 400 invalid_request
+    prompt tokens (PromptCounter; the engine's tokenizer if needed)  → 400 context_too_long
+    Admission.reserve: TPM                                           → 429 + Retry-After
+    upstream (a lean keep-alive HTTP/1.1 pool, see upstream.py)
+
+Every refusal after the key is known spends the RPM token it took (an invented model name
+costs a request like any other) and writes a usage row. From ``Limiter.enter`` on, one
+``try/finally`` covers everything: whatever fails, the client gets a JSON error (500
+``internal_error`` for the unforeseen), the row is written and the slot given back.
 
 Then the answer is relayed: non-streamed bodies whole, streams event by event (see
 ``sse.py``). Upstream timeout → 504 ``upstream_timeout``; connection refused or lost → 502
@@ -24,7 +35,13 @@ engines (``/tokenize`` for PromptCounter); the proxied requests themselves use t
 end of this module, which costs a quarter of aiohttp's CPU per request (measured there).
 
 Every request ends with exactly one ``usage.submit(row)`` once the tenant is known, one
-``metrics.request(...)``, and ``Admission.finish``/``RouteTable.end`` for what it took.
+``metrics.request(...)`` (model label: the name if the route table knows it, else
+``OTHER_MODEL``), and ``Admission.finish``/``RouteTable.end`` for what it took.
+
+``GatewayApp.drain(timeout_s)`` (the daemon calls it before stopping the server): new
+requests get 503 ``shutting_down``; those in flight may finish for ``timeout_s``; the rest are
+ended by the gateway (a stream with an error event and ``[DONE]``, a request still waiting
+for its head with a 503), each with its row and its slot back.
 
 Other routes: ``GET /v1/models``; ``/livez``, ``/healthz``, ``/version``; ``GET /metrics``
 (needs the admin token on TCP unless ``gateway.metrics_public``); ``/admin/*`` (admin token
@@ -35,21 +52,24 @@ Unix socket (ASGI ``server`` without a port) need no admin token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import math
 import time
+import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import GatewayError
 from studioctl.gateway.auth import Authenticator
+from studioctl.gateway.body import check_n, clip, model_error, parse_body, peek_model, quote
 from studioctl.gateway.limits import Admission, Limiter
-from studioctl.gateway.metrics import GatewayMetrics
+from studioctl.gateway.metrics import OTHER_MODEL, GatewayMetrics
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.sse import SSERelay, json_dumps, json_loads, request_usage
 from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantContext
-from studioctl.gateway.tokenize import PromptCounter
+from studioctl.gateway.tokenize import PROMPT_FIELDS, PromptCounter, check_prompt_items
 from studioctl.gateway.upstream import (
     UpstreamConn,
     UpstreamConnectError,
@@ -102,21 +122,65 @@ _DONE_EVENT = b"data: [DONE]\n\n"
 # connection the engine is closing.
 _UPSTREAM_KEEPALIVE_S = 4.0
 _CONNECT_TIMEOUT_S = 10.0
+# Retry-After of the 503 shutting_down answers (a restart under systemd takes a few seconds).
+SHUTDOWN_RETRY_AFTER_S = 5.0
+# How long drain() waits for the requests it ended to send their last bytes.
+_DRAIN_END_S = 5.0
+# Exact prompt counts for the rows of disconnected streams running at once; past it the
+# estimate stands (those calls run after the slot is released: they must stay bounded).
+_MAX_BACKGROUND_COUNTS = 256
 
 
 class _ClientGone(Exception):
     """The client disconnected while its request body was being read."""
 
 
-class _Flight:
-    """Per-request bookkeeping for the disconnect watcher."""
+class _Call:
+    """One proxied request: what it took and how far it got.
 
-    __slots__ = ("finished", "gone", "task")
+    The accounting (one usage row, one metrics record, the slot and TPM back) reads it on
+    every path; the disconnect watcher and ``GatewayApp.drain`` set ``gone``/``drained``
+    and cancel ``task``.
+    """
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    __slots__ = (
+        "accounted",
+        "admission",
+        "drained",
+        "extra",
+        "finished",
+        "gone",
+        "known",
+        "model",
+        "prompt",
+        "started",
+        "stream",
+        "t0",
+        "task",
+        "tenant",
+        "ts",
+        "upstream",
+    )
+
+    def __init__(
+        self, task: asyncio.Task[Any], t0: float, ts: float, extra: list[tuple[bytes, bytes]] | None
+    ) -> None:
         self.task = task
-        self.finished = False  # the final response message is being sent: not a disconnect
+        self.t0 = t0
+        self.ts = ts
+        self.extra = extra
+        self.tenant: TenantContext | None = None
+        self.model: str | None = None  # a valid (bounded) model name, once seen
+        self.known = False  # the route table knows the model: it may be a metrics label
+        self.admission: Admission | None = None
+        self.upstream: Upstream | None = None  # set once the request is sent upstream
+        self.prompt = 0
+        self.stream = False
+        self.started = False  # the response head was sent
+        self.finished = False  # the final response message is being sent: leave it be
         self.gone = False  # the client went away; ``task`` was cancelled for it
+        self.drained = False  # GatewayApp.drain ended it; ``task`` was cancelled for it
+        self.accounted = False  # the usage row and metrics are written
 
 
 class GatewayApp:
@@ -167,6 +231,9 @@ class GatewayApp:
         self._read_timeout = settings.upstream_timeout_s
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._calls: set[_Call] = set()  # proxied requests in flight (for drain)
+        self._draining = False
+        self._idle: asyncio.Event | None = None  # set when the last call ends, once draining
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -194,6 +261,8 @@ class GatewayApp:
         )
         self.tokenizer.bind(self._session)
         self._closing = False
+        self._draining = False
+        self._idle = None
 
     async def shutdown(self) -> None:
         """Finish background work (usage of disconnected streams), close the connections."""
@@ -206,6 +275,29 @@ class GatewayApp:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking proxied requests, then end those in flight, each with its usage row.
+
+        From now on every new proxied request is answered 503 ``shutting_down`` with a
+        Retry-After. The requests in flight may finish for up to ``timeout_s`` seconds; then
+        every one left is ended: a stream with an error event (code ``shutting_down``) and
+        ``data: [DONE]``, any other with a 503 ``shutting_down`` if its head is not sent yet;
+        each writes its usage row and gives its slot back. The daemon calls this before it
+        stops the server, whose own grace period would cancel them unaccounted.
+        """
+        self._draining = True
+        calls = self._calls
+        if calls and timeout_s > 0:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+        for call in list(calls):
+            if not call.finished:  # else its last message is being sent: let it be
+                call.drained = True
+                call.task.cancel()
+        if calls:
+            await asyncio.wait({call.task for call in calls}, timeout=_DRAIN_END_S)
 
     # -- ASGI -----------------------------------------------------------------------------
 
@@ -253,74 +345,140 @@ class GatewayApp:
             elif name == b"origin":
                 origin = value
         extra = self._cors_headers(origin) if origin is not None and self._cors else None
+        task = asyncio.current_task()
+        assert task is not None
+        call = _Call(task, t0, ts, extra)
+        if self._draining:
+            await self._refuse(send, call, _shutting_down())
+            return
+        calls = self._calls
+        calls.add(call)
+        try:
+            await self._proxy(endpoint, call, authorization, length, receive, send)
+        finally:
+            calls.discard(call)
+            if not calls and self._idle is not None:
+                self._idle.set()
 
-        tenant: TenantContext | None = None
-        model = ""
+    async def _proxy(
+        self,
+        endpoint: int,
+        call: _Call,
+        authorization: bytes | None,
+        length: bytes | None,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        # Before admission: body size, key, JSON. Nothing is held yet.
         try:
             raw = await self._read_body(receive, length)
-            body = _parse_body(raw)
-            tenant = self._authenticate(authorization)
-            model = _model_of(body)
-            limits = tenant.limits
-            if limits.allowed_models is not None and model not in limits.allowed_models:
-                raise GatewayError(
-                    403,
-                    "model_not_allowed",
-                    f"tenant {tenant.name!r} may not use model {model!r}",
-                    param="model",
-                )
-            upstream = self.routes.resolve(model)
-            dirty = False
-            if upstream.engine_names and model not in upstream.engine_names:
-                body["model"] = upstream.engine_names[0]  # an alias the engine does not know
-                dirty = True
-            stream = body.get("stream", False)
-            if stream is not True and stream is not False and stream is not None:
-                raise GatewayError(
-                    400, "invalid_request", "'stream' must be true or false", param="stream"
-                )
-            stream = stream is True and endpoint != EMBEDDINGS
-            max_output, capped = self._cap_output(endpoint, body, limits.max_output_tokens)
-            dirty = dirty or capped
-            client_usage = True
-            if stream:
-                client_usage = request_usage(body)
-                dirty = dirty or not client_usage
-            prompt, exact = await self.tokenizer.measure(upstream, body, limits.max_context_tokens)
-            if prompt > limits.max_context_tokens:
-                raise GatewayError(
-                    400,
-                    "context_too_long",
-                    f"the prompt has {prompt} tokens; tenant {tenant.name!r} allows at most "
-                    f"{limits.max_context_tokens}",
-                    param="messages" if endpoint == CHAT else "prompt",
-                )
-            admission = self.limiter.admit(
-                tenant, prompt_tokens=prompt, max_output_tokens=max_output
-            )
+            call.tenant = tenant = self._authenticate(authorization)
+            body = parse_body(raw)
+            call.model = peek_model(body)
+            admission = call.admission = self.limiter.enter(tenant)  # concurrency, RPM
         except GatewayError as exc:
-            await self._refuse(send, exc, extra, tenant, model, ts, t0)
+            await self._refuse(send, call, exc)
             return
         except _ClientGone:
             return
+        except asyncio.CancelledError:
+            if not call.drained:
+                raise
+            call.task.uncancel()
+            await self._refuse(send, call, _shutting_down())
+            return
+        except Exception as exc:  # nothing is held yet: answer and count it
+            _log_unexpected(exc, "reading a request")
+            await self._refuse(send, call, _internal_error())
+            return
+        # Admitted: from here on every path, whatever is raised, writes one usage row and
+        # gives the slot (and any TPM reservation) back.
+        try:
+            await self._admitted(endpoint, call, tenant, admission, body, raw, receive, send)
+        except GatewayError as exc:  # refused by a check after admission
+            await self._refuse(send, call, exc)
+        except asyncio.CancelledError:
+            if not call.drained:
+                raise  # not ours (the server is stopping): the finally below accounts
+            call.task.uncancel()
+            await self._fail(send, call, _shutting_down())
+        except Exception as exc:
+            _log_unexpected(exc, f"serving tenant {tenant.name!r}")
+            await self._fail(send, call, _internal_error())
+        finally:
+            try:
+                if call.upstream is not None:
+                    self.routes.end(call.upstream.instance_id)
+                if not call.accounted:  # only a cancellation that was not ours gets here
+                    self._account(
+                        call, 200 if call.started else 503, "cancelled", call.prompt, 0, None,
+                        disconnected=False,
+                    )  # fmt: skip
+            finally:
+                admission.finish(actual_tokens=call.prompt)  # a no-op when accounted
+
+    async def _admitted(
+        self,
+        endpoint: int,
+        call: _Call,
+        tenant: TenantContext,
+        admission: Admission,
+        body: dict[str, Any],
+        raw: bytes,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """The checks after admission, then the relay. Raises GatewayError to refuse."""
+        model = call.model
+        if model is None:
+            raise model_error(body)
+        limits = tenant.limits
+        if limits.allowed_models is not None and model not in limits.allowed_models:
+            raise GatewayError(
+                403,
+                "model_not_allowed",
+                f"tenant {tenant.name!r} may not use model {model!r}",
+                param="model",
+            )
+        upstream = self.routes.resolve(model)
+        call.known = True
+        dirty = False
+        if upstream.engine_names and model not in upstream.engine_names:
+            body["model"] = upstream.engine_names[0]  # an alias the engine does not know
+            dirty = True
+        stream = body.get("stream", False)
+        if stream is not True and stream is not False and stream is not None:
+            raise GatewayError(
+                400, "invalid_request", "'stream' must be true or false", param="stream"
+            )
+        stream = call.stream = stream is True and endpoint != EMBEDDINGS
+        max_output, capped = self._cap_output(endpoint, body, limits.max_output_tokens)
+        dirty = dirty or capped
+        check_prompt_items(body)
+        client_usage = True
+        if stream:
+            client_usage = request_usage(body)
+            dirty = dirty or not client_usage
+        # The engine's tokenizer runs only now: after concurrency and RPM, under the slot.
+        prompt, exact = await self.tokenizer.measure(upstream, body, limits.max_context_tokens)
+        if prompt > limits.max_context_tokens:
+            raise GatewayError(
+                400,
+                "context_too_long",
+                f"the prompt has {'' if exact else 'at least '}{prompt} tokens; tenant "
+                f"{tenant.name!r} allows at most {limits.max_context_tokens}",
+                param="messages" if endpoint == CHAT else "prompt",
+            )
+        admission.reserve(prompt_tokens=prompt, max_output_tokens=max_output)  # TPM
+        call.prompt = prompt
         payload = json_dumps(body) if dirty else raw
         path = _UPSTREAM_PATHS[endpoint]
         self.routes.begin(upstream.instance_id)
-        try:
-            if stream:
-                await self._relay_stream(
-                    send, receive, path, payload, upstream, tenant, model, admission,
-                    prompt, exact, client_usage, body, extra, ts, t0,
-                )  # fmt: skip
-            else:
-                await self._relay_once(
-                    send, receive, path, payload, upstream, tenant, model, admission,
-                    prompt, extra, ts, t0,
-                )  # fmt: skip
-        finally:
-            self.routes.end(upstream.instance_id)
-            # Normally a no-op (every path above finishes it); a safety net for the unforeseen.
-            admission.finish(actual_tokens=prompt)
+        call.upstream = upstream
+        if stream:
+            await self._relay_stream(send, receive, path, payload, call, exact, client_usage, body)
+        else:
+            await self._relay_once(send, receive, path, payload, call)
 
     async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
         limit = self._max_body
@@ -368,11 +526,13 @@ class GatewayApp:
         """Check the output-length fields against ``cap``; returns (tokens to reserve, dirty).
 
         A request naming none gets ``max_tokens = cap`` (the engine would otherwise use all
-        the context left); with ``clamp_output`` a larger value is lowered to the cap.
+        the context left); with ``clamp_output`` a larger value is lowered to the cap. ``n``
+        (1…MAX_N) multiplies the reservation: every choice may produce max_tokens.
         """
         fields = _OUTPUT_FIELDS[endpoint]
         if not fields:
             return 0, False
+        n = check_n(body)
         dirty = False
         asked = -1
         for key in fields:
@@ -383,7 +543,7 @@ class GatewayApp:
                 raise GatewayError(
                     400,
                     "invalid_request",
-                    f"{key!r} must be a positive integer, got {value!r}",
+                    f"{key!r} must be a positive integer, got {quote(value)}",
                     param=key,
                 )
             if value > cap:
@@ -400,36 +560,20 @@ class GatewayApp:
         if asked < 0:
             body["max_tokens"] = asked = cap
             dirty = True
-        n = body.get("n")
-        if type(n) is int and n > 1:
-            asked *= n  # every choice may produce max_tokens
-        return asked, dirty
+        return asked * n, dirty
 
-    def _watch(self, receive: Receive) -> tuple[_Flight, asyncio.Task[None]]:
-        task = asyncio.current_task()
-        assert task is not None
-        flight = _Flight(task)
-        return flight, asyncio.get_running_loop().create_task(_watch_disconnect(receive, flight))
+    def _watch(self, call: _Call, receive: Receive) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(_watch_disconnect(receive, call))
 
     async def _relay_once(
-        self,
-        send: Send,
-        receive: Receive,
-        path: bytes,
-        payload: bytes,
-        upstream: Upstream,
-        tenant: TenantContext,
-        model: str,
-        admission: Admission,
-        prompt: int,
-        extra: list[tuple[bytes, bytes]] | None,
-        ts: float,
-        t0: float,
+        self, send: Send, receive: Receive, path: bytes, payload: bytes, call: _Call
     ) -> None:
         pool = self._pool
         assert pool is not None, "GatewayApp.startup() was not called"
+        upstream = call.upstream
+        assert upstream is not None
         timeout = self._read_timeout
-        flight, watcher = self._watch(receive)
+        watcher = self._watch(call, receive)
         conn: UpstreamConn | None = None
         try:
             try:
@@ -439,44 +583,39 @@ class GatewayApp:
                 data = await conn.read_all(timeout)
                 pool.release(conn)
             except asyncio.CancelledError:
-                if not flight.gone:
-                    raise
-                flight.task.uncancel()
+                if not call.gone:
+                    raise  # drained or not ours: _proxy answers and accounts
+                call.task.uncancel()
                 if conn is not None:
                     conn.close()  # the engine sees the connection drop and aborts
-                self._finish(
-                    admission, tenant, model, upstream, 499, "client_disconnected",
-                    prompt, 0, None, ts, t0, streamed=False, disconnected=True,
-                )  # fmt: skip
+                self._account(
+                    call, 499, "client_disconnected", call.prompt, 0, None, disconnected=True
+                )
                 return
             except Exception as exc:
                 if conn is not None:
                     conn.close()
-                err = self._upstream_error(exc, upstream)
-                flight.finished = True
-                await _send_error(send, err, extra)
-                self._finish(
-                    admission, tenant, model, upstream, err.http_status, err.code,
-                    prompt, 0, None, ts, t0, streamed=False, disconnected=False,
-                )  # fmt: skip
+                await self._fail(send, call, self._upstream_error(exc, upstream))
                 return
+            finally:
+                if conn is not None and not conn.complete:
+                    conn.close()  # whatever interrupted the read: never reuse it
             status = conn.status
             error_code: str | None = None
+            prompt = call.prompt
             completion = 0
             if status == 200:
                 prompt, completion = _usage_of(data, prompt)
             else:
                 error_code = f"upstream_{status}"
             headers = [(b"content-type", conn.content_type), _length(data)]
-            if extra:
-                headers.extend(extra)
-            flight.finished = True
+            if call.extra:
+                headers.extend(call.extra)
+            call.finished = True
+            call.started = True
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": data, "more_body": False})
-            self._finish(
-                admission, tenant, model, upstream, status, error_code,
-                prompt, completion, None, ts, t0, streamed=False, disconnected=False,
-            )  # fmt: skip
+            self._account(call, status, error_code, prompt, completion, None, disconnected=False)
         finally:
             watcher.cancel()
 
@@ -486,27 +625,20 @@ class GatewayApp:
         receive: Receive,
         path: bytes,
         payload: bytes,
-        upstream: Upstream,
-        tenant: TenantContext,
-        model: str,
-        admission: Admission,
-        prompt: int,
+        call: _Call,
         exact: bool,
         client_usage: bool,
         body: dict[str, Any],
-        extra: list[tuple[bytes, bytes]] | None,
-        ts: float,
-        t0: float,
     ) -> None:
         pool = self._pool
         assert pool is not None, "GatewayApp.startup() was not called"
+        upstream = call.upstream
+        assert upstream is not None
         timeout = self._read_timeout
-        flight, watcher = self._watch(receive)
+        watcher = self._watch(call, receive)
         relay = SSERelay(strip_usage=not client_usage)
         conn: UpstreamConn | None = None
-        started = False
         ttft: float | None = None
-        status = 502
         try:
             try:
                 t_up = time.perf_counter()
@@ -519,23 +651,23 @@ class GatewayApp:
                     pool.release(conn)
                     conn = None
                     headers = [(b"content-type", ctype), _length(data)]
-                    if extra:
-                        headers.extend(extra)
-                    flight.finished = True
-                    started = True
+                    if call.extra:
+                        headers.extend(call.extra)
+                    call.finished = True
+                    call.started = True
                     await send(
                         {"type": "http.response.start", "status": status, "headers": headers}
                     )
                     await send({"type": "http.response.body", "body": data, "more_body": False})
-                    self._finish(
-                        admission, tenant, model, upstream, status, f"upstream_{status}",
-                        prompt, 0, None, ts, t0, streamed=True, disconnected=False,
+                    self._account(
+                        call, status, f"upstream_{status}", call.prompt, 0, None,
+                        disconnected=False,
                     )  # fmt: skip
                     return
                 headers = [_CT_SSE, _NO_CACHE]
-                if extra:
-                    headers.extend(extra)
-                started = True
+                if call.extra:
+                    headers.extend(call.extra)
+                call.started = True
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 while True:
                     data = await conn.read_some(timeout)
@@ -544,58 +676,42 @@ class GatewayApp:
                     out = relay.feed(data)
                     if out:
                         if ttft is None:
-                            ttft = time.perf_counter() - t0
+                            ttft = time.perf_counter() - call.t0
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                         if out.endswith(_DONE_EVENT):
                             # The client has the whole stream: its closing now is no disconnect.
-                            flight.finished = True
+                            call.finished = True
                 pool.release(conn)
                 conn = None
                 tail = relay.flush()
             except asyncio.CancelledError:
-                if not flight.gone:
-                    raise
-                flight.task.uncancel()
                 if conn is not None:
                     conn.close()  # the engine sees the connection drop and aborts the request
                     conn = None
-                self._finish_disconnected(
-                    admission, tenant, model, upstream, body, 200 if started else 499,
-                    prompt, exact, relay.chunks, ttft, ts, t0,
-                )  # fmt: skip
+                if call.drained:
+                    call.task.uncancel()
+                    await self._fail(send, call, _shutting_down(), relay, ttft, tail=relay.flush())
+                    return
+                if not call.gone:
+                    raise
+                call.task.uncancel()
+                self._account_disconnected(
+                    call, body, 200 if call.started else 499, exact, relay.chunks, ttft
+                )
                 return
             except Exception as exc:
                 if conn is not None:
                     conn.close()
                     conn = None
                 err = self._upstream_error(exc, upstream)
-                flight.finished = True
-                if not started:
-                    await _send_error(send, err, extra)
-                    status = err.http_status
-                else:
-                    # Mid-stream: the head (200) is gone; end the stream the way vLLM does.
-                    event = b"data: " + json_dumps({"error": err.to_dict()}) + b"\n\n"
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": relay.flush() + event + _DONE_EVENT,
-                            "more_body": False,
-                        }
-                    )
-                self._finish(
-                    admission, tenant, model, upstream, status, err.code,
-                    relay.prompt_tokens or prompt, relay.completion_tokens, ttft, ts, t0,
-                    streamed=True, disconnected=False,
-                )  # fmt: skip
+                await self._fail(send, call, err, relay, ttft, tail=relay.flush())
                 return
-            flight.finished = True
+            call.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             # No usage chunk (an engine without include_usage): the chunks seen are counted.
-            self._finish(
-                admission, tenant, model, upstream, 200, None,
-                relay.prompt_tokens or prompt, relay.completion_tokens, ttft, ts, t0,
-                streamed=True, disconnected=False,
+            self._account(
+                call, 200, None, relay.prompt_tokens or call.prompt, relay.completion_tokens,
+                ttft, disconnected=False,
             )  # fmt: skip
         finally:
             watcher.cancel()
@@ -604,111 +720,113 @@ class GatewayApp:
 
     # -- accounting -----------------------------------------------------------------------
 
-    def _finish(
+    def _account(
         self,
-        admission: Admission,
-        tenant: TenantContext,
-        model: str,
-        upstream: Upstream,
+        call: _Call,
         status: int,
         error_code: str | None,
         prompt: int,
         completion: int,
         ttft: float | None,
-        ts: float,
-        t0: float,
         *,
-        streamed: bool,
         disconnected: bool,
-    ) -> None:
-        duration = time.perf_counter() - t0
-        admission.finish(actual_tokens=prompt + completion)
-        self.metrics.request(
-            model, tenant.name, status, duration, ttft, prompt, completion, streamed
-        )
-        self.usage.submit(
-            UsageRecord(
-                ts,
-                tenant.tenant_id,
-                tenant.key_prefix,
-                model,
-                upstream.instance_id,
-                status,
-                prompt,
-                completion,
-                ttft * 1000.0 if ttft is not None else None,
-                duration * 1000.0,
-                streamed,
-                disconnected,
-                error_code,
-            )
-        )
+        submit: bool = True,
+    ) -> UsageRecord | None:
+        """The one usage row and metrics record of a request; gives back what it took.
 
-    def _finish_disconnected(
+        Returns the row (None: no tenant known, metrics only; or accounted before); with
+        ``submit=False`` the caller submits it later."""
+        if call.accounted:
+            return None
+        call.accounted = True
+        duration = time.perf_counter() - call.t0
+        admission = call.admission
+        if admission is not None:
+            admission.finish(actual_tokens=prompt + completion)
+        tenant = call.tenant
+        model = call.model
+        # Label a model by name only if the route table knows it: invented names would
+        # otherwise each open a series.
+        label = model if model is not None and (call.known or self.routes.knows(model)) else None
+        self.metrics.request(
+            label or OTHER_MODEL,
+            tenant.name if tenant is not None else None,
+            status,
+            duration,
+            ttft,
+            prompt,
+            completion,
+            call.stream,
+        )
+        if tenant is None:
+            return None  # refused before a tenant was known: metrics only
+        upstream = call.upstream
+        row = UsageRecord(
+            call.ts,
+            tenant.tenant_id,
+            tenant.key_prefix,
+            model,
+            upstream.instance_id if upstream is not None else None,
+            status,
+            prompt,
+            completion,
+            ttft * 1000.0 if ttft is not None else None,
+            duration * 1000.0,
+            call.stream,
+            disconnected,
+            error_code,
+        )
+        if submit:
+            self.usage.submit(row)
+        return row
+
+    def _account_disconnected(
         self,
-        admission: Admission,
-        tenant: TenantContext,
-        model: str,
-        upstream: Upstream,
+        call: _Call,
         body: dict[str, Any],
         status: int,
-        prompt: int,
         exact: bool,
         completion: int,
         ttft: float | None,
-        ts: float,
-        t0: float,
     ) -> None:
         """A stream the client left: release now; the usage row may wait for an exact count.
 
         If the prompt count was only the estimate (the cheap path of PromptCounter.measure),
         the engine's tokenizer is asked in the background so that the row records the real
-        prompt tokens; the slot and the TPM reservation are released at once regardless.
+        prompt tokens (when that is one call); the slot and the TPM reservation are released
+        at once regardless.
         """
-        duration = time.perf_counter() - t0
-        admission.finish(actual_tokens=prompt + completion)
-        self.metrics.request(model, tenant.name, status, duration, ttft, prompt, completion, True)
-        ttft_ms = ttft * 1000.0 if ttft is not None else None
-
-        def row(prompt_tokens: int) -> UsageRecord:
-            return UsageRecord(
-                ts,
-                tenant.tenant_id,
-                tenant.key_prefix,
-                model,
-                upstream.instance_id,
-                status,
-                prompt_tokens,
-                completion,
-                ttft_ms,
-                duration * 1000.0,
-                True,
-                True,
-                "client_disconnected",
-            )
-
-        if exact or self._closing:
-            self.usage.submit(row(prompt))
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._exact_usage(row, prompt, upstream, body)
+        upstream = call.upstream
+        later = (
+            not exact
+            and not self._closing
+            and not self._draining
+            and upstream is not None
+            and len(self._background) < _MAX_BACKGROUND_COUNTS
+            and self.tokenizer.single_call(body)
         )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        row = self._account(
+            call, status, "client_disconnected", call.prompt, completion, ttft,
+            disconnected=True, submit=not later,
+        )  # fmt: skip
+        if later and row is not None and upstream is not None:
+            # Only what the count reads is kept while it waits (not, say, a large metadata).
+            prompt_only = {k: body[k] for k in PROMPT_FIELDS if k in body}
+            task = asyncio.get_running_loop().create_task(
+                self._exact_usage(row, upstream, prompt_only)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _exact_usage(
-        self,
-        row: Callable[[int], UsageRecord],
-        prompt: int,
-        upstream: Upstream,
-        body: dict[str, Any],
+        self, row: UsageRecord, upstream: Upstream, body: dict[str, Any]
     ) -> None:
         try:
-            prompt = await self.tokenizer.count(upstream, body)
+            row.prompt_tokens = await self.tokenizer.count(upstream, body)
         except Exception as exc:  # the estimate stands
-            _log.warning("gateway: exact prompt count failed: %r", exc)
+            _log.warning("gateway: exact prompt count failed: %s", clip(repr(exc), 200))
         finally:
-            self.usage.submit(row(prompt))
+            self.usage.submit(row)
 
     def _upstream_error(self, exc: BaseException, upstream: Upstream) -> GatewayError:
         where = f"instance {upstream.instance_id} at {upstream.host}:{upstream.port}"
@@ -720,44 +838,52 @@ class GatewayApp:
             )
         if isinstance(exc, UpstreamConnectError):
             return GatewayError(502, "upstream_error", f"cannot connect to {where}: {exc}")
-        if isinstance(exc, OSError):  # UpstreamClosed, resets
-            return GatewayError(502, "upstream_error", f"{where} failed: {exc}")
-        _log.error("gateway: unexpected error relaying to %s", where, exc_info=exc)
-        return GatewayError(500, "internal_error", f"the gateway failed: {exc!r}")
+        if isinstance(exc, OSError):  # UpstreamClosed, resets, an invalid answer
+            return GatewayError(502, "upstream_error", f"{where} failed: {clip(str(exc), 200)}")
+        _log_unexpected(exc, f"relaying to {where}")
+        return _internal_error()
 
-    async def _refuse(
+    async def _fail(
         self,
         send: Send,
-        exc: GatewayError,
-        extra: list[tuple[bytes, bytes]] | None,
-        tenant: TenantContext | None,
-        model: str,
-        ts: float,
-        t0: float,
+        call: _Call,
+        err: GatewayError,
+        relay: SSERelay | None = None,
+        ttft: float | None = None,
+        *,
+        tail: bytes = b"",
     ) -> None:
-        await _send_error(send, exc, extra)
-        code = exc.code or "error"
-        name = tenant.name if tenant is not None else None
-        duration = time.perf_counter() - t0
-        self.metrics.rejection(code, name)
-        self.metrics.request(model, name, exc.http_status, duration, None, 0, 0, False)
-        if tenant is not None:
-            self.usage.submit(
-                UsageRecord(
-                    ts,
-                    tenant.tenant_id,
-                    tenant.key_prefix,
-                    model,
-                    None,
-                    exc.http_status,
-                    0,
-                    0,
-                    None,
-                    duration * 1000.0,
-                    False,
-                    False,
-                    code,
-                )
+        """End an admitted request with ``err``: an error answer if its head is not sent,
+        else (a stream) an error event and ``[DONE]``, the way vLLM ends a failed stream."""
+        status = err.http_status
+        try:
+            if not call.started:
+                call.finished = call.started = True
+                await _send_error(send, err, call.extra)
+            elif not call.finished:
+                call.finished = True
+                status = 200  # what the client was told
+                end = b""  # a non-streamed body cannot be amended: it is just ended
+                if call.stream:
+                    end = tail + b"data: " + json_dumps({"error": err.to_dict()}) + b"\n\n"
+                    end += _DONE_EVENT
+                await send({"type": "http.response.body", "body": end, "more_body": False})
+        finally:
+            prompt, completion = call.prompt, 0
+            if relay is not None:
+                prompt, completion = relay.prompt_tokens or prompt, relay.completion_tokens
+            self._account(call, status, err.code, prompt, completion, ttft, disconnected=False)
+
+    async def _refuse(self, send: Send, call: _Call, exc: GatewayError) -> None:
+        """Answer a request refused before anything was sent upstream (no tokens used)."""
+        self.metrics.rejection(exc.code or "error", call.tenant.name if call.tenant else None)
+        call.stream = False  # answered with an error, not a stream
+        try:
+            call.finished = call.started = True
+            await _send_error(send, exc, call.extra)
+        finally:
+            self._account(
+                call, exc.http_status, exc.code or "error", 0, 0, None, disconnected=False
             )
 
     # -- everything else --------------------------------------------------------------------
@@ -895,15 +1021,39 @@ class GatewayApp:
 # -- helpers ------------------------------------------------------------------------------
 
 
-async def _watch_disconnect(receive: Receive, flight: _Flight) -> None:
+async def _watch_disconnect(receive: Receive, call: _Call) -> None:
     """Wait for the client to go away; then cancel the request's task (unless it is done)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            if not flight.finished:
-                flight.gone = True
-                flight.task.cancel()
+            if not call.finished:
+                call.gone = True
+                call.task.cancel()
             return
+
+
+def _shutting_down() -> GatewayError:
+    return GatewayError(
+        503,
+        "shutting_down",
+        "the gateway is shutting down; retry shortly",
+        retry_after=SHUTDOWN_RETRY_AFTER_S,
+    )
+
+
+def _internal_error() -> GatewayError:
+    return GatewayError(500, "internal_error", "the gateway failed; see its log")
+
+
+def _log_unexpected(exc: BaseException, doing: str) -> None:
+    """Log a failure nobody foresaw: bounded text (its message may quote a client), and the
+    frames (no values) to find it by."""
+    _log.error(
+        "gateway: unexpected error %s: %s\n%s",
+        doing,
+        clip(repr(exc), 500),
+        "".join(traceback.format_tb(exc.__traceback__)),
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -915,36 +1065,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise GatewayError(400, "invalid_json", "the request body is empty; expected JSON")
-    try:
-        body = json_loads(raw)
-    except ValueError as exc:
-        raise GatewayError(
-            400, "invalid_json", f"the request body is not valid JSON: {exc}"
-        ) from None
-    if not isinstance(body, dict):
-        raise GatewayError(
-            400,
-            "invalid_json",
-            f"the request body must be a JSON object, got {type(body).__name__}",
-        )
-    return body
-
-
-def _model_of(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise GatewayError(
-            400,
-            "invalid_request",
-            "missing 'model': name the model to use (see GET /v1/models)",
-            param="model",
-        )
-    return model
 
 
 def _usage_of(data: bytes, prompt: int) -> tuple[int, int]:

@@ -116,6 +116,10 @@ class RouteTable:
             param="model",
         )
 
+    def knows(self, model: str) -> bool:
+        """Whether ``model`` names an instance or a recipe (else it is an invented name)."""
+        return model in self._ready or model in self._pending or model in self._known
+
     def begin(self, instance_id: str) -> None:
         self._inflight[instance_id] = self._inflight.get(instance_id, 0) + 1
 

@@ -15,6 +15,13 @@ gateway asks for it only when it matters:
 - The estimate (:meth:`PromptCounter.estimate`) is characters / 4 plus 4 per message. It is
   what an engine without ``/tokenize`` is judged by, and what the TPM bucket reserves before
   it is reconciled with the engine's reported usage.
+
+The engine's tokenizer is work done for a client before anything is generated, so it is kept
+small: the proxy counts only after the tenant's concurrency and RPM admitted the request; a
+request has at most ``MAX_PROMPT_ITEMS`` messages or prompts (:func:`check_prompt_items`); a
+chat is one ``/tokenize`` call; a list of prompts (one call each: vLLM tokenizes one prompt
+per call) is counted largest first, and counting stops as soon as the answer is known —
+the counted part alone exceeds the cap, or it plus the byte bound of the rest fits.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from studioctl.errors import GatewayError
 from studioctl.gateway.routing import Upstream
 from studioctl.gateway.sse import json_dumps, json_loads
 
@@ -34,6 +42,20 @@ PER_MESSAGE_ESTIMATE = 4
 # messages; these allowances bound that overhead for the upper bound.
 TEMPLATE_ALLOWANCE = 512
 PER_MESSAGE_ALLOWANCE = 16
+# Messages of a chat, or prompts/inputs of a completion/embedding, one request may carry
+# (OpenAI's own bound on an embeddings input list).
+MAX_PROMPT_ITEMS = 2048
+_JSON_HEADERS = {"Content-Type": "application/json"}
+# The body fields a count reads (the rest of a body may be dropped before counting).
+PROMPT_FIELDS = (
+    "model",
+    "messages",
+    "tools",
+    "chat_template",
+    "chat_template_kwargs",
+    "prompt",
+    "input",
+)
 
 
 class PromptCounter:
@@ -63,17 +85,30 @@ class PromptCounter:
         When :meth:`upper_bound` fits under ``limit`` the cheap estimate is returned with
         ``exact=False`` (the engine's usage later corrects the accounting); otherwise the
         engine counts (``exact=True``; also when it has no tokenizer and the estimate is all
-        there is).
+        there is). A list of prompts is counted only as far as the answer needs: ``exact`` is
+        False when counting stopped early, and then ``tokens > limit`` means "at least".
         """
         bound = upper_bound(body)
         if bound is not None and bound <= limit:
             return estimate(body), False
-        return await self.count(upstream, body), True
+        return await self._count(upstream, body, limit)
 
     async def count(self, upstream: Upstream, body: dict[str, Any]) -> int:
         """The exact prompt tokens per the engine (estimate if it has no tokenizer)."""
+        tokens, _ = await self._count(upstream, body, None)
+        return tokens
+
+    def single_call(self, body: dict[str, Any]) -> bool:
+        """Whether :meth:`count` costs at most one ``/tokenize`` call for ``body``."""
+        if "messages" in body:
+            return True
+        return sum(isinstance(p, str) for p in _as_prompt_list(_prompts(body))) <= 1
+
+    async def _count(
+        self, upstream: Upstream, body: dict[str, Any], limit: int | None
+    ) -> tuple[int, bool]:
         if upstream.instance_id in self._no_tokenizer:
-            return estimate(body)
+            return estimate(body), True
         model = body.get("model")
         if "messages" in body:
             req: dict[str, Any] = {
@@ -84,15 +119,32 @@ class PromptCounter:
             for key in ("tools", "chat_template", "chat_template_kwargs"):
                 if key in body:
                     req[key] = body[key]
-            return await self._tokenize(upstream, req, body)
-        prompts = body.get("prompt", body.get("input"))
+            n = await self._tokenize(upstream, req)
+            return (estimate(body) if n is None else n), True
         total = 0
-        for item in _as_prompt_list(prompts):
+        texts: list[str] = []
+        for item in _as_prompt_list(_prompts(body)):
             if isinstance(item, str):
-                total += await self._tokenize(upstream, {"model": model, "prompt": item}, body)
+                texts.append(item)
             else:  # already token ids
                 total += len(item)
-        return total
+        bounds = [len(t.encode()) + 2 for t in texts]  # as upper_bound: +2 for specials
+        rest = sum(bounds)  # bound of the prompts not counted yet
+        rest_estimate = sum(_estimate_text(t) for t in texts)
+        # Largest first: each call removes the most uncertainty.
+        for i in sorted(range(len(texts)), key=bounds.__getitem__, reverse=True):
+            if limit is not None:
+                if total > limit:
+                    return total, False  # refused whatever the rest counts
+                if total + rest <= limit:  # accepted whatever the rest counts
+                    return total + rest_estimate, False
+            n = await self._tokenize(upstream, {"model": model, "prompt": texts[i]})
+            if n is None:  # no tokenizer, or it failed: no more calls, the estimate stands
+                return total + rest_estimate, True
+            total += n
+            rest -= bounds[i]
+            rest_estimate -= _estimate_text(texts[i])
+        return total, True
 
     def estimate(self, body: dict[str, Any]) -> int:
         return estimate(body)
@@ -100,33 +152,55 @@ class PromptCounter:
     def upper_bound(self, body: dict[str, Any]) -> int | None:
         return upper_bound(body)
 
-    async def _tokenize(self, upstream: Upstream, req: dict[str, Any], body: dict[str, Any]) -> int:
+    async def _tokenize(self, upstream: Upstream, req: dict[str, Any]) -> int | None:
+        """The engine's count for one /tokenize request, or None when it gave none."""
         import aiohttp
 
         session = self._session
         if session is None:
             session = self._session = aiohttp.ClientSession()
             self._own_session = True
+        headers = _JSON_HEADERS
+        if upstream.api_key:  # the engine's own key (generated per instance)
+            headers = {**_JSON_HEADERS, "Authorization": f"Bearer {upstream.api_key}"}
         try:
             async with session.post(
                 upstream.base_url + "/tokenize",
                 data=json_dumps(req),
-                headers={"Content-Type": "application/json"},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
             ) as resp:
                 if resp.status in (404, 405):
                     self._no_tokenizer.add(upstream.instance_id)
-                    return estimate(body)
+                    return None
                 if resp.status != 200:
-                    return estimate(body)
+                    return None
                 data = json_loads(await resp.read())
         except (TimeoutError, aiohttp.ClientError, ValueError):
-            return estimate(body)
+            return None
         count = data.get("count") if isinstance(data, dict) else None
         if isinstance(count, int):
             return count
         tokens = data.get("tokens") if isinstance(data, dict) else None
-        return len(tokens) if isinstance(tokens, list) else estimate(body)
+        return len(tokens) if isinstance(tokens, list) else None
+
+
+def check_prompt_items(body: dict[str, Any]) -> None:
+    """400 when a request carries more than ``MAX_PROMPT_ITEMS`` messages or prompts."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        n, param = len(messages), "messages"
+    else:
+        param = "prompt" if "prompt" in body else "input"
+        value = body.get(param)
+        n = len(_as_prompt_list(value)) if isinstance(value, list) else 1
+    if n > MAX_PROMPT_ITEMS:
+        raise GatewayError(
+            400,
+            "invalid_request",
+            f"{param!r} has {n} items; at most {MAX_PROMPT_ITEMS} are accepted per request",
+            param=param,
+        )
 
 
 def estimate(body: dict[str, Any]) -> int:
@@ -137,8 +211,8 @@ def estimate(body: dict[str, Any]) -> int:
         chars += _json_len(body.get("tools"))
         return math.ceil(chars / CHARS_PER_TOKEN) + PER_MESSAGE_ESTIMATE * len(messages)
     total = 0
-    for item in _as_prompt_list(body.get("prompt", body.get("input"))):
-        total += math.ceil(len(item) / CHARS_PER_TOKEN) if isinstance(item, str) else len(item)
+    for item in _as_prompt_list(_prompts(body)):
+        total += _estimate_text(item) if isinstance(item, str) else len(item)
     return total
 
 
@@ -156,10 +230,18 @@ def upper_bound(body: dict[str, Any]) -> int | None:
             size += _json_len(body["tools"]) * 2  # tool schemas are rendered with decoration
         return size + TEMPLATE_ALLOWANCE + PER_MESSAGE_ALLOWANCE * len(messages)
     total = 0
-    for item in _as_prompt_list(body.get("prompt", body.get("input"))):
+    for item in _as_prompt_list(_prompts(body)):
         # +2 per prompt: BOS/EOS specials and a sentencepiece dummy prefix
         total += (len(item.encode()) if isinstance(item, str) else len(item)) + 2
     return total
+
+
+def _prompts(body: dict[str, Any]) -> Any:
+    return body.get("prompt", body.get("input"))
+
+
+def _estimate_text(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 def _as_prompt_list(value: Any) -> list[str | list[Any]]:
