@@ -160,3 +160,27 @@ def test_validate_through_main_prints_error_and_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr.startswith(f"error: {f}:2: engines.port_min: must be between 1 and 65535")
+
+
+def test_validate_json_reports_either_way(tmp_path: Path) -> None:
+    good = write(tmp_path / "good.yaml", "gateway:\n  port: 8080\n")
+    result = runner.invoke(app, ["config", "validate", "--json", str(good)])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {
+        "ok": True,
+        "file": str(good),
+        "line": None,
+        "key": None,
+        "error": None,
+    }
+    bad = write(tmp_path / "bad.yaml", "gateway:\n  host: 0.0.0.0\n  prot: 80\n")
+    result = runner.invoke(app, ["config", "validate", "--json", str(bad)])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert (data["ok"], data["file"], data["line"], data["key"]) == (
+        False,
+        str(bad),
+        3,
+        "gateway.prot",
+    )
+    assert "did you mean 'port'" in data["error"]

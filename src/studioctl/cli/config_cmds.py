@@ -90,16 +90,37 @@ def validate(
         help="Settings file to check (default: the one `config path` prints).",
         show_default=False,
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help='Print {"ok", "file", "line", "key", "error"} on stdout.'
+    ),
 ) -> None:
     """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation.
 
     Prints "ok: FILE" and exits 0, or prints the error (file, line, key) and exits 1.
+    With --json, one object on stdout either way (same exit codes).
     """
+    from studioctl.errors import ConfigError
     from studioctl.settings import settings_path, validate_settings_file
 
     target = (file if file is not None else settings_path()).expanduser().absolute()
-    validate_settings_file(target)
-    typer.echo(f"ok: {target}")
+    if not as_json:
+        validate_settings_file(target)
+        typer.echo(f"ok: {target}")
+        return
+    try:
+        validate_settings_file(target)
+    except ConfigError as exc:
+        _echo_json(
+            {
+                "ok": False,
+                "file": exc.file or str(target),
+                "line": exc.line,
+                "key": exc.key,
+                "error": exc.message,
+            }
+        )
+        raise typer.Exit(exc.exit_code) from None
+    _echo_json({"ok": True, "file": str(target), "line": None, "key": None, "error": None})
 
 
 def _text(value: Any) -> str:
