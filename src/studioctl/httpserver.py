@@ -32,9 +32,10 @@ imports from ``uvicorn.protocols`` or touches ``uvicorn.Server``'s attributes. I
 ``on_message_complete``, ``data_received`` catching ``httptools.HttpParserError`` and calling
 ``send_400_response``), ``uvicorn.Config(http=<protocol class>)``, and ``uvicorn.Server``'s
 ``servers`` (the asyncio servers), ``server_state.connections``/``tasks`` and
-``capture_signals``. Checked against the uvicorn sources of 0.30.0 to 0.35.0 and run against
-0.54.0 (the tests in tests/test_httpserver.py exercise every one of these); pyproject.toml
-pins the range. A new uvicorn: read ``uvicorn/protocols/http/httptools_impl.py`` and
+``capture_signals``. Checked against the uvicorn sources of 0.30.0, 0.32.0, 0.35.0, 0.40.0 and
+0.47.0 (the same names; ``data_received`` identical from 0.35 on) and run against 0.54.0 (the
+tests in tests/test_httpserver.py exercise every one of these); pyproject.toml pins
+``>=0.30,<0.55``. A new uvicorn: read ``uvicorn/protocols/http/httptools_impl.py`` and
 ``uvicorn/server.py`` for the names above, run those tests, then widen the pin.
 """
 
