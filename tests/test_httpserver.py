@@ -351,6 +351,16 @@ def test_too_many_header_fields_get_431() -> None:
         get_ok(r.port)
 
 
+def test_bytes_that_are_not_http_get_uvicorns_400_and_are_counted() -> None:
+    with serving() as r:
+        with connect(r.port) as s:
+            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+            answer = read_answer(s)
+        assert status_of(answer) == 400
+        assert r.server.stats.malformed == 1  # counted (uvicorn's per-request warning is off)
+        get_ok(r.port)
+
+
 def test_large_bodies_and_pipelined_heads_pass_the_head_accounting() -> None:
     # A 1 MiB body arrives in reads much larger than max_header_bytes (the head is counted,
     # the body is not); 300 pipelined requests (~100 KB) cross the limit in one send.

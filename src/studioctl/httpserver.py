@@ -109,10 +109,12 @@ class ServerStats:
     body_timeouts: int = 0
     send_timeouts: int = 0
     too_large: int = 0  # 431
+    malformed: int = 0  # uvicorn's own 400 (not HTTP, a bad head)
 
     def total(self) -> int:
         return (
-            self.refused
+            self.malformed
+            + self.refused
             + self.header_timeouts
             + self.body_timeouts
             + self.send_timeouts
@@ -283,6 +285,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         reject = self._g.reject
         if reject is None:
+            type(self).stats.malformed += 1
             HttpToolsProtocol.send_400_response(self, msg)  # malformed: uvicorn's own 400
             return
         self._g.reject = None
@@ -388,7 +391,9 @@ class Server:
             ws="none",  # no WebSocket routes: an Upgrade must not switch to an unguarded protocol
             proxy_headers=False,  # clients talk to us directly; never trust X-Forwarded-*
             lifespan="off",
-            log_level="warning",
+            # uvicorn warns once per malformed or Upgrade request: a client could fill the log.
+            # Those are counted in ``stats`` and reported every REPORT_EVERY_S instead.
+            log_level="error",
             access_log=False,
             timeout_keep_alive=limits.keepalive_timeout_s,  # type: ignore[arg-type]  # a float works
             timeout_graceful_shutdown=max(1, round(graceful_s)),
@@ -457,7 +462,7 @@ class Server:
                     log.warning(
                         "%s: since start %d connections refused (max_connections %d), "
                         "%d header timeouts, %d body timeouts, %d send timeouts, "
-                        "%d heads too large",
+                        "%d heads too large, %d malformed requests",
                         self.name,
                         stats.refused,
                         self.limits.max_connections,
@@ -465,4 +470,5 @@ class Server:
                         stats.body_timeouts,
                         stats.send_timeouts,
                         stats.too_large,
+                        stats.malformed,
                     )
