@@ -275,6 +275,20 @@ async def _main(settings: Any) -> int:
     from studioctl.store.db import Database
     from studioctl.store.events import EventRepo
 
+    # Every connection is a descriptor: the soft limit up to the hard one, before anything
+    # opens (engines inherit it too), and the gateway's connection limit within it.
+    gs = settings.gateway
+    nofile, hard = raise_nofile_limit()
+    max_conn = connection_budget(gs.max_connections, nofile)
+    log.info("open-file limit %d (hard %d): up to %d connections", nofile, hard, max_conn)
+    if max_conn < gs.max_connections:
+        log.warning(
+            "gateway.max_connections %d lowered to %d: the open-file limit is %d "
+            "(raise it, e.g. LimitNOFILE=65536 in the systemd unit)",
+            gs.max_connections,
+            max_conn,
+            nofile,
+        )
     # Bind first: a taken gateway port is a clear error (exit 5) before anything starts.
     control_sock = bind_unix(paths.control_socket())
     tcp = (
@@ -316,20 +330,9 @@ async def _main(settings: Any) -> int:
     telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup.session)
     sup.vram_release = telemetry.vram_released
     control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
-    gs = settings.gateway
-    nofile, hard = raise_nofile_limit()
-    max_conn = connection_budget(gs.max_connections, nofile)
-    log.info("open-file limit %d (hard %d): up to %d gateway connections", nofile, hard, max_conn)
-    if max_conn < gs.max_connections:
-        log.warning(
-            "gateway.max_connections %d lowered to %d: the open-file limit is %d "
-            "(raise it, e.g. LimitNOFILE=65536 in the systemd unit)",
-            gs.max_connections,
-            max_conn,
-            nofile,
-        )
-    # The control socket (0600, our user only) gets the same bounds on heads and bodies.
-    servers = [Server(control, control_sock, ServerLimits.from_settings(gs), name="control")]
+    # The control socket (0600, our user only) gets the same bounds as the gateway.
+    limits = ServerLimits.from_settings(gs, max_connections=max_conn)
+    servers = [Server(control, control_sock, limits, name="control")]
     gw_server: Server | None = None
     gateway = None
     if tcp is not None:
@@ -345,7 +348,6 @@ async def _main(settings: Any) -> int:
         )
         telemetry.gateway = gateway.snapshot
         info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
-        limits = ServerLimits.from_settings(gs, max_connections=max_conn)
         gw_server = Server(gateway.app, tcp, limits, name="gateway")
         servers.append(gw_server)
     await telemetry.start()

@@ -481,11 +481,19 @@ def test_sigterm_past_the_drain_timeout_ends_the_stream_with_an_error_event_and_
             assert d.proc is not None
             t0 = time.monotonic()
             d.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
+            # Refused connections: the stop has begun (the drain starts in the same step).
+            deadline = time.monotonic() + 5
+            while not _gateway_refuses_connections(d):
+                assert time.monotonic() < deadline, "the gateway still accepts connections"
+                time.sleep(0.05)
             # A new request on an open connection while draining: 503 shutting_down.
             late = kept.post(
                 "/v1/chat/completions",
-                json={"model": "slow", "messages": [{"role": "user", "content": "x"}]},
+                json={
+                    "model": "slow",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "max_tokens": 1,
+                },
                 headers={"Authorization": f"Bearer {key}"},
             )
             assert late.status_code == 503, late.text
