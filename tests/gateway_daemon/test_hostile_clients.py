@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from daemon_helpers import REPO, Daemon
+from daemon_helpers import REPO, Daemon, running_daemon
 from gateway_daemon.helpers import LOOPBACK, base_url, chat, create_tenant, gateway_daemon, launch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -164,3 +164,59 @@ def test_beyond_max_connections_new_ones_are_refused_and_open_ones_served(
                 s.close()
     with daemon.client() as c:  # the control socket was never starved
         assert c.ping() is not None
+
+
+def start_with_nofile(d: Daemon, limit: int) -> None:
+    """``d.start()``, with the daemon's open-file limit (soft and hard) set to ``limit``."""
+    import resource
+    import subprocess
+    import sys
+
+    with open(d.home / "daemon-test.log", "ab") as out:
+        d.proc = subprocess.Popen(
+            [sys.executable, "-m", "studioctl", "daemon", "run"],
+            env=d.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+        )
+    deadline = time.monotonic() + 20
+    while not (d.socket.exists() and d.cli("daemon", "status").returncode == 0):
+        assert d.proc.poll() is None, f"daemon exited {d.proc.returncode}: {d.log_text()}"
+        assert time.monotonic() < deadline, f"daemon did not come up: {d.log_text()}"
+        time.sleep(0.1)
+
+
+def test_more_idle_connections_than_descriptors_do_not_take_the_daemon_down() -> None:
+    # The daemon's descriptors capped at 512 (soft and hard): 520 silent connections. Before,
+    # accept() failed with EMFILE and every request through the gateway failed with it.
+    env = {**ENV, "STUDIOCTL_GATEWAY_MAX_CONNECTIONS": "4096"}  # the default: over the budget
+    with running_daemon(env, start=False, gateway=True) as d:
+        d.recipe("alpha")
+        start_with_nofile(d, 512)
+        launch(d, "alpha")
+        key = create_tenant(d, "crowded", "--rpm", "100000")[1]
+        budget = (512 - 256) // 2  # daemon.connection_budget: 2 per connection, 256 kept
+        assert f"gateway.max_connections 4096 lowered to {budget}" in d.log_text()
+        with httpx.Client(base_url=base_url(d), timeout=30) as kept:
+            chat_ok(d, key, kept)
+            idle: list[socket.socket] = []
+            try:
+                for _ in range(520):
+                    idle.append(connect(d))
+                chat_ok(d, key, kept)  # served on: its request to the engine has a descriptor
+                # Beyond the budget: 503 at once (the rest are silent: the header timeout).
+                refused = 0
+                for s in idle[budget:]:
+                    with contextlib.suppress(TimeoutError):
+                        answer = read_all(s, timeout=1.0)
+                        refused += bool(answer) and answer_of(answer)[0] == 503
+                # All of them, unless the header timeout freed places while they connected.
+                assert refused >= 300, refused
+                with d.client() as c:
+                    assert c.ping() is not None
+            finally:
+                for s in idle:
+                    s.close()
+            chat_ok(d, key)
