@@ -23,7 +23,7 @@ flat (end within max(16 MiB, 10 %) and 16 descriptors of the start), p99 within 
 run, every accepted request accounted, no normal request failed. Exit status 1 if one fails.
 
     python benchmarks/soak.py [--duration 180] [--baseline 20] [--concurrency 4]
-                              [--slow 50] [--malformed 20] [--aborts 5]
+                              [--slow 50] [--malformed 20] [--aborts 5] [--keep-home]
 
 It starts the daemon (which starts the stand-in) and one helper process, and ends exactly
 those: the daemon with ``daemon stop --stop-engines``, the helper by pid.
@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -587,6 +588,10 @@ def soak(args: argparse.Namespace) -> int:
             helper.send_signal(signal.SIGKILL)  # the helper this script started, by pid
             helper.wait(10)
         d.stop()
+        if args.keep_home:
+            print(f"kept {d.home} (daemon log: {d.home / 'daemon.out'})")
+        else:
+            shutil.rmtree(d.home, ignore_errors=True)
 
     accepted = warm.answered + idle.answered + loaded.answered + result["aborted"]
     uncertain = warm.failed + idle.failed + loaded.failed + result["aborted_early"]
@@ -645,6 +650,7 @@ def main() -> None:
     ap.add_argument("--slow", type=int, default=50, help="slow connections at once (default 50)")
     ap.add_argument("--malformed", type=float, default=20.0, help="malformed requests per second")
     ap.add_argument("--aborts", type=float, default=5.0, help="aborted streams per second")
+    ap.add_argument("--keep-home", action="store_true", help="keep the daemon's home and log")
     ap.add_argument("--hostile", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--key", help=argparse.SUPPRESS)
