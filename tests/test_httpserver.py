@@ -205,13 +205,12 @@ def test_silent_connections_are_closed_after_the_header_timeout() -> None:
         t0 = time.monotonic()
         get_ok(r.port)  # served while they sit there
         try:
-            assert not closed_by_peer(silent[0], 0.3)  # not before the bound
             for s in silent:
                 assert closed_by_peer(s, 10.0), "a silent connection was never closed"
         finally:
             for s in silent:
                 s.close()
-        assert time.monotonic() - t0 >= 1.0
+        assert time.monotonic() - t0 >= 0.9  # not before the bound (timed from the accepts)
         assert r.server.stats.header_timeouts == 20
         get_ok(r.port)
 
@@ -414,8 +413,9 @@ def test_idle_keepalive_connections_are_closed() -> None:
     with serving(keepalive_timeout_s=1.0) as r, connect(r.port) as s:
         s.sendall(b"GET /ka HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(s)[0] == 200
-        assert not closed_by_peer(s, 0.3)
+        t0 = time.monotonic()
         assert closed_by_peer(s, 10.0)
+        assert time.monotonic() - t0 >= 0.5  # not at once (the bound is 1 s from the answer)
 
 
 def test_a_response_left_unread_is_cut_after_the_send_timeout() -> None:
