@@ -5,8 +5,8 @@ large it may grow, how long a declared body may stall, how many connections may 
 long a client may leave our response unread. ``GuardedHttpToolsProtocol`` adds these to
 uvicorn's ``HttpToolsProtocol``; ``Server`` runs one uvicorn server on a socket we bound, with
 that protocol and one sweeper task per server (timers per server, not per request: the hot
-path only records the phase of the connection it is in; the sweeper looks four times per
-shortest bound, so a bound holds to within a quarter of itself, at most 1 s)::
+path only records the phase of the connection it is in; a bound holds to within one sweep,
+a quarter of the shortest bound, 0.05 to 1 s; 0.5 s with the defaults)::
 
     a connection that sends nothing for header_timeout_s          closed (nothing to answer)
     a request head not complete header_timeout_s after it began   408 request_timeout, closed
@@ -36,8 +36,8 @@ imports from ``uvicorn.protocols`` or touches ``uvicorn.Server``'s attributes. I
 ``pause_writing``/``resume_writing``), ``uvicorn.Config(http=<protocol class>)``, and
 ``uvicorn.Server``'s ``servers`` (the asyncio servers), ``server_state.connections``/``tasks`` and
 ``capture_signals``. Checked against the uvicorn sources of 0.30.0, 0.32.0, 0.35.0, 0.40.0 and
-0.47.0 (the same names; ``data_received`` identical from 0.35 on) and run against 0.54.0 (the
-tests in tests/test_httpserver.py exercise every one of these); pyproject.toml pins
+0.47.0 (the same names; ``data_received`` identical in 0.40, 0.47 and 0.54) and run against
+0.54.0 (tests/test_httpserver.py exercises every one of these); pyproject.toml pins
 ``>=0.30,<0.55``. A new uvicorn: read ``uvicorn/protocols/http/httptools_impl.py`` and
 ``uvicorn/server.py`` for the names above, run those tests, then widen the pin.
 """
