@@ -54,6 +54,23 @@ def test_defaults_without_a_file() -> None:
     assert s == Settings()
 
 
+def test_server_bounds_have_public_facing_defaults_and_follow_env_and_file() -> None:
+    g = load_settings(env={}).gateway
+    assert (g.header_timeout_s, g.body_timeout_s, g.send_timeout_s) == (10.0, 30.0, 60.0)
+    assert (g.keepalive_timeout_s, g.max_header_bytes, g.max_connections) == (15.0, 65536, 4096)
+    assert g.drain_timeout_s == 30.0
+    f = default_file("gateway:\n  max_connections: 50\n  header_timeout_s: 2.5\n")
+    env = {"STUDIOCTL_GATEWAY_MAX_CONNECTIONS": "60", "STUDIOCTL_GATEWAY_DRAIN_TIMEOUT_S": "0"}
+    s = load_settings(env=env)
+    assert s.gateway.max_connections == 60
+    assert s.sources["gateway.max_connections"] == "env:STUDIOCTL_GATEWAY_MAX_CONNECTIONS"
+    assert s.gateway.header_timeout_s == 2.5
+    assert s.sources["gateway.header_timeout_s"] == f"file:{f}:3"
+    assert s.gateway.drain_timeout_s == 0.0  # 0: no drain, in-flight requests end at once
+    with pytest.raises(ConfigError, match="STUDIOCTL_GATEWAY_MAX_HEADER_BYTES"):
+        load_settings(env={"STUDIOCTL_GATEWAY_MAX_HEADER_BYTES": "lots"})
+
+
 def test_file_values_carry_file_and_line() -> None:
     f = default_file("# comment\ngateway:\n  host: 0.0.0.0\n  port: 9000\nlogs:\n  backups: 0\n")
     s = load_settings(env={})
@@ -273,6 +290,11 @@ BAD_FILES = [
     ("logs:\n  backups: -1\n", 2, "logs.backups", ["at least 0"]),
     ("logs:\n  retention_days: 0\n", 2, "logs.retention_days", ["greater than 0"]),
     ("daemon:\n  admin_token: 1234\n", 2, "daemon.admin_token", ["must be a string"]),
+    ("gateway:\n  header_timeout_s: 0\n", 2, "gateway.header_timeout_s", ["greater than 0"]),
+    ("gateway:\n  body_timeout_s: -5\n", 2, "gateway.body_timeout_s", ["greater than 0"]),
+    ("gateway:\n  max_header_bytes: 100\n", 2, "gateway.max_header_bytes", ["at least 1024"]),
+    ("gateway:\n  max_connections: 0\n", 2, "gateway.max_connections", ["at least 1"]),
+    ("gateway:\n  drain_timeout_s: -1\n", 2, "gateway.drain_timeout_s", ["at least 0"]),
     ("daemon: [1]\n", 1, "daemon", ["must be a mapping"]),
     ("gateway:\n  port: 1\n  port: 2\n", 3, "gateway.port", ["duplicate key"]),
 ]

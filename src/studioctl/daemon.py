@@ -236,34 +236,60 @@ def _loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
-class _Server:
-    """uvicorn's Server without its signal handling (the daemon owns the signals)."""
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (every connection is a descriptor; the
+    usual soft default, 1024 or less, is soon reached). Returns (soft, hard) after it."""
+    import resource
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
-        import uvicorn
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:  # the kernel still caps it at fs.nr_open
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1048576
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft, hard
 
-        class Quiet(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):  # type: ignore[no-untyped-def]
-                yield
 
-        cfg = uvicorn.Config(
-            app,
-            http="httptools",
-            proxy_headers=False,  # clients talk to us directly; never trust X-Forwarded-*
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-        self.server = Quiet(cfg)
-        self.sock = sock
+#: Descriptors kept for everything but gateway connections: the store, logs, engine pipes,
+#: the supervisor's and telemetry's HTTP sessions, the control socket's clients.
+FD_RESERVE = 256
 
-    async def serve(self) -> None:
-        await self.server.serve(sockets=[self.sock])
 
-    def stop(self) -> None:
-        self.server.should_exit = True
+def connection_budget(max_connections: int, nofile: int) -> int:
+    """The gateway's connection limit within ``nofile`` descriptors (the soft limit; negative:
+    unlimited): each connection may hold two (itself and its request to an engine), after
+    FD_RESERVE for the rest of the daemon."""
+    if nofile < 0:
+        return max_connections
+    return max(1, min(max_connections, (nofile - FD_RESERVE) // 2))
+
+
+async def _drain_gateway(server: Any, app: Any, timeout_s: float) -> None:
+    """Stop accepting gateway connections, let in-flight requests finish (``drain_timeout_s``),
+    then end the rest. ``GatewayApp.drain`` answers new requests 503 ``shutting_down``, ends
+    streams still running at the deadline with an error event and records every row; without
+    it (an older GatewayApp) this waits for in-flight requests itself, and uvicorn's shutdown
+    cancels what is left."""
+    server.stop_accepting()
+    busy = server.inflight()
+    if busy:
+        log.info("draining %d gateway requests (up to %gs)", busy, timeout_s)
+    drain = getattr(app, "drain", None)
+    try:
+        if drain is not None:
+            await drain(timeout_s)
+        elif not await server.wait_idle(timeout_s):
+            left = server.inflight()
+            log.warning("drain: %d gateway requests still running after %gs", left, timeout_s)
+    except Exception:
+        log.exception("gateway drain failed")
 
 
 async def _housekeeping(settings: Any, sup: Any, events: Any) -> None:
@@ -282,12 +308,27 @@ async def _housekeeping(settings: Any, sup: Any, events: Any) -> None:
 
 async def _main(settings: Any) -> int:
     from studioctl.control import DaemonInfo, build_control_app
+    from studioctl.httpserver import Server, ServerLimits
     from studioctl.lifecycle.events import EventBus
     from studioctl.lifecycle.restart import RestartPolicy
     from studioctl.lifecycle.supervisor import Supervisor
     from studioctl.store.db import Database
     from studioctl.store.events import EventRepo
 
+    # Every connection is a descriptor: the soft limit up to the hard one, before anything
+    # opens (engines inherit it too), and the gateway's connection limit within it.
+    gs = settings.gateway
+    nofile, hard = raise_nofile_limit()
+    max_conn = connection_budget(gs.max_connections, nofile)
+    log.info("open-file limit %d (hard %d): up to %d connections", nofile, hard, max_conn)
+    if max_conn < gs.max_connections:
+        log.warning(
+            "gateway.max_connections %d lowered to %d: the open-file limit is %d "
+            "(raise it, e.g. LimitNOFILE=65536 in the systemd unit)",
+            gs.max_connections,
+            max_conn,
+            nofile,
+        )
     # Bind first: a taken gateway port is a clear error (exit 5) before anything starts.
     control_sock = bind_unix(paths.control_socket())
     tcp = (
@@ -329,7 +370,10 @@ async def _main(settings: Any) -> int:
     telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup.session)
     sup.vram_release = telemetry.vram_released
     control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
-    servers = [_Server(control, control_sock)]
+    # The control socket (0600, our user only) gets the same bounds as the gateway.
+    limits = ServerLimits.from_settings(gs, max_connections=max_conn)
+    servers = [Server(control, control_sock, limits, name="control")]
+    gw_server: Server | None = None
     gateway = None
     if tcp is not None:
         from studioctl.gateway.wiring import build_gateway
@@ -344,7 +388,8 @@ async def _main(settings: Any) -> int:
         )
         telemetry.gateway = gateway.snapshot
         info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
-        servers.append(_Server(gateway.app, tcp))
+        gw_server = Server(gateway.app, tcp, limits, name="gateway")
+        servers.append(gw_server)
     await telemetry.start()
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     housekeeping = asyncio.create_task(_housekeeping(settings, sup, EventRepo(db)))
@@ -363,6 +408,8 @@ async def _main(settings: Any) -> int:
     log.info("stopping (engines %s)", "stop too" if stop_engines["value"] else "keep running")
     t0 = time.monotonic()
     housekeeping.cancel()
+    if gw_server is not None and gateway is not None:
+        await _drain_gateway(gw_server, gateway.app, gs.drain_timeout_s)
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)

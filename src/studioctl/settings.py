@@ -65,6 +65,20 @@ class GatewaySettings:
     allow_anonymous: bool = False
     cors_origins: tuple[str, ...] = ()
     enabled: bool = True
+    # Bounds on what a client controls (httpserver.py), public-facing defaults: a request
+    # head must be complete header_timeout_s after it began (or after the accept) and within
+    # max_header_bytes; a declared body must not stall for body_timeout_s; a response must not
+    # sit unread for send_timeout_s; idle keep-alive connections close after
+    # keepalive_timeout_s; beyond max_connections new connections get 503 at once.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    send_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 15.0
+    max_header_bytes: int = 65536
+    max_connections: int = 4096
+    # On stop: seconds in-flight requests get to finish before they are ended (with an error
+    # event for streams) and recorded.
+    drain_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -397,6 +411,13 @@ _RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "gateway.upstream_timeout_s": (0, None, True),
     "gateway.max_body_bytes": (0, None, True),
     "gateway.max_concurrent": (0, None, True),
+    "gateway.header_timeout_s": (0, None, True),
+    "gateway.body_timeout_s": (0, None, True),
+    "gateway.send_timeout_s": (0, None, True),
+    "gateway.keepalive_timeout_s": (0, None, True),
+    "gateway.max_header_bytes": (1024, None, False),
+    "gateway.max_connections": (1, None, False),
+    "gateway.drain_timeout_s": (0, None, False),
     "engines.port_min": (1, 65535, False),
     "engines.port_max": (1, 65535, False),
     "logs.max_bytes": (0, None, True),

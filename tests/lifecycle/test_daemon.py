@@ -23,10 +23,11 @@ from typing import Any
 import psutil
 import pytest
 
-from daemon_helpers import Daemon, alive, running_daemon
+from daemon_helpers import REPO, Daemon, alive, running_daemon
 from standin.helpers import http_status
-from studioctl.daemon import lock_holder
+from studioctl.daemon import connection_budget, lock_holder
 from studioctl.errors import EXIT_CONFLICT, EXIT_DAEMON_UNREACHABLE, EXIT_NOT_FOUND
+from studioctl.gateway.proxy import GatewayApp
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +334,180 @@ def test_events_json(qd: Daemon) -> None:
     assert len(last3) == 3
     text = qd.cli("events", "-n", "5")
     assert text.returncode == 0 and len(text.stdout.splitlines()) == 5
+
+
+# --------------------------------------------------------------------------- limits and drain
+
+# This checkout's code in the daemons below (running_daemon's PYTHONPATH is the repository
+# root, where an editable install of another checkout would win).
+_HERE = {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+
+
+@pytest.mark.parametrize(
+    ("wanted", "nofile", "budget"),
+    [(4096, 1048576, 4096), (4096, 1024, 384), (4096, 300, 22), (50, 20000, 50), (10, 100, 1)],
+)
+def test_the_connection_limit_fits_the_open_file_limit(
+    wanted: int, nofile: int, budget: int
+) -> None:
+    # Two descriptors per connection (it and its upstream) after 256 for the rest.
+    assert connection_budget(wanted, nofile) == budget
+    assert connection_budget(wanted, -1) == wanted  # RLIM_INFINITY
+
+
+def test_daemon_raises_its_soft_open_file_limit_to_the_hard_one() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 512)
+    if hard != resource.RLIM_INFINITY and hard <= low:
+        pytest.skip(f"the hard open-file limit ({hard}) leaves nothing to raise")
+    with running_daemon(_HERE, start=False) as d:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # inherited by the daemon
+        try:
+            d.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert d.proc is not None
+        daemon_soft, daemon_hard = psutil.Process(d.proc.pid).rlimit(psutil.RLIMIT_NOFILE)
+        assert daemon_hard == hard
+        assert daemon_soft > low
+        if hard != resource.RLIM_INFINITY:
+            assert daemon_soft == hard
+        assert f"open-file limit {daemon_soft} (hard {daemon_hard})" in d.log_text()
+
+
+def _stream_through_gateway(
+    d: Daemon, key: str, max_tokens: int, seen: list[str], first: threading.Event
+) -> None:
+    """POST a streamed chat; every SSE ``data:`` line goes to ``seen`` (errors too)."""
+    import httpx
+
+    body = {
+        "model": "slow",
+        "messages": [{"role": "user", "content": "stream please"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{d.gateway_port}", timeout=60) as c,
+            c.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp,
+        ):
+            seen.append(f"status {resp.status_code}")
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(line[6:])
+                    first.set()
+    except Exception as exc:  # the test asserts on what arrived
+        seen.append(f"error {type(exc).__name__}: {exc}")
+    finally:
+        first.set()
+
+
+def _gateway_refuses_connections(d: Daemon) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", d.gateway_port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_sigterm_mid_stream_lets_the_stream_finish_and_records_its_usage() -> None:
+    from gateway_daemon.helpers import create_tenant, gateway_daemon, usage_rows
+
+    # 0.25 s per token: a 40-token stream runs ~10 s: beyond uvicorn's 5 s grace, well inside
+    # gateway.drain_timeout_s (30).
+    recipes = {"slow": {"env": {"STANDIN_TOKEN_DELAY_S": "0.25", "STANDIN_ACCESS_LOG": "0"}}}
+    with gateway_daemon(recipes, env=_HERE) as d:
+        d.launch("slow")
+        key = create_tenant(d, "drainer")[1]
+        seen: list[str] = []
+        first = threading.Event()
+        reader = threading.Thread(target=_stream_through_gateway, args=(d, key, 40, seen, first))
+        reader.start()
+        try:
+            assert first.wait(20), "no first chunk"
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGTERM)
+            # The gateway stops accepting at once, while the stream runs on.
+            deadline = time.monotonic() + 5
+            while not _gateway_refuses_connections(d):
+                assert time.monotonic() < deadline, "the gateway still accepts connections"
+                time.sleep(0.05)
+            assert reader.is_alive(), "the stream ended before the gateway stopped accepting"
+            reader.join(40)
+            assert d.proc.wait(40) == 0
+        finally:
+            reader.join(40)
+        assert seen[0] == "status 200", seen
+        assert seen[-1] == "[DONE]", seen[-3:]
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or ""
+            for c in map(json.loads, seen[1:-1])
+            if c.get("choices")
+        )
+        assert text.split() == [f"tok{i}" for i in range(40)]
+        rows = usage_rows(d)
+        assert len(rows) == 1, rows
+        assert (rows[0].status, rows[0].completion_tokens, rows[0].disconnected) == (200, 40, False)
+        d.start()  # adopts the engine, so that the teardown stops it
+
+
+@pytest.mark.skipif(
+    not hasattr(GatewayApp, "drain"),
+    reason="needs GatewayApp.drain (helper gw-admission's branch); remove this skip after merging",
+)
+def test_sigterm_past_the_drain_timeout_ends_the_stream_with_an_error_event_and_a_row() -> None:
+    import httpx
+
+    from gateway_daemon.helpers import create_tenant, gateway_daemon, usage_rows
+
+    # 0.25 s per token, 200 tokens: ~50 s, far beyond a 1 s drain.
+    recipes = {"slow": {"env": {"STANDIN_TOKEN_DELAY_S": "0.25", "STANDIN_ACCESS_LOG": "0"}}}
+    env = {**_HERE, "STUDIOCTL_GATEWAY_DRAIN_TIMEOUT_S": "1"}
+    with gateway_daemon(recipes, env=env) as d:
+        d.launch("slow")
+        key = create_tenant(d, "drainer")[1]
+        kept = httpx.Client(base_url=f"http://127.0.0.1:{d.gateway_port}", timeout=30)
+        assert kept.get("/livez").status_code == 200  # a keep-alive connection, open before
+        seen: list[str] = []
+        first = threading.Event()
+        reader = threading.Thread(target=_stream_through_gateway, args=(d, key, 200, seen, first))
+        reader.start()
+        try:
+            assert first.wait(20), "no first chunk"
+            assert d.proc is not None
+            t0 = time.monotonic()
+            d.proc.send_signal(signal.SIGTERM)
+            # Refused connections: the stop has begun (the drain starts in the same step).
+            deadline = time.monotonic() + 5
+            while not _gateway_refuses_connections(d):
+                assert time.monotonic() < deadline, "the gateway still accepts connections"
+                time.sleep(0.05)
+            # A new request on an open connection while draining: 503 shutting_down.
+            late = kept.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "slow",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "max_tokens": 1,
+                },
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert late.status_code == 503, late.text
+            assert late.json()["error"]["code"] == "shutting_down"
+            reader.join(40)
+            assert d.proc.wait(40) == 0
+            assert time.monotonic() - t0 < 20  # ended at the drain timeout, not the stream's
+        finally:
+            kept.close()
+            reader.join(40)
+        assert seen[0] == "status 200", seen
+        assert seen[-1] == "[DONE]", seen[-3:]
+        assert "error" in json.loads(seen[-2]), seen[-3:]  # an error event before [DONE]
+        rows = [r for r in usage_rows(d) if r.streamed]
+        assert len(rows) == 1, rows
+        assert 0 < rows[0].completion_tokens < 200
+        d.start()  # adopts the engine, so that the teardown stops it
