@@ -273,21 +273,15 @@ def connection_budget(max_connections: int, nofile: int) -> int:
 
 async def _drain_gateway(server: Any, app: Any, timeout_s: float) -> None:
     """Stop accepting gateway connections, let in-flight requests finish (``drain_timeout_s``),
-    then end the rest. ``GatewayApp.drain`` answers new requests 503 ``shutting_down``, ends
-    streams still running at the deadline with an error event and records every row; without
-    it (an older GatewayApp) this waits for in-flight requests itself, and uvicorn's shutdown
-    cancels what is left."""
+    then end the rest: ``GatewayApp.drain`` answers new requests on open connections 503
+    ``shutting_down``, ends streams still running at the deadline with an error event and
+    records every row."""
     server.stop_accepting()
     busy = server.inflight()
     if busy:
         log.info("draining %d gateway requests (up to %gs)", busy, timeout_s)
-    drain = getattr(app, "drain", None)
     try:
-        if drain is not None:
-            await drain(timeout_s)
-        elif not await server.wait_idle(timeout_s):
-            left = server.inflight()
-            log.warning("drain: %d gateway requests still running after %gs", left, timeout_s)
+        await app.drain(timeout_s)
     except Exception:
         log.exception("gateway drain failed")
 

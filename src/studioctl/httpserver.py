@@ -428,14 +428,6 @@ class Server:
         for srv in getattr(self.server, "servers", ()):
             srv.close()
 
-    async def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no request is in flight (at most ``timeout_s``); True if none is."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.inflight() and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        return not self.inflight()
-
     def stop(self) -> None:
         self.server.should_exit = True
 

@@ -27,7 +27,6 @@ from daemon_helpers import REPO, Daemon, alive, running_daemon
 from standin.helpers import http_status
 from studioctl.daemon import connection_budget, lock_holder
 from studioctl.errors import EXIT_CONFLICT, EXIT_DAEMON_UNREACHABLE, EXIT_NOT_FOUND
-from studioctl.gateway.proxy import GatewayApp
 
 pytestmark = pytest.mark.integration
 
@@ -455,10 +454,6 @@ def test_sigterm_mid_stream_lets_the_stream_finish_and_records_its_usage() -> No
         d.start()  # adopts the engine, so that the teardown stops it
 
 
-@pytest.mark.skipif(
-    not hasattr(GatewayApp, "drain"),
-    reason="needs GatewayApp.drain (helper gw-admission's branch); remove this skip after merging",
-)
 def test_sigterm_past_the_drain_timeout_ends_the_stream_with_an_error_event_and_a_row() -> None:
     import httpx
 
