@@ -167,3 +167,29 @@ def test_the_engines_key_is_sent_and_the_clients_never(gateway: Gateway, engine_
         assert gateway.key.encode() not in req.head + req.body
         lower = req.head.lower()
         assert b"x-client-header" not in lower and b"cookie" not in lower
+
+
+@pytest.mark.integration
+def test_a_crlf_framed_stream_is_relayed_without_the_usage_chunk_and_accounted(
+    gateway: Gateway, engine_for: Any
+) -> None:
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": "a"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "b"}}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 7}},
+    ]
+    body = [b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in events] + [b"data: [DONE]\r\n\r\n"]
+
+    async def script(n: int, req: Received, w: Writer) -> None:
+        w.write(SSE_HEAD)
+        for event in body:  # one chunk each, cut inside the blank line's \r\n
+            w.write(chunked(event[:-1]) + chunked(event[-1:]))
+            await w.drain()
+        w.write(b"0\r\n\r\n")
+
+    engine_for(script)
+    r = post(gateway, stream=True)
+    assert r.status_code == 200
+    assert r.content == body[0] + body[1] + body[3]  # the usage chunk was not asked for
+    (row,) = gateway.usage.rows
+    assert (row.status, row.prompt_tokens, row.completion_tokens) == (200, 3, 7)
