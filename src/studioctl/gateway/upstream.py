@@ -241,21 +241,16 @@ class UpstreamPool:
         # to the Content-Length value), built once: the request bytes are on the hot path.
         self._heads: dict[tuple[str, int], tuple[str | None, bytes]] = {}
 
-    def _head(self, upstream: Upstream, key: tuple[str, int]) -> bytes:
-        head = self._heads.get(key)
-        if head is None or head[0] != upstream.api_key:  # new engine, or a new key on its port
-            head = self._heads[key] = (upstream.api_key, _request_head(upstream))
-        return head[1]
-
     async def request(
         self, upstream: Upstream, path: bytes, body: bytes, timeout: float
     ) -> UpstreamConn:
         """Send ``POST path`` and wait for the response head; the caller reads the body and
         then calls :meth:`release` (or ``conn.close()`` to abandon it)."""
         key = (upstream.host, upstream.port)
-        message = b"".join(
-            (b"POST ", path, self._head(upstream, key), str(len(body)).encode(), b"\r\n\r\n", body)
-        )
+        head = self._heads.get(key)
+        if head is None or head[0] != upstream.api_key:  # new engine, or a new key on its port
+            head = self._heads[key] = (upstream.api_key, _request_head(upstream))
+        message = b"".join((b"POST ", path, head[1], str(len(body)).encode(), b"\r\n\r\n", body))
         conn = self._reused(key)
         if conn is not None:
             try:
