@@ -104,10 +104,11 @@ class SSERelay:
 
     def feed(self, data: bytes) -> bytes:
         """Bytes received from upstream → complete events to send to the client now."""
-        if self._buf:
-            data = self._buf + data
+        buf = self._buf
+        if buf:
+            data = buf + data
         if self._any_eol or _CR in data:  # an int: a bare memchr
-            return self._feed_any_eol(data)
+            return self._feed_any_eol(data, len(buf))
         end = data.rfind(_SEP)
         if end < 0:
             self._buf = data
@@ -126,8 +127,9 @@ class SSERelay:
                 return self._take_usage(block, pos)
         return block
 
-    def _feed_any_eol(self, data: bytes) -> bytes:
-        """:meth:`feed` for a stream with \r in its line ends (CRLF-framed, or CR alone)."""
+    def _feed_any_eol(self, data: bytes, held: int) -> bytes:
+        """:meth:`feed` for a stream with CR in its line ends (CRLF-framed, or CR alone);
+        ``data`` starts with the ``held`` bytes of a partial event kept from before."""
         self._any_eol = True
         head = b""
         if self._cr_end and data:
@@ -137,7 +139,8 @@ class SSERelay:
                 data = data[1:]
             self._cr_end = 0
         end = -1
-        for m in _EVENT_END.finditer(data):
+        # The held bytes end no event: only their last two can start the end of one now.
+        for m in _EVENT_END.finditer(data, max(held - 2, 0)):
             end = m.end()
         if end < 0:
             self._buf = data
