@@ -318,3 +318,15 @@ def test_a_key_that_is_no_header_value_is_refused_before_sending(
             assert engine.requests == []
 
     run(loop_thread, main())
+
+
+def test_endless_interim_responses_are_a_protocol_error(loop_thread: LoopThread) -> None:
+    async def script(n: int, req: Received, w: Writer) -> None:
+        w.write(CONTINUE * 100 + answer(f"r{n}"))
+
+    async def main() -> None:
+        async with engine_and_pool(script) as (engine, pool):
+            with pytest.raises(UpstreamProtocolError, match="1xx"):
+                await pool.request(upstream(engine), PATH, BODY, TIMEOUT)
+
+    run(loop_thread, main())

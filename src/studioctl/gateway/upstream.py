@@ -39,6 +39,8 @@ class UpstreamProtocolError(ConnectionError):
     the proxy answers 502 ``upstream_error``)."""
 
 
+# Interim (1xx) responses accepted before the answer to one request.
+_MAX_INTERIM = 16
 # Buffered response bytes above which the engine connection stops being read (a slow client).
 _HIGH_WATER = 256 * 1024
 
@@ -69,7 +71,7 @@ class UpstreamConn(asyncio.Protocol):
         self.head = False  # response headers received
         self.complete = False  # response fully received
         self.received = False  # any byte of this response received
-        self.interim = False  # inside a 1xx response (skipped)
+        self.interim = 0  # 1xx responses skipped so far
         self.error: BaseException | None = None
         self.chunks: list[bytes] = []
         self.buffered = 0
@@ -132,7 +134,9 @@ class UpstreamConn(asyncio.Protocol):
         if not 200 <= status <= 599:
             if 100 <= status <= 199 and status != 101:
                 # Interim (100 Continue, 103 Early Hints): no body; the answer follows.
-                self.interim = True
+                self.interim += 1
+                if self.interim > _MAX_INTERIM:  # data, but never an answer: no timeout fires
+                    raise UpstreamProtocolError("the engine sent 1xx responses without end")
                 self.content_type = b"application/json"
                 self.framed = False
                 return
@@ -153,8 +157,7 @@ class UpstreamConn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
+        if not self.head:  # the end of an interim response
             return
         self.complete = True
         self._wake()
