@@ -151,11 +151,12 @@ def test_a_status_outside_100_to_599_is_a_protocol_error(
 # -- responses nobody asked for ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("cut", [None, 30], ids=["whole", "part-of-its-head"])
 def test_a_second_response_in_the_same_read_is_not_taken_for_the_next_request(
-    loop_thread: LoopThread,
+    loop_thread: LoopThread, cut: int | None
 ) -> None:
     async def script(n: int, req: Received, w: Writer) -> None:
-        w.write(answer(f"r{n}") + answer(f"stale{n}"))
+        w.write(answer(f"r{n}") + response(b"stale", ctype=b"text/plain")[:cut])
 
     async def main() -> None:
         async with engine_and_pool(script) as (engine, pool):
