@@ -331,3 +331,27 @@ def test_endless_interim_responses_are_a_protocol_error(loop_thread: LoopThread)
                 await pool.request(upstream(engine), PATH, BODY, TIMEOUT)
 
     run(loop_thread, main())
+
+
+@pytest.mark.parametrize("read", ["read_all", "read_some"])
+def test_a_caller_cancelled_while_reading_the_body_leaves_no_connection_open(
+    loop_thread: LoopThread, read: str
+) -> None:
+    async def script(n: int, req: Received, w: Writer) -> None:
+        w.write(response(b"x" * 100)[:-50])  # the head and half the body, then nothing
+
+    async def main() -> None:
+        async with engine_and_pool(script) as (engine, pool):
+            conn = await pool.request(upstream(engine), PATH, BODY, TIMEOUT)
+            reader = getattr(conn, read)
+            if read == "read_some":
+                assert await reader(TIMEOUT) == b"x" * 50
+            task = asyncio.create_task(reader(TIMEOUT))
+            await asyncio.sleep(0.05)
+            task.cancel()  # e.g. the server shutting down: neither release() nor close() follow
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await until(lambda: engine.eofs == 1)
+            assert conn.closed
+
+    run(loop_thread, main())

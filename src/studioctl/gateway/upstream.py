@@ -177,14 +177,20 @@ class UpstreamConn(asyncio.Protocol):
             w.set_exception(exc)
 
     async def _wait(self, timeout: float) -> None:
-        """Until the parser makes progress; TimeoutError after ``timeout`` s without data."""
+        """Until the parser makes progress; TimeoutError after ``timeout`` s without data.
+        Whatever ends the wait early (an error, a timeout, the caller's cancellation) leaves
+        the response unread: the connection is closed then, whatever the caller does."""
         if self.error is not None:
+            self.close()
             raise self.error
         waiter = self.waiter = self.loop.create_future()
         self.last_data = self.loop.time()
         self.timer = self.loop.call_later(timeout, self._check_timeout, waiter, timeout)
         try:
             await waiter
+        except BaseException:
+            self.close()
+            raise
         finally:
             self.timer.cancel()
             self.waiter = None
