@@ -301,7 +301,7 @@ def test_huge_invented_model_names_through_the_gateway_keep_metrics_small(
     for i in range(10):
         body = {"model": f"{i}" + "y" * 256 * 1024, "messages": messages}
         r = httpx.post(gw.base_url + "/chat/completions", json=body, headers=gw.headers())
-        assert r.status_code == 404
+        assert r.status_code in (400, 404)  # refused (unknown, or a name too long to be one)
     r = httpx.get(gw.url + "/metrics")
     assert r.status_code == 200
     assert len(r.content) < 50_000
