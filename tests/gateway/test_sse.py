@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from studioctl.gateway.sse import SSERelay, json_dumps, json_loads, request_usage
+from studioctl.gateway.sse import DONE_EVENTS, SSERelay, json_dumps, json_loads, request_usage
 
 from .conftest import StandinEngine
 
@@ -229,3 +229,11 @@ def test_comments_and_multi_line_events_pass_through_any_framing(framing: str) -
         relay = SSERelay(strip_usage=True)
         assert relay_all(relay, pieces) == data
         assert relay.chunks == 1
+
+
+@pytest.mark.parametrize("framing", ["lf", "crlf", "cr"])
+def test_the_done_event_of_every_uniform_framing_is_recognised(framing: str) -> None:
+    relay = SSERelay(strip_usage=True)
+    outs = [relay.feed(e) for e in framed(framing, usage=True)]
+    assert outs[-1].endswith(DONE_EVENTS)
+    assert not any(out.endswith(DONE_EVENTS) for out in outs[:-1])

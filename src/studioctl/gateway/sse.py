@@ -55,6 +55,9 @@ _SEP = b"\n\n"
 # is a line end only when no \n follows it (\r\n is one line end, not two).
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
 _CR, _LF = 13, 10
+# The stream's last event as each uniform framing ends it: relayed output ending with one of
+# these has given the client the whole stream (``out.endswith(DONE_EVENTS)``).
+DONE_EVENTS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data: [DONE]\r\r")
 
 
 def request_usage(body: dict[str, Any]) -> bool:
