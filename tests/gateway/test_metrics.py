@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from studioctl.gateway.metrics import LATENCY_BUCKETS, OTHER_MODEL, GatewayMetrics
+from studioctl.gateway.metrics import (
+    LATENCY_BUCKETS,
+    MAX_LABEL_LEN,
+    OTHER_MODEL,
+    GatewayMetrics,
+)
 
 P = "studioctl_gateway_"
 
@@ -176,3 +182,128 @@ def test_extra_lines_are_appended_and_parse() -> None:
     fams = parse(text)
     assert samples(fams, "studioctl_instance_state") == {lab(instance="tiny-1", state="ready"): 1}
     assert P + "requests" in fams
+
+
+# -- client-controlled label text is bounded -------------------------------------------------
+
+
+def label_values(text: str) -> list[str]:
+    return [v for fam in parse(text).values() for s in fam.samples for v in s.labels.values()]
+
+
+def test_huge_model_names_never_become_labels() -> None:
+    m = GatewayMetrics()
+    for i in range(10):  # ten 256 KB invented names, each refused
+        m.request(f"{i}" + "x" * 256 * 1024, "acme", 404, 0.001, None, 0, 0, False)
+    m.rejection("model_not_found", "acme")
+    text = m.render()
+    assert len(text) < 20_000  # one series per family, not 10 x 256 KB of label
+    assert max(len(v) for v in label_values(text)) <= MAX_LABEL_LEN
+    req = samples(parse(text), P + "requests", P + "requests_total")
+    assert req == {lab(model=OTHER_MODEL, status="404", tenant="acme"): 10}
+
+
+def test_a_name_at_the_limit_is_kept_as_it_is() -> None:
+    m = GatewayMetrics()
+    name = "org/" + "m" * (MAX_LABEL_LEN - 4)
+    m.request(name, "acme", 200, 0.01, None, 1, 1, False)
+    req = samples(parse(m.render()), P + "requests", P + "requests_total")
+    assert req == {lab(model=name, status="200", tenant="acme"): 1}
+
+
+def test_other_long_label_values_are_cut_and_stay_distinct() -> None:
+    m = GatewayMetrics()
+    long_a, long_b = "t" * 5000 + "a", "t" * 5000 + "b"
+    for tenant in (long_a, long_b):
+        m.request("tiny", tenant, 200, 0.01, None, 1, 1, False)
+        m.rejection("r" * 1000 + tenant[-1], tenant)
+    text = m.render()
+    assert max(len(v) for v in label_values(text)) <= MAX_LABEL_LEN
+    req = samples(parse(text), P + "requests", P + "requests_total")
+    assert len(req) == 2 and set(req.values()) == {1}  # two series still, as prometheus needs
+    assert len(m.summary()["rejections"]) == 2
+
+
+# -- the snapshot `top` reads comes from the counters ------------------------------------------
+
+
+def feed(m: GatewayMetrics, models: int, tenants: int) -> None:
+    for i in range(models):
+        for t in range(tenants):
+            m.request(f"m{i}", f"t{t}", 200 if i % 3 else 429, 0.01, 0.005, 3, 2, bool(i % 2))
+    for reason, tenant in (("rate_limited", "t0"), ("rate_limited", "t1"), ("auth", None)):
+        m.rejection(reason, tenant)
+
+
+@pytest.mark.parametrize("tenant_labels", [True, False])
+def test_summary_matches_the_rendered_counters(tenant_labels: bool) -> None:
+    m = GatewayMetrics(tenant_labels=tenant_labels, max_models=10)
+    feed(m, models=30, tenants=4)
+    fams = parse(m.render())
+    requests = sum(s.value for s in fams[P + "requests"].samples)
+    rejections: dict[str, float] = {}
+    for s in fams[P + "rejections"].samples:
+        rejections[s.labels["reason"]] = rejections.get(s.labels["reason"], 0) + s.value
+    assert m.summary() == {"requests_total": requests, "rejections": rejections}
+    assert m.summary() == {"requests_total": 120, "rejections": {"rate_limited": 2, "auth": 1}}
+
+
+class _NoRender(GatewayMetrics):
+    """Counts like GatewayMetrics; rendering it fails the test."""
+
+    __slots__ = ()
+
+    def render(self, extra_lines: str = "") -> str:
+        raise AssertionError("the snapshot rendered the metrics text")
+
+
+def test_the_gateway_snapshot_never_renders_the_metrics_text(tmp_path: Path) -> None:
+    from studioctl.gateway.limits import Limiter
+    from studioctl.gateway.routing import RouteTable
+    from studioctl.gateway.tenants import TenantService
+    from studioctl.gateway.wiring import Gateway
+    from studioctl.store.db import Database
+    from studioctl.store.usage import UsageRepo, UsageWriter
+
+    db = Database(tmp_path / "state.db")
+    db.migrate()
+    writer = UsageWriter(UsageRepo(db))
+    try:
+        limiter = Limiter(global_max_concurrent=8)
+        metrics = _NoRender(inflight_source=limiter.inflight, max_models=300)
+        feed(metrics, models=300, tenants=20)  # 6,000 series: rendering them each second hurt
+        gw = Gateway(
+            app=cast(Any, None),  # not used by snapshot()
+            tenants=TenantService(db),
+            routes=RouteTable(),
+            limiter=limiter,
+            metrics=metrics,
+            usage_repo=UsageRepo(db),
+            writer=writer,
+        )
+        snap = gw.snapshot()
+    finally:
+        writer.close()
+        db.close()
+    assert snap["requests_total"] == 6000
+    assert snap["rejections"] == {"rate_limited": 2, "auth": 1}
+    assert (snap["inflight"], snap["max_concurrent"], snap["tenants_inflight"]) == (0, 8, {})
+
+
+@pytest.mark.integration
+def test_huge_invented_model_names_through_the_gateway_keep_metrics_small(
+    make_gateway: Any,
+) -> None:
+    import httpx
+
+    gw = make_gateway(metrics_public=True)
+    messages = [{"role": "user", "content": "hi"}]
+    for i in range(10):
+        body = {"model": f"{i}" + "y" * 256 * 1024, "messages": messages}
+        r = httpx.post(gw.base_url + "/chat/completions", json=body, headers=gw.headers())
+        assert r.status_code in (400, 404)  # refused (unknown, or a name too long to be one)
+    r = httpx.get(gw.url + "/metrics")
+    assert r.status_code == 200
+    assert len(r.content) < 50_000
+    assert max(len(v) for v in label_values(r.text)) <= MAX_LABEL_LEN
+    assert gw.lt.call(gw.metrics.summary)["requests_total"] == 10

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from studioctl.gateway.sse import SSERelay, json_dumps, json_loads, request_usage
+from studioctl.gateway.sse import DONE_EVENTS, SSERelay, json_dumps, json_loads, request_usage
 
 from .conftest import StandinEngine
 
@@ -135,3 +135,105 @@ def test_json_helpers_round_trip() -> None:
     assert json_loads(json_dumps(obj)) == obj
     with pytest.raises(ValueError):
         json_loads(b"{nope")
+
+
+# -- line endings: \n (vLLM, SGLang), \r\n and \r, as SSE allows --------------------------------
+
+# Per framing: the two line ends closing each event in turn (the data line's, the blank line's).
+FRAMINGS: dict[str, list[tuple[bytes, bytes]]] = {
+    "lf": [(b"\n", b"\n")],
+    "crlf": [(b"\r\n", b"\r\n")],
+    "cr": [(b"\r", b"\r")],
+    "mixed": [
+        (b"\r\n", b"\n"),
+        (b"\n", b"\r\n"),
+        (b"\r", b"\r\n"),
+        (b"\n", b"\r"),
+        (b"\r\n", b"\r"),
+    ],
+}
+
+
+def framed(framing: str, n: int = 3, *, usage: bool) -> list[bytes]:
+    """The stand-in's events (each ``data: {…}\\n\\n``) with the framing's line ends."""
+    ends = FRAMINGS[framing]
+    out = []
+    for i, event in enumerate(events(n, usage=usage)):
+        assert event.endswith(b"\n\n") and b"\n" not in event[:-2] and b"\r" not in event
+        first, second = ends[i % len(ends)]
+        out.append(event[:-2] + first + second)
+    return out
+
+
+def splits(data: bytes) -> list[list[bytes]]:
+    """Whole, byte by byte, and cut in two at every position."""
+    return [[data], [data[i : i + 1] for i in range(len(data))]] + [
+        [data[:i], data[i:]] for i in range(1, len(data))
+    ]
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+@pytest.mark.parametrize("strip", [True, False], ids=["strip", "keep"])
+def test_every_framing_and_split_gives_the_events_and_the_usage(framing: str, strip: bool) -> None:
+    upstream = framed(framing, usage=True)
+    data = b"".join(upstream)
+    usage_event = next(e for e in upstream if b'"usage"' in e)
+    expected = b"".join(e for e in upstream if not (strip and e is usage_event))
+    for pieces in splits(data):
+        relay = SSERelay(strip_usage=strip)
+        assert relay_all(relay, pieces) == expected, pieces
+        assert relay.usage == {"prompt_tokens": 7, "total_tokens": 10, "completion_tokens": 3}
+        assert (relay.prompt_tokens, relay.completion_tokens, relay.chunks) == (7, 3, 3)
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+def test_every_framing_forwards_each_event_as_soon_as_it_is_complete(framing: str) -> None:
+    upstream = framed(framing, usage=True)
+    relay = SSERelay(strip_usage=True)
+    sent = b""
+    expected = b""
+    for event in upstream:
+        for i in range(len(event)):
+            sent += relay.feed(event[i : i + 1])
+        if b'"usage"' not in event:
+            expected += event
+        assert sent == expected  # nothing of a complete event is held back
+    assert relay.flush() == b""
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b'data: {"choices":[{"delta":{"content":"a"}}]}\r\n\r', b"\n"],
+        [b'data: {"choices":[{"delta":{"content":"a"}}]}\r', b"\n\r\n"],
+        [b'data: {"choices":[{"delta":{"content":"a"}}]}\r\n', b"\r", b"\n"],
+    ],
+)
+def test_a_crlf_cut_between_its_cr_and_lf_is_one_line_end(pieces: list[bytes]) -> None:
+    relay = SSERelay(strip_usage=True)
+    outs = [relay.feed(p) for p in pieces]
+    assert b"".join(outs) + relay.flush() == b"".join(pieces)
+    assert relay.chunks == 1
+    assert outs[-1] == b"\n" or outs[-1].endswith(b"\n")  # the event went out whole
+
+
+@pytest.mark.parametrize("framing", ["crlf", "cr", "mixed"])
+def test_comments_and_multi_line_events_pass_through_any_framing(framing: str) -> None:
+    first, second = FRAMINGS[framing][0]
+    data = (
+        b": keep-alive" + first + second
+        + b"event: message" + first + b'data: {"choices":[{"delta":{"content":"a"}}]}'
+        + first + second
+    )  # fmt: skip
+    for pieces in splits(data):
+        relay = SSERelay(strip_usage=True)
+        assert relay_all(relay, pieces) == data
+        assert relay.chunks == 1
+
+
+@pytest.mark.parametrize("framing", ["lf", "crlf", "cr"])
+def test_the_done_event_of_every_uniform_framing_is_recognised(framing: str) -> None:
+    relay = SSERelay(strip_usage=True)
+    outs = [relay.feed(e) for e in framed(framing, usage=True)]
+    assert outs[-1].endswith(DONE_EVENTS)
+    assert not any(out.endswith(DONE_EVENTS) for out in outs[:-1])

@@ -18,19 +18,27 @@ Families (``tenant`` label only when ``tenant_labels`` is on, i.e.
     studioctl_gateway_time_to_first_token_seconds{model}               histogram
     studioctl_gateway_upstream_latency_seconds                         histogram
 
-``model`` is the name the client asked for; past ``max_models`` distinct names, new ones
-are counted under ``model="__other__"`` so that clients sending random names cannot grow
-the output without bound.
+``model`` is the name the client asked for; past ``max_models`` distinct names, and for any
+name longer than ``MAX_LABEL_LEN``, it is counted under ``model="__other__"``, so that clients
+sending random or huge names cannot grow the output without bound. Every other label value
+is cut to ``MAX_LABEL_LEN`` characters when rendered (a hash keeps cut values distinct).
+
+:meth:`GatewayMetrics.summary` gives the totals ``top`` shows straight from the counters, at a
+cost independent of the number of series (rendering and re-parsing the text every second
+is what a flood of invented model names turned into a stalled event loop).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = [
     "LATENCY_BUCKETS",
+    "MAX_LABEL_LEN",
     "OTHER_MODEL",
     "TTFT_BUCKETS",
     "GatewayMetrics",
@@ -38,6 +46,8 @@ __all__ = [
 
 PREFIX = "studioctl_gateway_"
 OTHER_MODEL = "__other__"
+# The longest label value rendered (characters). Served model names are far shorter.
+MAX_LABEL_LEN = 200
 
 # Seconds. Requests range from a rejected call (< 1 ms) to a long generation (minutes).
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -123,7 +133,9 @@ class GatewayMetrics:
         "_models",
         "_prompt",
         "_rejections",
+        "_rejections_by_reason",
         "_requests",
+        "_requests_total",
         "_streamed",
         "_ttft",
         "_ttft_buckets",
@@ -153,6 +165,9 @@ class GatewayMetrics:
         self._prompt: dict[tuple[str, str], int] = {}
         self._completion: dict[tuple[str, str], int] = {}
         self._rejections: dict[tuple[str, str], int] = {}
+        # What summary() reads: kept beside the labelled series, O(1) to read.
+        self._requests_total = 0
+        self._rejections_by_reason: dict[str, int] = {}
         self._latency: dict[str, _Histogram] = {}
         self._ttft: dict[str, _Histogram] = {}
         self._upstream = _Histogram(self._latency_buckets)
@@ -177,6 +192,7 @@ class GatewayMetrics:
         key = (model, t, status)
         requests = self._requests
         requests[key] = requests.get(key, 0) + 1
+        self._requests_total += 1
         mt = (model, t)
         if prompt_tokens:
             self._prompt[mt] = self._prompt.get(mt, 0) + prompt_tokens
@@ -195,19 +211,30 @@ class GatewayMetrics:
             hist.observe(ttft_s)
 
     def _admit_model(self, model: str) -> str:
-        if len(self._models) >= self._max_models:
+        if len(model) > MAX_LABEL_LEN or len(self._models) >= self._max_models:
             return OTHER_MODEL
         self._models.add(model)
         return model
 
     def rejection(self, reason: str, tenant: str | None) -> None:
         """Count a request the gateway refused itself (``reason``: the error code)."""
+        reason = _bounded(reason)
         key = (reason, (tenant or "") if self.tenant_labels else "")
         self._rejections[key] = self._rejections.get(key, 0) + 1
+        by_reason = self._rejections_by_reason
+        by_reason[reason] = by_reason.get(reason, 0) + 1
 
     def upstream_latency(self, s: float) -> None:
         """Seconds from sending a request upstream to its response headers."""
         self._upstream.observe(s)
+
+    def summary(self) -> dict[str, Any]:
+        """The totals ``top`` shows: requests answered (rejections included) and rejections
+        by reason, read from the counters (never from the rendered text)."""
+        return {
+            "requests_total": self._requests_total,
+            "rejections": dict(self._rejections_by_reason),
+        }
 
     def inflight_inc(self) -> None:
         self.inflight += 1
@@ -288,8 +315,17 @@ def _header(out: list[str], name: str, kind: str, help_text: str) -> None:
     out.append(f"# TYPE {name} {kind}")
 
 
+def _bounded(value: str) -> str:
+    """``value``, or if longer than MAX_LABEL_LEN its start and a hash of the whole."""
+    if len(value) <= MAX_LABEL_LEN:
+        return value
+    digest = hashlib.blake2b(value.encode(errors="replace"), digest_size=6).hexdigest()
+    return value[: MAX_LABEL_LEN - 13] + "~" + digest
+
+
 def _esc(value: str) -> str:
-    """A label value escaped as the text format requires."""
+    """A label value, bounded in length and escaped as the text format requires."""
+    value = _bounded(value)
     if "\\" in value or '"' in value or "\n" in value:
         return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return value

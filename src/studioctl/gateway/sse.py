@@ -7,13 +7,16 @@ removes that chunk again: the client receives the same bytes a plain vLLM would 
 The relay works on bytes, never on parsed JSON, except for the single usage chunk: it splits
 the upstream bytes at event boundaries (a blank line), forwards every complete event as soon
 as it is complete (never more than one partial event is held back) and counts completion
-chunks with one regular-expression pass. The count is what a stream cut short by the client
+chunks with a few ``bytes.count`` passes. Lines may end with ``\n`` (what vLLM and SGLang
+send: the fast path), ``\r\n`` or ``\r``, as SSE allows; a stream is taken the slow way
+from its first ``\r`` on. The count is what a stream cut short by the client
 is accounted with (one chunk ≈ one token for vLLM and SGLang, which send one chunk per decode
 step).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +51,13 @@ _TOOL_CALLS = (b'"tool_calls":[{', b'"tool_calls": [{')
 # The usage-only chunk: no choices (vLLM/SGLang send it last, before [DONE]).
 _USAGE_MARKS = (b'"choices":[]', b'"choices": []')
 _SEP = b"\n\n"
+# The end of an event with any line endings: a line's end, then an empty line's. A lone \r
+# is a line end only when no \n follows it (\r\n is one line end, not two).
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+_CR, _LF = 13, 10
+# The stream's last event as each uniform framing ends it: relayed output ending with one of
+# these has given the client the whole stream (``out.endswith(DONE_EVENTS)``).
+DONE_EVENTS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data: [DONE]\r\r")
 
 
 def request_usage(body: dict[str, Any]) -> bool:
@@ -83,18 +93,25 @@ def _count_output(block: bytes) -> int:
 class SSERelay:
     """Feeds upstream bytes through; returns what the client should get, counting as it goes."""
 
-    __slots__ = ("_buf", "chunks", "strip_usage", "usage")
+    __slots__ = ("_any_eol", "_buf", "_cr_end", "chunks", "strip_usage", "usage")
 
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
         self.chunks = 0  # completion chunks seen (choices carrying output)
         self.usage: dict[str, Any] | None = None  # the engine's final usage, once seen
         self._buf = b""
+        self._any_eol = False  # a \r was seen: events are split the general way
+        # The last block ended with a \r that a \n at the start of the next read completes
+        # (one \r\n): 1 that \r was forwarded (so is the \n), 2 it was stripped (so is the \n).
+        self._cr_end = 0
 
     def feed(self, data: bytes) -> bytes:
         """Bytes received from upstream → complete events to send to the client now."""
-        if self._buf:
-            data = self._buf + data
+        buf = self._buf
+        if buf:
+            data = buf + data
+        if self._any_eol or _CR in data:  # an int: a bare memchr
+            return self._feed_any_eol(data, len(buf))
         end = data.rfind(_SEP)
         if end < 0:
             self._buf = data
@@ -113,6 +130,45 @@ class SSERelay:
                 return self._take_usage(block, pos)
         return block
 
+    def _feed_any_eol(self, data: bytes, held: int) -> bytes:
+        """:meth:`feed` for a stream with CR in its line ends (CRLF-framed, or CR alone);
+        ``data`` starts with the ``held`` bytes of a partial event kept from before."""
+        self._any_eol = True
+        head = b""
+        if self._cr_end and data:
+            if data[0] == _LF:  # the second half of the \r\n the last block ended with
+                if self._cr_end == 1:
+                    head = b"\n"
+                data = data[1:]
+            self._cr_end = 0
+        end = -1
+        # The held bytes end no event: only their last two can start the end of one now.
+        for m in _EVENT_END.finditer(data, max(held - 2, 0)):
+            end = m.end()
+        if end < 0:
+            self._buf = data
+            return head
+        block, self._buf = data[:end], data[end:]
+        if end == len(data) and data[-1] == _CR:
+            self._cr_end = 1
+        self.chunks += _count_output(block)
+        for mark in _USAGE_MARKS:
+            pos = block.find(mark)
+            if pos >= 0:
+                return head + self._take_usage_any_eol(block, pos)
+        return head + block
+
+    def _take_usage_any_eol(self, block: bytes, pos: int) -> bytes:
+        start = 0
+        for m in _EVENT_END.finditer(block, 0, pos):
+            start = m.end()
+        found = _EVENT_END.search(block, pos)
+        stop = found.end() if found is not None else len(block)
+        out = self._usage_event(block, start, stop)
+        if out is not block and stop == len(block) and self._cr_end:
+            self._cr_end = 2  # the stripped event's \r\n is cut in two: drop the \n too
+        return out
+
     def flush(self) -> bytes:
         """At the end of the upstream stream: whatever partial event is left (normally none)."""
         rest, self._buf = self._buf, b""
@@ -122,8 +178,12 @@ class SSERelay:
         start = block.rfind(_SEP, 0, pos)
         start = 0 if start < 0 else start + 2
         stop = block.find(_SEP, pos) + 2
-        event = block[start:stop]
-        payload = event.strip()
+        return self._usage_event(block, start, stop)
+
+    def _usage_event(self, block: bytes, start: int, stop: int) -> bytes:
+        """Record the usage of the event ``block[start:stop]``; the block without that event
+        if the client did not ask for usage, else ``block`` itself."""
+        payload = block[start:stop].strip()
         if payload.startswith(b"data:"):
             try:
                 obj = json_loads(payload[5:])

@@ -6,11 +6,20 @@ gateway's whole per-request budget. It does only what the engines need: HTTP/1.1
 with a Content-Length body, keep-alive, responses with Content-Length or chunked bodies
 (parsed by httptools, as uvicorn does), streaming reads with flow control, and one timeout:
 no bytes from the engine for ``read_timeout`` seconds.
+
+A pooled connection must stay in step: the n-th response read is the answer to the n-th
+request sent, or one client reads another's completion. So interim 1xx responses are
+skipped (a 101 upgrade is an error: we never ask for one), a status outside 100-599 is a
+protocol error, and a connection is never reused once anything arrives that no request of
+ours asked for (bytes while idle, a second response after the first, an EOF), nor when its
+response was not read to the end. What the engine sends after our next request has gone
+out cannot be told apart from its answer; the checks see everything that arrived before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,6 +34,13 @@ class UpstreamConnectError(ConnectionError):
     """No connection to the engine could be made (refused, unreachable, timed out)."""
 
 
+class UpstreamProtocolError(ConnectionError):
+    """The engine's answer is not a valid HTTP/1.1 response to our request (an OSError, so
+    the proxy answers 502 ``upstream_error``)."""
+
+
+# Interim (1xx) responses accepted before the answer to one request.
+_MAX_INTERIM = 16
 # Buffered response bytes above which the engine connection stops being read (a slow client).
 _HIGH_WATER = 256 * 1024
 
@@ -40,8 +56,10 @@ class UpstreamConn(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self._parse_error: type[Exception] = httptools.HttpParserError
+        # HttpParserUpgrade (a 101 with Upgrade) is no HttpParserError subclass.
+        self._parse_errors = (httptools.HttpParserError, httptools.HttpParserUpgrade)
         self.closed = False
+        self.sent = False  # a request is out and its response not yet released
         self.idle_since = 0.0
         self._reset()
 
@@ -53,6 +71,7 @@ class UpstreamConn(asyncio.Protocol):
         self.head = False  # response headers received
         self.complete = False  # response fully received
         self.received = False  # any byte of this response received
+        self.interim = 0  # 1xx responses skipped so far
         self.error: BaseException | None = None
         self.chunks: list[bytes] = []
         self.buffered = 0
@@ -67,12 +86,19 @@ class UpstreamConn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self.sent:  # idle: nothing was asked, so nothing may be answered
+            self._fail(UpstreamProtocolError("the engine sent data on an idle connection"))
+            self.close()
+            return
         self.received = True
         self.last_data = self.loop.time()
         try:
             self.parser.feed_data(data)
-        except self._parse_error as exc:
-            self._fail(UpstreamClosed(f"invalid HTTP from the engine: {exc}"))
+        except self._parse_errors as exc:
+            cause = exc.__context__  # a callback's own exception, wrapped by httptools
+            if not isinstance(cause, UpstreamProtocolError):
+                cause = UpstreamProtocolError(f"invalid HTTP from the engine: {exc!r}")
+            self._fail(cause)
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -90,6 +116,10 @@ class UpstreamConn(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second response to one request: out of step from here on
+            raise UpstreamProtocolError("the engine sent a response nobody asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         n = len(name)
         if n == 12 and name.lower() == b"content-type":
@@ -100,7 +130,20 @@ class UpstreamConn(asyncio.Protocol):
             self.framed = True
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if not 200 <= status <= 599:
+            if 100 <= status <= 199 and status != 101:
+                # Interim (100 Continue, 103 Early Hints): no body; the answer follows.
+                self.interim += 1
+                if self.interim > _MAX_INTERIM:  # data, but never an answer: no timeout fires
+                    raise UpstreamProtocolError("the engine sent 1xx responses without end")
+                self.content_type = b"application/json"
+                self.framed = False
+                return
+            if status == 101:
+                raise UpstreamProtocolError("the engine switched protocols (101) unasked")
+            raise UpstreamProtocolError(f"the engine answered an invalid status {status}")
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.head = True
         self._wake()
@@ -114,6 +157,8 @@ class UpstreamConn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if not self.head:  # the end of an interim response
+            return
         self.complete = True
         self._wake()
 
@@ -132,14 +177,20 @@ class UpstreamConn(asyncio.Protocol):
             w.set_exception(exc)
 
     async def _wait(self, timeout: float) -> None:
-        """Until the parser makes progress; TimeoutError after ``timeout`` s without data."""
+        """Until the parser makes progress; TimeoutError after ``timeout`` s without data.
+        Whatever ends the wait early (an error, a timeout, the caller's cancellation) leaves
+        the response unread: the connection is closed then, whatever the caller does."""
         if self.error is not None:
+            self.close()
             raise self.error
         waiter = self.waiter = self.loop.create_future()
         self.last_data = self.loop.time()
         self.timer = self.loop.call_later(timeout, self._check_timeout, waiter, timeout)
         try:
             await waiter
+        except BaseException:
+            self.close()
+            raise
         finally:
             self.timer.cancel()
             self.waiter = None
@@ -195,7 +246,9 @@ class UpstreamPool:
         self.keepalive_s = keepalive_s
         self.connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, int], list[UpstreamConn]] = {}
-        self._hosts: dict[tuple[str, int], bytes] = {}
+        # Per engine address: (its API key, the request line's tail and the fixed headers up
+        # to the Content-Length value), built once: the request bytes are on the hot path.
+        self._heads: dict[tuple[str, int], tuple[str | None, bytes]] = {}
 
     async def request(
         self, upstream: Upstream, path: bytes, body: bytes, timeout: float
@@ -203,21 +256,10 @@ class UpstreamPool:
         """Send ``POST path`` and wait for the response head; the caller reads the body and
         then calls :meth:`release` (or ``conn.close()`` to abandon it)."""
         key = (upstream.host, upstream.port)
-        host = self._hosts.get(key)
-        if host is None:
-            host = self._hosts[key] = upstream.base_url[7:].encode()
-        message = b"".join(
-            (
-                b"POST ",
-                path,
-                b" HTTP/1.1\r\nHost: ",
-                host,
-                b"\r\nContent-Type: application/json\r\nContent-Length: ",
-                str(len(body)).encode(),
-                b"\r\n\r\n",
-                body,
-            )
-        )
+        head = self._heads.get(key)
+        if head is None or head[0] != upstream.api_key:  # new engine, or a new key on its port
+            head = self._heads[key] = (upstream.api_key, _request_head(upstream))
+        message = b"".join((b"POST ", path, head[1], str(len(body)).encode(), b"\r\n\r\n", body))
         conn = self._reused(key)
         if conn is not None:
             try:
@@ -232,6 +274,7 @@ class UpstreamPool:
 
     async def _send(self, conn: UpstreamConn, message: bytes, timeout: float) -> UpstreamConn:
         assert conn.transport is not None
+        conn.sent = True
         conn.transport.write(message)
         try:
             await conn.read_head(timeout)
@@ -272,6 +315,7 @@ class UpstreamPool:
         if not conn.complete or not conn.keep_alive or conn.closed or conn.error is not None:
             conn.close()
             return
+        conn.sent = False  # from now on, any byte from the engine puts it out of step
         now = self.loop.time()
         conn.idle_since = now
         idle = self._idle.setdefault(conn.key, [])
@@ -285,3 +329,21 @@ class UpstreamPool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+def _request_head(upstream: Upstream) -> bytes:
+    """`` HTTP/1.1``, Host, the engine's Authorization if it has a key, Content-Type, and the
+    Content-Length name: the fixed part of every request to ``upstream`` (nothing of the
+    client's headers is ever forwarded)."""
+    lines = [b" HTTP/1.1", b"Host: " + upstream.base_url[7:].encode()]
+    key = upstream.api_key
+    if key is not None:
+        if not _TOKEN68.fullmatch(key):  # never let a key break the request's framing
+            raise UpstreamConnectError("the engine's API key is not a valid header value")
+        lines.append(b"Authorization: Bearer " + key.encode())
+    lines += [b"Content-Type: application/json", b"Content-Length: "]
+    return b"\r\n".join(lines)
+
+
+# Visible ASCII without spaces: what a Bearer credential may hold in a header.
+_TOKEN68 = re.compile(r"[\x21-\x7e]+")

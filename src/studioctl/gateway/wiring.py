@@ -50,15 +50,9 @@ class Gateway:
 
     def snapshot(self) -> dict[str, Any]:
         """The gateway's live figures for ``studioctl top``: requests answered so far, rejections
-        by reason, requests in flight (all, and per tenant with any in flight)."""
-        from studioctl.engine_metrics import parse_prometheus
-
-        parsed = parse_prometheus(self.metrics.render(), source="gateway metrics")
-        requests = sum(s.value for s in parsed.get("studioctl_gateway_requests_total", ()))
-        rejections: dict[str, float] = {}
-        for s in parsed.get("studioctl_gateway_rejections_total", ()):
-            reason = s.labels.get("reason", "")
-            rejections[reason] = rejections.get(reason, 0.0) + s.value
+        by reason, requests in flight (all, and per tenant with any in flight). Called every
+        second by telemetry: read from the counters, never by rendering /metrics."""
+        totals = self.metrics.summary()
         if self._tenant_names is None:
             names = {t.id: t.name for t in self.tenants.list()}
             names.setdefault(ANONYMOUS_TENANT_ID, ANONYMOUS_TENANT_ID)
@@ -67,8 +61,8 @@ class Gateway:
             name: n for tid, name in self._tenant_names.items() if (n := self.limiter.inflight(tid))
         }
         return {
-            "requests_total": requests,
-            "rejections": rejections,
+            "requests_total": totals["requests_total"],
+            "rejections": totals["rejections"],
             "inflight": self.limiter.inflight(),
             "max_concurrent": self.limiter.global_max_concurrent,
             "tenants_inflight": per_tenant,
