@@ -7,6 +7,7 @@ The gateway runs under uvicorn (conftest.py); the engine is a scripted raw HTTP 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -193,3 +194,44 @@ def test_a_crlf_framed_stream_is_relayed_without_the_usage_chunk_and_accounted(
     assert r.content == body[0] + body[1] + body[3]  # the usage chunk was not asked for
     (row,) = gateway.usage.rows
     assert (row.status, row.prompt_tokens, row.completion_tokens) == (200, 3, 7)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_a_client_that_leaves_right_after_done_is_no_disconnect_in_any_framing(
+    gateway: Gateway, engine_for: Any, end: str
+) -> None:
+    """The client has the whole stream once [DONE] came through: closing then (before the
+    engine ends its response) is the client done, not a client gone mid-stream."""
+    nl = end.encode()
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": "a"}}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+    ]
+    body = b"".join(b"data: " + orjson.dumps(e) + nl + nl for e in events)
+    body += b"data: [DONE]" + nl + nl
+    client_closed = threading.Event()
+
+    async def script(n: int, req: Received, w: Writer) -> None:
+        w.write(SSE_HEAD + chunked(body))
+        await w.drain()
+        # The response's end is held back until the client has closed.
+        await asyncio.get_running_loop().run_in_executor(None, client_closed.wait, 10)
+        w.write(b"0\r\n\r\n")
+        await w.drain()
+
+    engine_for(script)
+    payload = {"model": "m", "messages": MESSAGES, "max_tokens": 4, "stream": True}
+    seen = b""
+    with httpx.stream(
+        "POST", gateway.base_url + "/chat/completions", json=payload, headers=gateway.headers()
+    ) as r:
+        assert r.status_code == 200
+        for piece in r.iter_raw():
+            seen += piece
+            if b"[DONE]" in seen:
+                break  # and close, as clients do
+    client_closed.set()
+    gateway.wait_for(lambda: len(gateway.usage.rows) == 1)
+    (row,) = gateway.usage.rows
+    assert (row.status, row.disconnected, row.completion_tokens) == (200, False, 1)

@@ -67,7 +67,7 @@ from studioctl.gateway.body import check_n, clip, model_error, parse_body, peek_
 from studioctl.gateway.limits import Admission, Limiter
 from studioctl.gateway.metrics import OTHER_MODEL, GatewayMetrics
 from studioctl.gateway.routing import RouteTable, Upstream
-from studioctl.gateway.sse import SSERelay, json_dumps, json_loads, request_usage
+from studioctl.gateway.sse import DONE_EVENTS, SSERelay, json_dumps, json_loads, request_usage
 from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantContext
 from studioctl.gateway.tokenize import PROMPT_FIELDS, PromptCounter, check_prompt_items
 from studioctl.gateway.upstream import (
@@ -678,7 +678,7 @@ class GatewayApp:
                         if ttft is None:
                             ttft = time.perf_counter() - call.t0
                         await send({"type": "http.response.body", "body": out, "more_body": True})
-                        if out.endswith(_DONE_EVENT):
+                        if out.endswith(DONE_EVENTS):  # any SSE framing
                             # The client has the whole stream: its closing now is no disconnect.
                             call.finished = True
                 pool.release(conn)
