@@ -164,3 +164,31 @@ def test_recipe_new_creates_config_and_recipes_0700(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert mode_of(home / "config") == 0o700
     assert mode_of(home / "config" / "recipes") == 0o700
+
+
+@pytest.mark.parametrize("who", ["another user", "writable by others"])
+def test_the_client_never_talks_to_a_socket_in_a_folder_it_cannot_trust(
+    short_tmp: Path, who: str
+) -> None:
+    from studioctl.client import Client
+
+    if who == "another user" and os.getuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    d = short_tmp / "run"
+    d.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(d / "control.sock"))  # someone's server, answering whatever comes
+    listener.listen(1)
+    listener.setblocking(False)
+    try:
+        if who == "another user":
+            os.chown(d, NOBODY, NOBODY)
+        else:
+            os.chmod(d, 0o777)
+        with Client(d / "control.sock", timeout=2) as client, pytest.raises(ConflictError) as err:
+            client.status()
+        assert str(d) in err.value.message
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing connected
+    finally:
+        listener.close()

@@ -49,6 +49,7 @@ class Client:
         self.socket_path = socket_path or paths.control_socket()
         self.timeout = timeout  # connecting and sending; answers may take as long as they take
         self._checked = False
+        self._dir_checked = False
         self._open: http.client.HTTPConnection | None = None  # a stream being read
 
     # -------------------------------------------------------------- transport
@@ -97,6 +98,11 @@ class Client:
             query = {k: v for k, v in params.items() if v is not None}
             if query:
                 path += "?" + urlencode(query)
+        if not self._dir_checked:
+            # A socket in a folder another user controls may be theirs, not our daemon's:
+            # refused before we send anything to it (the daemon refuses to bind there too).
+            paths.private_dir(self.socket_path.parent, create=False)
+            self._dir_checked = True
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
