@@ -348,6 +348,8 @@ def build_control_app(
         if pid is None:
             raise P.bad("pid", "is required")
         recipe = P.b_required_text(data, "recipe", max_len=P.MAX_PATH)
+        if recipe_id_of(recipe) != recipe:  # a path: absolute, and only on the socket
+            _on_control_socket(request, "a recipe path")
         port = P.b_int(data, "port", 1, 65535)
         inst = await sup.adopt(pid, recipe, port=port)
         return _json(inst.to_dict(), status=201)

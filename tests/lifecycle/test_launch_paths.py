@@ -239,6 +239,9 @@ def test_recipe_files_and_paths_are_refused_over_the_admin_tcp_api(project: Path
             headers=hdr,
         )
         assert r.status_code == 400 and "control socket" in r.text
+        # Adopting names a recipe too: by id only over TCP (pid 1 is never adopted here).
+        r = request(gd, "POST", "/admin/adopt", body={"pid": 1, "recipe": str(good)}, headers=hdr)
+        assert r.status_code == 400 and "control socket" in r.text, r.text
         assert gd.instances() == []
         # By id it is the admin API it was.
         r = request(gd, "POST", "/admin/instances", body={"recipe": "by-id"}, headers=hdr)

@@ -382,7 +382,10 @@ def adopt(
 ) -> None:
     """Take over an engine server that studioctl did not start (see `ps --all`)."""
     from studioctl.client import connect
+    from studioctl.recipes import is_path_like
 
+    if is_path_like(recipe):  # the daemon does not share our working directory
+        recipe = str(Path(recipe).expanduser().absolute())
     with connect() as client:
         out = client.adopt(pid, recipe, port)
     if as_json:
