@@ -547,3 +547,12 @@ def test_docs_cover_every_field() -> None:
     assert sorted(FIELD_DOCS) == sorted(fields)
     for key in fields:
         assert f"`{key}`" in docs, f"docs/recipes.md does not document {key}"
+
+
+def test_import_bounds_a_long_id_to_the_id_rule(tmp_path: Path) -> None:
+    studio = {"id": "A very long name " * 10, "model_path": "m/x", "backend": "vllm"}
+    path = write(tmp_path, "long.json", json.dumps(studio))
+    [item] = read_import(path)
+    assert len(item.recipe.id) <= 64
+    assert item.recipe.id.startswith("a-very-long-name-a-very")
+    assert not item.recipe.id.endswith("-")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import RecipeError
 from studioctl.recipes import (
+    ID_MAX,
     ID_RE,
     SUFFIXES,
     Recipe,
@@ -281,4 +282,4 @@ def _gpu_list(value: Any, err: Callable[..., RecipeError], kp: tuple[str | int, 
 
 def _slug(text: str) -> str:
     slug = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
-    return slug or "recipe"
+    return slug[:ID_MAX].rstrip("-._") or "recipe"
