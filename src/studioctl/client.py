@@ -284,8 +284,24 @@ def envelope_error(status: int, data: Any) -> StudioError:
 def start_daemon(*, timeout: float = 30.0, socket_path: Path | None = None) -> dict[str, Any]:
     """Start ``studioctl daemon run`` detached; return its /version once the socket answers.
 
-    Fails with the daemon's last log lines when it exits or does not answer in time.
+    Fails with the daemon's own error and exit code when it reported one (start_report),
+    else with its last log lines, when it exits or does not answer in time. Used by
+    ``daemon start`` and by autostart alike.
     """
+    from studioctl.start_report import check_log_writable, reported_failure
+
+    check_log_writable()
+    t0 = time.time()
+    try:
+        return _start_daemon(timeout=timeout, socket_path=socket_path)
+    except DaemonUnreachable as exc:
+        failure = reported_failure(since=t0)
+        if failure is not None:
+            raise failure from exc
+        raise
+
+
+def _start_daemon(*, timeout: float, socket_path: Path | None) -> dict[str, Any]:
     from studioctl.daemon import lock_holder
     from studioctl.lifecycle.logfiles import tail_lines
 

@@ -64,6 +64,21 @@ def test_daemon_start_reports_the_daemons_own_error_and_exit_code() -> None:
         assert no_daemon_left(d)
 
 
+def test_autostart_reports_the_daemons_own_error_and_exit_code() -> None:
+    """The same report when a command starts the daemon itself (daemon.autostart)."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as taken,
+        running_daemon(start=False, gateway=True) as d,
+    ):
+        port = taken.getsockname()[1]
+        d.env["STUDIOCTL_GATEWAY_PORT"] = str(port)
+        d.env["STUDIOCTL_DAEMON_AUTOSTART"] = "true"
+        r = d.cli("events", "-n", "1")
+        assert r.returncode == EXIT_CONFLICT, (r.returncode, r.stderr)
+        assert "gateway address 127.0.0.1:" + str(port) in r.stderr
+        assert no_daemon_left(d)
+
+
 def _can_mount_read_only() -> bool:
     probe = tempfile.mkdtemp(prefix="ro-", dir="/tmp")
     try:

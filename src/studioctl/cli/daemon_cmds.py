@@ -48,18 +48,8 @@ def start(
 ) -> None:
     """Start the daemon in the background; return once its control socket answers."""
     from studioctl.client import start_daemon
-    from studioctl.errors import DaemonUnreachable
-    from studioctl.start_report import check_log_writable, reported_failure
 
-    check_log_writable()
-    t0 = time.time()
-    try:
-        info = start_daemon(timeout=timeout)
-    except DaemonUnreachable as exc:
-        failure = reported_failure(since=t0)
-        if failure is not None:
-            raise failure from exc
-        raise
+    info = start_daemon(timeout=timeout)
     if as_json:
         typer.echo(json.dumps(info))
     else:
