@@ -369,6 +369,7 @@ def build_control_app(
                 follow=follow,
                 since=since,
                 alive=lambda: inst.state.value not in ("stopped", "failed"),
+                secret=inst.api_key,
             ),
             media_type="text/plain; charset=utf-8",
             headers={API_HEADER: str(API_VERSION), "X-Log-Path": str(inst.log_path)},
@@ -459,15 +460,30 @@ def build_control_app(
 
 
 async def _log_stream(
-    path: Path, *, n: int, follow: bool, since: float | None, alive: Callable[[], bool]
+    path: Path,
+    *,
+    n: int,
+    follow: bool,
+    since: float | None,
+    alive: Callable[[], bool],
+    secret: str | None = None,
 ) -> AsyncIterator[bytes]:
     """The last ``n`` lines (0 = none; with ``since``, those at or after it), then with
-    ``follow`` new lines as they are written, until the instance is gone."""
+    ``follow`` new lines as they are written, until the instance is gone.
+
+    ``secret`` (the engine's API key) is masked in every line: SGLang prints its arguments,
+    key included, and the supervisor scrubs the file only a moment later."""
+
+    def line_bytes(line: str) -> bytes:
+        if secret and secret in line:
+            line = line.replace(secret, "***")
+        return (line + "\n").encode()
+
     lines = logfiles.tail_lines(path, n, max_bytes=64 * 1024 * 1024 if since else 256 * 1024)
     if since is not None:
         lines = list(logfiles.since(lines, since))
     for line in lines:
-        yield (line + "\n").encode()
+        yield line_bytes(line)
     if not follow:
         return
     try:
@@ -479,13 +495,13 @@ async def _log_stream(
     while True:
         new = follower.read_new()
         for line in new:
-            yield (line + "\n").encode()
+            yield line_bytes(line)
         if new:
             idle = 0
         else:
             idle += 1
             if idle % 20 == 0 and not alive():
                 for line in follower.read_new():
-                    yield (line + "\n").encode()
+                    yield line_bytes(line)
                 return
         await asyncio.sleep(0.25)
