@@ -41,6 +41,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rawhttp import chat_request, response_done
+
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 MODEL = "bench"
@@ -257,29 +259,6 @@ def run_wrk(url: str, script: Path, conns: int, duration: float, cpu: int) -> di
 # -- load: the raw-socket fallback and the time-to-first-chunk client ---------------------------
 
 
-def request_bytes(port: int, body: dict[str, Any], key: str) -> bytes:
-    data = _json(body).encode()
-    return (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-        f"Content-Type: application/json\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n"
-    ).encode() + data
-
-
-def _complete(buf: bytes) -> bool:
-    """Whether ``buf`` holds one whole HTTP response (Content-Length or chunked)."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return False
-    head = buf[:end].lower()
-    i = head.find(b"content-length:")
-    if i >= 0:
-        j = head.find(b"\r\n", i)
-        n = int(head[i + 15 : j if j >= 0 else None])
-        return len(buf) >= end + 4 + n
-    return buf.endswith(b"0\r\n\r\n")
-
-
 def sequential(port: int, req: bytes, n: int, *, first_chunk: bool) -> list[float]:
     """Latencies (ms) of ``n`` requests one after another on one keep-alive connection;
     with ``first_chunk``, the time to the first SSE event instead of the whole response."""
@@ -298,7 +277,7 @@ def sequential(port: int, req: bytes, n: int, *, first_chunk: bool) -> list[floa
                 buf += data
                 if not t_first and first_chunk and b"data:" in buf:
                     t_first = time.perf_counter()
-                if _complete(buf):
+                if response_done(buf):
                     break
             t_end = time.perf_counter()
             if not buf.startswith(b"HTTP/1.1 200"):
@@ -314,7 +293,7 @@ async def _conn_loop(port: int, req: bytes, deadline: float, lat: list[float]) -
             t0 = time.perf_counter()
             writer.write(req)
             buf = b""
-            while not _complete(buf):
+            while not response_done(buf):
                 data = await reader.read(65536)
                 if not data:
                     return
@@ -374,8 +353,8 @@ def measure(
     streamed = {**CHAT, "stream": True}
     res: dict[str, dict[str, float]] = {}
     # warm-up: connections, caches, the upstream pool
-    sequential(port, request_bytes(port, plain, key), 200, first_chunk=False)
-    sequential(port, request_bytes(port, streamed, key), 50, first_chunk=True)
+    sequential(port, chat_request(port, key, plain), 200, first_chunk=False)
+    sequential(port, chat_request(port, key, streamed), 50, first_chunk=True)
     if use_wrk:
         s_plain = wrk_script(tmp / f"plain-{port}.lua", plain, key)
         s_stream = wrk_script(tmp / f"stream-{port}.lua", streamed, key)
@@ -387,16 +366,14 @@ def measure(
         cpu2 = cpu_seconds(pid)
     else:
         os.sched_setaffinity(0, {load_cpu})
-        req = request_bytes(port, plain, key)
+        req = chat_request(port, key, plain)
         res["seq"] = python_load(port, req, 1, args.duration)
         cpu0, w0 = cpu_seconds(pid), time.perf_counter()
         res["c32"] = python_load(port, req, 32, args.duration)
         cpu1, w1 = cpu_seconds(pid), time.perf_counter()
-        res["stream_c32"] = python_load(port, request_bytes(port, streamed, key), 32, args.duration)
+        res["stream_c32"] = python_load(port, chat_request(port, key, streamed), 32, args.duration)
         cpu2 = cpu_seconds(pid)
-    ttft = sequential(
-        port, request_bytes(port, streamed, key), args.ttft_requests, first_chunk=True
-    )
+    ttft = sequential(port, chat_request(port, key, streamed), args.ttft_requests, first_chunk=True)
     res["ttft"] = percentiles(ttft)
     if pid is not None:
         # CPU the gateway spent per request: what one core can serve, whatever else runs
