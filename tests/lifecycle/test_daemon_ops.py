@@ -49,33 +49,27 @@ def test_daemon_start_with_a_directory_at_the_socket_path() -> None:
         assert no_daemon_left(d)
 
 
-def test_daemon_start_reports_the_daemons_own_error_and_exit_code() -> None:
-    """An error only the detached daemon can see (here: its gateway port is taken)."""
+@pytest.mark.parametrize(
+    ("command", "autostart"),
+    [(("daemon", "start", "--timeout", "30"), "false"), (("events", "-n", "1"), "true")],
+    ids=["daemon-start", "autostart"],
+)
+def test_starting_the_daemon_reports_its_own_error_and_exit_code(
+    command: tuple[str, ...], autostart: str
+) -> None:
+    """An error only the detached daemon can see (here: its gateway port is taken), whether
+    `daemon start` or a command that needs the daemon (daemon.autostart) started it."""
     with (
         socket.create_server(("127.0.0.1", 0)) as taken,
         running_daemon(start=False, gateway=True) as d,
     ):
         port = taken.getsockname()[1]
         d.env["STUDIOCTL_GATEWAY_PORT"] = str(port)
-        r = d.cli("daemon", "start", "--timeout", "30")
+        d.env["STUDIOCTL_DAEMON_AUTOSTART"] = autostart
+        r = d.cli(*command)
         assert r.returncode == EXIT_CONFLICT, (r.returncode, r.stderr)
         assert "could not start: gateway address 127.0.0.1:" + str(port) in r.stderr
         assert "is taken by" in r.stderr and "STUDIOCTL_GATEWAY_PORT" in r.stderr  # the hint
-        assert no_daemon_left(d)
-
-
-def test_autostart_reports_the_daemons_own_error_and_exit_code() -> None:
-    """The same report when a command starts the daemon itself (daemon.autostart)."""
-    with (
-        socket.create_server(("127.0.0.1", 0)) as taken,
-        running_daemon(start=False, gateway=True) as d,
-    ):
-        port = taken.getsockname()[1]
-        d.env["STUDIOCTL_GATEWAY_PORT"] = str(port)
-        d.env["STUDIOCTL_DAEMON_AUTOSTART"] = "true"
-        r = d.cli("events", "-n", "1")
-        assert r.returncode == EXIT_CONFLICT, (r.returncode, r.stderr)
-        assert "gateway address 127.0.0.1:" + str(port) in r.stderr
         assert no_daemon_left(d)
 
 
