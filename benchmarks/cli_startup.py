@@ -51,7 +51,7 @@ def _p90(samples: list[float]) -> float:
 def _importtime(args: list[str], env: dict[str, str], top: int) -> None:
     probe = (
         "import sys; sys.argv=['studioctl', *sys.argv[1:]]\n"
-        "from studioctl.cli.app import main\n"
+        "from studioctl.cli.main import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
     )
     proc = subprocess.run(

@@ -196,7 +196,7 @@ def test_help_does_not_import_pynvml(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "sys.argv = ['studioctl', 'gpus', '--help']\n"
-        "from studioctl.cli.app import main\n"
+        "from studioctl.cli.main import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('PYNVML', 'pynvml' in sys.modules)\n"
     )

@@ -21,8 +21,18 @@ from daemon_helpers import Daemon, running_daemon
 
 HEAVY = ("rich", "httpx", "pynvml", "sqlite3", "aiohttp", "uvicorn")
 # The hot read commands against a running daemon: none of the above, and no pydantic, yaml
-# (settings, recipes), psutil or the HTTP stacks either.
-HOT_HEAVY = (*HEAVY, "pydantic", "yaml", "psutil", "httpcore", "anyio", "starlette")
+# (settings, recipes), psutil, the HTTP stacks, or typer (cli/main.py serves them first).
+HOT_HEAVY = (
+    *HEAVY,
+    "pydantic",
+    "yaml",
+    "psutil",
+    "httpcore",
+    "anyio",
+    "starlette",
+    "typer",
+    "click",
+)
 
 _PROBE = r"""
 import json, sys, traceback
@@ -43,7 +53,7 @@ class Spy:
 
 sys.meta_path.insert(0, Spy())
 sys.argv = ["studioctl", *ARGS]
-from studioctl.cli.app import main
+from studioctl.cli.main import main
 try:
     main()
 except SystemExit:
@@ -115,7 +125,9 @@ def test_status_without_a_daemon_stays_light(tmp_path: Path) -> None:
 
 def test_the_probe_can_see_a_heavy_import(tmp_path: Path) -> None:
     # Guards the guard: the hook must notice when something does import a heavy module.
-    script = _PROBE.replace("from studioctl.cli.app import main", "import sqlite3\n" + "main=print")
+    script = _PROBE.replace(
+        "from studioctl.cli.main import main", "import sqlite3\n" + "main=print"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", script, ",".join(HEAVY), "[]"],
         capture_output=True,
@@ -155,7 +167,7 @@ def test_the_probe_can_see_a_heavy_import(tmp_path: Path) -> None:
 def test_fast_command_takes_only_the_exact_spellings(
     argv: list[str], expected: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from studioctl.cli.app import _fast_command
+    from studioctl.cli.main import fast_command as _fast_command
 
     monkeypatch.delenv("STUDIOCTL_CONFIG", raising=False)
     assert _fast_command(argv) == expected

@@ -1,3 +1,3 @@
-from studioctl.cli.app import main
+from studioctl.cli.main import main
 
 main()

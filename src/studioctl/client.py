@@ -27,7 +27,7 @@ from studioctl.errors import (
 )
 
 if TYPE_CHECKING:
-    import http.client
+    import socket
 
 API_HEADER = "x-studioctl-api"
 
@@ -37,11 +37,12 @@ _MAX_BODY = 64 << 20
 
 
 class Client:
-    """HTTP/1.1 over the daemon's Unix socket with the standard library's ``http.client``.
+    """HTTP/1.1 over the daemon's Unix socket, on a plain socket (see ``_Answer``).
 
     ``status`` and ``ps`` are typed all day and polled by scripts: httpx (with httpcore,
-    anyio and its optional rich/trio imports) cost more than the request itself. One
-    connection per request: connecting to a Unix socket costs microseconds, and no idle
+    anyio and its optional rich/trio imports), and even ``http.client`` (which imports the
+    email parser and ssl), cost more than the request itself. One connection per request
+    (``Connection: close``): connecting to a Unix socket costs microseconds, and no idle
     keep-alive connection can be closed under a later request.
     """
 
@@ -50,7 +51,7 @@ class Client:
         self.timeout = timeout  # connecting and sending; answers may take as long as they take
         self._checked = False
         self._dir_checked = False
-        self._open: http.client.HTTPConnection | None = None  # a stream being read
+        self._open: _Answer | None = None  # a stream being read
 
     # -------------------------------------------------------------- transport
 
@@ -65,10 +66,10 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check_version(self, resp: http.client.HTTPResponse) -> None:
+    def _check_version(self, resp: _Answer) -> None:
         if self._checked:
             return
-        got = resp.getheader(API_HEADER)
+        got = resp.headers.get(API_HEADER)
         if got is not None and got != str(API_VERSION):
             raise StudioError(
                 f"the daemon speaks control API v{got}, this studioctl speaks v{API_VERSION}",
@@ -87,10 +88,9 @@ class Client:
 
     def _send(
         self, method: str, path: str, json_body: Any, params: dict[str, Any] | None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    ) -> _Answer:
         """Connect, send one request, read the answer's head; the caller reads the body and
-        closes the connection."""
-        import http.client
+        closes the answer (which closes the connection)."""
         import socket
         from urllib.parse import urlencode
 
@@ -113,42 +113,37 @@ class Client:
         except OSError as exc:  # e.g. the socket of another user, a timeout
             sock.close()
             raise self._unreachable(exc.strerror or str(exc)) from exc
-        conn = http.client.HTTPConnection("studioctl", timeout=self.timeout)
-        conn.sock = sock
-        resp: http.client.HTTPResponse | None = None
+        resp: _Answer | None = None
         try:
-            headers = {"Host": "studioctl", "Connection": "close"}
-            body: bytes | None = None
+            body = b"" if json_body is None else json.dumps(json_body).encode()
+            head = f"{method} {path} HTTP/1.1\r\nHost: studioctl\r\nConnection: close\r\n"
             if json_body is not None:
-                body = json.dumps(json_body).encode()
-                headers["Content-Type"] = "application/json"
-            conn.request(method, path, body=body, headers=headers)
+                head += "Content-Type: application/json\r\n"
+            if json_body is not None or method not in ("GET", "HEAD"):
+                head += f"Content-Length: {len(body)}\r\n"
+            sock.sendall(head.encode() + b"\r\n" + body)
             sock.settimeout(None)  # a launch answers when the engine is ready
-            resp = conn.getresponse()
+            resp = _Answer(sock)
             self._check_version(resp)
         except BaseException as exc:
-            # With "Connection: close" the answer owns the socket: close both.
             if resp is not None:
                 resp.close()
-            conn.close()
-            if isinstance(exc, OSError | http.client.HTTPException):
+            sock.close()
+            if isinstance(exc, OSError):
                 raise DaemonUnreachable(f"lost the daemon connection: {exc!r}") from exc
             raise
-        return conn, resp
+        return resp
 
     def request(
         self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
-        import http.client
-
-        conn, resp = self._send(method, path, json_body, params)
+        resp = self._send(method, path, json_body, params)
         try:
-            raw = resp.read(_MAX_BODY + 1)
-        except (OSError, http.client.HTTPException) as exc:
+            raw = resp.read_all(_MAX_BODY + 1)
+        except OSError as exc:
             raise DaemonUnreachable(f"lost the daemon connection: {exc!r}") from exc
         finally:
             resp.close()
-            conn.close()
         if len(raw) > _MAX_BODY:
             raise StudioError(f"the daemon's answer to {method} {path} is over {_MAX_BODY} bytes")
         return _decode(resp.status, raw)
@@ -157,17 +152,14 @@ class Client:
         self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
     ) -> Iterator[str]:
         """Lines of a streamed answer (NDJSON, logs, SSE), each as soon as it arrives."""
-        import http.client
-
-        conn, resp = self._send(method, path, json_body, params)
-        self._open = conn
+        resp = self._send(method, path, json_body, params)
+        self._open = resp
         try:
             if resp.status >= 400:
-                _decode(resp.status, resp.read(_MAX_BODY))
+                _decode(resp.status, resp.read_all(_MAX_BODY))
             pending = b""
             while True:
-                # read1: what has arrived (one chunk), without waiting for more.
-                data = resp.read1(65536)
+                data = resp.read_some()  # what has arrived, without waiting for more
                 if not data:
                     break
                 pending += data
@@ -176,11 +168,10 @@ class Client:
                     yield _text(line)
             if pending:
                 yield _text(pending)
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             raise DaemonUnreachable(f"the daemon closed the stream: {exc!r}") from exc
         finally:
             resp.close()
-            conn.close()
             self._open = None
 
     def ping(self) -> dict[str, Any] | None:
@@ -232,6 +223,85 @@ class Client:
             "POST", "/daemon/shutdown", json_body={"stop_engines": stop_engines}
         )
         return out
+
+
+class _Answer:
+    """One HTTP/1.1 answer on a socket whose request said ``Connection: close``: the status
+    line and headers are read at once; the body by Content-Length, chunks, or to the end.
+
+    Just what the daemon (uvicorn) sends; anything else is a ``ConnectionError``, which the
+    client reports as a lost daemon connection.
+    """
+
+    _MAX_HEAD = 64 * 1024
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        line = self._file.readline(self._MAX_HEAD)
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ConnectionError(f"not an HTTP answer: {line[:80]!r}")
+        self.status = int(parts[1])
+        self.headers: dict[str, str] = {}
+        size = len(line)
+        while True:
+            line = self._file.readline(self._MAX_HEAD)
+            size += len(line)
+            if not line.endswith(b"\n") or size > self._MAX_HEAD:
+                raise ConnectionError("the answer's head is cut or too long")
+            if line in (b"\r\n", b"\n"):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        self._chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
+        length = self.headers.get("content-length")
+        self._left: int | None = int(length) if length and length.isdigit() else None
+        self._done = self.status in (204, 304) or self._left == 0
+
+    def read_some(self) -> bytes:
+        """The next piece of the body as it arrives (one chunk); b"" at its end."""
+        if self._done:
+            return b""
+        if self._chunked:
+            line = self._file.readline(1024)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise ConnectionError(f"bad chunk size line {line[:40]!r}") from None
+            if size == 0:
+                self._done = True
+                return b""
+            data = self._file.read(size)
+            if len(data) < size or self._file.read(2) != b"\r\n":
+                raise ConnectionError("the answer ended inside a chunk")
+            return data
+        if self._left is not None:
+            data = self._file.read1(min(self._left, 65536))
+            if not data:
+                raise ConnectionError("the answer ended before its Content-Length")
+            self._left -= len(data)
+            self._done = self._left == 0
+            return data
+        data = self._file.read1(65536)
+        self._done = not data
+        return data
+
+    def read_all(self, limit: int) -> bytes:
+        """The whole body, or its first ``limit`` bytes and a little more (then stops)."""
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            data = self.read_some()
+            if not data:
+                break
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
 
 
 _FILE_ERRORS: dict[str | None, type[ValidationError]] = {

@@ -397,42 +397,6 @@ def adopt(
 # ------------------------------------------------------------------ ps / status
 
 
-def _instance_rows(instances: list[dict[str, Any]]) -> list[list[Any]]:
-    from studioctl.ui import duration, human_bytes
-
-    return [
-        [
-            i["id"],
-            i["recipe"],
-            i["backend"],
-            i["model"],
-            i["pid"],
-            i["port"],
-            i["state"],
-            duration(i.get("uptime_s")),
-            i["restarts"],
-            ",".join(map(str, i["gpus"])) or "-",
-            human_bytes(i.get("vram_bytes")),  # None: no GPU/NVML, or not measured yet
-        ]
-        for i in instances
-    ]
-
-
-_PS_HEADERS = [
-    "instance",
-    "recipe",
-    "backend",
-    "model",
-    "pid",
-    "port",
-    "state",
-    "uptime",
-    "restarts",
-    "gpus",
-    "vram",
-]
-
-
 @app.command()
 def ps(
     all_: bool = typer.Option(
@@ -444,59 +408,17 @@ def ps(
     as_json: bool = _JSON,
 ) -> None:
     """List instances: state, pid, port, uptime, restarts, GPUs, GPU memory (VRAM)."""
-    from studioctl.client import connect
-    from studioctl.ui import table
+    from studioctl.cli.readouts import show_ps
 
-    with connect() as client:
-        data = client.instances(include_stopped=all_, foreign=all_)
-    if as_json:
-        _echo_json(data)
-        return
-    rows = _instance_rows(data["instances"])
-    if not rows and not data.get("foreign"):
-        typer.echo("no instances (launch one: studioctl launch RECIPE)")
-        return
-    if rows:
-        table(rows, _PS_HEADERS)
-    foreign = data.get("foreign") or []
-    if foreign:
-        typer.echo("")
-        table(
-            [[f["pid"], f["backend"], f["port"], f["command"][:80]] for f in foreign],
-            ["pid", "backend", "port", "command"],
-            title="not managed by studioctl (adopt with: studioctl adopt PID --recipe ID)",
-        )
+    show_ps(all_=all_, as_json=as_json)
 
 
 @app.command()
 def status(as_json: bool = _JSON) -> None:
     """Daemon, gateway and instance health in one view (exit 4 when the daemon is down)."""
-    from studioctl.client import Client
-    from studioctl.errors import DaemonUnreachable
-    from studioctl.ui import duration, table
+    from studioctl.cli.readouts import show_status
 
-    with Client() as client:
-        try:
-            st = client.status()
-        except DaemonUnreachable:
-            if as_json:
-                _echo_json({"daemon": {"running": False}})
-            raise
-    if as_json:
-        _echo_json(st)
-        return
-    d = st["daemon"]
-    typer.echo(f"daemon:  running (pid {d['pid']}, v{d['version']}, up {duration(d['uptime_s'])})")
-    gw = st.get("gateway") or {}
-    typer.echo(
-        f"gateway: {gw.get('url') or 'off'}" + (f" ({gw['health']})" if gw.get("health") else "")
-    )
-    if st["instances"]:
-        table(_instance_rows(st["instances"]), _PS_HEADERS)
-    else:
-        typer.echo("no instances")
-    for op in st.get("operations", []):
-        typer.echo(f"in progress: {op['operation']} ({op['for_s']:.0f}s)")
+    show_status(as_json=as_json)
 
 
 # ------------------------------------------------------------------ logs / events
