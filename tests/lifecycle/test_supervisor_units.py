@@ -416,3 +416,43 @@ def test_bind_unix_is_0600_and_replaces_a_stale_socket() -> None:
             path.unlink()
         path.parent.rmdir()
         folder.rmdir()
+
+
+# --------------------------------------------------------------------------- exit codes
+
+
+def test_an_exit_between_two_looks_still_reports_its_code() -> None:
+    """The child exits after `reap` looked and before `is_alive` does: the code is still
+    collected ("exited with code 3", not a bare "process exited")."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import psutil
+
+    from studioctl.lifecycle.osproc import OsProc
+    from studioctl.lifecycle.supervisor import Supervisor
+
+    class LateOs(OsProc):
+        looked = False
+
+        def reap(self, spawned: object) -> int | None:
+            if not self.looked:  # the first look came just before the child exited
+                self.looked = True
+                return None
+            return super().reap(spawned)  # type: ignore[arg-type]
+
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    try:
+        created = psutil.Process(proc.pid).create_time()
+        deadline = time.monotonic() + 30
+        while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        inst = SimpleNamespace(
+            spawned=SimpleNamespace(popen=proc), pid=proc.pid, create_time=created, exit_code=None
+        )
+        assert Supervisor._exited(SimpleNamespace(os=LateOs()), inst) is True  # type: ignore[arg-type]
+        assert inst.exit_code == 3
+    finally:
+        proc.wait(timeout=30)

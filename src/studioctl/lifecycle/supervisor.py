@@ -383,12 +383,15 @@ class Supervisor:
 
     def _exited(self, inst: Instance) -> bool:
         code = self.os.reap(inst.spawned)
+        if code is None:
+            if inst.pid is not None and self.os.is_alive(inst.pid, inst.create_time):
+                return False
+            # Gone since the first look: a child of ours is a zombie by now, so its exit
+            # code can be collected (else "process exited" would hide "exited with code 3").
+            code = self.os.reap(inst.spawned)
         if code is not None:
             inst.exit_code = code
-            return True
-        if inst.pid is None:
-            return True
-        return not self.os.is_alive(inst.pid, inst.create_time)
+        return True
 
     async def _await_ready(self, inst: Instance, *, timeout: float | None) -> None:
         start = inst.started_at or self.os.now()
