@@ -51,12 +51,11 @@ import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-if TYPE_CHECKING:
-    from studioctl.settings import GatewaySettings
+from studioctl.settings import GatewaySettings
 
 log = logging.getLogger("studioctl.httpserver")
 
@@ -74,12 +73,13 @@ REPORT_EVERY_S = 10.0
 class ServerLimits:
     """The bounds of one HTTP server (the ``gateway.*`` settings of the same names)."""
 
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    send_timeout_s: float = 60.0
-    keepalive_timeout_s: float = 15.0
-    max_header_bytes: int = 65536
-    max_connections: int = 4096
+    # Defaults: the settings' own (one home for them).
+    header_timeout_s: float = GatewaySettings.header_timeout_s
+    body_timeout_s: float = GatewaySettings.body_timeout_s
+    send_timeout_s: float = GatewaySettings.send_timeout_s
+    keepalive_timeout_s: float = GatewaySettings.keepalive_timeout_s
+    max_header_bytes: int = GatewaySettings.max_header_bytes
+    max_connections: int = GatewaySettings.max_connections
 
     @classmethod
     def from_settings(

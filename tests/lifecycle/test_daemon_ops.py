@@ -148,20 +148,24 @@ def platform_dirs_env() -> Iterator[tuple[dict[str, str], Path]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _daemon_run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "studioctl", "daemon", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="chown to another uid needs root")
 def test_daemon_refuses_a_runtime_dir_made_by_another_user() -> None:
     with platform_dirs_env() as (env, runtime):
         runtime.mkdir(mode=0o777)
         os.chmod(runtime, 0o777)
         os.chown(runtime, NOBODY, NOBODY)
-        r = subprocess.run(
-            [sys.executable, "-m", "studioctl", "daemon", "run"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        r = _daemon_run(env)
         assert r.returncode == EXIT_CONFLICT, r.stderr
         assert f"refusing the runtime dir {runtime} (mode 0777, owner uid {NOBODY})" in r.stderr
         assert "writable by group and others" in r.stderr
@@ -173,14 +177,7 @@ def test_daemon_refuses_a_runtime_dir_that_is_a_symlink() -> None:
         target = runtime.parent / "elsewhere"
         target.mkdir(mode=0o700)
         runtime.symlink_to(target)
-        r = subprocess.run(
-            [sys.executable, "-m", "studioctl", "daemon", "run"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        r = _daemon_run(env)
         assert r.returncode == EXIT_CONFLICT, r.stderr
         assert f"refusing the runtime dir {runtime}: it is a symbolic link" in r.stderr
         assert list(target.iterdir()) == []
