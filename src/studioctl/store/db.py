@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,7 +104,7 @@ class Database:
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()["journal_mode"]
+            mode = self._set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL-safe
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
@@ -116,6 +117,28 @@ class Database:
             conn.close()
             raise StoreError(f"cannot switch {self.path} to WAL mode (got {mode!r})")
         return conn
+
+    def _set_wal(self, conn: sqlite3.Connection) -> str:
+        """Switch to WAL, waiting out another connection doing the same.
+
+        Changing the journal mode of a new file takes an exclusive lock, and SQLite
+        answers "database is locked" at once, without its busy handler, when two
+        connections race to do it (the daemon and a CLI command opening a fresh
+        database together): retry until the busy timeout has passed.
+        """
+        import sqlite3
+
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        pause = 0.005
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def close_thread(self) -> None:
         """Close this thread's connection (a worker thread calls it before it ends)."""
