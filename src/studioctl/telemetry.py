@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from studioctl import gpu as gpu_mod
+from studioctl import promtext
 from studioctl.engine_metrics import (
     EngineMetrics,
     EngineMetricSnapshot,
@@ -593,7 +594,7 @@ class Telemetry:
         out: list[str] = []
         host = self.host
         available = bool(host and host.available)
-        _family(
+        promtext.family(
             out,
             "studioctl_gpu_available",
             "gauge",
@@ -603,7 +604,7 @@ class Telemetry:
         if host is not None and available:
             gpus = host.gpus
             lbl = [{"gpu": str(g.index)} for g in gpus]
-            _family(
+            promtext.family(
                 out,
                 "studioctl_gpu_info",
                 "gauge",
@@ -613,7 +614,7 @@ class Telemetry:
                     for g in gpus
                 ],
             )
-            _family(
+            promtext.family(
                 out,
                 "studioctl_gpu_lost",
                 "gauge",
@@ -639,8 +640,8 @@ class Telemetry:
                     v = getattr(g, attr)
                     if v is not None:
                         samples.append((lb, float(v) * scale))
-                _family(out, "studioctl_gpu_" + name, "gauge", help_text, samples)
-            _family(
+                promtext.family(out, "studioctl_gpu_" + name, "gauge", help_text, samples)
+            promtext.family(
                 out,
                 "studioctl_gpu_energy_method",
                 "gauge",
@@ -657,7 +658,7 @@ class Telemetry:
             energy += [({"gpu": str(i)}, self.meter.joules(i)) for i in self.meter.indices()]
             energy += [({"instance": it.id, "recipe": it.recipe_id}, it.energy_j) for it in insts]
             energy.append(({"instance": UNATTRIBUTED, "recipe": ""}, self.unattributed_j))
-        _family(
+        promtext.family(
             out,
             "studioctl_energy_joules_total",
             "counter",
@@ -668,7 +669,7 @@ class Telemetry:
         if not insts:
             return "\n".join(out) + "\n"
         states = [str(s) for s in State]
-        _family(
+        promtext.family(
             out,
             "studioctl_instance_state",
             "gauge",
@@ -733,37 +734,13 @@ class Telemetry:
                 lambda it: it.power_w,
             ),
         ):
-            _family(out, "studioctl_instance_" + name, "gauge", help_text, per_instance(getter))
+            promtext.family(
+                out, "studioctl_instance_" + name, "gauge", help_text, per_instance(getter)
+            )
         return "\n".join(out) + "\n"
 
 
-# -- Prometheus text helpers ------------------------------------------------------------------
-
-
-def _family(
-    out: list[str],
-    name: str,
-    kind: str,
-    help_text: str,
-    samples: list[tuple[dict[str, str], float]],
-) -> None:
-    out.append(f"# HELP {name} {help_text}")
-    out.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        lbl = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
-        out.append(f"{name}{{{lbl}}} {_num(value)}" if lbl else f"{name} {_num(value)}")
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _num(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+# -- helpers ---------------------------------------------------------------------------------
 
 
 def _round(value: float | None, digits: int) -> float | None:
