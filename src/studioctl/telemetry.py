@@ -7,7 +7,7 @@ One :class:`Telemetry` object per daemon, created after the supervisor. Two loop
   instances, uptime; then a compact ``telemetry`` event on the EventBus (live only, never
   stored) carrying :meth:`Telemetry.snapshot`;
 - every ``scrape_interval_s`` (3 s): each ready (or draining) instance's ``/metrics``, through
-  the supervisor's aiohttp session, mapped to studioctl names (``engine_metrics``), tokens/s
+  the supervisor's aiohttp session, mapped to studioctl names (``engines.metrics``), tokens/s
   from counter deltas, requests, and the peaks of that interval.
 
 Energy attribution: a GPU's energy in an interval (from its energy counter, or integrated
@@ -40,13 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 from studioctl import gpu as gpu_mod
 from studioctl import promtext
-from studioctl.engine_metrics import (
+from studioctl.engines.metrics import (
     EngineMetrics,
     EngineMetricSnapshot,
-    Parsed,
     Throughput,
     ThroughputTracker,
-    combine,
     counter_delta,
     parse_prometheus,
 )
@@ -76,12 +74,6 @@ _MAX_UPTIME_STEP_S = 5.0
 
 #: States in which an instance's /metrics is scraped.
 SCRAPED_STATES = frozenset({State.READY, State.DRAINING})
-
-#: Finished-request counters (not in engine_metrics' table, which has what `top` shows).
-REQUEST_COUNTERS: dict[str, tuple[str, ...]] = {
-    "vllm": ("vllm:request_success_total",),
-    "sglang": ("sglang:num_requests_total",),
-}
 
 #: Pseudo-instance of the energy nobody studioctl runs is charged for (idle GPUs, others).
 UNATTRIBUTED = "__unattributed__"
@@ -113,14 +105,6 @@ def energy_shares(gpu: GpuSnapshot, trees: Mapping[str, Iterable[int]]) -> dict[
             if p.pid in pids and w > 0:
                 out[iid] = out.get(iid, 0.0) + w / total
     return out
-
-
-def requests_total(backend: str, parsed: Parsed) -> float | None:
-    """The engine's finished-request counter (summed over label sets), None when absent."""
-    for name in REQUEST_COUNTERS.get(backend, ()):
-        if name in parsed:
-            return combine(parsed[name], "sum")
-    return None
 
 
 # -- state ------------------------------------------------------------------------------------
@@ -447,7 +431,7 @@ class Telemetry:
             return
         rate = it.tracker.update(snap, now)
         it.engine, it.rate, it.scraped_at, it.scrape_error = snap, rate, now, None
-        requests = requests_total(inst.recipe.backend, parsed)
+        requests = snap.requests_total  # finished requests, from the engine's own counter
         if requests is None and snap.ttft_count is not None:
             requests = snap.ttft_count  # requests that got a first token: the next best count
         d = self._delta(it.recipe_id)

@@ -16,7 +16,7 @@ import pytest
 
 from fakes import fake_pynvml
 from standin.helpers import running_standin
-from studioctl.engine_metrics import summarize
+from studioctl.engines.metrics import summarize
 from studioctl.gpu import Nvml
 from studioctl.telemetry import Telemetry
 

@@ -719,7 +719,7 @@ class Supervisor:
 
     async def engine_inflight(self, inst: Instance) -> int | None:
         """Running + waiting requests from the engine's own /metrics (None if unreadable)."""
-        from studioctl.engine_metrics import summarize
+        from studioctl.engines.metrics import summarize
 
         text = await readiness.fetch_text(
             self._session, inst.base_url + "/metrics", headers=inst.auth_headers
