@@ -142,6 +142,13 @@ class Supervisor:
 
     # ------------------------------------------------------------------ queries
 
+    def record_vram(self, instance_id: str, vram_bytes: int | None) -> None:
+        """Record the GPU memory an instance's processes hold (measured by telemetry; shown
+        by status, reported by evict as what it held). An unknown id is ignored."""
+        inst = self.instances.get(instance_id)
+        if inst is not None:
+            inst.vram_bytes = vram_bytes
+
     def list(self, *, include_stopped: bool = False) -> builtins.list[Instance]:
         out = [
             i for i in self.instances.values() if include_stopped or i.state not in (State.STOPPED,)
