@@ -558,3 +558,63 @@ def test_vram_release_is_a_no_op_without_gpus(clock: Clock) -> None:
     asyncio.run(tel.sample_gpus())
     assert asyncio.run(watch(tel).released(inst, None)) is None  # type: ignore[arg-type]
     assert time.monotonic() - t0 < 2.0
+
+
+# -- seams: the supervisor records VRAM, engines are asked through the engine-HTTP object ----
+
+
+def test_vram_is_recorded_through_the_supervisor_not_written_on_instances(
+    two: tuple[FakeSup, FakePynvml, list[FakeInstance]], clock: Clock
+) -> None:
+    sup, fake, (a, b) = two
+    recorded: list[tuple[str, int | None]] = []
+
+    class RecordingSup:
+        instances = sup.instances
+
+        def record_vram(self, instance_id: str, vram_bytes: int | None) -> None:
+            recorded.append((instance_id, vram_bytes))
+
+    tel = Telemetry(RecordingSup(), gpus=GpuReader(Nvml(module=fake, clock=clock)), clock=clock)
+    asyncio.run(tel.sample_gpus())
+    assert recorded == [("a-1", 60 * GIB), ("b-1", 10 * GIB)]
+    assert a.vram_bytes is None and b.vram_bytes is None  # the instances were not touched
+    assert (tel.vram_bytes("a-1"), tel.vram_bytes("b-1"), tel.vram_bytes("x")) == (
+        60 * GIB,
+        10 * GIB,
+        None,
+    )
+
+
+def test_scrapes_go_through_the_engine_http_object_with_the_instance_key(clock: Clock) -> None:
+    sup = FakeSup()
+    ok = sup.add(FakeInstance("ok-1", FakeRecipe("ok"), base_url="http://e1", api_key="sce-k"))
+    sup.add(FakeInstance("denied-1", FakeRecipe("denied"), base_url="http://e2"))
+    sup.add(FakeInstance("down-1", FakeRecipe("down"), base_url="http://e3"))
+    sup.add(FakeInstance("idle-1", FakeRecipe("idle"), base_url="http://e4", state=State.LOADING))
+    asked: list[tuple[str, str | None, float]] = []
+
+    class Answer:
+        def __init__(self, status: int, body: bytes) -> None:
+            self.status, self.body = status, body
+
+    class Engines:
+        async def get(self, url: str, *, api_key: str | None = None, timeout_s: float) -> Answer:
+            asked.append((url, api_key, timeout_s))
+            if url.startswith("http://e3"):
+                raise ConnectionRefusedError(url)
+            if url.startswith("http://e2"):
+                return Answer(401, b"unauthorized")
+            return Answer(200, vllm_text(prompt=5, gen=7, running=1).encode())
+
+    tel = make(sup, fake_pynvml.no_driver(), clock, engine_http=Engines())
+    asyncio.run(tel.scrape_engines())
+    assert sorted(asked) == [
+        ("http://e1/metrics", "sce-k", 3.0),
+        ("http://e2/metrics", None, 3.0),
+        ("http://e3/metrics", None, 3.0),
+    ]  # a loading instance is not scraped
+    engine = tel.instances[ok.id].engine
+    assert engine is not None and engine.requests_running == 1.0
+    assert tel.instances["denied-1"].scrape_error == "no answer from http://e2/metrics"
+    assert tel.instances["down-1"].scrape_error == "no answer from http://e3/metrics"
