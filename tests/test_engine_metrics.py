@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from studioctl.engine_metrics import (
+from studioctl.engines.metrics import (
     METRIC_TABLES,
     EngineMetrics,
     EngineMetricSnapshot,
@@ -418,3 +418,21 @@ def test_live_vllm_metrics_follow_real_completions(live_vllm: str) -> None:
     assert before.ttft_count is not None and after.ttft_count == before.ttft_count + 2
     assert after.requests_running == 0.0 and after.requests_waiting == 0.0
     assert after.kv_cache_usage is not None and 0.0 <= after.kv_cache_usage <= 1.0
+
+
+def test_metric_names_come_from_the_engine_descriptions() -> None:
+    """One home per engine: the table summarize applies is the engine description's."""
+    from studioctl.engines import BACKENDS, get_engine
+
+    for backend in BACKENDS:
+        engine = get_engine(backend)
+        assert METRIC_TABLES[backend] is engine.metrics
+        assert EngineMetrics(backend).names() == [n for s in engine.metrics for n in s.names]
+        assert {s.field: s.names[0] for s in engine.metrics} == engine.metric_names
+
+
+def test_finished_requests_are_summed_over_finish_reasons() -> None:
+    vllm = summarize("vllm", VLLM_TEXT)
+    assert vllm.requests_total == 3.0  # stop 0 + length 3 + abort/error/repetition 0
+    assert vllm.sources["requests_total"] == "vllm:request_success_total"
+    assert summarize("sglang", SGLANG_TEXT).requests_total == 123.0

@@ -18,6 +18,8 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -300,6 +302,36 @@ async def _housekeeping(settings: Any, sup: Any, events: Any) -> None:
         await asyncio.sleep(86400)
 
 
+@dataclass(frozen=True)
+class _EngineAnswer:
+    status: int
+    body: bytes
+
+
+class _SessionEngineHttp:
+    """Telemetry's engine GETs over the supervisor's aiohttp session: the shape of the
+    lifecycle's ``EngineHttp`` (status and body; ``OSError`` when the engine does not answer),
+    which replaces this adapter when the composition root is rewritten."""
+
+    def __init__(self, session: Callable[[], Any]) -> None:
+        self._session = session
+
+    async def get(self, url: str, *, api_key: str | None = None, timeout_s: float) -> _EngineAnswer:
+        import aiohttp
+
+        session = self._session()
+        if session is None or session.closed:
+            raise ConnectionError("the engine HTTP session is closed")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        try:
+            async with session.get(
+                url, timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers
+            ) as resp:
+                return _EngineAnswer(resp.status, await resp.read())
+        except aiohttp.ClientError as exc:
+            raise ConnectionError(f"{url}: {exc}") from exc
+
+
 async def _main(settings: Any) -> int:
     from studioctl.control import DaemonInfo, build_control_app
     from studioctl.httpserver import Server, ServerLimits
@@ -358,17 +390,32 @@ async def _main(settings: Any) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     await sup.start()
-    from studioctl.telemetry import Telemetry, control_routes
+    from studioctl.telemetry import GpuReader, Telemetry, VramWatch
+    from studioctl.telemetry_routes import control_routes
 
-    # Scrapes engines with the supervisor's aiohttp session; waits for VRAM after evicts.
-    telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup.session)
-    sup.vram_release = telemetry.vram_released
+    gpus = GpuReader()
+    sup.vram_release = VramWatch(gpus).released  # evicts wait for their GPU memory
+    gateway: Any = None
+
+    def gateway_snapshot() -> dict[str, Any]:
+        # The gateway is built below (it serves telemetry's /metrics families) and before
+        # telemetry starts sampling, so it is there by the first call.
+        snap: dict[str, Any] = gateway.snapshot()
+        return snap
+
+    telemetry = Telemetry(
+        sup,
+        db=db,
+        bus=bus,
+        engine_http=_SessionEngineHttp(lambda: sup.session),
+        gpus=gpus,
+        gateway_snapshot=gateway_snapshot if tcp is not None else None,
+    )
     control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
     # The control socket (0600, our user only) gets the same bounds as the gateway.
     limits = ServerLimits.from_settings(gs, max_connections=max_conn)
     servers = [Server(control, control_sock, limits, name="control")]
     gw_server: Server | None = None
-    gateway = None
     if tcp is not None:
         from studioctl.gateway.wiring import build_gateway
 
@@ -380,7 +427,6 @@ async def _main(settings: Any) -> int:
             info=info,
             extra_metrics=telemetry.prometheus_lines,
         )
-        telemetry.gateway = gateway.snapshot
         info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
         gw_server = Server(gateway.app, tcp, limits, name="gateway")
         servers.append(gw_server)
@@ -411,6 +457,7 @@ async def _main(settings: Any) -> int:
     try:
         await sup.close(stop_engines=stop_engines["value"])
         await telemetry.close()  # adds the last figures to the store
+        await gpus.close()  # after the evicts of sup.close and the last sample
         if gateway is not None:
             await gateway.close()
         bus.publish("daemon", f"daemon stopped (pid {os.getpid()})", data={"pid": os.getpid()})

@@ -40,7 +40,7 @@ def app_routes() -> list[tuple[str, str]]:
 
     from studioctl.admin import admin_routes
     from studioctl.control import DaemonInfo, build_control_app
-    from studioctl.telemetry import control_routes
+    from studioctl.telemetry_routes import control_routes
 
     extra: list[Route] = [*control_routes(None), *admin_routes(None, None)]  # type: ignore[arg-type]
     app = build_control_app(None, None, DaemonInfo(), extra_routes=extra)  # type: ignore[arg-type]

@@ -1,9 +1,10 @@
 """Telemetry test harness: a supervisor-shaped object, a settable clock, real child processes.
 
 ``Telemetry`` reads only ``sup.instances`` (instances with ``id``, ``recipe.id``,
-``recipe.backend``, ``state``, ``tree``, ``base_url``, ``adopted``, ``ready_at``, and writes
-``vram_bytes``): :class:`FakeSup` and :class:`FakeInstance` are exactly that, so the sampler
-runs against the fake pynvml (``tests/fakes/fake_pynvml.py``) in-process.
+``recipe.backend``, ``state``, ``tree``, ``base_url``, ``api_key``, ``adopted``, ``ready_at``)
+and records VRAM with ``sup.record_vram``: :class:`FakeSup` and :class:`FakeInstance` are
+exactly that, so the sampler runs against the fake pynvml (``tests/fakes/fake_pynvml.py``)
+in-process. :class:`AiohttpEngineHttp` is the engine-HTTP object over a real aiohttp session.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from studioctl.lifecycle.states import State
@@ -79,6 +81,7 @@ class FakeInstance:
     started_at: float | None = None
     created_at: float = 0.0
     vram_bytes: int | None = None
+    api_key: str | None = None
 
 
 @dataclass
@@ -89,6 +92,34 @@ class FakeSup:
         inst.created_at = float(len(self.instances))
         self.instances[inst.id] = inst
         return inst
+
+    def record_vram(self, instance_id: str, vram_bytes: int | None) -> None:
+        inst = self.instances.get(instance_id)
+        if inst is not None:
+            inst.vram_bytes = vram_bytes
+
+
+@dataclass(frozen=True)
+class EngineAnswer:
+    status: int
+    body: bytes
+
+
+class AiohttpEngineHttp:
+    """Telemetry's ``EngineHttp`` over a real aiohttp session (the test's)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def get(self, url: str, *, api_key: str | None = None, timeout_s: float) -> EngineAnswer:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        try:
+            async with self.session.get(
+                url, timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers
+            ) as resp:
+                return EngineAnswer(resp.status, await resp.read())
+        except aiohttp.ClientError as exc:
+            raise ConnectionError(str(exc)) from exc
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from studioctl.lifecycle.events import EventBus
 from studioctl.lifecycle.supervisor import Supervisor
 from studioctl.settings import load_settings
 from studioctl.store import open_database
-from studioctl.telemetry import Telemetry
+from studioctl.telemetry import GpuReader, Telemetry, VramWatch
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +55,9 @@ async def evict_with_gpu(*, free_after: float | None, timeout: float) -> tuple[A
     await sup.start()
     seen: set[tuple[int, float]] = set()
     try:
-        tel = Telemetry(
-            sup, nvml=Nvml(module=fake), session=lambda: sup._session, vram_timeout_s=timeout
-        )
-        sup.vram_release = tel.vram_released
+        gpus = GpuReader(Nvml(module=fake))
+        tel = Telemetry(sup, gpus=gpus)
+        sup.vram_release = VramWatch(gpus, timeout_s=timeout).released
         inst = await sup.launch("tiny")
         seen.update(inst.tree.items())
         # The engine's processes hold memory on GPU 0 (as NVML would list them).

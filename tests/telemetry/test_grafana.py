@@ -16,7 +16,7 @@ from fakes.fake_pynvml import GIB
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gpu import Nvml
-from studioctl.telemetry import Telemetry
+from studioctl.telemetry import GpuReader, Telemetry
 
 from .conftest import Clock, FakeInstance, FakeRecipe, FakeSup
 from .test_telemetry import vllm_text
@@ -30,7 +30,7 @@ def exported_series(children: list[int]) -> set[str]:
     fake = fake_pynvml.two_gpus(procs0=[(children[0], 10 * GIB)], procs1=[])
     sup = FakeSup()
     inst = sup.add(FakeInstance("a-1", FakeRecipe("a"), tree={children[0]: 0.0}))
-    tel = Telemetry(sup, nvml=Nvml(module=fake, clock=clock), clock=clock)
+    tel = Telemetry(sup, gpus=GpuReader(Nvml(module=fake, clock=clock)), clock=clock)
     asyncio.run(tel.sample_gpus())
     tel.observe_metrics(inst, vllm_text(prompt=1, gen=1, ttft_sum=0.1, ttft_count=1), source="x")  # type: ignore[arg-type]
     clock.advance(1)

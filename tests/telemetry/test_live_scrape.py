@@ -16,11 +16,11 @@ import pytest
 
 from fakes import fake_pynvml
 from standin.helpers import running_standin
-from studioctl.engine_metrics import summarize
+from studioctl.engines.metrics import summarize
 from studioctl.gpu import Nvml
-from studioctl.telemetry import Telemetry
+from studioctl.telemetry import GpuReader, Telemetry
 
-from .conftest import FakeInstance, FakeRecipe, FakeSup
+from .conftest import AiohttpEngineHttp, FakeInstance, FakeRecipe, FakeSup
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,9 @@ def test_telemetry_scrapes_a_live_engine(tmp_path: Path) -> None:
         async def run() -> Telemetry:
             async with aiohttp.ClientSession() as session:
                 tel = Telemetry(
-                    sup, nvml=Nvml(module=fake_pynvml.no_driver()), session=lambda: session
+                    sup,
+                    gpus=GpuReader(Nvml(module=fake_pynvml.no_driver())),
+                    engine_http=AiohttpEngineHttp(session),
                 )
                 await tel.scrape_engines()  # counters at zero
                 done = await asyncio.to_thread(complete, engine.url, 5, 4)
@@ -114,7 +116,11 @@ def test_unreachable_engine_is_an_error_on_that_instance_only(tmp_path: Path) ->
 
     async def run() -> Telemetry:
         async with aiohttp.ClientSession() as session:
-            tel = Telemetry(sup, nvml=Nvml(module=fake_pynvml.no_driver()), session=lambda: session)
+            tel = Telemetry(
+                sup,
+                gpus=GpuReader(Nvml(module=fake_pynvml.no_driver())),
+                engine_http=AiohttpEngineHttp(session),
+            )
             await tel.scrape_engines()
             return tel
 

@@ -25,7 +25,7 @@ from studioctl.lifecycle.events import Event, EventBus
 from studioctl.lifecycle.states import State
 from studioctl.store import open_database
 from studioctl.store.stats import StatsRepo
-from studioctl.telemetry import UNATTRIBUTED, Telemetry, energy_shares
+from studioctl.telemetry import UNATTRIBUTED, GpuReader, Telemetry, VramWatch, energy_shares
 
 from .conftest import Clock, FakeInstance, FakeRecipe, FakeSup
 
@@ -33,7 +33,12 @@ from .conftest import Clock, FakeInstance, FakeRecipe, FakeSup
 
 
 def make(sup: FakeSup, fake: FakePynvml, clock: Clock, **kw: Any) -> Telemetry:
-    return Telemetry(sup, nvml=Nvml(module=fake, clock=clock), clock=clock, **kw)
+    return Telemetry(sup, gpus=GpuReader(Nvml(module=fake, clock=clock)), clock=clock, **kw)
+
+
+def watch(tel: Telemetry, **kw: Any) -> VramWatch:
+    """The evict's VRAM wait over the same GPU reader as the sampler (as the daemon builds)."""
+    return VramWatch(tel.gpus, **kw)
 
 
 def metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -141,7 +146,7 @@ def test_energy_vram_and_power_are_attributed_by_memory_share(
     assert tb.energy_j == pytest.approx(5.0)  # alone on its GPU
     assert tel.unattributed_j == pytest.approx(2.0)  # the other process's quarter
     assert tel.meter.joules(0) == pytest.approx(8.0) and tel.meter.method(0) == "counter"
-    assert (a.vram_bytes, b.vram_bytes) == (60 * GIB, 10 * GIB)  # written on the instances
+    assert (a.vram_bytes, b.vram_bytes) == (60 * GIB, 10 * GIB)  # recorded with the supervisor
     assert ta.vram_by_gpu == {0: 60 * GIB}
     assert ta.power_w == pytest.approx(612.345 * 0.75)
     assert tb.power_w == pytest.approx(71.0)
@@ -449,7 +454,11 @@ def test_each_sample_publishes_a_live_only_event(
         bus = EventBus(_NoStore())  # type: ignore[arg-type]
         q = bus.subscribe()
         tel = make(
-            sup, fake, clock, bus=bus, gateway=lambda: {**gw, "requests_total": next(totals)}
+            sup,
+            fake,
+            clock,
+            bus=bus,
+            gateway_snapshot=lambda: {**gw, "requests_total": next(totals)},
         )
         await tel.sample_gpus()
         clock.advance(2.0)
@@ -477,11 +486,12 @@ def test_loops_run_flush_and_close_nvml(
     async def run() -> int:
         bus = EventBus(None)
         q = bus.subscribe()
+        gpus = GpuReader(Nvml(module=fake))
         tel = Telemetry(
             sup,
             db=db,
             bus=bus,
-            nvml=Nvml(module=fake),
+            gpus=gpus,
             gpu_interval_s=0.05,
             scrape_interval_s=0.05,
             flush_interval_s=0.1,
@@ -489,6 +499,7 @@ def test_loops_run_flush_and_close_nvml(
         await tel.start()
         await asyncio.sleep(0.5)
         await tel.close()
+        await gpus.close()  # its owner (the daemon) closes NVML after telemetry
         return q.qsize()
 
     assert asyncio.run(run()) >= 3
@@ -516,7 +527,7 @@ def test_vram_release_waits_until_nvml_no_longer_lists_the_processes(
             fake.gpus[0].processes = [p for p in fake.gpus[0].processes if p[0] not in a.tree]
 
         freer = asyncio.create_task(free_later())
-        out = await tel.vram_released(a, a.vram_bytes)  # type: ignore[arg-type]
+        out = await watch(tel).released(a, a.vram_bytes)  # type: ignore[arg-type]
         await freer
         return out
 
@@ -530,9 +541,9 @@ def test_vram_release_gives_up_after_the_timeout(
     two: tuple[FakeSup, FakePynvml, list[FakeInstance]], clock: Clock
 ) -> None:
     sup, fake, (a, _) = two
-    tel = make(sup, fake, clock, vram_timeout_s=0.5)
+    tel = make(sup, fake, clock)
     t0 = time.monotonic()
-    out = asyncio.run(tel.vram_released(a, 60 * GIB))  # type: ignore[arg-type]
+    out = asyncio.run(watch(tel, timeout_s=0.5).released(a, 60 * GIB))  # type: ignore[arg-type]
     assert out is not None and out["vram_released"] is False
     assert out["vram_pids"] == list(a.tree) and out["vram_still_held"] == 60 * GIB
     assert 0.5 <= time.monotonic() - t0 < 3.0
@@ -543,7 +554,67 @@ def test_vram_release_is_a_no_op_without_gpus(clock: Clock) -> None:
     inst = sup.add(FakeInstance("a-1", FakeRecipe("a"), tree={12345: 0.0}))
     tel = make(sup, fake_pynvml.no_driver(), clock)
     t0 = time.monotonic()
-    assert asyncio.run(tel.vram_released(inst, None)) is None  # type: ignore[arg-type]
+    assert asyncio.run(watch(tel).released(inst, None)) is None  # type: ignore[arg-type]
     asyncio.run(tel.sample_gpus())
-    assert asyncio.run(tel.vram_released(inst, None)) is None  # type: ignore[arg-type]
+    assert asyncio.run(watch(tel).released(inst, None)) is None  # type: ignore[arg-type]
     assert time.monotonic() - t0 < 2.0
+
+
+# -- seams: the supervisor records VRAM, engines are asked through the engine-HTTP object ----
+
+
+def test_vram_is_recorded_through_the_supervisor_not_written_on_instances(
+    two: tuple[FakeSup, FakePynvml, list[FakeInstance]], clock: Clock
+) -> None:
+    sup, fake, (a, b) = two
+    recorded: list[tuple[str, int | None]] = []
+
+    class RecordingSup:
+        instances = sup.instances
+
+        def record_vram(self, instance_id: str, vram_bytes: int | None) -> None:
+            recorded.append((instance_id, vram_bytes))
+
+    tel = Telemetry(RecordingSup(), gpus=GpuReader(Nvml(module=fake, clock=clock)), clock=clock)
+    asyncio.run(tel.sample_gpus())
+    assert recorded == [("a-1", 60 * GIB), ("b-1", 10 * GIB)]
+    assert a.vram_bytes is None and b.vram_bytes is None  # the instances were not touched
+    assert (tel.vram_bytes("a-1"), tel.vram_bytes("b-1"), tel.vram_bytes("x")) == (
+        60 * GIB,
+        10 * GIB,
+        None,
+    )
+
+
+def test_scrapes_go_through_the_engine_http_object_with_the_instance_key(clock: Clock) -> None:
+    sup = FakeSup()
+    ok = sup.add(FakeInstance("ok-1", FakeRecipe("ok"), base_url="http://e1", api_key="sce-k"))
+    sup.add(FakeInstance("denied-1", FakeRecipe("denied"), base_url="http://e2"))
+    sup.add(FakeInstance("down-1", FakeRecipe("down"), base_url="http://e3"))
+    sup.add(FakeInstance("idle-1", FakeRecipe("idle"), base_url="http://e4", state=State.LOADING))
+    asked: list[tuple[str, str | None, float]] = []
+
+    class Answer:
+        def __init__(self, status: int, body: bytes) -> None:
+            self.status, self.body = status, body
+
+    class Engines:
+        async def get(self, url: str, *, api_key: str | None = None, timeout_s: float) -> Answer:
+            asked.append((url, api_key, timeout_s))
+            if url.startswith("http://e3"):
+                raise ConnectionRefusedError(url)
+            if url.startswith("http://e2"):
+                return Answer(401, b"unauthorized")
+            return Answer(200, vllm_text(prompt=5, gen=7, running=1).encode())
+
+    tel = make(sup, fake_pynvml.no_driver(), clock, engine_http=Engines())
+    asyncio.run(tel.scrape_engines())
+    assert sorted(asked) == [
+        ("http://e1/metrics", "sce-k", 3.0),
+        ("http://e2/metrics", None, 3.0),
+        ("http://e3/metrics", None, 3.0),
+    ]  # a loading instance is not scraped
+    engine = tel.instances[ok.id].engine
+    assert engine is not None and engine.requests_running == 1.0
+    assert tel.instances["denied-1"].scrape_error == "no answer from http://e2/metrics"
+    assert tel.instances["down-1"].scrape_error == "no answer from http://e3/metrics"

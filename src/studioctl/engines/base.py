@@ -28,7 +28,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from studioctl.recipes import Recipe
@@ -110,12 +110,34 @@ class Stage:
     pattern: re.Pattern[str]
 
 
+#: How a metric's label sets (model name, engine index, DP rank…) are combined.
+Agg = Literal["sum", "mean", "max"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One studioctl metric and the engine names that carry it (an engine's ``metrics``).
+
+    ``names`` are tried in order (newest engine versions first); the first present wins.
+    ``kind`` is the Prometheus type; for a histogram the name has no ``_sum``/``_count``
+    suffix. ``agg`` combines label sets. ``note`` says which engine versions use which name.
+    ``field`` is the studioctl name (a field of ``engines.metrics.EngineMetricSnapshot``).
+    """
+
+    field: str
+    kind: Literal["gauge", "counter", "histogram"]
+    names: tuple[str, ...]
+    agg: Agg = "sum"
+    note: str = ""
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str
     health_path: str
     ready_paths: tuple[str, ...]
     stages: tuple[Stage, ...]
+    metrics: tuple[MetricSpec, ...]
     metric_names: dict[str, str]
     tokenize_path: str | None
     process_markers: tuple[str, ...]
@@ -174,7 +196,7 @@ class TableEngine:
         module: str,
         model_flag: str,
         stages: tuple[Stage, ...],
-        metric_names: Mapping[str, str],
+        metrics: tuple[MetricSpec, ...],
         process_markers: tuple[str, ...],
         value_flags: Mapping[str, str],
         bool_flags: Mapping[str, BoolFlag],
@@ -196,7 +218,11 @@ class TableEngine:
         self.health_path = health_path
         self.ready_paths = ready_paths
         self.stages = stages
-        self.metric_names = dict(metric_names)
+        #: What the engine serves on GET /metrics, in studioctl's names (engines/metrics.py
+        #: reads it; telemetry and the supervisor's drain go through that).
+        self.metrics = metrics
+        #: studioctl's name → the engine's current name (the first of each spec's names).
+        self.metric_names = {spec.field: spec.names[0] for spec in metrics}
         self.tokenize_path = tokenize_path
         self.process_markers = process_markers
         #: recipe key → the engine's flag that takes a value.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from studioctl.engines.base import BoolFlag, Stage, TableEngine
+from studioctl.engines.base import BoolFlag, MetricSpec, Stage, TableEngine
 
 VALUE_FLAGS = {
     "tensor_parallel_size": "--tp-size",
@@ -107,17 +107,29 @@ STAGES = (
     ),
 )
 
-METRIC_NAMES = {
-    "requests_running": "sglang:num_running_reqs",
-    "requests_waiting": "sglang:num_queue_reqs",
-    "kv_cache_usage": "sglang:token_usage",  # a fraction, 1.0 = full
-    "prompt_tokens_total": "sglang:prompt_tokens_total",
-    "generation_tokens_total": "sglang:generation_tokens_total",
-    "requests_total": "sglang:num_requests_total",
-    "time_to_first_token_seconds": "sglang:time_to_first_token_seconds",
-    "inter_token_latency_seconds": "sglang:inter_token_latency_seconds",
-    "e2e_request_latency_seconds": "sglang:e2e_request_latency_seconds",
-}
+# What SGLang serves on GET /metrics (with --enable-metrics), in studioctl's names; older
+# names after the current one.
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("requests_running", "gauge", ("sglang:num_running_reqs",)),
+    MetricSpec("requests_waiting", "gauge", ("sglang:num_queue_reqs",)),
+    MetricSpec(
+        "kv_cache_usage",
+        "gauge",
+        ("sglang:token_usage",),
+        agg="mean",
+        note="0–1 fraction of the KV token pool; one per scheduler (DP rank): mean",
+    ),
+    MetricSpec("prompt_tokens_total", "counter", ("sglang:prompt_tokens_total",)),
+    MetricSpec("generation_tokens_total", "counter", ("sglang:generation_tokens_total",)),
+    MetricSpec("requests_total", "counter", ("sglang:num_requests_total",)),
+    MetricSpec("ttft", "histogram", ("sglang:time_to_first_token_seconds",)),
+    MetricSpec(
+        "itl",
+        "histogram",
+        ("sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"),
+        note="time_per_output_token_seconds in older SGLang",
+    ),
+)
 
 ENGINE = TableEngine(
     name="sglang",
@@ -126,7 +138,7 @@ ENGINE = TableEngine(
     health_path="/health",  # 503 until warm-up is done
     ready_paths=("/get_model_info",),
     stages=STAGES,
-    metric_names=METRIC_NAMES,  # needs --enable-metrics (engine_args: {enable_metrics: true})
+    metrics=METRICS,  # needs --enable-metrics (engine_args: {enable_metrics: true})
     # Same request and answer as vLLM's (also served at /v1/tokenize).
     tokenize_path="/tokenize",
     process_markers=("sglang.launch_server", "sglang::scheduler", "sglang::detokenizer"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from studioctl.engines.base import BoolFlag, Stage, TableEngine
+from studioctl.engines.base import BoolFlag, MetricSpec, Stage, TableEngine
 
 VALUE_FLAGS = {
     "tensor_parallel_size": "--tensor-parallel-size",
@@ -76,19 +76,35 @@ STAGES = (
     Stage("api", "API server up", re.compile(r"Application startup complete")),
 )
 
-# studioctl's name → the sample name vLLM exposes on GET /metrics (counters with _total;
-# histograms by their base name: _bucket/_sum/_count follow).
-METRIC_NAMES = {
-    "requests_running": "vllm:num_requests_running",
-    "requests_waiting": "vllm:num_requests_waiting",
-    "kv_cache_usage": "vllm:kv_cache_usage_perc",  # a fraction, 1.0 = full
-    "prompt_tokens_total": "vllm:prompt_tokens_total",
-    "generation_tokens_total": "vllm:generation_tokens_total",
-    "requests_total": "vllm:request_success_total",
-    "time_to_first_token_seconds": "vllm:time_to_first_token_seconds",
-    "inter_token_latency_seconds": "vllm:inter_token_latency_seconds",
-    "e2e_request_latency_seconds": "vllm:e2e_request_latency_seconds",
-}
+# What vLLM serves on GET /metrics, in studioctl's names: counters with _total, histograms by
+# their base name (_bucket/_sum/_count follow); older names after the current one.
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("requests_running", "gauge", ("vllm:num_requests_running",)),
+    MetricSpec("requests_waiting", "gauge", ("vllm:num_requests_waiting",)),
+    MetricSpec(
+        "kv_cache_usage",
+        "gauge",
+        ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+        agg="mean",
+        note="a 0–1 fraction despite the name; gpu_cache_usage_perc in older vLLM, "
+        "deprecated for kv_cache_usage_perc (vllm-project/vllm#18354). Mean over engines.",
+    ),
+    MetricSpec("prompt_tokens_total", "counter", ("vllm:prompt_tokens_total",)),
+    MetricSpec("generation_tokens_total", "counter", ("vllm:generation_tokens_total",)),
+    MetricSpec(
+        "requests_total",
+        "counter",
+        ("vllm:request_success_total",),
+        note="finished requests, one label set per finish reason: summed",
+    ),
+    MetricSpec("ttft", "histogram", ("vllm:time_to_first_token_seconds",)),
+    MetricSpec(
+        "itl",
+        "histogram",
+        ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+        note="time_per_output_token_seconds in older vLLM (0.32.0 serves only the new name)",
+    ),
+)
 
 ENGINE = TableEngine(
     name="vllm",
@@ -97,7 +113,7 @@ ENGINE = TableEngine(
     health_path="/health",
     ready_paths=(),
     stages=STAGES,
-    metric_names=METRIC_NAMES,
+    metrics=METRICS,
     # POST {"model", "messages"|"prompt"} → {"count", "tokens", "max_model_len"}
     tokenize_path="/tokenize",
     process_markers=(

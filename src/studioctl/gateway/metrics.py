@@ -31,10 +31,11 @@ is what a flood of invented model names turned into a stalled event loop).
 from __future__ import annotations
 
 import hashlib
-import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from studioctl.promtext import escape, header, number
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -106,10 +107,10 @@ class _Histogram:
         running = 0
         for bound, n in zip(self.bounds, self.counts, strict=False):
             running += n
-            yield f'{name}_bucket{{{labels}{sep}le="{_num(bound)}"}} {running}'
+            yield f'{name}_bucket{{{labels}{sep}le="{number(bound)}"}} {running}'
         yield f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}'
         braces = f"{{{labels}}}" if labels else ""
-        yield f"{name}_sum{braces} {_num(self.total)}"
+        yield f"{name}_sum{braces} {number(self.total)}"
         yield f"{name}_count{braces} {self.count}"
 
 
@@ -254,7 +255,7 @@ class GatewayMetrics:
             return f',tenant="{_esc(tenant)}"' if tl else ""
 
         name = PREFIX + "requests_total"
-        _header(out, name, "counter", "Requests answered by the gateway, by status.")
+        header(out, name, "counter", "Requests answered by the gateway, by status.")
         for (model, tenant, status), n in sorted(self._requests.items()):
             labels = f'model="{_esc(model)}",status="{status}"{tenant_part(tenant)}'
             out.append(f"{name}{{{labels}}} {n}")
@@ -269,17 +270,17 @@ class GatewayMetrics:
             ),
         ):
             name = PREFIX + family
-            _header(out, name, "counter", help_text)
+            header(out, name, "counter", help_text)
             for (model, tenant), n in sorted(table.items()):
                 out.append(f'{name}{{model="{_esc(model)}"{tenant_part(tenant)}}} {n}')
 
         name = PREFIX + "rejections_total"
-        _header(out, name, "counter", "Requests refused by the gateway, by reason.")
+        header(out, name, "counter", "Requests refused by the gateway, by reason.")
         for (reason, tenant), n in sorted(self._rejections.items()):
             out.append(f'{name}{{reason="{_esc(reason)}"{tenant_part(tenant)}}} {n}')
 
         name = PREFIX + "inflight_requests"
-        _header(out, name, "gauge", "Requests admitted and not yet finished.")
+        header(out, name, "gauge", "Requests admitted and not yet finished.")
         source = self._inflight_source
         out.append(f"{name} {source() if source is not None else self.inflight}")
 
@@ -296,23 +297,18 @@ class GatewayMetrics:
             ),
         ):
             name = PREFIX + family
-            _header(out, name, "histogram", help_text)
+            header(out, name, "histogram", help_text)
             for model, hist in sorted(hists.items()):
                 out.extend(hist.lines(name, f'model="{_esc(model)}"'))
 
         name = PREFIX + "upstream_latency_seconds"
-        _header(out, name, "histogram", "Time from sending upstream to the response headers.")
+        header(out, name, "histogram", "Time from sending upstream to the response headers.")
         out.extend(self._upstream.lines(name, ""))
 
         text = "\n".join(out) + "\n"
         if extra_lines:
             text += extra_lines if extra_lines.endswith("\n") else extra_lines + "\n"
         return text
-
-
-def _header(out: list[str], name: str, kind: str, help_text: str) -> None:
-    out.append(f"# HELP {name} {help_text}")
-    out.append(f"# TYPE {name} {kind}")
 
 
 def _bounded(value: str) -> str:
@@ -325,15 +321,4 @@ def _bounded(value: str) -> str:
 
 def _esc(value: str) -> str:
     """A label value, bounded in length and escaped as the text format requires."""
-    value = _bounded(value)
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
-
-
-def _num(value: float) -> str:
-    if not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
-    if value == int(value) and abs(value) < 1e15:
-        return f"{int(value)}.0"
-    return repr(value)
+    return escape(_bounded(value))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from studioctl.errors import GatewayError
+from studioctl.promtext import escape
 
 READY = "ready"
 # States in which the instance will (again) serve soon: clients are told to retry.
@@ -176,14 +177,14 @@ class RouteTable:
         ]
         for up in self._upstreams:
             lines.append(
-                f'studioctl_instance_up{{instance="{_esc(up.instance_id)}",'
-                f'recipe="{_esc(up.recipe_id)}",state="{_esc(up.state)}"}} 1'
+                f'studioctl_instance_up{{instance="{escape(up.instance_id)}",'
+                f'recipe="{escape(up.recipe_id)}",state="{escape(up.state)}"}} 1'
             )
         lines.append("# HELP studioctl_instance_inflight Gateway requests in flight per instance.")
         lines.append("# TYPE studioctl_instance_inflight gauge")
         for up in self._upstreams:
             lines.append(
-                f'studioctl_instance_inflight{{instance="{_esc(up.instance_id)}"}} '
+                f'studioctl_instance_inflight{{instance="{escape(up.instance_id)}"}} '
                 f"{self._inflight.get(up.instance_id, 0)}"
             )
         return "\n".join(lines) + "\n"
@@ -207,7 +208,3 @@ def _raise_loading(model: str, up: Upstream) -> Upstream:
         f"model {model!r} is {up.state} (instance {up.instance_id}); retry shortly",
         retry_after=LOADING_RETRY_AFTER_S,
     )
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

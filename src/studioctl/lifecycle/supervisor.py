@@ -142,6 +142,13 @@ class Supervisor:
 
     # ------------------------------------------------------------------ queries
 
+    def record_vram(self, instance_id: str, vram_bytes: int | None) -> None:
+        """Record the GPU memory an instance's processes hold (measured by telemetry; shown
+        by status, reported by evict as what it held). An unknown id is ignored."""
+        inst = self.instances.get(instance_id)
+        if inst is not None:
+            inst.vram_bytes = vram_bytes
+
     def list(self, *, include_stopped: bool = False) -> builtins.list[Instance]:
         out = [
             i for i in self.instances.values() if include_stopped or i.state not in (State.STOPPED,)
@@ -719,7 +726,7 @@ class Supervisor:
 
     async def engine_inflight(self, inst: Instance) -> int | None:
         """Running + waiting requests from the engine's own /metrics (None if unreadable)."""
-        from studioctl.engine_metrics import summarize
+        from studioctl.engines.metrics import summarize
 
         text = await readiness.fetch_text(
             self._session, inst.base_url + "/metrics", headers=inst.auth_headers

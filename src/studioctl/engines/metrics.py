@@ -8,9 +8,11 @@ instance every few seconds and this must stay cheap and dependency-free.
   comments are skipped; label values may hold escaped quotes, backslashes and newlines;
   values may be ``NaN``/``+Inf``/``-Inf``; histograms are their ``_bucket{le=…}``, ``_sum`` and
   ``_count`` samples. A malformed line is a :class:`MetricsParseError` naming the line.
-- :data:`METRIC_TABLES` maps each engine's metric names (versioned: newest first, older names
-  as fallbacks) to the studioctl names of :class:`EngineMetricSnapshot`;
-  :func:`summarize` applies it, combining label sets (model name, engine index, DP rank…).
+- Each engine description (``engines/vllm.py``, ``engines/sglang.py``: their ``metrics``, the
+  one home of the engine's metric names) maps its names (newest first, older names as
+  fallbacks) to the studioctl names of :class:`EngineMetricSnapshot`; :data:`METRIC_TABLES`
+  gathers them and :func:`summarize` applies one, combining label sets (model name, engine
+  index, DP rank…).
 - :class:`ThroughputTracker` turns counter deltas between snapshots into tokens/s; a counter
   that goes down (the engine restarted) counts from zero again.
 """
@@ -21,8 +23,9 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
+from studioctl.engines import BACKENDS, get_engine
+from studioctl.engines.base import Agg, MetricSpec
 from studioctl.errors import ValidationError
 
 
@@ -153,8 +156,6 @@ def _clip(line: str, limit: int = 120) -> str:
 
 # -- aggregation helpers ----------------------------------------------------------------------
 
-Agg = Literal["sum", "mean", "max"]
-
 
 def combine(samples: Iterable[Sample], agg: Agg = "sum") -> float | None:
     """Combine one metric's label sets: ``sum`` (counts), ``mean`` or ``max`` (fractions).
@@ -203,71 +204,8 @@ def histogram(parsed: Parsed, name: str) -> Histogram | None:
 # -- the engine → studioctl table -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    """One studioctl metric and the engine names that carry it.
-
-    ``names`` are tried in order (newest engine versions first); the first present wins.
-    ``kind`` is the Prometheus type; for a histogram the name has no ``_sum``/``_count``
-    suffix. ``agg`` combines label sets. ``note`` says which engine versions use which name.
-    """
-
-    field: str
-    kind: Literal["gauge", "counter", "histogram"]
-    names: tuple[str, ...]
-    agg: Agg = "sum"
-    note: str = ""
-
-
-METRIC_TABLE_VERSION = 1
-
-VLLM_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("requests_running", "gauge", ("vllm:num_requests_running",)),
-    MetricSpec("requests_waiting", "gauge", ("vllm:num_requests_waiting",)),
-    MetricSpec(
-        "kv_cache_usage",
-        "gauge",
-        ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-        agg="mean",
-        note="a 0–1 fraction despite the name; gpu_cache_usage_perc in older vLLM, "
-        "deprecated for kv_cache_usage_perc (vllm-project/vllm#18354). Mean over engines.",
-    ),
-    MetricSpec("prompt_tokens_total", "counter", ("vllm:prompt_tokens_total",)),
-    MetricSpec("generation_tokens_total", "counter", ("vllm:generation_tokens_total",)),
-    MetricSpec("ttft", "histogram", ("vllm:time_to_first_token_seconds",)),
-    MetricSpec(
-        "itl",
-        "histogram",
-        ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
-        note="time_per_output_token_seconds in older vLLM (0.32.0 serves only the new name)",
-    ),
-)
-
-SGLANG_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("requests_running", "gauge", ("sglang:num_running_reqs",)),
-    MetricSpec("requests_waiting", "gauge", ("sglang:num_queue_reqs",)),
-    MetricSpec(
-        "kv_cache_usage",
-        "gauge",
-        ("sglang:token_usage",),
-        agg="mean",
-        note="0–1 fraction of the KV token pool; one per scheduler (DP rank): mean",
-    ),
-    MetricSpec("prompt_tokens_total", "counter", ("sglang:prompt_tokens_total",)),
-    MetricSpec("generation_tokens_total", "counter", ("sglang:generation_tokens_total",)),
-    MetricSpec("ttft", "histogram", ("sglang:time_to_first_token_seconds",)),
-    MetricSpec(
-        "itl",
-        "histogram",
-        ("sglang:inter_token_latency_seconds", "sglang:time_per_output_token_seconds"),
-        note="time_per_output_token_seconds in older SGLang",
-    ),
-)
-
-METRIC_TABLES: dict[str, tuple[MetricSpec, ...]] = {
-    "vllm": VLLM_METRICS,
-    "sglang": SGLANG_METRICS,
-}
+#: Each engine's table, from its description (see ``MetricSpec`` in engines/base.py).
+METRIC_TABLES: dict[str, tuple[MetricSpec, ...]] = {b: get_engine(b).metrics for b in BACKENDS}
 
 
 @dataclass(frozen=True)
@@ -289,6 +227,7 @@ class EngineMetricSnapshot:
     ttft_count: float | None = None
     itl_sum: float | None = None
     itl_count: float | None = None
+    requests_total: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -310,6 +249,7 @@ class EngineMetricSnapshot:
             "ttft_count": self.ttft_count,
             "itl_sum": self.itl_sum,
             "itl_count": self.itl_count,
+            "requests_total": self.requests_total,
         }
 
 
@@ -357,6 +297,7 @@ class EngineMetrics:
             ttft_count=values.get("ttft_count"),
             itl_sum=values.get("itl_sum"),
             itl_count=values.get("itl_count"),
+            requests_total=values.get("requests_total"),
             sources=sources,
         )
 
