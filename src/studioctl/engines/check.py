@@ -26,7 +26,7 @@ from studioctl.errors import OperationTimeout, RecipeError
 
 if TYPE_CHECKING:
     from studioctl.engines.base import EngineCommand
-    from studioctl.recipes import Recipe
+    from studioctl.engines.spec import RecipeSpec
 
 MARK = "@@studioctl-flag-check@@"
 
@@ -130,7 +130,7 @@ class FlagCheck:
         }
 
 
-def check_flags(recipe: Recipe, *, deep: bool = True, timeout: float = 180) -> FlagCheck:
+def check_flags(recipe: RecipeSpec, *, deep: bool = True, timeout: float = 180) -> FlagCheck:
     """Parse the recipe's launch argv with the engine's own parser, run by the recipe's python.
 
     Raises ``RecipeError`` with the engine's message (pointing at the recipe key the
@@ -138,14 +138,13 @@ def check_flags(recipe: Recipe, *, deep: bool = True, timeout: float = 180) -> F
     installed in ``recipe.python``; ``OperationTimeout`` when the check takes too long.
     """
     from studioctl.engines import get_engine
-    from studioctl.recipes import looks_local
 
     engine = get_engine(recipe.backend)
     cmd = engine.command(recipe, port=recipe.port or 18000)
     python = cmd.argv[0]
     notes: list[str] = []
     run_deep = deep
-    if deep and not (looks_local(recipe.model) and os.path.exists(recipe.model)):
+    if deep and not (recipe.model_is_local and os.path.exists(recipe.model)):
         run_deep = False
         notes.append(
             f"deep check skipped: model {recipe.model!r} is not a local path, and the check "
@@ -200,7 +199,7 @@ def check_flags(recipe: Recipe, *, deep: bool = True, timeout: float = 180) -> F
 
 
 def _run(
-    argv: list[str], stdin: str, env: dict[str, str], timeout: float, recipe: Recipe
+    argv: list[str], stdin: str, env: dict[str, str], timeout: float, recipe: RecipeSpec
 ) -> tuple[str, str, int]:
     try:
         proc = subprocess.Popen(
@@ -239,7 +238,7 @@ def _parse(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def _key_for(message: str, cmd: EngineCommand, recipe: Recipe) -> str | None:
+def _key_for(message: str, cmd: EngineCommand, recipe: RecipeSpec) -> str | None:
     """The recipe key the engine's complaint is about: the earliest flag (or its
     underscore name) the message mentions."""
     from studioctl.engines.base import norm_key
@@ -266,7 +265,7 @@ def _keypath(key: str) -> tuple[str | int, ...]:
 
 
 def _error(
-    recipe: Recipe, message: str, *, key: str | None, hint: str | None = None
+    recipe: RecipeSpec, message: str, *, key: str | None, hint: str | None = None
 ) -> RecipeError:
     line = None
     if recipe.source is not None and key:
