@@ -1,37 +1,28 @@
 """Reading the settings: flag > env ``STUDIOCTL_*`` > ``studioctl.yaml`` > default.
 
-Every value is validated where it is read, with its field's annotation (``settings.schema``),
-so an error names its own source: the file, line and key; the environment variable; or the
-flag. Text (environment variables, flags given as strings, ``${VAR}`` in the file) is parsed
-here first: numbers, ``true/false/1/0/yes/no/on/off``, lists split on ``os.pathsep``
-(``recipes.dirs``) or commas (``gateway.cors_origins``).
+Every value is validated where it is read, by the pydantic rule its field's annotation names
+(``settings.schema`` → ``settings.rules``), so an error names its own source: the file, line
+and key; the environment variable; or the flag. Text (environment variables, flags given as
+strings, ``${VAR}`` in the file) is parsed first: numbers, ``true/false/1/0/yes/no/on/off``,
+lists split on ``os.pathsep`` (``recipes.dirs``) or commas (``gateway.cors_origins``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from studioctl import paths
 from studioctl.errors import ConfigError, UsageError
-from studioctl.settings.schema import (
-    SECTIONS,
-    Settings,
-    all_keys,
-    field_bounds,
-    field_info,
-    section_keys,
-)
+from studioctl.settings.schema import SECTIONS, Settings, all_keys, section_keys
 from studioctl.suggest import did_you_mean
 
 if TYPE_CHECKING:
-    from pydantic import TypeAdapter
-    from pydantic_core import ErrorDetails
-
+    from studioctl.settings.rules import Rule
     from studioctl.yamlfile import YamlDoc
 
 ENV_PREFIX = "STUDIOCTL_"
@@ -40,8 +31,6 @@ ENV_ALIASES: dict[str, str] = {"STUDIOCTL_ADMIN_TOKEN": "daemon.admin_token"}
 #: ``STUDIOCTL_*`` variables that are not settings (they pick folders and files).
 NOT_SETTINGS = frozenset({"STUDIOCTL_HOME", "STUDIOCTL_CONFIG"})
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 #: How the list settings are written as text: paths the way PATH is, origins with commas.
 _SEPARATORS = {"recipes.dirs": os.pathsep, "gateway.cors_origins": ","}
 
@@ -266,93 +255,27 @@ def _read_overrides(overrides: Mapping[str, Any], layer: _Layer) -> None:
         layer.set(dotted, parsed, "flag", where)
 
 
-# --- one value: parse, validate, explain ------------------------------------------------------
+# --- one value -------------------------------------------------------------------------------
 
 
 def _validated(
     dotted: str, value: Any, *, text: bool, base: Path | None, where: dict[str, Any]
 ) -> Any:
-    """``value`` for key ``dotted``, checked by its field and typed; ``text``: parse a
-    string form first. Relative paths start from ``base`` (the settings file's folder), or
-    the current directory when ``base`` is None (environment, flags)."""
-    import pydantic
-
-    given = _from_text(dotted, value) if text and isinstance(value, str) else value
+    """``value`` for key ``dotted``, checked by its rule (``settings.rules``) and typed."""
     try:
-        return _adapter(dotted).validate_python(given, context={"base": base})
-    except pydantic.ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise _error(_message(dotted, err, value), where) from None
+        return _rule(dotted).validated(value, text=text, base=base)
+    except ValueError as exc:
+        raise _error(str(exc), where) from None
 
 
 @functools.cache
-def _adapter(dotted: str) -> TypeAdapter[Any]:
-    from pydantic import ConfigDict, TypeAdapter
+def _rule(dotted: str) -> Rule:
+    # Imported here, when a value is first checked: the rules are pydantic types.
+    from studioctl.settings import rules
 
-    info = field_info(dotted)
-    # The field's type and its rules (bounds, validators), without its dataclass options.
-    rules: Any = info.annotation
-    if info.metadata:
-        rules = Annotated[(rules, *info.metadata)]
-    return TypeAdapter(rules, config=ConfigDict(strict=True))
-
-
-def _from_text(dotted: str, text: str) -> Any:
-    """What a text value stands for; text that does not parse is passed on unchanged, for
-    validation to refuse with the field's own message."""
-    sep = _SEPARATORS.get(dotted)
-    if sep is not None:
-        return [part.strip() for part in text.split(sep) if part.strip()]
-    kind = field_info(dotted).annotation
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in _TRUE or lowered in _FALSE:
-            return lowered in _TRUE
-    elif kind is int:
-        with contextlib.suppress(ValueError):
-            return int(text.strip())
-    elif kind is float:
-        with contextlib.suppress(ValueError):
-            return float(text.strip())
-    return text
-
-
-def _message(dotted: str, err: ErrorDetails, given: Any) -> str:
-    """pydantic's first error for ``dotted`` in studioctl's words; ``given``: the value as
-    written (before its text was parsed)."""
-    kind, loc = err["type"], err["loc"]
-    if loc and isinstance(loc[0], int):  # an item of a list
-        item = err["input"]
-        got = "an empty string" if isinstance(item, str) else _kind(item)
-        return f"item {loc[0]} must be a non-empty string, got {got}"
-    bounds = _range_text(dotted)
-    if kind.startswith("int_"):
-        return f"must be an integer{bounds}, got {_shown(given)}"
-    if kind.startswith("float_") or kind == "finite_number":
-        return f"must be a number{bounds}, got {_shown(given)}"
-    if kind.startswith("bool_"):
-        return f"must be true or false, got {_shown(given)}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        value = err["input"]
-        if field_info(dotted).annotation is float:
-            value = float(value)
-        return f"must be{bounds}, got {value}"
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind == "string_type":
-        return f"must be a string, got {_kind(given)}"
-    if kind in ("tuple_type", "list_type"):
-        return f"must be a list, got {_kind(given)}"
-    return str(err["msg"])
-
-
-def _range_text(dotted: str) -> str:
-    lo, hi, exclusive = field_bounds(dotted)
-    if hi is not None:
-        return f" between {_num(lo)} and {_num(hi)}"
-    if lo is not None:
-        return f" greater than {_num(lo)}" if exclusive else f" of at least {_num(lo)}"
-    return ""
+    section, key = dotted.split(".")
+    hints = typing.get_type_hints(SECTIONS[section], localns=vars(rules), include_extras=True)
+    return rules.Rule(hints[key], separator=_SEPARATORS.get(dotted))
 
 
 def _check_cross(settings: Settings, layer: _Layer) -> None:
@@ -373,24 +296,6 @@ def _error(message: str, where: dict[str, Any]) -> ConfigError | UsageError:
 
 
 def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, int | float):
-        return f"a number ({value})"
-    if isinstance(value, str):
-        return f"a string ({value!r})"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+    from studioctl.settings.rules import kind_of  # an error path: pydantic's cost is fine
 
-
-def _shown(value: Any) -> str:
-    return _kind(value) if not isinstance(value, str) else repr(value)
-
-
-def _num(value: float | None) -> str:
-    return f"{value:g}" if value is not None else ""
+    return kind_of(value)

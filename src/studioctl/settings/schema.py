@@ -1,88 +1,40 @@
-"""The settings schema: one pydantic model per section of ``studioctl.yaml``.
+"""The settings schema: one frozen dataclass per section of ``studioctl.yaml``.
 
-Types, ranges and the small value rules (a host is not blank, an empty admin token is
-none) live here, in the field annotations; ``settings.load`` validates every value it reads
-with its field's annotation and turns pydantic's errors into the messages users see, using
-the same bounds (``field_bounds``). Validation is strict: ``port: '8000'`` in the file is a
-type error; text from the environment, flags and ``${VAR}`` is parsed by the loader first.
+Each field's annotation names its rule (``settings.rules``: type, bounds, small value rules
+such as "a host is not blank" or "an empty admin token is none"), which pydantic checks when
+``settings.load`` reads a value. The annotations stay strings until then (``from __future__
+import annotations``), so importing the settings, or loading the defaults, does not import
+pydantic: ``studioctl ps`` deciding whether to start the daemon stays light.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any
-
-import annotated_types
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationInfo,
-)
-from pydantic.dataclasses import dataclass as pydantic_dataclass
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
+from typing import TYPE_CHECKING, Any
 
 from studioctl import paths
+from studioctl.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from studioctl.settings.rules import (
+        AtLeastOne,
+        AtLeastZero,
+        HeaderBytes,
+        Host,
+        Origins,
+        Port,
+        PositiveInt,
+        RecipeDirs,
+        Seconds,
+        SecondsOrZero,
+        Token,
+    )
 
 REDACTED = "***"
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise PydanticCustomError("blank", "must not be blank")
-    return value
-
-
-def _none_if_empty(value: str | None) -> str | None:
-    return value or None  # an empty admin token means "none", never "matches empty"
-
-
-def _as_tuple(value: Any) -> Any:
-    # YAML and flags give lists; the settings hold tuples (frozen, hashable).
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _recipe_dir(value: Any, info: ValidationInfo) -> Any:
-    """A recipe folder: ``~`` expanded, relative to the settings file's folder (the
-    validation context's ``base``) or, from the environment and flags, the current one."""
-    if isinstance(value, Path):
-        value = str(value)
-    if not isinstance(value, str):
-        return value  # Path's own check refuses it
-    _not_blank(value)
-    p = Path(value).expanduser()
-    if not p.is_absolute():
-        base = (info.context or {}).get("base")
-        p = (base if base is not None else Path.cwd()) / p
-    return Path(os.path.normpath(p))
-
-
-Host = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-#: Seconds where 0 means "not at all" (no drain).
-SecondsOrZero = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-PositiveInt = Annotated[int, Field(gt=0)]
-Token = Annotated[str | None, AfterValidator(_none_if_empty)]
-Origin = Annotated[str, AfterValidator(_not_blank)]
-RecipeDir = Annotated[Path, BeforeValidator(_recipe_dir)]
-Origins = Annotated[tuple[Origin, ...], BeforeValidator(_as_tuple)]
-RecipeDirs = Annotated[tuple[RecipeDir, ...], BeforeValidator(_as_tuple)]
-
-
-# Pydantic dataclasses: validated on construction, and still plain frozen dataclasses (their
-# defaults are class attributes, as httpserver.ServerLimits reads them; eq and hash by value).
-# strict: the loader parses text (environment, flags, ${VAR}) itself, with its own spellings
-# of true/false; a YAML value must already have the right type.
-_STRICT = ConfigDict(strict=True, extra="forbid")
-
-
-@pydantic_dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True)
 class GatewaySettings:
     host: Host = "127.0.0.1"
     port: Port = 8000
@@ -104,21 +56,21 @@ class GatewaySettings:
     body_timeout_s: Seconds = 30.0
     send_timeout_s: Seconds = 60.0
     keepalive_timeout_s: Seconds = 15.0
-    max_header_bytes: Annotated[int, Field(ge=1024)] = 65536
-    max_connections: Annotated[int, Field(ge=1)] = 4096
+    max_header_bytes: HeaderBytes = 65536
+    max_connections: AtLeastOne = 4096
     # On stop: seconds in-flight requests get to finish before they are ended (with an error
     # event for streams) and recorded.
     drain_timeout_s: SecondsOrZero = 30.0
 
 
-@pydantic_dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True)
 class EngineSettings:
     host: Host = "127.0.0.1"
     port_min: Port = 18000
     port_max: Port = 18999
 
 
-@pydantic_dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True)
 class RecipeSettings:
     #: Extra recipe folders, searched after ``<config dir>/recipes`` (absolute paths).
     dirs: RecipeDirs = ()
@@ -132,7 +84,7 @@ class RecipeSettings:
         return tuple(out)
 
 
-@pydantic_dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True)
 class DaemonSettings:
     autostart: bool = True
     admin_token: Token = None
@@ -140,16 +92,16 @@ class DaemonSettings:
     # crash_budget crashes within crash_window_s mark the instance failed.
     restart_backoff_s: Seconds = 10.0
     restart_backoff_max_s: Seconds = 300.0
-    crash_budget: Annotated[int, Field(ge=1)] = 5
+    crash_budget: AtLeastOne = 5
     crash_window_s: Seconds = 600.0
     # Seconds between health probes of a ready instance (3 failures in a row: crashed).
     health_interval_s: Seconds = 2.0
 
 
-@pydantic_dataclass(frozen=True, config=_STRICT)
+@dataclass(frozen=True)
 class LogSettings:
     max_bytes: PositiveInt = 50 * 1024 * 1024
-    backups: Annotated[int, Field(ge=0)] = 3
+    backups: AtLeastZero = 3
     retention_days: PositiveInt = 14
 
 
@@ -184,8 +136,6 @@ class Settings:
 
     def get(self, dotted: str) -> Any:
         """``settings.get("gateway.port")`` → 8000. Unknown keys raise ``KeyError``."""
-        from studioctl.suggest import did_you_mean
-
         section, _, key = dotted.partition(".")
         if section not in SECTIONS or (key and key not in section_keys(section)):
             raise KeyError(f"unknown setting {dotted!r}{did_you_mean(dotted, all_keys())}")
@@ -205,38 +155,12 @@ class Settings:
 
 def section_keys(section: str) -> list[str]:
     """The keys of one section, in display order."""
-    return list(_fields(section))
+    return [f.name for f in fields(SECTIONS[section])]
 
 
 def all_keys() -> list[str]:
     """Every dotted key, in display order: ``["gateway.host", "gateway.port", …]``."""
     return [f"{s}.{k}" for s in SECTIONS for k in section_keys(s)]
-
-
-def field_info(dotted: str) -> FieldInfo:
-    """The pydantic field of a dotted key (its type, bounds and validators)."""
-    section, key = dotted.split(".")
-    return _fields(section)[key]
-
-
-def _fields(section: str) -> dict[str, FieldInfo]:
-    fields: dict[str, FieldInfo] = SECTIONS[section].__pydantic_fields__
-    return fields
-
-
-def field_bounds(dotted: str) -> tuple[float | None, float | None, bool]:
-    """``(minimum, maximum, minimum is exclusive)`` from the field's constraints."""
-    lo: float | None = None
-    hi: float | None = None
-    exclusive = False
-    for rule in field_info(dotted).metadata:
-        if isinstance(rule, annotated_types.Gt):
-            lo, exclusive = float(rule.gt), True  # type: ignore[arg-type]
-        elif isinstance(rule, annotated_types.Ge):
-            lo = float(rule.ge)  # type: ignore[arg-type]
-        elif isinstance(rule, annotated_types.Le):
-            hi = float(rule.le)  # type: ignore[arg-type]
-    return lo, hi, exclusive
 
 
 def _plain(value: Any) -> Any:
