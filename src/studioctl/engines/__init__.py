@@ -35,7 +35,7 @@ def check_flags(recipe: RecipeSpec, *, deep: bool = True, timeout: float = 180) 
     """Check the recipe's flags with the engine's own parser (see engines/check.py)."""
     from studioctl.engines.check import check_flags as _check
 
-    return _check(recipe, deep=deep, timeout=timeout)
+    return _check(recipe, get_engine(recipe.backend), deep=deep, timeout=timeout)
 
 
 __all__ = ["BACKENDS", "Engine", "EngineCommand", "Stage", "check_flags", "get_engine"]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from studioctl.errors import OperationTimeout, RecipeError
 
 if TYPE_CHECKING:
-    from studioctl.engines.base import EngineCommand
+    from studioctl.engines.base import Engine, EngineCommand
     from studioctl.engines.spec import RecipeSpec
 
 MARK = "@@studioctl-flag-check@@"
@@ -130,16 +130,15 @@ class FlagCheck:
         }
 
 
-def check_flags(recipe: RecipeSpec, *, deep: bool = True, timeout: float = 180) -> FlagCheck:
+def check_flags(
+    recipe: RecipeSpec, engine: Engine, *, deep: bool = True, timeout: float = 180
+) -> FlagCheck:
     """Parse the recipe's launch argv with the engine's own parser, run by the recipe's python.
 
     Raises ``RecipeError`` with the engine's message (pointing at the recipe key the
     offending flag came from, when it can tell), or a clear error when the engine is not
     installed in ``recipe.python``; ``OperationTimeout`` when the check takes too long.
     """
-    from studioctl.engines import get_engine
-
-    engine = get_engine(recipe.backend)
     cmd = engine.command(recipe, port=recipe.port or 18000)
     python = cmd.argv[0]
     notes: list[str] = []

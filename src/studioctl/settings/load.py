@@ -271,7 +271,7 @@ def _validated(
 @functools.cache
 def _rule(dotted: str) -> Rule:
     # Imported here, when a value is first checked: the rules are pydantic types.
-    from studioctl.settings import rules
+    import studioctl.settings.rules as rules
 
     section, key = dotted.split(".")
     hints = typing.get_type_hints(SECTIONS[section], localns=vars(rules), include_extras=True)
