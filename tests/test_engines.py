@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -252,6 +254,67 @@ def test_shell_is_what_runs() -> None:
     words = shlex.split(text)
     assert words[:2] == ["A=1 2", "B=x"]
     assert words[2:] == cmd.argv
+
+
+@dataclass(frozen=True)
+class PlainSpec:
+    """Not a ``Recipe``: engines take anything with the ``RecipeSpec`` attributes."""
+
+    id: str = "plain"
+    backend: str = "vllm"
+    model: str = "org/m"
+    model_is_local: bool = False
+    served_name: str = "plain"
+    python: str | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+    gpus: tuple[int, ...] = (1,)
+    engine_args: dict[str, object] = field(default_factory=lambda: {"max_num_batched_tokens": 64})
+    extra_args: tuple[str, ...] = ("--x",)
+    env: dict[str, str] = field(default_factory=lambda: {"A": "1"})
+    source: Path | None = None
+
+    def __getattr__(self, name: str) -> object:
+        if name in COMMON_OPTIONS:  # the common options: all unset
+            return None
+        raise AttributeError(name)
+
+    def python_executable(self) -> str:
+        return "/py"
+
+
+def test_engines_build_from_any_recipe_spec() -> None:
+    """The seam that keeps the dependency one way (recipes → engines): a plain object with
+    the RecipeSpec attributes gives the same command as the Recipe with those values."""
+    spec = PlainSpec()
+    recipe = Recipe(
+        id="plain",
+        backend="vllm",
+        model="org/m",
+        python="/py",
+        gpus=[1],
+        engine_args={"max_num_batched_tokens": 64},
+        extra_args=["--x"],
+        env={"A": "1"},
+    )
+    engine = get_engine("vllm")
+    got = engine.command(spec, port=18001)
+    assert got.argv == engine.command(recipe, port=18001).argv
+    assert got.argv[:3] == ["/py", "-m", "vllm.entrypoints.openai.api_server"]
+    assert got.env == {"A": "1", "CUDA_VISIBLE_DEVICES": "1"}
+    assert engine.problems(spec) == []
+
+
+def test_engines_do_not_import_recipes() -> None:
+    code = (
+        "import sys, studioctl.engines, studioctl.engines.check, studioctl.engines.vllm, "
+        "studioctl.engines.sglang; "
+        "print(sorted(m for m in sys.modules if m.startswith('studioctl.recipes')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"
 
 
 def test_engine_facts() -> None:

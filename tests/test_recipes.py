@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from studioctl.errors import NotFoundError, RecipeError
-from studioctl.recipe_import import read_import
 from studioctl.recipes import (
     FIELD_DOCS,
     Recipe,
@@ -19,6 +18,7 @@ from studioctl.recipes import (
     list_recipes,
     load_recipe_file,
     parse_recipe_text,
+    read_import,
     recipe_dirs,
     remove_recipe,
     save_recipe,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -360,3 +363,33 @@ def test_bad_overrides_are_usage_errors() -> None:
         load_settings({"gateway.port": 0}, env={})
     # Strings from flags are parsed like environment values.
     assert load_settings({"gateway.port": "8200"}, env={}).gateway.port == 8200
+
+
+# --- what loading costs ----------------------------------------------------------------------
+
+
+def _modules_after(code: str, env: dict[str, str]) -> list[str]:
+    script = (
+        "import json, sys\n"
+        + code
+        + "\nprint(json.dumps(sorted(m for m in ('pydantic', 'yaml') if m in sys.modules)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, **env},
+    )
+    found: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_defaults_load_without_pydantic_and_values_are_checked_by_it(home: Path) -> None:
+    """`studioctl ps` with no daemon reads daemon.autostart: with nothing set, loading the
+    settings imports neither pydantic nor yaml; a value to check brings the rules in."""
+    load = "from studioctl.settings import load_settings; s = load_settings()"
+    assert _modules_after(load, {"STUDIOCTL_HOME": str(home)}) == []
+    env = {"STUDIOCTL_HOME": str(home), "STUDIOCTL_GATEWAY_PORT": "9000"}
+    assert _modules_after(load + "; assert s.gateway.port == 9000", env) == ["pydantic"]

@@ -393,8 +393,7 @@ def import_cmd(
     Example: studioctl recipe import ~/vllm-studio/recipes/*.json
     """
     from studioctl import paths
-    from studioctl.recipe_import import read_import
-    from studioctl.recipes import atomic_write
+    from studioctl.recipes import atomic_write, read_import
 
     dest_dir = directory or paths.user_recipes_dir()
     todo = []

@@ -13,7 +13,7 @@ from studioctl.errors import NotFoundError
 
 if TYPE_CHECKING:
     from studioctl.engines.check import FlagCheck
-    from studioctl.recipes import Recipe
+    from studioctl.engines.spec import RecipeSpec
 
 BACKENDS = ("vllm", "sglang")
 
@@ -31,11 +31,11 @@ def get_engine(backend: str) -> Engine:
     raise NotFoundError(f"unknown engine {backend!r} (known: {', '.join(BACKENDS)})")
 
 
-def check_flags(recipe: Recipe, *, deep: bool = True, timeout: float = 180) -> FlagCheck:
+def check_flags(recipe: RecipeSpec, *, deep: bool = True, timeout: float = 180) -> FlagCheck:
     """Check the recipe's flags with the engine's own parser (see engines/check.py)."""
     from studioctl.engines.check import check_flags as _check
 
-    return _check(recipe, deep=deep, timeout=timeout)
+    return _check(recipe, get_engine(recipe.backend), deep=deep, timeout=timeout)
 
 
 __all__ = ["BACKENDS", "Engine", "EngineCommand", "Stage", "check_flags", "get_engine"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from studioctl.recipes import Recipe
+    from studioctl.engines.spec import RecipeSpec
 
 #: What a secret is shown as (``ps``, ``--dry-run``, logs, events).
 REDACTED = "***"
@@ -144,7 +144,7 @@ class Engine(Protocol):
 
     def command(
         self,
-        recipe: Recipe,
+        recipe: RecipeSpec,
         *,
         port: int,
         gpus: list[int] | None = None,
@@ -152,7 +152,7 @@ class Engine(Protocol):
         key_file: str | None = None,
     ) -> EngineCommand: ...
 
-    def problems(self, recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+    def problems(self, recipe: RecipeSpec) -> list[tuple[tuple[str | int, ...], str]]:
         """Engine-specific recipe problems: ``[(key path, message), …]``; empty when fine."""
         ...
 
@@ -253,7 +253,7 @@ class TableEngine:
 
     def command(
         self,
-        recipe: Recipe,
+        recipe: RecipeSpec,
         *,
         port: int,
         gpus: list[int] | None = None,
@@ -299,7 +299,7 @@ class TableEngine:
                 raise ValueError(f"{self.name}: no way to pass an API key")
         return EngineCommand(argv=argv, env=env, origins=origins, secret=api_key, files=files)
 
-    def common_args(self, recipe: Recipe) -> list[tuple[str, list[str]]]:
+    def common_args(self, recipe: RecipeSpec) -> list[tuple[str, list[str]]]:
         """``[(recipe key, argv fragment), …]`` for the common options that are set."""
         out: list[tuple[str, list[str]]] = []
         for key in COMMON_OPTIONS:
@@ -340,9 +340,9 @@ class TableEngine:
             return False
         return self.negate_by_default
 
-    # -- validation help (used by recipes.py) ------------------------------------------------
+    # -- validation help (recipes ask) ------------------------------------------------------
 
-    def emitted_flags(self, recipe: Recipe) -> dict[str, str]:
+    def emitted_flags(self, recipe: RecipeSpec) -> dict[str, str]:
         """Normalised flag name → recipe key, for every flag the recipe's own keys produce."""
         out: dict[str, str] = {norm_key(self.model_flag): "model"}
         out.update({"served_model_name": "served_model_name", "host": "host", "port": "port"})
@@ -352,14 +352,14 @@ class TableEngine:
                     out[norm_key(a)] = key
         return out
 
-    def conflicts(self, name: str, recipe: Recipe) -> str | None:
+    def conflicts(self, name: str, recipe: RecipeSpec) -> str | None:
         """The recipe key an engine argument ``name`` would clash with, if any."""
         k = norm_key(name)
         if k.startswith("no_") and k[3:] in self.reserved:
             k = k[3:]
         return self.reserved.get(k) or self.emitted_flags(recipe).get(k)
 
-    def problems(self, recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+    def problems(self, recipe: RecipeSpec) -> list[tuple[tuple[str | int, ...], str]]:
         out: list[tuple[tuple[str | int, ...], str]] = [
             ((key,), reason) for key, reason in self.unsupported(recipe)
         ]
@@ -376,7 +376,7 @@ class TableEngine:
         out.extend(self.key_problems(recipe))
         return out
 
-    def key_problems(self, recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+    def key_problems(self, recipe: RecipeSpec) -> list[tuple[tuple[str | int, ...], str]]:
         """The engine's API key is studioctl's: a recipe that sets it (or the config file
         it travels in) would lock the gateway, probes and scrapes out."""
         owned = {"api_key"}
@@ -394,7 +394,7 @@ class TableEngine:
             out.append((("env", self.api_key_env), f"{self.api_key_env} is not allowed: {why}"))
         return out
 
-    def unsupported(self, recipe: Recipe) -> list[tuple[str, str]]:
+    def unsupported(self, recipe: RecipeSpec) -> list[tuple[str, str]]:
         """``[(recipe key, reason), …]`` for options this engine cannot express."""
         out: list[tuple[str, str]] = []
         for key, spec in self.bool_flags.items():

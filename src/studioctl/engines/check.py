@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from studioctl.errors import OperationTimeout, RecipeError
 
 if TYPE_CHECKING:
-    from studioctl.engines.base import EngineCommand
-    from studioctl.recipes import Recipe
+    from studioctl.engines.base import Engine, EngineCommand
+    from studioctl.engines.spec import RecipeSpec
 
 MARK = "@@studioctl-flag-check@@"
 
@@ -130,22 +130,20 @@ class FlagCheck:
         }
 
 
-def check_flags(recipe: Recipe, *, deep: bool = True, timeout: float = 180) -> FlagCheck:
+def check_flags(
+    recipe: RecipeSpec, engine: Engine, *, deep: bool = True, timeout: float = 180
+) -> FlagCheck:
     """Parse the recipe's launch argv with the engine's own parser, run by the recipe's python.
 
     Raises ``RecipeError`` with the engine's message (pointing at the recipe key the
     offending flag came from, when it can tell), or a clear error when the engine is not
     installed in ``recipe.python``; ``OperationTimeout`` when the check takes too long.
     """
-    from studioctl.engines import get_engine
-    from studioctl.recipes import looks_local
-
-    engine = get_engine(recipe.backend)
     cmd = engine.command(recipe, port=recipe.port or 18000)
     python = cmd.argv[0]
     notes: list[str] = []
     run_deep = deep
-    if deep and not (looks_local(recipe.model) and os.path.exists(recipe.model)):
+    if deep and not (recipe.model_is_local and os.path.exists(recipe.model)):
         run_deep = False
         notes.append(
             f"deep check skipped: model {recipe.model!r} is not a local path, and the check "
@@ -200,7 +198,7 @@ def check_flags(recipe: Recipe, *, deep: bool = True, timeout: float = 180) -> F
 
 
 def _run(
-    argv: list[str], stdin: str, env: dict[str, str], timeout: float, recipe: Recipe
+    argv: list[str], stdin: str, env: dict[str, str], timeout: float, recipe: RecipeSpec
 ) -> tuple[str, str, int]:
     try:
         proc = subprocess.Popen(
@@ -239,7 +237,7 @@ def _parse(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def _key_for(message: str, cmd: EngineCommand, recipe: Recipe) -> str | None:
+def _key_for(message: str, cmd: EngineCommand, recipe: RecipeSpec) -> str | None:
     """The recipe key the engine's complaint is about: the earliest flag (or its
     underscore name) the message mentions."""
     from studioctl.engines.base import norm_key
@@ -266,7 +264,7 @@ def _keypath(key: str) -> tuple[str | int, ...]:
 
 
 def _error(
-    recipe: Recipe, message: str, *, key: str | None, hint: str | None = None
+    recipe: RecipeSpec, message: str, *, key: str | None, hint: str | None = None
 ) -> RecipeError:
     line = None
     if recipe.source is not None and key:

@@ -9,7 +9,6 @@ note, and anything unknown is refused naming the key.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import re
 from collections.abc import Callable
@@ -18,16 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import RecipeError
-from studioctl.recipes import (
-    ID_MAX,
-    ID_RE,
-    SUFFIXES,
-    Recipe,
-    dump_recipe,
-    file_stem,
-    kind_of,
-    recipe_from_doc,
-)
+from studioctl.recipes.load import kind_of, recipe_from_doc
+from studioctl.recipes.schema import ID_MAX, ID_RE, SUFFIXES, Recipe, file_stem
+from studioctl.recipes.write import dump_recipe
+from studioctl.suggest import closest
 
 if TYPE_CHECKING:
     from studioctl.yamlfile import YamlDoc
@@ -183,7 +176,7 @@ def _import_studio(
             )
         target = _STUDIO_KEYS.get(key)
         if target is None:
-            close = difflib.get_close_matches(key, list(_STUDIO_KEYS), n=1)
+            close = closest(key, _STUDIO_KEYS)
             raise err(
                 "unknown vLLM Studio recipe key"
                 + (f" (did you mean {close[0]}?)" if close else ""),

@@ -1,0 +1,77 @@
+"""Daemon and gateway settings: flag > env ``STUDIOCTL_*`` > ``studioctl.yaml`` > default.
+
+The file lives at ``<config dir>/studioctl.yaml`` (``paths.settings_file()``), or wherever
+``--config FILE`` / ``STUDIOCTL_CONFIG`` point. Every section and key is optional::
+
+    gateway:
+      host: 127.0.0.1
+      port: ${STUDIOCTL_PORT:-8000}     # ${VAR} / ${VAR:-default} in any string value
+    engines:
+      port_min: 18000
+      port_max: 18999
+    recipes:
+      dirs: [~/recipes, ./team]          # after <config dir>/recipes; relative to this file
+    daemon:
+      autostart: true
+      admin_token: ${ADMIN_TOKEN}        # unset variable without a default → error
+    logs:
+      retention_days: 14
+
+Each key ``section.key`` can also be set with the environment variable
+``STUDIOCTL_<SECTION>_<KEY>`` (``STUDIOCTL_GATEWAY_PORT=9000``; lists: ``recipes.dirs`` is
+``os.pathsep``-separated, ``gateway.cors_origins`` comma-separated; booleans take
+``true/false/1/0/yes/no/on/off``; an empty value counts as unset). ``STUDIOCTL_ADMIN_TOKEN`` is
+a short alias for ``STUDIOCTL_DAEMON_ADMIN_TOKEN``. ``STUDIOCTL_HOME`` and
+``STUDIOCTL_CONFIG`` pick folders and files; they are not settings.
+
+Unknown sections and keys, wrong types and out-of-range values are ``ConfigError``\\ s naming
+the file, the line and the key (or the environment variable). Nothing is read at import time:
+``load_settings()`` reads the file and the environment when called.
+
+- ``schema``: the sections as pydantic models (types, bounds) and the ``Settings`` result;
+- ``load``: the three sources, each value validated where it is read.
+"""
+
+from __future__ import annotations
+
+from studioctl.settings.load import (
+    ENV_ALIASES,
+    ENV_PREFIX,
+    NOT_SETTINGS,
+    env_var,
+    load_settings,
+    settings_path,
+    validate_settings_file,
+)
+from studioctl.settings.schema import (
+    REDACTED,
+    SECTIONS,
+    DaemonSettings,
+    EngineSettings,
+    GatewaySettings,
+    LogSettings,
+    RecipeSettings,
+    Settings,
+    all_keys,
+    section_keys,
+)
+
+__all__ = [
+    "ENV_ALIASES",
+    "ENV_PREFIX",
+    "NOT_SETTINGS",
+    "REDACTED",
+    "SECTIONS",
+    "DaemonSettings",
+    "EngineSettings",
+    "GatewaySettings",
+    "LogSettings",
+    "RecipeSettings",
+    "Settings",
+    "all_keys",
+    "env_var",
+    "load_settings",
+    "section_keys",
+    "settings_path",
+    "validate_settings_file",
+]

@@ -1,0 +1,203 @@
+"""The rules of each setting — its type, bounds and small value rules — as pydantic types.
+
+``settings.schema`` names these types in its field annotations; they are resolved, and this
+module (with pydantic) imported, only when a value has to be checked: a file with keys, a
+``STUDIOCTL_*`` variable, a flag. Loading the defaults (``studioctl ps`` deciding whether to
+start the daemon, with no settings file) never pays for pydantic.
+
+Validation is strict: ``port: '8000'`` in the file is a type error. Text — environment
+variables, flags given as strings, ``${VAR}`` in the file — is parsed here first: numbers,
+``true/false/1/0/yes/no/on/off``, lists split on their separator. pydantic's errors become
+the messages users see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import annotated_types
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "must not be blank")
+    return value
+
+
+def _none_if_empty(value: str | None) -> str | None:
+    return value or None  # an empty admin token means "none", never "matches empty"
+
+
+def _as_tuple(value: Any) -> Any:
+    # YAML and flags give lists; the settings hold tuples (frozen, hashable).
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _recipe_dir(value: Any, info: ValidationInfo) -> Any:
+    """A recipe folder: ``~`` expanded, relative to the settings file's folder (the
+    validation context's ``base``) or, from the environment and flags, the current one."""
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str):
+        return value  # Path's own check refuses it
+    _not_blank(value)
+    p = Path(value).expanduser()
+    if not p.is_absolute():
+        base = (info.context or {}).get("base")
+        p = (base if base is not None else Path.cwd()) / p
+    return Path(os.path.normpath(p))
+
+
+# The types schema.py annotates its fields with.
+Host = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: Seconds where 0 means "not at all" (no drain).
+SecondsOrZero = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveInt = Annotated[int, Field(gt=0)]
+HeaderBytes = Annotated[int, Field(ge=1024)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+AtLeastZero = Annotated[int, Field(ge=0)]
+Token = Annotated[str | None, AfterValidator(_none_if_empty)]
+Origins = Annotated[
+    tuple[Annotated[str, AfterValidator(_not_blank)], ...], BeforeValidator(_as_tuple)
+]
+RecipeDirs = Annotated[
+    tuple[Annotated[Path, BeforeValidator(_recipe_dir)], ...], BeforeValidator(_as_tuple)
+]
+
+
+class Rule:
+    """How one setting is checked: its annotated type (``Annotated[int, Field(ge=1)]``, …)
+    and, for a list, the separator of its text form."""
+
+    def __init__(self, hint: Any, *, separator: str | None = None) -> None:
+        self.hint = hint
+        self.separator = separator
+        annotated = typing.get_origin(hint) is Annotated
+        #: The plain type (``int``, ``float``, ``bool``, …), which picks how text is parsed.
+        self.type: Any = typing.get_args(hint)[0] if annotated else hint
+        self._rules = typing.get_args(hint)[1:] if annotated else ()
+        self._adapter: TypeAdapter[Any] = TypeAdapter(hint, config=ConfigDict(strict=True))
+
+    def validated(self, value: Any, *, text: bool, base: Path | None) -> Any:
+        """``value`` checked and typed; ``text``: parse a string form first. Relative paths
+        start from ``base`` (the settings file's folder), or the current directory when
+        ``base`` is None. A bad value raises ``ValueError`` with the message users see (the
+        caller adds where the value came from)."""
+        given = self._from_text(value) if text and isinstance(value, str) else value
+        try:
+            return self._adapter.validate_python(given, context={"base": base})
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            raise ValueError(self._message(err, value)) from None
+
+    def bounds(self) -> tuple[float | None, float | None, bool]:
+        """``(minimum, maximum, minimum is exclusive)`` from the constraints."""
+        lo: float | None = None
+        hi: float | None = None
+        exclusive = False
+        # Field(ge=1) carries its constraints in .metadata; a bare constraint is its own.
+        for rule in (m for r in self._rules for m in getattr(r, "metadata", [r])):
+            if isinstance(rule, annotated_types.Gt):
+                lo, exclusive = float(rule.gt), True  # type: ignore[arg-type]
+            elif isinstance(rule, annotated_types.Ge):
+                lo = float(rule.ge)  # type: ignore[arg-type]
+            elif isinstance(rule, annotated_types.Le):
+                hi = float(rule.le)  # type: ignore[arg-type]
+        return lo, hi, exclusive
+
+    def range_text(self) -> str:
+        """`` between 1 and 65535``, `` greater than 0``, `` of at least 1024`` or ``""``."""
+        lo, hi, exclusive = self.bounds()
+        if hi is not None:
+            return f" between {_num(lo)} and {_num(hi)}"
+        if lo is not None:
+            return f" greater than {_num(lo)}" if exclusive else f" of at least {_num(lo)}"
+        return ""
+
+    def _from_text(self, text: str) -> Any:
+        """What a text value stands for; text that does not parse is passed on unchanged,
+        for validation to refuse with the key's own message."""
+        if self.separator is not None:
+            return [part.strip() for part in text.split(self.separator) if part.strip()]
+        if self.type is bool:
+            lowered = text.strip().lower()
+            if lowered in _TRUE or lowered in _FALSE:
+                return lowered in _TRUE
+        elif self.type is int:
+            with contextlib.suppress(ValueError):
+                return int(text.strip())
+        elif self.type is float:
+            with contextlib.suppress(ValueError):
+                return float(text.strip())
+        return text
+
+    def _message(self, err: ErrorDetails, given: Any) -> str:
+        """pydantic's error in studioctl's words; ``given``: the value as written (before
+        its text was parsed)."""
+        kind, loc = err["type"], err["loc"]
+        if loc and isinstance(loc[0], int):  # an item of a list
+            item = err["input"]
+            got = "an empty string" if isinstance(item, str) else kind_of(item)
+            return f"item {loc[0]} must be a non-empty string, got {got}"
+        text = self.range_text()
+        if kind.startswith("int_"):
+            return f"must be an integer{text}, got {_shown(given)}"
+        if kind.startswith("float_") or kind == "finite_number":
+            return f"must be a number{text}, got {_shown(given)}"
+        if kind.startswith("bool_"):
+            return f"must be true or false, got {_shown(given)}"
+        if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            value = float(err["input"]) if self.type is float else err["input"]
+            return f"must be{text}, got {value}"
+        if kind == "string_too_short":
+            return "must not be empty"
+        if kind == "string_type":
+            return f"must be a string, got {kind_of(given)}"
+        if kind in ("tuple_type", "list_type"):
+            return f"must be a list, got {kind_of(given)}"
+        return str(err["msg"])
+
+
+def kind_of(value: Any) -> str:
+    """A value as error messages describe it: ``a number (3)``, ``a list``, ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    return kind_of(value) if not isinstance(value, str) else repr(value)
+
+
+def _num(value: float | None) -> str:
+    return f"{value:g}" if value is not None else ""

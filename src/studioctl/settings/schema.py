@@ -1,0 +1,171 @@
+"""The settings schema: one frozen dataclass per section of ``studioctl.yaml``.
+
+Each field's annotation names its rule (``settings.rules``: type, bounds, small value rules
+such as "a host is not blank" or "an empty admin token is none"), which pydantic checks when
+``settings.load`` reads a value. The annotations stay strings until then (``from __future__
+import annotations``), so importing the settings, or loading the defaults, does not import
+pydantic: ``studioctl ps`` deciding whether to start the daemon stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from studioctl import paths
+from studioctl.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from studioctl.settings.rules import (
+        AtLeastOne,
+        AtLeastZero,
+        HeaderBytes,
+        Host,
+        Origins,
+        Port,
+        PositiveInt,
+        RecipeDirs,
+        Seconds,
+        SecondsOrZero,
+        Token,
+    )
+
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: Host = "127.0.0.1"
+    port: Port = 8000
+    upstream_timeout_s: Seconds = 300.0
+    max_body_bytes: PositiveInt = 1048576
+    max_concurrent: PositiveInt = 128
+    clamp_output: bool = False
+    metrics_tenant_labels: bool = True
+    metrics_public: bool = False  # /metrics on TCP needs the admin token unless public
+    allow_anonymous: bool = False
+    cors_origins: Origins = ()
+    enabled: bool = True
+    # Bounds on what a client controls (httpserver.py), public-facing defaults: a request
+    # head must be complete header_timeout_s after it began (or after the accept) and within
+    # max_header_bytes; a declared body must not stall for body_timeout_s; a response must not
+    # sit unread for send_timeout_s; idle keep-alive connections close after
+    # keepalive_timeout_s; beyond max_connections new connections get 503 at once.
+    header_timeout_s: Seconds = 10.0
+    body_timeout_s: Seconds = 30.0
+    send_timeout_s: Seconds = 60.0
+    keepalive_timeout_s: Seconds = 15.0
+    max_header_bytes: HeaderBytes = 65536
+    max_connections: AtLeastOne = 4096
+    # On stop: seconds in-flight requests get to finish before they are ended (with an error
+    # event for streams) and recorded.
+    drain_timeout_s: SecondsOrZero = 30.0
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    host: Host = "127.0.0.1"
+    port_min: Port = 18000
+    port_max: Port = 18999
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    #: Extra recipe folders, searched after ``<config dir>/recipes`` (absolute paths).
+    dirs: RecipeDirs = ()
+
+    def search_path(self) -> tuple[Path, ...]:
+        """``<config dir>/recipes`` then the listed folders, without duplicates, in order."""
+        out: list[Path] = []
+        for d in (paths.user_recipes_dir(), *self.dirs):
+            if d not in out:
+                out.append(d)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    autostart: bool = True
+    admin_token: Token = None
+    # Crash handling: backoff doubles from restart_backoff_s up to restart_backoff_max_s;
+    # crash_budget crashes within crash_window_s mark the instance failed.
+    restart_backoff_s: Seconds = 10.0
+    restart_backoff_max_s: Seconds = 300.0
+    crash_budget: AtLeastOne = 5
+    crash_window_s: Seconds = 600.0
+    # Seconds between health probes of a ready instance (3 failures in a row: crashed).
+    health_interval_s: Seconds = 2.0
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    max_bytes: PositiveInt = 50 * 1024 * 1024
+    backups: AtLeastZero = 3
+    retention_days: PositiveInt = 14
+
+
+#: Section name → its model, in file/display order.
+SECTIONS: dict[str, type[Any]] = {
+    "gateway": GatewaySettings,
+    "engines": EngineSettings,
+    "recipes": RecipeSettings,
+    "daemon": DaemonSettings,
+    "logs": LogSettings,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings: the validated sections, and where each value came from.
+
+    A plain dataclass: it is assembled from sections already validated, and ``sources``
+    must not take part in equality (the same values from another file are the same settings).
+    """
+
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    engines: EngineSettings = field(default_factory=EngineSettings)
+    recipes: RecipeSettings = field(default_factory=RecipeSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
+    #: ``"gateway.port"`` → ``"default"`` | ``"file:/path/studioctl.yaml:12"`` |
+    #: ``"env:STUDIOCTL_GATEWAY_PORT"`` | ``"flag"``
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+    #: The settings file that was read, if it exists.
+    file: Path | None = None
+
+    def get(self, dotted: str) -> Any:
+        """``settings.get("gateway.port")`` → 8000. Unknown keys raise ``KeyError``."""
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or (key and key not in section_keys(section)):
+            raise KeyError(f"unknown setting {dotted!r}{did_you_mean(dotted, all_keys())}")
+        value = getattr(self, section)
+        return getattr(value, key) if key else value
+
+    def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        """Nested plain values (JSON-ready); the admin token shown as ``***`` when redacted."""
+        out: dict[str, Any] = {}
+        for section in SECTIONS:
+            values = getattr(self, section)
+            out[section] = {key: _plain(getattr(values, key)) for key in section_keys(section)}
+        if redact and out["daemon"]["admin_token"] is not None:
+            out["daemon"]["admin_token"] = REDACTED
+        return out
+
+
+def section_keys(section: str) -> list[str]:
+    """The keys of one section, in display order."""
+    return [f.name for f in fields(SECTIONS[section])]
+
+
+def all_keys() -> list[str]:
+    """Every dotted key, in display order: ``["gateway.host", "gateway.port", …]``."""
+    return [f"{s}.{k}" for s in SECTIONS for k in section_keys(s)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
