@@ -10,8 +10,8 @@ import pytest
 
 from studioctl.errors import GatewayError, StudioError
 from studioctl.gateway.auth import Authenticator
-from studioctl.gateway.keys import KEY_SCHEME, generate_key, hash_key, key_prefix
-from studioctl.gateway.tenants import PROFILES, TenantContext, anonymous_context
+from studioctl.tenants import PROFILES, TenantContext, anonymous_context
+from studioctl.tenants.keys import KEY_SCHEME, generate_key, hash_key, key_prefix
 
 
 class Clock:

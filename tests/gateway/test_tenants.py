@@ -12,9 +12,12 @@ import pytest
 
 from studioctl.errors import ConflictError, GatewayError, NotFoundError, UsageError
 from studioctl.gateway.auth import Authenticator
-from studioctl.gateway.keys import hash_key
 from studioctl.gateway.limits import Limiter
-from studioctl.gateway.tenants import (
+from studioctl.gateway.usage import MemoryUsageSink, NullUsageSink, UsageRecord
+from studioctl.store.db import Database
+from studioctl.store.usage import UsageRecord as StoredUsageRecord
+from studioctl.store.usage import UsageRepo, UsageWriter
+from studioctl.tenants import (
     LIMIT_FIELDS,
     PROFILES,
     TenantLimits,
@@ -24,10 +27,7 @@ from studioctl.gateway.tenants import (
     resolve_limits,
     validate_tenant_name,
 )
-from studioctl.gateway.usage import MemoryUsageSink, NullUsageSink, UsageRecord
-from studioctl.store.db import Database
-from studioctl.store.usage import UsageRecord as StoredUsageRecord
-from studioctl.store.usage import UsageRepo, UsageWriter
+from studioctl.tenants.keys import hash_key
 
 # -- profiles and limits -------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from studioctl.errors import ConflictError, NotFoundError, UsageError
-from studioctl.store import Database, KeyRepo, Store, TenantRepo, hash_key
+from studioctl.store import Database, KeyRepo, Store, TenantRepo
+from studioctl.tenants import hash_key
 
 
 def test_create_get_list(store: Store) -> None:

@@ -27,7 +27,7 @@ from studioctl.store.instances import (
     ProcRef,
     Transition,
 )
-from studioctl.store.tenants import ApiKey, KeyRepo, Tenant, TenantRepo, hash_key
+from studioctl.store.tenants import ApiKey, KeyRepo, Tenant, TenantRepo
 from studioctl.store.usage import (
     UsageRecord,
     UsageRepo,
@@ -106,6 +106,5 @@ __all__ = [
     "UsageStats",
     "UsageSummary",
     "UsageWriter",
-    "hash_key",
     "open_database",
 ]

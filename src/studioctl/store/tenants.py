@@ -24,13 +24,6 @@ _TENANT_ID = re.compile(r"^t_[0-9a-f]+$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-def hash_key(key: str) -> str:
-    """The stored form of an API key: its SHA-256 as lowercase hex."""
-    import hashlib
-
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Tenant:
     id: str
@@ -240,7 +233,7 @@ class KeyRepo:
         expires_at: float | None = None,
         ts: float | None = None,
     ) -> ApiKey:
-        """Store a key's hash (see ``hash_key``) and display prefix for a tenant."""
+        """Store a key's hash (``tenants.keys.hash_key``) and display prefix for a tenant."""
         import sqlite3
 
         if not _SHA256_HEX.match(key_hash):
