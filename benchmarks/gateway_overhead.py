@@ -96,10 +96,11 @@ def serve_gateway(args: argparse.Namespace) -> None:
         if args.usage == "memory":
             raise ImportError("--usage memory")
         from studioctl.store.db import Database
+        from studioctl.store.migrations import migrate
         from studioctl.store.usage import UsageRepo, UsageWriter
 
         db = Database(Path(args.home) / "usage.db")
-        db.migrate()
+        migrate(db)
         writer = UsageWriter(UsageRepo(db))
         usage: Any = writer
     except ImportError as exc:
