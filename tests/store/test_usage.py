@@ -11,7 +11,14 @@ from collections import Counter
 import pytest
 
 from studioctl.store import Database, Store, UsageRecord, UsageRepo
-from studioctl.store.usage import BOUNDS_MS, N_BUCKETS, RESOLUTIONS, _cover, bucket_of, quantile
+from studioctl.store.usage.rollup import (
+    BOUNDS_MS,
+    N_BUCKETS,
+    RESOLUTIONS,
+    bucket_of,
+    cover,
+    quantile,
+)
 
 DAY = 86400
 
@@ -197,7 +204,7 @@ def test_cover_splits_a_window_exactly(seed: int) -> None:
     for _ in range(200):
         lo = rng.randrange(0, 100 * 1440) * 60
         hi = lo + rng.randrange(0, 40 * 1440) * 60
-        parts = _cover(lo, hi)
+        parts = cover(lo, hi)
         spans = sorted((p0 * res, p1 * res) for res, p0, p1 in parts)
         pos = lo
         for a, b in spans:
