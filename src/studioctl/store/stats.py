@@ -230,11 +230,6 @@ class StatsRepo:
     def list(self) -> builtins.list[RecipeStats]:
         return [_stats(r) for r in self.db.query("SELECT * FROM recipe_stats ORDER BY recipe_id")]
 
-    def delete(self, recipe_id: str) -> bool:
-        with self.db.transaction():
-            cur = self.db.execute("DELETE FROM recipe_stats WHERE recipe_id = ?", (recipe_id,))
-        return cur.rowcount > 0
-
 
 def read_recipe_stats(recipe: str | None = None, *, path: Path | None = None) -> list[RecipeStats]:
     """The stored figures of every recipe (or of ``recipe`` only), for readers without a

@@ -210,20 +210,6 @@ class UsageRepo:
         sql += " ORDER BY ts DESC, id DESC LIMIT ?"
         return [_record(r) for r in self.db.query(sql, [*params, limit])]
 
-    def count(self) -> int:
-        row = self.db.query_one("SELECT COUNT(*) AS n FROM usage")
-        return int(row["n"]) if row else 0
-
-    def prune(self, older_than_ts: float) -> int:
-        """Delete request rows older than ``older_than_ts`` and rollup periods that ended
-        before it. Summaries reaching further back are partial. Returns rows deleted."""
-        with self.db.transaction():
-            n = self.db.execute("DELETE FROM usage WHERE ts < ?", (older_than_ts,)).rowcount
-            self.db.execute(
-                "DELETE FROM usage_rollup WHERE (period + 1) * res <= ?", (older_than_ts,)
-            )
-        return n
-
     def close_thread(self) -> None:
         """Close the calling thread's connection (the writer thread, as it ends)."""
         self.db.close_thread()
