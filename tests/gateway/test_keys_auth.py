@@ -71,6 +71,13 @@ def test_generated_key_format_prefix_and_hash() -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", digest)
 
 
+def test_one_hash_for_a_stored_key_and_a_header_token() -> None:
+    # The authenticator hashes the header's bytes; the service hashes the str it generated.
+    plaintext, _, digest = generate_key()
+    assert hash_key(plaintext.encode("ascii")) == hash_key(plaintext) == digest
+    assert hash_key("sk-st-é") == hashlib.sha256("sk-st-é".encode()).hexdigest()
+
+
 def test_generated_keys_are_unique() -> None:
     keys = {generate_key()[0] for _ in range(2000)}
     assert len(keys) == 2000
