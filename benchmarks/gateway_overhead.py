@@ -62,14 +62,14 @@ def serve_gateway(args: argparse.Namespace) -> None:
     import uvicorn
 
     from studioctl.gateway.auth import Authenticator
-    from studioctl.gateway.keys import generate_key
     from studioctl.gateway.limits import Limiter
     from studioctl.gateway.metrics import GatewayMetrics
     from studioctl.gateway.proxy import GatewayApp
     from studioctl.gateway.routing import RouteTable, Upstream
-    from studioctl.gateway.tenants import TenantContext, TenantLimits
     from studioctl.gateway.tokenize import PromptCounter
     from studioctl.settings import GatewaySettings
+    from studioctl.tenants import TenantContext, TenantLimits
+    from studioctl.tenants.keys import generate_key
 
     settings = GatewaySettings(host=HOST, port=args.port)
     plaintext, prefix, digest = generate_key()
@@ -96,10 +96,11 @@ def serve_gateway(args: argparse.Namespace) -> None:
         if args.usage == "memory":
             raise ImportError("--usage memory")
         from studioctl.store.db import Database
+        from studioctl.store.migrations import migrate
         from studioctl.store.usage import UsageRepo, UsageWriter
 
         db = Database(Path(args.home) / "usage.db")
-        db.migrate()
+        migrate(db)
         writer = UsageWriter(UsageRepo(db))
         usage: Any = writer
     except ImportError as exc:

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from studioctl import api_params as P
 from studioctl.control import _body, _json
 from studioctl.errors import UsageError
-from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantService, profiles_dict
+from studioctl.tenants import ANONYMOUS_TENANT_ID, TenantService, profiles_dict
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 _WINDOW = re.compile(r"([0-9]{1,9})([mhd])")

@@ -340,6 +340,7 @@ async def _main(settings: Any) -> int:
     from studioctl.lifecycle.supervisor import Supervisor
     from studioctl.store.db import Database
     from studioctl.store.events import EventRepo
+    from studioctl.store.migrations import migrate
 
     # Every connection is a descriptor: the soft limit up to the hard one, before anything
     # opens (engines inherit it too), and the gateway's connection limit within it.
@@ -361,7 +362,7 @@ async def _main(settings: Any) -> int:
         bind_tcp(settings.gateway.host, settings.gateway.port) if settings.gateway.enabled else None
     )
     db = Database(paths.database_file())
-    db.migrate()
+    migrate(db)
     bus = EventBus(EventRepo(db))
     d = settings.daemon
     policy = RestartPolicy(

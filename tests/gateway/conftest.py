@@ -27,15 +27,15 @@ import uvloop
 from aiohttp import web
 
 from studioctl.gateway.auth import Authenticator
-from studioctl.gateway.keys import generate_key
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.proxy import GatewayApp
 from studioctl.gateway.routing import RouteTable, Upstream
-from studioctl.gateway.tenants import TenantContext, TenantLimits, anonymous_context
 from studioctl.gateway.tokenize import PromptCounter
 from studioctl.gateway.usage import MemoryUsageSink
 from studioctl.settings import GatewaySettings
+from studioctl.tenants import TenantContext, TenantLimits, anonymous_context
+from studioctl.tenants.keys import generate_key
 
 T = TypeVar("T")
 

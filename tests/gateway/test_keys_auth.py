@@ -10,8 +10,8 @@ import pytest
 
 from studioctl.errors import GatewayError, StudioError
 from studioctl.gateway.auth import Authenticator
-from studioctl.gateway.keys import KEY_SCHEME, generate_key, hash_key, key_prefix
-from studioctl.gateway.tenants import PROFILES, TenantContext, anonymous_context
+from studioctl.tenants import PROFILES, TenantContext, anonymous_context
+from studioctl.tenants.keys import KEY_SCHEME, generate_key, hash_key, key_prefix
 
 
 class Clock:
@@ -69,6 +69,13 @@ def test_generated_key_format_prefix_and_hash() -> None:
     assert prefix.startswith(KEY_SCHEME) and len(prefix) == len("sk-st-AbCd1234")
     assert digest == hashlib.sha256(plaintext.encode()).hexdigest() == hash_key(plaintext)
     assert re.fullmatch(r"[0-9a-f]{64}", digest)
+
+
+def test_one_hash_for_a_stored_key_and_a_header_token() -> None:
+    # The authenticator hashes the header's bytes; the service hashes the str it generated.
+    plaintext, _, digest = generate_key()
+    assert hash_key(plaintext.encode("ascii")) == hash_key(plaintext) == digest
+    assert hash_key("sk-st-é") == hashlib.sha256("sk-st-é".encode()).hexdigest()
 
 
 def test_generated_keys_are_unique() -> None:

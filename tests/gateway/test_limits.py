@@ -8,7 +8,7 @@ import pytest
 
 from studioctl.errors import GatewayError
 from studioctl.gateway.limits import Admission, Limiter
-from studioctl.gateway.tenants import TenantContext, TenantLimits
+from studioctl.tenants import TenantContext, TenantLimits
 
 
 class Clock:

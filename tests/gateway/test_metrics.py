@@ -260,13 +260,14 @@ class _NoRender(GatewayMetrics):
 def test_the_gateway_snapshot_never_renders_the_metrics_text(tmp_path: Path) -> None:
     from studioctl.gateway.limits import Limiter
     from studioctl.gateway.routing import RouteTable
-    from studioctl.gateway.tenants import TenantService
     from studioctl.gateway.wiring import Gateway
     from studioctl.store.db import Database
+    from studioctl.store.migrations import migrate
     from studioctl.store.usage import UsageRepo, UsageWriter
+    from studioctl.tenants import TenantService
 
     db = Database(tmp_path / "state.db")
-    db.migrate()
+    migrate(db)
     writer = UsageWriter(UsageRepo(db))
     try:
         limiter = Limiter(global_max_concurrent=8)

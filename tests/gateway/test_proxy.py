@@ -21,13 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from studioctl.gateway.metrics import OTHER_MODEL
 from studioctl.gateway.routing import Upstream
-from studioctl.gateway.tenants import TenantLimits
 from studioctl.gateway.tokenize import (
     PER_MESSAGE_ALLOWANCE,
     TEMPLATE_ALLOWANCE,
     estimate,
     upper_bound,
 )
+from studioctl.tenants import TenantLimits
 
 from .conftest import (
     ALIAS,

@@ -12,9 +12,13 @@ import pytest
 
 from studioctl.errors import ConflictError, GatewayError, NotFoundError, UsageError
 from studioctl.gateway.auth import Authenticator
-from studioctl.gateway.keys import hash_key
 from studioctl.gateway.limits import Limiter
-from studioctl.gateway.tenants import (
+from studioctl.gateway.usage import MemoryUsageSink, NullUsageSink, UsageRecord
+from studioctl.store.db import Database
+from studioctl.store.migrations import migrate
+from studioctl.store.usage import UsageRecord as StoredUsageRecord
+from studioctl.store.usage import UsageRepo, UsageWriter
+from studioctl.tenants import (
     LIMIT_FIELDS,
     PROFILES,
     TenantLimits,
@@ -24,10 +28,7 @@ from studioctl.gateway.tenants import (
     resolve_limits,
     validate_tenant_name,
 )
-from studioctl.gateway.usage import MemoryUsageSink, NullUsageSink, UsageRecord
-from studioctl.store.db import Database
-from studioctl.store.usage import UsageRecord as StoredUsageRecord
-from studioctl.store.usage import UsageRepo, UsageWriter
+from studioctl.tenants.keys import hash_key
 
 # -- profiles and limits -------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(tmp_path / "state.db")
-    database.migrate()
+    migrate(database)
     yield database
     database.close()
 

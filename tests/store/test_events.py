@@ -7,7 +7,6 @@ from studioctl.store import EventRepo, Store
 
 def test_append_and_read_back(store: Store) -> None:
     ev = store.events
-    assert ev.last_id() == 0
     first = ev.append(
         "state",
         "tiny-cpu-1: starting -> ready",
@@ -18,7 +17,6 @@ def test_append_and_read_back(store: Store) -> None:
     )
     second = ev.append("crash", "boom", ts=6.0)
     assert second > first
-    assert ev.last_id() == second
     a, b = ev.since(0)
     assert (a.id, a.ts, a.kind, a.instance_id, a.recipe_id) == (
         first,

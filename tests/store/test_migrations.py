@@ -32,7 +32,7 @@ def test_names_are_numbered_in_order() -> None:
 
 def test_empty_database(tmp_path: Path) -> None:
     with Database(tmp_path / "a.db") as db:
-        assert db.migrate() == ALL
+        assert mig.migrate(db) == ALL
         assert mig.applied(db) == ALL
         assert {
             "schema_migrations",
@@ -51,13 +51,13 @@ def test_empty_database(tmp_path: Path) -> None:
         # The rollup's columns are the ones usage.py adds into.
         assert columns(db, "usage_rollup")[5:] == list(VALUE_COLUMNS)
         assert set(columns(db, "instances")) == {f for f in Instance.__dataclass_fields__}
-        assert db.migrate() == []  # idempotent
+        assert mig.migrate(db) == []  # idempotent
 
 
 def test_database_left_at_m001_is_brought_up_to_date(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     with Database(path) as db:
-        assert db.migrate(target="m001_initial") == ["m001_initial"]
+        assert mig.migrate(db, target="m001_initial") == ["m001_initial"]
         assert "tenants" not in tables(db)
         # The row as studioctl 0.1 wrote it (its columns only).
         db.execute(
@@ -67,7 +67,7 @@ def test_database_left_at_m001_is_brought_up_to_date(tmp_path: Path) -> None:
             " 'ready', 100.0, 100.0)"
         )
     with Database(path) as db:  # a later studioctl opens it
-        assert db.migrate() == ALL[1:]
+        assert mig.migrate(db) == ALL[1:]
         repo = InstanceRepo(db)
         inst = repo.get("tiny-cpu-1")
         assert inst is not None and inst.port == 18000 and inst.created_at == 100.0
@@ -78,7 +78,7 @@ def test_database_left_at_m001_is_brought_up_to_date(tmp_path: Path) -> None:
 
 def test_the_engine_key_is_stored_but_never_shown(tmp_path: Path) -> None:
     with Database(tmp_path / "a.db") as db:
-        db.migrate()
+        mig.migrate(db)
         repo = InstanceRepo(db)
         rec = Instance(
             id="t-1",
@@ -98,10 +98,10 @@ def test_the_engine_key_is_stored_but_never_shown(tmp_path: Path) -> None:
 def test_refuses_a_database_from_a_newer_studioctl(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     with Database(path) as db:
-        db.migrate()
+        mig.migrate(db)
         db.execute("INSERT INTO schema_migrations (name, applied_at) VALUES ('m999_future', 0)")
     with Database(path) as db, pytest.raises(SchemaTooNew) as info:
-        db.migrate()
+        mig.migrate(db)
     msg = info.value.message
     assert "newer studioctl" in msg and "m999_future" in msg and str(path) in msg
     assert mig.latest() in msg
@@ -113,7 +113,7 @@ def test_unknown_target(tmp_path: Path) -> None:
         Database(tmp_path / "a.db") as db,
         pytest.raises(ValueError, match="unknown migration 'm042_nope'"),
     ):
-        db.migrate(target="m042_nope")
+        mig.migrate(db, target="m042_nope")
 
 
 @pytest.mark.parametrize("round_", range(30))
@@ -131,7 +131,7 @@ def test_connections_opening_a_new_file_at_once(tmp_path: Path, round_: int) -> 
             barrier.wait()
             db = Database(path)
             try:
-                results.append(db.migrate())
+                results.append(mig.migrate(db))
             finally:
                 db.close()
         except BaseException as exc:  # surfaced below
@@ -157,7 +157,7 @@ def test_a_failing_migration_leaves_the_previous_step(tmp_path: Path) -> None:
     try:
         with Database(tmp_path / "a.db") as db:
             with pytest.raises(RuntimeError, match="boom"):
-                db.migrate()
+                mig.migrate(db)
             assert mig.applied(db) == ALL
             assert "half_done" not in tables(db)
     finally:

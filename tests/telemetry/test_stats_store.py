@@ -8,7 +8,7 @@ import pytest
 
 from studioctl.store import open_database
 from studioctl.store.db import Database
-from studioctl.store.migrations import applied
+from studioctl.store.migrations import applied, migrate
 from studioctl.store.stats import PEAKS, Peak, RecipeStats, StatsDelta, StatsRepo
 
 
@@ -19,10 +19,10 @@ def delta(recipe: str = "llama", **totals: float) -> StatsDelta:
 def test_migration_creates_the_table_on_an_older_database(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     with Database(path) as db:
-        db.migrate(target="m003_usage")
+        migrate(db, target="m003_usage")
         assert "m004_recipe_stats" not in applied(db)
     with Database(path) as db:
-        assert "m004_recipe_stats" in db.migrate()
+        assert "m004_recipe_stats" in migrate(db)
         cols = {r["name"] for r in db.query("PRAGMA table_info(recipe_stats)")}
     for name in PEAKS:
         assert {name, f"{name}_at", f"{name}_instance"} <= cols

@@ -112,12 +112,13 @@ def _stop_engines_offline() -> None:
         return
     from studioctl.lifecycle.offline_stop import stop_recorded_engines
     from studioctl.store.db import Database
+    from studioctl.store.migrations import migrate
 
     lock = DaemonLock(paths.daemon_lock_file())
     lock.acquire()  # a daemon starting now would adopt what we are stopping
     db = Database(db_file)
     try:
-        db.migrate()
+        migrate(db)
         reports = asyncio.run(stop_recorded_engines(db))
     finally:
         db.close()

@@ -15,13 +15,11 @@ with a bad key costs no database query per request.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 
 from studioctl.errors import GatewayError, StudioError
-from studioctl.gateway.keys import KEY_SCHEME
-from studioctl.gateway.tenants import TenantContext
+from studioctl.tenants import KEY_SCHEME, TenantContext, hash_key
 
 __all__ = ["Authenticator"]
 
@@ -87,7 +85,7 @@ class Authenticator:
         token = authorization_header[7:].strip()
         if not token.startswith(_SCHEME):
             raise GatewayError(401, "invalid_api_key", _INVALID)
-        digest = hashlib.sha256(token).hexdigest()
+        digest = hash_key(token)
         now = self._clock()
         entry = self._cache.get(digest)
         ctx = entry[1] if entry is not None and entry[0] > now else self._fill(digest, now)

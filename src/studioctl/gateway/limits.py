@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 
 from studioctl.errors import GatewayError
-from studioctl.gateway.tenants import TenantContext
+from studioctl.tenants import TenantContext
 
 __all__ = ["CONCURRENCY_RETRY_AFTER_S", "UNIT", "Admission", "Limiter"]
 

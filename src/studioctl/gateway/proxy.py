@@ -68,7 +68,6 @@ from studioctl.gateway.limits import Admission, Limiter
 from studioctl.gateway.metrics import OTHER_MODEL, GatewayMetrics
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.sse import DONE_EVENTS, SSERelay, json_dumps, json_loads, request_usage
-from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantContext
 from studioctl.gateway.tokenize import PROMPT_FIELDS, PromptCounter, check_prompt_items
 from studioctl.gateway.upstream import (
     UpstreamConn,
@@ -77,6 +76,7 @@ from studioctl.gateway.upstream import (
 )
 from studioctl.gateway.usage import UsageRecord, UsageSink
 from studioctl.settings import GatewaySettings
+from studioctl.tenants import ANONYMOUS_TENANT_ID, TenantContext
 
 if TYPE_CHECKING:
     import aiohttp

@@ -22,8 +22,8 @@ from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.proxy import GatewayApp
 from studioctl.gateway.routing import RouteTable, Upstream
-from studioctl.gateway.tenants import ANONYMOUS_TENANT_ID, TenantService, anonymous_context
 from studioctl.gateway.tokenize import PromptCounter
+from studioctl.tenants import ANONYMOUS_TENANT_ID, TenantService, anonymous_context
 
 if TYPE_CHECKING:
     from studioctl.lifecycle.supervisor import Supervisor

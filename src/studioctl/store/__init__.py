@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from studioctl.store import migrations
 from studioctl.store.db import Database, SchemaTooNew, StoreError
 from studioctl.store.events import Event, EventRepo
 from studioctl.store.instances import (
@@ -27,7 +28,7 @@ from studioctl.store.instances import (
     ProcRef,
     Transition,
 )
-from studioctl.store.tenants import ApiKey, KeyRepo, Tenant, TenantRepo, hash_key
+from studioctl.store.tenants import ApiKey, KeyRepo, Tenant, TenantRepo
 from studioctl.store.usage import (
     UsageRecord,
     UsageRepo,
@@ -44,7 +45,7 @@ def open_database(path: Path | None = None, *, migrate: bool = True) -> Database
     db = Database(path or paths.database_file())
     if migrate:
         try:
-            db.migrate()
+            migrations.migrate(db)
         except BaseException:
             db.close()
             raise
@@ -106,6 +107,5 @@ __all__ = [
     "UsageStats",
     "UsageSummary",
     "UsageWriter",
-    "hash_key",
     "open_database",
 ]

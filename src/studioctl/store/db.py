@@ -43,7 +43,7 @@ class SchemaTooNew(StoreError):
 class Database:
     """A SQLite database file, opened once per thread on first use.
 
-    >>> db = Database(path); db.migrate()
+    >>> db = Database(path); migrations.migrate(db)
     >>> with db.transaction():
     ...     db.execute("INSERT ...", (...))
     """
@@ -200,13 +200,7 @@ class Database:
             raise
         conn.execute("COMMIT")
 
-    # -- schema and health ---------------------------------------------------------------
-
-    def migrate(self, *, target: str | None = None) -> list[str]:
-        """Apply the pending migrations (up to ``target``); return the names applied."""
-        from studioctl.store.migrations import migrate
-
-        return migrate(self, target=target)
+    # -- health --------------------------------------------------------------------------
 
     def check(self) -> bool:
         """True when the database answers a query (for /healthz). Never raises."""

@@ -95,11 +95,6 @@ class EventRepo:
         rows = self.db.query(sql + " ORDER BY id DESC LIMIT ?", [*params, n])
         return [_from_row(r) for r in reversed(rows)]
 
-    def last_id(self) -> int:
-        """The id of the newest event (0 when there is none): where a live stream starts."""
-        row = self.db.query_one("SELECT MAX(id) AS id FROM events")
-        return int(row["id"] or 0) if row else 0
-
     def prune(self, older_than_ts: float) -> int:
         """Delete events older than ``older_than_ts``; return how many."""
         return self.db.execute("DELETE FROM events WHERE ts < ?", (older_than_ts,)).rowcount

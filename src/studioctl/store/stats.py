@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from studioctl.store.db import Database, now
@@ -229,10 +230,29 @@ class StatsRepo:
     def list(self) -> builtins.list[RecipeStats]:
         return [_stats(r) for r in self.db.query("SELECT * FROM recipe_stats ORDER BY recipe_id")]
 
-    def delete(self, recipe_id: str) -> bool:
-        with self.db.transaction():
-            cur = self.db.execute("DELETE FROM recipe_stats WHERE recipe_id = ?", (recipe_id,))
-        return cur.rowcount > 0
+
+def read_recipe_stats(recipe: str | None = None, *, path: Path | None = None) -> list[RecipeStats]:
+    """The stored figures of every recipe (or of ``recipe`` only), for readers without a
+    daemon: opens the database (``paths.database_file()`` by default), reads, closes.
+
+    ``[]`` when the database file does not exist yet (nothing ran) or the recipe has no
+    figures. Figures a running daemon has not flushed yet are not included.
+    """
+    from studioctl import paths
+    from studioctl.store import open_database
+
+    path = path or paths.database_file()
+    if not path.exists():
+        return []
+    db = open_database(path)
+    try:
+        repo = StatsRepo(db)
+        if recipe is None:
+            return repo.list()
+        one = repo.get(recipe)
+        return [one] if one is not None else []
+    finally:
+        db.close()
 
 
 def _params(d: StatsDelta, at: float) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import ConflictError, NotFoundError, UsageError
@@ -24,13 +24,6 @@ _TENANT_ID = re.compile(r"^t_[0-9a-f]+$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-def hash_key(key: str) -> str:
-    """The stored form of an API key: its SHA-256 as lowercase hex."""
-    import hashlib
-
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Tenant:
     id: str
@@ -41,12 +34,6 @@ class Tenant:
     allowed_models: list[str] | None = None  # None: every model
     created_at: float = 0.0
     updated_at: float = 0.0
-
-    def allows(self, model: str) -> bool:
-        return self.allowed_models is None or model in self.allowed_models
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -70,12 +57,6 @@ class ApiKey:
 
     def active(self, at: float) -> bool:
         return self.status(at) == "active"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but the hash (for lists and the admin API)."""
-        out = asdict(self)
-        del out["key_hash"]
-        return out
 
 
 def _tenant(row: sqlite3.Row, prefix: str = "") -> Tenant:
@@ -240,7 +221,7 @@ class KeyRepo:
         expires_at: float | None = None,
         ts: float | None = None,
     ) -> ApiKey:
-        """Store a key's hash (see ``hash_key``) and display prefix for a tenant."""
+        """Store a key's hash (``tenants.keys.hash_key``) and display prefix for a tenant."""
         import sqlite3
 
         if not _SHA256_HEX.match(key_hash):
@@ -266,12 +247,12 @@ class KeyRepo:
         return _key(row) if row else None
 
     def find_by_hash(
-        self, key_hash: str, *, at: float | None = None, include_inactive: bool = False
+        self, key_hash: str, *, at: float | None = None
     ) -> tuple[ApiKey, Tenant] | None:
         """The key with this hash and its tenant, in one indexed lookup.
 
-        Revoked and expired keys (at time ``at``) are not found unless
-        ``include_inactive``. A disabled tenant is returned: the caller answers 403.
+        Revoked and expired keys (at time ``at``) are not found. A disabled tenant is
+        returned: the caller answers 403.
         """
         row = self.db.query_one(
             "SELECT k.*, t.id AS t_id, t.name AS t_name, t.enabled AS t_enabled,"
@@ -285,7 +266,7 @@ class KeyRepo:
         if row is None:
             return None
         key = _key(row)
-        if not include_inactive and not key.active(now(at)):
+        if not key.active(now(at)):
             return None
         return key, _tenant(row, "t_")
 

@@ -8,8 +8,8 @@ carries 48 bits of the key; the remaining 208 bits keep it unguessable.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
+from hashlib import sha256
 
 KEY_SCHEME = "sk-st-"
 # 32 random bytes → 43 URL-safe base64 characters (no padding).
@@ -23,9 +23,13 @@ def generate_key() -> tuple[str, str, str]:
     return plaintext, key_prefix(plaintext), hash_key(plaintext)
 
 
-def hash_key(plaintext: str) -> str:
-    """The SHA-256 hex digest a key is stored and looked up by."""
-    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+def hash_key(key: str | bytes) -> str:
+    """The SHA-256 hex digest a key is stored and looked up by: the one definition.
+
+    ``bytes`` as they came in an ``Authorization`` header (the gateway's hot path skips a
+    decode), ``str`` from everywhere else (encoded UTF-8: the same digest for the same key).
+    """
+    return sha256(key.encode("utf-8") if isinstance(key, str) else key).hexdigest()
 
 
 def key_prefix(plaintext: str) -> str:

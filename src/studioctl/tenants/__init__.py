@@ -1,0 +1,48 @@
+"""Tenants: who may call the gateway, with which limits, by which API key.
+
+- ``limits``: the limit profiles, per-field overrides and their validation.
+- ``context``: ``TenantContext``, the caller of one gateway request.
+- ``keys``: key generation, display prefix, and the one key hash.
+- ``service``: ``TenantService``, tenants and keys over the store.
+"""
+
+from __future__ import annotations
+
+from studioctl.tenants.context import ANONYMOUS_TENANT_ID, TenantContext, anonymous_context
+from studioctl.tenants.keys import KEY_SCHEME, generate_key, hash_key, key_prefix
+from studioctl.tenants.limits import (
+    LIMIT_FIELDS,
+    PROFILES,
+    TenantLimits,
+    normalize_allowed_models,
+    profiles_dict,
+    resolve_limits,
+)
+from studioctl.tenants.service import (
+    DEFAULT_ROTATION_GRACE_S,
+    KeyInfo,
+    TenantInfo,
+    TenantService,
+    validate_tenant_name,
+)
+
+__all__ = [
+    "ANONYMOUS_TENANT_ID",
+    "DEFAULT_ROTATION_GRACE_S",
+    "KEY_SCHEME",
+    "LIMIT_FIELDS",
+    "PROFILES",
+    "KeyInfo",
+    "TenantContext",
+    "TenantInfo",
+    "TenantLimits",
+    "TenantService",
+    "anonymous_context",
+    "generate_key",
+    "hash_key",
+    "key_prefix",
+    "normalize_allowed_models",
+    "profiles_dict",
+    "resolve_limits",
+    "validate_tenant_name",
+]

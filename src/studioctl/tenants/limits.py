@@ -1,0 +1,166 @@
+"""Tenant limits: the profiles, their per-field overrides, and how both are validated.
+
+Profiles (values of the seed gateway)::
+
+    profile        max_concurrent  rpm  tpm      max_context_tokens  max_output_tokens
+    conservative   1               60   30000    4096                256
+    standard       2               180  120000   8192                512
+    pro            4               600  400000   16384               1024
+
+A tenant stores its profile name and only the fields it overrides; ``resolve_limits``
+turns both into the ``TenantLimits`` the gateway enforces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from studioctl.errors import UsageError
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    max_concurrent: int
+    rpm: int
+    tpm: int
+    max_context_tokens: int
+    max_output_tokens: int
+    allowed_models: tuple[str, ...] | None = None  # None = all models
+
+    def __post_init__(self) -> None:
+        for name in LIMIT_FIELDS:
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise UsageError(
+                    f"limit {name!r} must be a whole number of at least 1, got {value!r}",
+                    details={"param": name},
+                )
+
+    def allows(self, model: str) -> bool:
+        """Whether the tenant may call ``model`` (a served name or alias)."""
+        allowed = self.allowed_models
+        return allowed is None or model in allowed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_concurrent": self.max_concurrent,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "max_context_tokens": self.max_context_tokens,
+            "max_output_tokens": self.max_output_tokens,
+            "allowed_models": list(self.allowed_models)
+            if self.allowed_models is not None
+            else None,
+        }
+
+
+# The integer limits, in display order (allowed_models is separate: a list, not a number).
+LIMIT_FIELDS: tuple[str, ...] = (
+    "max_concurrent",
+    "rpm",
+    "tpm",
+    "max_context_tokens",
+    "max_output_tokens",
+)
+
+PROFILES: dict[str, TenantLimits] = {
+    "conservative": TenantLimits(
+        max_concurrent=1, rpm=60, tpm=30_000, max_context_tokens=4096, max_output_tokens=256
+    ),
+    "standard": TenantLimits(
+        max_concurrent=2, rpm=180, tpm=120_000, max_context_tokens=8192, max_output_tokens=512
+    ),
+    "pro": TenantLimits(
+        max_concurrent=4, rpm=600, tpm=400_000, max_context_tokens=16384, max_output_tokens=1024
+    ),
+}
+
+
+def resolve_limits(profile: str, overrides: Mapping[str, Any]) -> TenantLimits:
+    """The limits of ``profile`` with ``overrides`` applied.
+
+    ``overrides`` maps limit names (``LIMIT_FIELDS`` and ``allowed_models``) to values; a
+    ``None`` value means "the profile's value". Integers may be given as decimal strings
+    (from query strings or flags). Unknown profile or field, or a bad value → ``UsageError``
+    naming it.
+    """
+    base = PROFILES.get(profile)
+    if base is None:
+        raise UsageError(
+            f"unknown limits profile {profile!r}; known: {', '.join(PROFILES)}",
+            details={"param": "profile"},
+        )
+    values: dict[str, Any] = {
+        name: getattr(base, name) for name in (*LIMIT_FIELDS, "allowed_models")
+    }
+    for key, raw in overrides.items():
+        if raw is None:
+            continue
+        if key == "allowed_models":
+            values[key] = normalize_allowed_models(raw)
+        elif key in LIMIT_FIELDS:
+            values[key] = _limit_int(key, raw)
+        else:
+            raise UsageError(
+                f"unknown limit {key!r}; known: {', '.join((*LIMIT_FIELDS, 'allowed_models'))}",
+                details={"param": key},
+            )
+    return TenantLimits(**values)
+
+
+def profiles_dict() -> dict[str, dict[str, Any]]:
+    """The profiles as plain data (admin API, ``tenant`` help)."""
+    return {name: limits.to_dict() for name, limits in PROFILES.items()}
+
+
+def _limit_int(key: str, raw: Any) -> int:
+    value: int | None = None
+    if type(raw) is int:
+        value = raw
+    elif isinstance(raw, str) and raw.strip().isdecimal():
+        value = int(raw.strip())
+    if value is None or value < 1:
+        raise UsageError(
+            f"limit {key!r} must be a whole number of at least 1, got {raw!r}",
+            details={"param": key},
+        )
+    return value
+
+
+def normalize_allowed_models(raw: Any) -> tuple[str, ...] | None:
+    """``None``, ``[]`` or ``["*"]`` → all models (``None``); else a tuple of model names.
+
+    Accepts a list/tuple of names or one comma-separated string.
+    """
+    if raw is None:
+        return None
+    items: Sequence[Any]
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",") if part.strip()]
+    elif isinstance(raw, list | tuple):
+        items = raw
+    else:
+        raise UsageError(
+            f"allowed_models must be a list of model names, got {raw!r}",
+            details={"param": "allowed_models"},
+        )
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise UsageError(
+                f"allowed_models must hold non-empty model names, got {item!r}",
+                details={"param": "allowed_models"},
+            )
+        name = item.strip()
+        if name not in names:
+            names.append(name)
+    if not names or names == ["*"]:
+        return None
+    if "*" in names:
+        raise UsageError(
+            "allowed_models: '*' (all models) cannot be combined with model names",
+            details={"param": "allowed_models"},
+        )
+    return tuple(names)
