@@ -372,7 +372,7 @@ def start_daemon(*, timeout: float = 30.0, socket_path: Path | None = None) -> d
 
 
 def _start_daemon(*, timeout: float, socket_path: Path | None) -> dict[str, Any]:
-    from studioctl.daemon import lock_holder
+    from studioctl.daemon_lock import lock_holder
     from studioctl.lifecycle.logfiles import tail_lines
 
     sock = socket_path or paths.control_socket()
