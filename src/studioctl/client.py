@@ -17,14 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studioctl import API_VERSION, paths
-from studioctl.errors import (
-    ConfigError,
-    DaemonUnreachable,
-    RecipeError,
-    StudioError,
-    ValidationError,
-    from_envelope,
-)
+from studioctl.errors import DaemonUnreachable, StudioError, from_envelope
 
 if TYPE_CHECKING:
     import socket
@@ -304,12 +297,6 @@ class _Answer:
         self._sock.close()
 
 
-_FILE_ERRORS: dict[str | None, type[ValidationError]] = {
-    RecipeError.code: RecipeError,
-    ConfigError.code: ConfigError,
-}
-
-
 def path_segment(value: str) -> str:
     """``value`` as one path segment (an id never holds '/', but a typo may)."""
     from urllib.parse import quote
@@ -332,20 +319,13 @@ def _decode(status: int, raw: bytes) -> Any:
     return data
 
 
-def envelope_error(status: int, data: Any) -> StudioError:
-    """The StudioError of an error answer (or of a stream's error message)."""
+def envelope_error(status: int, data: object) -> StudioError:
+    """The StudioError of an error answer (or of a stream's error message): the class the
+    envelope's code names (``errors.from_envelope``), so exit codes match local ones."""
     err = data.get("error") if isinstance(data, dict) else data
     if not isinstance(err, dict):  # not our envelope: show (a bounded part of) what came
-        data = {"error": {"message": str(err)[:500] or f"HTTP {status}"}}
-    exc = from_envelope(status, data)
-    invalid_file = _FILE_ERRORS.get(exc.code) if status == 400 else None
-    if invalid_file is None:
-        return exc
-    # A bad recipe or settings file read by the daemon exits 1 as it does when the CLI
-    # reads it (HTTP 400 alone would make it a usage error, exit 2).
-    file_exc = invalid_file(exc.message, hint=exc.hint)
-    file_exc.details = exc.details
-    return file_exc
+        err = {"message": str(err)[:500] or f"HTTP {status}"}
+    return from_envelope(status, {"error": err})
 
 
 # ------------------------------------------------------------------ daemon process

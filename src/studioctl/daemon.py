@@ -17,12 +17,18 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studioctl import paths
 from studioctl.daemon_lock import DaemonLock
 from studioctl.errors import ConflictError, StudioError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.routing import BaseRoute
+    from starlette.types import ASGIApp
 
 log = logging.getLogger("studioctl.daemon")
 
@@ -244,7 +250,7 @@ async def _housekeeping(settings: Any, sup: Any, events: Any) -> None:
 
 
 async def _main(settings: Any) -> int:
-    from studioctl.control import DaemonInfo, build_control_app
+    from studioctl.control import DaemonInfo, ExtraStatus, build_control_app
     from studioctl.httpserver import Server, ServerLimits
     from studioctl.lifecycle.events import EventBus
     from studioctl.lifecycle.restart import RestartPolicy
@@ -295,36 +301,53 @@ async def _main(settings: Any) -> int:
         stop_engines["value"] = engines
         stop.set()
 
-    info = DaemonInfo(socket=str(paths.control_socket()), shutdown=request_shutdown)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     await sup.start()
-    from studioctl.telemetry import Telemetry, control_routes
+    from studioctl.control.gpus import telemetry_routes
+    from studioctl.telemetry import Telemetry
 
     # Scrapes engines with the supervisor's aiohttp session; waits for VRAM after evicts.
     telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup.session)
     sup.vram_release = telemetry.vram_released
-    control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
+    gateway_url = f"http://{gs.host}:{tcp.getsockname()[1]}/v1" if tcp is not None else None
+
+    def make_control(
+        routes: Sequence[BaseRoute] = (), extra_status: ExtraStatus | None = None
+    ) -> Starlette:
+        """The control app, complete when built: the gateway (when on) adds its admin
+        routes and status figures before serving it under /admin/."""
+        info = DaemonInfo(
+            socket=str(paths.control_socket()),
+            gateway_url=gateway_url,
+            shutdown=request_shutdown,
+            extra_status=extra_status,
+        )
+        return build_control_app(sup, bus, info, routes=[*telemetry_routes(telemetry), *routes])
+
     # The control socket (0600, our user only) gets the same bounds as the gateway.
     limits = ServerLimits.from_settings(gs, max_connections=max_conn)
-    servers = [Server(control, control_sock, limits, name="control")]
     gw_server: Server | None = None
     gateway = None
-    if tcp is not None:
+    if tcp is None or gateway_url is None:
+        control: ASGIApp = make_control()
+        servers = [Server(control, control_sock, limits, name="control")]
+    else:
         from studioctl.gateway.wiring import build_gateway
 
         gateway = await build_gateway(
             settings=settings,
             db=db,
             sup=sup,
-            admin_app=control,
-            info=info,
+            control=make_control,
+            gateway_url=gateway_url,
             extra_metrics=telemetry.prometheus_lines,
         )
         telemetry.gateway = gateway.snapshot
-        info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
+        assert gateway.app.admin_app is not None  # make_control's
+        servers = [Server(gateway.app.admin_app, control_sock, limits, name="control")]
         gw_server = Server(gateway.app, tcp, limits, name="gateway")
         servers.append(gw_server)
     await telemetry.start()
@@ -333,8 +356,8 @@ async def _main(settings: Any) -> int:
     log.info(
         "studioctl daemon %d ready: control %s, gateway %s",
         os.getpid(),
-        info.socket,
-        info.gateway_url or "off",
+        paths.control_socket(),
+        gateway_url or "off",
     )
     bus.publish("daemon", f"daemon started (pid {os.getpid()})", data={"pid": os.getpid()})
     sd_notify("READY=1")

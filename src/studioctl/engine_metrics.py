@@ -23,13 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from studioctl.errors import ValidationError
-
-
-class MetricsParseError(ValidationError):
-    """A /metrics body that is not valid Prometheus text (names the line)."""
-
-    code = "invalid_metrics"
+from studioctl.errors import MetricsParseError, ValidationError
 
 
 @dataclass(frozen=True)

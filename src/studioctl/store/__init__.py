@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from studioctl.store.db import Database, SchemaTooNew, StoreError
+from studioctl.store.db import Database
 from studioctl.store.events import Event, EventRepo
 from studioctl.store.instances import (
     LAUNCH_OUTCOMES,
@@ -95,9 +95,7 @@ __all__ = [
     "Launch",
     "LaunchRepo",
     "ProcRef",
-    "SchemaTooNew",
     "Store",
-    "StoreError",
     "Tenant",
     "TenantRepo",
     "Transition",
