@@ -291,12 +291,16 @@ def from_envelope(status: int, body: Mapping[str, object]) -> StudioError:
     code = err.get("code")
     code = code if isinstance(code, str) else None
     kind = err.get("type")
-    cls = (
-        BY_CODE.get(code or "")
-        or BY_TYPE.get(kind if isinstance(kind, str) else "")
-        or BY_STATUS.get(status, StudioError)
-    )
-    exc = _rebuild(cls, message, hint=hint, details=details)
+    kind = kind if isinstance(kind, str) else None
+    cls = BY_CODE.get(code or "")
+    if cls is None and kind in BY_TYPE:
+        cls = BY_TYPE[kind]
+        if cls.http_status != status and code:
+            # Its type but not its status: a GatewayError (``body_too_large``, 413).
+            return GatewayError(
+                status, code, message, error_type=kind, hint=hint, param=details.get("param")
+            )
+    exc = _rebuild(cls or BY_STATUS.get(status, StudioError), message, hint=hint, details=details)
     if code:
         exc.code = code
     return exc
