@@ -49,6 +49,8 @@ Gpus = Annotated[list[int], BeforeValidator(as_gpus)]
 
 
 def _sent_file(v: object) -> object:
+    if isinstance(v, SentFile):  # built by the client
+        return v
     if not isinstance(v, dict) or not all(isinstance(v.get(k), str) for k in ("path", "text")):
         raise ValueError("must be {'path': ..., 'text': ...} (strings)")
     return v

@@ -12,6 +12,10 @@ if TYPE_CHECKING:  # for the type checker alone: importing pydantic costs the fa
     from pydantic import JsonValue
 
 
+#: A JSON object as the daemon sent it, for answers read key by key (tenants, usage).
+JsonObject: TypeAlias = "dict[str, JsonValue]"
+
+
 class VersionInfo(TypedDict):
     version: str
     api_version: int
@@ -69,12 +73,42 @@ class Status(TypedDict):
 
 class InstanceList(TypedDict, total=False):
     instances: list[InstanceInfo]
-    foreign: list[dict[str, JsonValue]]
+    foreign: list[ForeignServer]
 
 
-#: What an evict or a switch reports (``Supervisor.evict`` / ``switch``): figures that vary
-#: with what happened (drained or not, VRAM released or not), read by key and printed.
-Report: TypeAlias = "dict[str, JsonValue]"
+class ProcessReport(TypedDict):
+    pid: int
+    name: str
+    how: str
+
+
+class ForeignServer(TypedDict):
+    pid: int
+    backend: str
+    port: int | None
+    command: str
+
+
+class Report(TypedDict, total=False):
+    """What an evict reports (``Supervisor.evict``); keys vary with what happened (drained
+    or not, already stopped, VRAM released or not: only with NVML)."""
+
+    instance: str
+    recipe: str
+    state_before: str
+    state: str
+    already: str
+    signals: list[str]
+    processes: list[ProcessReport]
+    leftover: list[ProcessReport]
+    drained: bool | None
+    drain_s: float
+    seconds: float
+    vram_bytes: int | None
+    vram_released: bool
+    vram_wait_s: float
+    vram_still_held: int | None
+    vram_pids: list[int]
 
 
 class ShutdownAnswer(TypedDict):
