@@ -80,21 +80,39 @@ def _last_line(task: asyncio.Task[Result]) -> bytes:
 
 
 def instance_routes(sup: Supervisor, bus: EventBus) -> list[Route]:
-    async def list_instances(request: Request) -> Response:
+    h = _Instances(sup, bus)
+    return [
+        Route("/instances", h.list_instances),
+        Route("/instances", h.launch, methods=["POST"]),
+        Route("/instances/{target}", h.get_instance),
+        Route("/instances/{target}/evict", h.evict, methods=["POST"]),
+        Route("/switch", h.switch, methods=["POST"]),
+        Route("/adopt", h.adopt, methods=["POST"]),
+    ]
+
+
+class _Instances:
+    """The handlers, one method per route."""
+
+    def __init__(self, sup: Supervisor, bus: EventBus) -> None:
+        self.sup = sup
+        self.bus = bus
+
+    async def list_instances(self, request: Request) -> Response:
         include = P.q_bool(request.query_params, "all")
         foreign = P.q_bool(request.query_params, "foreign")
         now = time.time()
         out: dict[str, object] = {
-            "instances": [i.to_dict(now) for i in sup.list(include_stopped=include)]
+            "instances": [i.to_dict(now) for i in self.sup.list(include_stopped=include)]
         }
         if foreign:
-            out["foreign"] = await asyncio.to_thread(sup.foreign_servers)
+            out["foreign"] = await asyncio.to_thread(self.sup.foreign_servers)
         return json_response(out)
 
-    async def get_instance(request: Request) -> Response:
-        return json_response(sup.get(request.path_params["target"]).to_dict())
+    async def get_instance(self, request: Request) -> Response:
+        return json_response(self.sup.get(request.path_params["target"]).to_dict())
 
-    async def launch(request: Request) -> Response:
+    async def launch(self, request: Request) -> Response:
         req = await read_request(request, M.LaunchRequest)
         target: str | Recipe
         if req.recipe_file is not None:
@@ -114,7 +132,7 @@ def instance_routes(sup: Supervisor, bus: EventBus) -> list[Route]:
                 on_control_socket(request, "a recipe path")
 
         async def op() -> Result:
-            inst = await sup.launch(
+            inst = await self.sup.launch(
                 target,
                 port=req.port,
                 gpus=req.gpus,
@@ -127,15 +145,15 @@ def instance_routes(sup: Supervisor, bus: EventBus) -> list[Route]:
 
         if req.stream:
             # The recipe's id, never the raw argument: a path names no events.
-            return streamed(bus, op, lambda ev: ev.recipe_id == recipe_id)
+            return streamed(self.bus, op, lambda ev: ev.recipe_id == recipe_id)
         return json_response(await op(), status=201)
 
-    async def evict(request: Request) -> Response:
+    async def evict(self, request: Request) -> Response:
         req = await read_request(request, M.EvictRequest)
-        inst = sup.get(request.path_params["target"])
+        inst = self.sup.get(request.path_params["target"])
 
         async def op() -> Result:
-            return await sup.evict(
+            return await self.sup.evict(
                 inst.id,
                 drain_timeout=req.drain_timeout,
                 grace=req.grace,
@@ -144,10 +162,10 @@ def instance_routes(sup: Supervisor, bus: EventBus) -> list[Route]:
             )
 
         if req.stream:
-            return streamed(bus, op, lambda ev: ev.instance_id == inst.id)
+            return streamed(self.bus, op, lambda ev: ev.instance_id == inst.id)
         return json_response(await op())
 
-    async def switch(request: Request) -> Response:
+    async def switch(self, request: Request) -> Response:
         req = await read_request(request, M.SwitchRequest)
         to_target: str | Recipe
         if req.to_file is not None:
@@ -160,10 +178,10 @@ def instance_routes(sup: Supervisor, bus: EventBus) -> list[Route]:
             to_target, to = req.to, recipe_id_of(req.to)
             if to_target != to:
                 on_control_socket(request, "a recipe path")
-        src = sup.get(req.from_)
+        src = self.sup.get(req.from_)
 
         async def op() -> Result:
-            return await sup.switch(
+            return await self.sup.switch(
                 src.id,
                 to_target,
                 port=req.port,
@@ -176,22 +194,13 @@ def instance_routes(sup: Supervisor, bus: EventBus) -> list[Route]:
 
         if req.stream:
             return streamed(
-                bus, op, lambda ev: ev.recipe_id in (src.recipe.id, to) or ev.kind == "switch"
+                self.bus, op, lambda ev: ev.recipe_id in (src.recipe.id, to) or ev.kind == "switch"
             )
         return json_response(await op())
 
-    async def adopt(request: Request) -> Response:
+    async def adopt(self, request: Request) -> Response:
         req = await read_request(request, M.AdoptRequest)
         if recipe_id_of(req.recipe) != req.recipe:  # a path: absolute, and only on the socket
             on_control_socket(request, "a recipe path")
-        inst = await sup.adopt(req.pid, req.recipe, port=req.port)
+        inst = await self.sup.adopt(req.pid, req.recipe, port=req.port)
         return json_response(inst.to_dict(), status=201)
-
-    return [
-        Route("/instances", list_instances),
-        Route("/instances", launch, methods=["POST"]),
-        Route("/instances/{target}", get_instance),
-        Route("/instances/{target}/evict", evict, methods=["POST"]),
-        Route("/switch", switch, methods=["POST"]),
-        Route("/adopt", adopt, methods=["POST"]),
-    ]

@@ -30,6 +30,12 @@ def _models(value: object) -> Sequence[str] | str | None:
     return cast("Sequence[str] | str | None", value)
 
 
+def _tenant_id(tenants: TenantService, ref: str | None) -> str | None:
+    if ref == ANONYMOUS_TENANT_ID:  # the rows of gateway.allow_anonymous (no stored tenant)
+        return ref
+    return tenants.get(ref).id if ref else None
+
+
 def tenant_routes(tenants: TenantService, usage_repo: UsageRepo) -> list[Route]:
     async def list_tenants(_: Request) -> Response:
         return json_response({"tenants": [t.to_dict() for t in tenants.list()]})
@@ -85,16 +91,11 @@ def tenant_routes(tenants: TenantService, usage_repo: UsageRepo) -> list[Route]:
         window = qp.get("window", "24h")
         seconds = P.parse_window(window)
         tenant, model = P.q_text(qp, "tenant"), P.q_text(qp, "model")
-        summary = usage_repo.summary(seconds, tenant=tenant_id(tenant), model=model)
+        summary = usage_repo.summary(seconds, tenant=_tenant_id(tenants, tenant), model=model)
         out = summary.to_dict()
         out["window"] = window
         out["tenant_names"] = {t.id: t.name for t in tenants.list()}
         return json_response(out)
-
-    def tenant_id(ref: str | None) -> str | None:
-        if ref == ANONYMOUS_TENANT_ID:  # the rows of gateway.allow_anonymous (no stored tenant)
-            return ref
-        return tenants.get(ref).id if ref else None
 
     async def profiles(_: Request) -> Response:
         return json_response({"profiles": profiles_dict()})
