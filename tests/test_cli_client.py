@@ -212,3 +212,20 @@ def test_a_stream_abandoned_early_closes_its_connection(tmp_path: Path) -> None:
         assert next(stream) == "one"
         stream.close()  # e.g. Ctrl-C in `events -f`
         assert closed.wait(15)
+
+
+@pytest.mark.integration
+def test_a_recipe_error_exits_alike_through_the_daemon_and_locally() -> None:
+    """The same bad recipe file: read by the CLI (``launch --dry-run``) and by the daemon
+    (``launch``, streamed and not) gives the same error and exit code (1, not the 2 of a
+    usage error that its HTTP 400 alone would mean)."""
+    from daemon_helpers import running_daemon
+
+    with running_daemon() as d:
+        d.recipe("broken", port="not-a-port")
+        local = d.cli("launch", "broken", "--dry-run")
+        remote = [d.cli("launch", "broken"), d.cli("launch", "broken", "--no-wait", "--json")]
+        assert local.returncode == EXIT_ERROR, local.stderr
+        for r in remote:
+            assert r.returncode == local.returncode, (r.stdout, r.stderr)
+            assert "broken.yaml" in r.stderr and "port" in r.stderr, r.stderr

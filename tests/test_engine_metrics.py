@@ -21,7 +21,6 @@ from studioctl.engines.metrics import (
     METRIC_TABLES,
     EngineMetrics,
     EngineMetricSnapshot,
-    MetricsParseError,
     Sample,
     ThroughputTracker,
     combine,
@@ -30,7 +29,7 @@ from studioctl.engines.metrics import (
     parse_prometheus,
     summarize,
 )
-from studioctl.errors import ValidationError
+from studioctl.errors import MetricsParseError, ValidationError
 
 DATA = Path(__file__).parent / "data"
 VLLM_TEXT = (DATA / "vllm_metrics.txt").read_text()

@@ -12,22 +12,32 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 from studioctl import API_VERSION, paths
-from studioctl.errors import (
-    ConfigError,
-    DaemonUnreachable,
-    RecipeError,
-    StudioError,
-    ValidationError,
-    from_envelope,
-)
+from studioctl.errors import DaemonUnreachable, StudioError, from_envelope
 
 if TYPE_CHECKING:
     import socket
+
+    from studioctl.api.models import AdoptRequest, EvictRequest, LaunchRequest, SwitchRequest
+    from studioctl.api.types import (
+        InstanceInfo,
+        InstanceList,
+        JsonObject,
+        Report,
+        ShutdownAnswer,
+        Status,
+        StreamMessage,
+        VersionInfo,
+    )
+
+#: What the client sends: a JSON object (``api.models.body`` of a request model), or none.
+Body: TypeAlias = "JsonObject | None"
+#: Query parameters; None values are left out.
+Params: TypeAlias = "Mapping[str, str | int | float | None] | None"
 
 API_HEADER = "x-studioctl-api"
 
@@ -86,9 +96,7 @@ class Client:
             hint="studioctl daemon start",
         )
 
-    def _send(
-        self, method: str, path: str, json_body: Any, params: dict[str, Any] | None
-    ) -> _Answer:
+    def _send(self, method: str, path: str, json_body: Body, params: Params) -> _Answer:
         """Connect, send one request, read the answer's head; the caller reads the body and
         closes the answer (which closes the connection)."""
         import socket
@@ -135,8 +143,9 @@ class Client:
         return resp
 
     def request(
-        self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
-    ) -> Any:
+        self, method: str, path: str, *, json_body: Body = None, params: Params = None
+    ) -> JsonObject:
+        """One request; its answer's JSON object, or the StudioError its envelope names."""
         resp = self._send(method, path, json_body, params)
         try:
             raw = resp.read_all(_MAX_BODY + 1)
@@ -149,7 +158,7 @@ class Client:
         return _decode(resp.status, raw)
 
     def stream_lines(
-        self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None
+        self, method: str, path: str, *, json_body: Body = None, params: Params = None
     ) -> Iterator[str]:
         """Lines of a streamed answer (NDJSON, logs, SSE), each as soon as it arrives."""
         resp = self._send(method, path, json_body, params)
@@ -174,55 +183,69 @@ class Client:
             resp.close()
             self._open = None
 
-    def ping(self) -> dict[str, Any] | None:
+    def ping(self) -> VersionInfo | None:
         try:
-            out: dict[str, Any] = self.request("GET", "/version")
-            return out
+            return cast("VersionInfo", self.request("GET", "/version"))
         except DaemonUnreachable:
             return None
 
     # -------------------------------------------------------------- API
+    # Requests are the models of ``api.models``; answers the TypedDicts of ``api.types``
+    # (no pydantic on the way to ``status`` and ``ps``).
 
-    def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = self.request("GET", "/status")
-        return out
+    def status(self) -> Status:
+        return cast("Status", self.request("GET", "/status"))
 
-    def instances(self, *, include_stopped: bool = False, foreign: bool = False) -> dict[str, Any]:
+    def instances(self, *, include_stopped: bool = False, foreign: bool = False) -> InstanceList:
         params = {"all": "1" if include_stopped else "0", "foreign": "1" if foreign else "0"}
-        out: dict[str, Any] = self.request("GET", "/instances", params=params)
-        return out
+        return cast("InstanceList", self.request("GET", "/instances", params=params))
 
-    def launch_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        for line in self.stream_lines("POST", "/instances", json_body={**body, "stream": True}):
+    def instance(self, target: str) -> InstanceInfo:
+        return cast("InstanceInfo", self.request("GET", f"/instances/{path_segment(target)}"))
+
+    def launch_stream(self, req: LaunchRequest) -> Iterator[StreamMessage]:
+        return self._operation("/instances", req.model_copy(update={"stream": True}))
+
+    def launch(self, req: LaunchRequest) -> InstanceInfo:
+        from studioctl.api.models import body
+
+        return cast("InstanceInfo", self.request("POST", "/instances", json_body=body(req)))
+
+    def evict(self, target: str, req: EvictRequest) -> Report:
+        from studioctl.api.models import body
+
+        path = f"/instances/{path_segment(target)}/evict"
+        return cast("Report", self.request("POST", path, json_body=body(req)))
+
+    def switch_stream(self, req: SwitchRequest) -> Iterator[StreamMessage]:
+        return self._operation("/switch", req.model_copy(update={"stream": True}))
+
+    def _operation(self, path: str, req: LaunchRequest | SwitchRequest) -> Iterator[StreamMessage]:
+        """A streamed launch or switch: its NDJSON lines, each as it arrives."""
+        from studioctl.api.models import body
+
+        for line in self.stream_lines("POST", path, json_body=body(req)):
             if line.strip():
                 yield json.loads(line)
 
-    def launch(self, body: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = self.request("POST", "/instances", json_body=body)
-        return out
+    def adopt(self, req: AdoptRequest) -> InstanceInfo:
+        from studioctl.api.models import body
 
-    def evict(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = self.request(
-            "POST", f"/instances/{path_segment(target)}/evict", json_body=body
-        )
-        return out
+        return cast("InstanceInfo", self.request("POST", "/adopt", json_body=body(req)))
 
-    def switch_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        for line in self.stream_lines("POST", "/switch", json_body={**body, "stream": True}):
-            if line.strip():
-                yield json.loads(line)
+    def shutdown(self, *, stop_engines: bool = False) -> ShutdownAnswer:
+        # Built by hand, not from ShutdownRequest: `daemon stop` stays free of pydantic.
+        answer = self.request("POST", "/daemon/shutdown", json_body={"stop_engines": stop_engines})
+        return cast("ShutdownAnswer", answer)
 
-    def adopt(self, pid: int, recipe: str, port: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = self.request(
-            "POST", "/adopt", json_body={"pid": pid, "recipe": recipe, "port": port}
-        )
-        return out
+    def telemetry(self) -> JsonObject:
+        """The daemon's current telemetry snapshot (``studioctl top``)."""
+        return self.request("GET", "/telemetry")
 
-    def shutdown(self, *, stop_engines: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = self.request(
-            "POST", "/daemon/shutdown", json_body={"stop_engines": stop_engines}
-        )
-        return out
+    def stats(self, recipe: str | None = None) -> list[JsonObject]:
+        """Lifetime figures and peaks per recipe (``studioctl stats``)."""
+        data = self.request("GET", "/stats", params={"recipe": recipe or None})
+        return cast("list[JsonObject]", data.get("recipes") or [])
 
 
 class _Answer:
@@ -304,12 +327,6 @@ class _Answer:
         self._sock.close()
 
 
-_FILE_ERRORS: dict[str | None, type[ValidationError]] = {
-    RecipeError.code: RecipeError,
-    ConfigError.code: ConfigError,
-}
-
-
 def path_segment(value: str) -> str:
     """``value`` as one path segment (an id never holds '/', but a typo may)."""
     from urllib.parse import quote
@@ -321,7 +338,7 @@ def _text(line: bytes) -> str:
     return line.rstrip(b"\r").decode("utf-8", "replace")
 
 
-def _decode(status: int, raw: bytes) -> Any:
+def _decode(status: int, raw: bytes) -> JsonObject:
     try:
         data = json.loads(raw)
     except ValueError:
@@ -329,29 +346,22 @@ def _decode(status: int, raw: bytes) -> Any:
         data = {"error": {"message": text or f"HTTP {status}"}}
     if status >= 400:
         raise envelope_error(status, data)
-    return data
+    return cast("JsonObject", data)
 
 
-def envelope_error(status: int, data: Any) -> StudioError:
-    """The StudioError of an error answer (or of a stream's error message)."""
+def envelope_error(status: int, data: object) -> StudioError:
+    """The StudioError of an error answer (or of a stream's error message): the class the
+    envelope's code names (``errors.from_envelope``), so exit codes match local ones."""
     err = data.get("error") if isinstance(data, dict) else data
     if not isinstance(err, dict):  # not our envelope: show (a bounded part of) what came
-        data = {"error": {"message": str(err)[:500] or f"HTTP {status}"}}
-    exc = from_envelope(status, data)
-    invalid_file = _FILE_ERRORS.get(exc.code) if status == 400 else None
-    if invalid_file is None:
-        return exc
-    # A bad recipe or settings file read by the daemon exits 1 as it does when the CLI
-    # reads it (HTTP 400 alone would make it a usage error, exit 2).
-    file_exc = invalid_file(exc.message, hint=exc.hint)
-    file_exc.details = exc.details
-    return file_exc
+        err = {"message": str(err)[:500] or f"HTTP {status}"}
+    return from_envelope(status, {"error": err})
 
 
 # ------------------------------------------------------------------ daemon process
 
 
-def start_daemon(*, timeout: float = 30.0, socket_path: Path | None = None) -> dict[str, Any]:
+def start_daemon(*, timeout: float = 30.0, socket_path: Path | None = None) -> VersionInfo:
     """Start ``studioctl daemon run`` detached; return its /version once the socket answers.
 
     Fails with the daemon's own error and exit code when it reported one (start_report),
@@ -371,8 +381,8 @@ def start_daemon(*, timeout: float = 30.0, socket_path: Path | None = None) -> d
         raise
 
 
-def _start_daemon(*, timeout: float, socket_path: Path | None) -> dict[str, Any]:
-    from studioctl.daemon import lock_holder
+def _start_daemon(*, timeout: float, socket_path: Path | None) -> VersionInfo:
+    from studioctl.daemon_lock import lock_holder
     from studioctl.lifecycle.logfiles import tail_lines
 
     sock = socket_path or paths.control_socket()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -18,72 +17,21 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 from studioctl import paths
+from studioctl.daemon_lock import DaemonLock
 from studioctl.errors import ConflictError, StudioError
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.routing import BaseRoute
+    from starlette.types import ASGIApp
+
 log = logging.getLogger("studioctl.daemon")
-
-
-# --------------------------------------------------------------------------- lock
-
-
-class DaemonLock:
-    """An flock on ``daemon.lock`` holding our pid. Released by the kernel if we die."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        paths.ensure_dir(self.path.parent)
-        fh = open(self.path, "a+")  # noqa: SIM115 - held for the daemon's life
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            fh.close()
-            raise ConflictError(
-                f"a daemon is already running for this STUDIOCTL_HOME (pid {holder})",
-                code="daemon_running",
-                hint="studioctl daemon status   /   studioctl daemon stop",
-                details={"pid": int(holder) if holder.isdigit() else None},
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.seek(0)
-                self._fh.truncate()
-            self._fh.close()
-            self._fh = None
-
-
-def lock_holder(path: Path | None = None) -> int | None:
-    """The pid of the running daemon, from its lock, or None when no daemon holds it."""
-    path = path or paths.daemon_lock_file()
-    try:
-        fh = open(path)  # noqa: SIM115
-    except OSError:
-        return None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = fh.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return None
 
 
 # --------------------------------------------------------------------------- systemd
@@ -333,7 +281,7 @@ class _SessionEngineHttp:
 
 
 async def _main(settings: Any) -> int:
-    from studioctl.control import DaemonInfo, build_control_app
+    from studioctl.control import DaemonInfo, ExtraStatus, build_control_app
     from studioctl.httpserver import Server, ServerLimits
     from studioctl.lifecycle.events import EventBus
     from studioctl.lifecycle.restart import RestartPolicy
@@ -385,14 +333,13 @@ async def _main(settings: Any) -> int:
         stop_engines["value"] = engines
         stop.set()
 
-    info = DaemonInfo(socket=str(paths.control_socket()), shutdown=request_shutdown)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     await sup.start()
+    from studioctl.control.gpus import telemetry_routes
     from studioctl.telemetry import GpuReader, Telemetry, VramWatch
-    from studioctl.telemetry_routes import control_routes
 
     gpus = GpuReader()
     sup.vram_release = VramWatch(gpus).released  # evicts wait for their GPU memory
@@ -412,23 +359,41 @@ async def _main(settings: Any) -> int:
         gpus=gpus,
         gateway_snapshot=gateway_snapshot if tcp is not None else None,
     )
-    control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
+    gateway_url = f"http://{gs.host}:{tcp.getsockname()[1]}/v1" if tcp is not None else None
+
+    def make_control(
+        routes: Sequence[BaseRoute] = (), extra_status: ExtraStatus | None = None
+    ) -> Starlette:
+        """The control app, complete when built: the gateway (when on) adds its admin
+        routes and status figures before serving it under /admin/."""
+        info = DaemonInfo(
+            socket=str(paths.control_socket()),
+            gateway_url=gateway_url,
+            shutdown=request_shutdown,
+            extra_status=extra_status,
+        )
+        return build_control_app(sup, bus, info, routes=[*telemetry_routes(telemetry), *routes])
+
     # The control socket (0600, our user only) gets the same bounds as the gateway.
     limits = ServerLimits.from_settings(gs, max_connections=max_conn)
-    servers = [Server(control, control_sock, limits, name="control")]
     gw_server: Server | None = None
-    if tcp is not None:
+    gateway = None
+    if tcp is None or gateway_url is None:
+        control: ASGIApp = make_control()
+        servers = [Server(control, control_sock, limits, name="control")]
+    else:
         from studioctl.gateway.wiring import build_gateway
 
         gateway = await build_gateway(
             settings=settings,
             db=db,
             sup=sup,
-            admin_app=control,
-            info=info,
+            control=make_control,
+            gateway_url=gateway_url,
             extra_metrics=telemetry.prometheus_lines,
         )
-        info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
+        assert gateway.app.admin_app is not None  # make_control's
+        servers = [Server(gateway.app.admin_app, control_sock, limits, name="control")]
         gw_server = Server(gateway.app, tcp, limits, name="gateway")
         servers.append(gw_server)
     await telemetry.start()
@@ -437,8 +402,8 @@ async def _main(settings: Any) -> int:
     log.info(
         "studioctl daemon %d ready: control %s, gateway %s",
         os.getpid(),
-        info.socket,
-        info.gateway_url or "off",
+        paths.control_socket(),
+        gateway_url or "off",
     )
     bus.publish("daemon", f"daemon started (pid {os.getpid()})", data={"pid": os.getpid()})
     sd_notify("READY=1")

@@ -4,22 +4,28 @@
     ├── UsageError              exit 2   HTTP 400  invalid_request_error
     ├── ValidationError         exit 1   HTTP 400  invalid_request_error  (file, line, key)
     │   ├── ConfigError                                                   settings files
-    │   └── RecipeError                                                   recipe files
+    │   ├── RecipeError                                                   recipe files
+    │   └── MetricsParseError                                             an engine's /metrics
     ├── NotFoundError           exit 3   HTTP 404  not_found_error
     ├── DaemonUnreachable       exit 4   HTTP 503  daemon_unreachable
     ├── ConflictError           exit 5   HTTP 409  conflict               (busy, port taken)
+    │   └── TransitionError                                               a state change refused
     ├── OperationTimeout        exit 6   HTTP 504  timeout
     ├── EngineFailed            exit 7   HTTP 502  engine_failed          (carries the log tail)
+    ├── StoreError              exit 1   HTTP 500  internal_error         the database
+    │   └── SchemaTooNew
     └── GatewayError            HTTP per code       (the OpenAI envelope's limit and routing codes)
 
 The CLI catches only ``StudioError`` and prints ``error: <message>`` with the class's exit
 code; HTTP handlers render the OpenAI error envelope from ``http_status``/``error_type``/
-``code``. Lower-level errors (OSError, yaml, httpx) are translated at the boundary with
-``raise ... from exc``.
+``code``, and the client rebuilds the class from the envelope's code (``from_envelope``).
+Every exception class studioctl defines lives here. Lower-level errors (OSError, yaml,
+httpx) are translated at the boundary with ``raise ... from exc``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Exit codes: stable, documented in the README, relied on by CI scripts.
@@ -156,6 +162,48 @@ class EngineFailed(StudioError):
         self.details.setdefault("log_tail", self.log_tail)
 
 
+class StoreError(StudioError):
+    """The database cannot be opened or used (names the file)."""
+
+    code = "store_error"
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer studioctl than this one."""
+
+    code = "schema_too_new"
+
+
+class TransitionError(ConflictError):
+    """A state change the lifecycle does not allow (exit code 5 / HTTP 409: the instance
+    is in a state that conflicts with what was asked). ``allowed``: where ``frm`` may go."""
+
+    code = "invalid_transition"
+
+    def __init__(
+        self,
+        frm: str,
+        to: str,
+        *,
+        allowed: Iterable[str] = (),
+        instance_id: str | None = None,
+    ) -> None:
+        who = f"instance {instance_id}: " if instance_id else ""
+        choices = ", ".join(sorted(str(a) for a in allowed)) or "nothing"
+        super().__init__(
+            f"{who}cannot go from {frm} to {to} (from {frm} only: {choices})",
+            details={"from": str(frm), "to": str(to), "instance_id": instance_id},
+        )
+        self.frm = frm
+        self.to = to
+
+
+class MetricsParseError(ValidationError):
+    """A /metrics body that is not valid Prometheus text (names the line)."""
+
+    code = "invalid_metrics"
+
+
 class GatewayError(StudioError):
     """An error the gateway answers with: status, OpenAI type and code, optional Retry-After."""
 
@@ -190,8 +238,37 @@ def _type_for_status(status: int) -> str:
     return "invalid_request_error"
 
 
-# HTTP status → exception class, for the client translating the daemon's answers back.
-_BY_STATUS: dict[int, type[StudioError]] = {
+# ----------------------------------------------------------------- the client side
+#
+# The daemon's error envelope names the error's ``code`` and ``type``; the client rebuilds
+# the same exception class from them, so an error exits with the same code whether the CLI
+# raised it or the daemon did (a RecipeError is exit 1 either way, though its status is the
+# 400 of a usage error). The status is the last resort, for answers that are not ours.
+
+
+def _subclasses(cls: type[StudioError]) -> list[type[StudioError]]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+#: Each class's own code → the class (GatewayError's codes are per instance: not here).
+_ALL: list[type[StudioError]] = [StudioError, *_subclasses(StudioError)]
+BY_CODE: dict[str, type[StudioError]] = {c.code: c for c in _ALL if c.code is not None}
+#: An envelope ``type`` → the class that answers with it, for errors raised with a code
+#: of their own (``ConflictError(code="port_taken")``).
+BY_TYPE: dict[str, type[StudioError]] = {
+    "invalid_request_error": UsageError,
+    "not_found_error": NotFoundError,
+    "daemon_unreachable": DaemonUnreachable,
+    "conflict": ConflictError,
+    "timeout": OperationTimeout,
+    "engine_failed": EngineFailed,
+    "internal_error": StudioError,
+}
+#: The status of an answer that is not an envelope of ours.
+BY_STATUS: dict[int, type[StudioError]] = {
     400: UsageError,
     404: NotFoundError,
     409: ConflictError,
@@ -200,17 +277,51 @@ _BY_STATUS: dict[int, type[StudioError]] = {
 }
 
 
-def from_envelope(status: int, body: dict[str, Any]) -> StudioError:
+def from_envelope(status: int, body: Mapping[str, object]) -> StudioError:
     """Rebuild a StudioError from a control API error answer (the client side)."""
-    err = body.get("error", body) if isinstance(body, dict) else {}
+    inner = body.get("error", body)
+    err: Mapping[str, object] = inner if isinstance(inner, Mapping) else {}
     message = str(err.get("message") or f"HTTP {status}")
-    details = dict(err.get("details") or {})
+    raw_details = err.get("details")
+    details = dict(raw_details) if isinstance(raw_details, Mapping) else {}
+    if err.get("param") is not None:
+        details["param"] = err["param"]
     hint = err.get("hint")
+    hint = hint if isinstance(hint, str) else None
     code = err.get("code")
-    if err.get("type") == "engine_failed" or code == "engine_failed":
-        return EngineFailed(message, log_tail=details.get("log_tail"), hint=hint, details=details)
-    cls = _BY_STATUS.get(status, StudioError)
-    exc = cls(message, hint=hint, details=details)
+    code = code if isinstance(code, str) else None
+    kind = err.get("type")
+    kind = kind if isinstance(kind, str) else None
+    cls = BY_CODE.get(code or "")
+    if cls is None and kind in BY_TYPE:
+        cls = BY_TYPE[kind]
+        if cls.http_status != status and code:
+            # Its type but not its status: a GatewayError (``body_too_large``, 413).
+            return GatewayError(
+                status, code, message, error_type=kind, hint=hint, param=details.get("param")
+            )
+    exc = _rebuild(cls or BY_STATUS.get(status, StudioError), message, hint=hint, details=details)
     if code:
         exc.code = code
+    return exc
+
+
+def _rebuild(
+    cls: type[StudioError], message: str, *, hint: str | None, details: dict[str, Any]
+) -> StudioError:
+    """An instance of ``cls`` with the envelope's message, hint and details, whatever its
+    constructor takes (a file error's message already names its file, line and key)."""
+    if issubclass(cls, EngineFailed):
+        tail = details.get("log_tail")
+        log_tail = tail if isinstance(tail, list) else None
+        return cls(message, log_tail=log_tail, hint=hint, details=details)
+    if not issubclass(cls, ValidationError | TransitionError):
+        return cls(message, hint=hint, details=details)
+    exc = StudioError.__new__(cls)
+    StudioError.__init__(exc, message, hint=hint, details=details)
+    if isinstance(exc, ValidationError):
+        exc.file, exc.line = details.get("file"), details.get("line")
+        exc.key, exc.reason = details.get("param"), message
+    elif isinstance(exc, TransitionError):
+        exc.frm, exc.to = str(details.get("from")), str(details.get("to"))
     return exc

@@ -38,12 +38,12 @@ def app_routes() -> list[tuple[str, str]]:
     """(method, path template) of every route the daemon's control app serves."""
     from starlette.routing import Route
 
-    from studioctl.admin import admin_routes
     from studioctl.control import DaemonInfo, build_control_app
-    from studioctl.telemetry_routes import control_routes
+    from studioctl.control.gpus import telemetry_routes
+    from studioctl.control.tenants import tenant_routes
 
-    extra: list[Route] = [*control_routes(None), *admin_routes(None, None)]  # type: ignore[arg-type]
-    app = build_control_app(None, None, DaemonInfo(), extra_routes=extra)  # type: ignore[arg-type]
+    extra: list[Route] = [*telemetry_routes(None), *tenant_routes(None, None)]  # type: ignore[arg-type]
+    app = build_control_app(None, None, DaemonInfo(), routes=extra)  # type: ignore[arg-type]
     out = []
     for r in app.routes:
         assert isinstance(r, Route)

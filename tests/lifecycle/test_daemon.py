@@ -25,7 +25,8 @@ import pytest
 
 from daemon_helpers import REPO, Daemon, alive, running_daemon
 from standin.helpers import http_status
-from studioctl.daemon import connection_budget, lock_holder
+from studioctl.daemon import connection_budget
+from studioctl.daemon_lock import lock_holder
 from studioctl.errors import EXIT_CONFLICT, EXIT_DAEMON_UNREACHABLE, EXIT_NOT_FOUND
 
 pytestmark = pytest.mark.integration

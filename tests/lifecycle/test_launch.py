@@ -18,7 +18,7 @@ import pytest
 
 from daemon_helpers import Daemon, alive, json_lines, running_daemon
 from standin.helpers import STANDIN_DIR, free_port, group_pids, http_status
-from studioctl.daemon import lock_holder
+from studioctl.daemon_lock import lock_holder
 from studioctl.errors import (
     EXIT_CONFLICT,
     EXIT_ENGINE_FAILED,

@@ -204,8 +204,10 @@ def test_daemon_validates_a_sent_file_again(d: Daemon, project: Path) -> None:
 
 def test_daemon_launches_an_absolute_path_and_streams_its_id(d: Daemon, project: Path) -> None:
     path = write_recipe(project, "abs-model.yaml")
+    from studioctl.api.models import LaunchRequest
+
     with d.client() as c:
-        msgs = list(c.launch_stream({"recipe": str(path)}))
+        msgs = list(c.launch_stream(LaunchRequest(recipe=str(path))))
     result = msgs[-1]
     assert result["type"] == "result", result
     d.track(result["result"])

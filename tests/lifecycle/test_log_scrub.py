@@ -31,7 +31,7 @@ def test_the_log_stream_masks_the_key_before_the_file_is_scrubbed(tmp_path: Path
     between SGLang printing its arguments and the supervisor scrubbing the file."""
     import asyncio
 
-    from studioctl.control import _log_stream
+    from studioctl.control.logs import log_stream
 
     key = "sce-" + "k" * 43
     log = tmp_path / "engine.log"
@@ -39,7 +39,7 @@ def test_the_log_stream_masks_the_key_before_the_file_is_scrubbed(tmp_path: Path
 
     async def read() -> bytes:
         out = b""
-        stream = _log_stream(log, n=10, follow=False, since=None, alive=lambda: False, secret=key)
+        stream = log_stream(log, n=10, follow=False, since=None, alive=lambda: False, secret=key)
         async for chunk in stream:
             out += chunk
         return out

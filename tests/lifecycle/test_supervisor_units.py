@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from studioctl import daemon
+from studioctl import daemon, daemon_lock
 from studioctl.cli.lifecycle_cmds import parse_since
 from studioctl.client import Client
 from studioctl.engines import get_engine
@@ -376,13 +376,13 @@ def test_sd_notify_to_a_dead_socket_does_not_raise(
 
 def test_daemon_lock_second_holder_is_refused_with_the_pid(tmp_path: Path) -> None:
     path = tmp_path / "run" / "daemon.lock"
-    assert daemon.lock_holder(path) is None
-    first = daemon.DaemonLock(path)
+    assert daemon_lock.lock_holder(path) is None
+    first = daemon_lock.DaemonLock(path)
     first.acquire()
     try:
         assert path.read_text() == str(os.getpid())
-        assert daemon.lock_holder(path) == os.getpid()
-        second = daemon.DaemonLock(path)
+        assert daemon_lock.lock_holder(path) == os.getpid()
+        second = daemon_lock.DaemonLock(path)
         with pytest.raises(ConflictError) as info:
             second.acquire()
         assert info.value.exit_code == EXIT_CONFLICT
@@ -390,8 +390,8 @@ def test_daemon_lock_second_holder_is_refused_with_the_pid(tmp_path: Path) -> No
         assert info.value.details["pid"] == os.getpid()
     finally:
         first.release()
-    assert daemon.lock_holder(path) is None
-    again = daemon.DaemonLock(path)
+    assert daemon_lock.lock_holder(path) is None
+    again = daemon_lock.DaemonLock(path)
     again.acquire()
     again.release()
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from studioctl.store import Database, StoreError
+from studioctl.errors import StoreError
+from studioctl.store import Database
 
 
 def pragma(db: Database, name: str, column: str | None = None) -> object:

@@ -7,8 +7,8 @@ from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
-from studioctl.errors import ConflictError, NotFoundError
-from studioctl.lifecycle.states import State, TransitionError
+from studioctl.errors import ConflictError, NotFoundError, TransitionError
+from studioctl.lifecycle.states import State
 from studioctl.store import Database, Instance, InstanceRepo, LaunchRepo, Store
 
 

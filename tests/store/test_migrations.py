@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from studioctl.store import Database, InstanceRepo, SchemaTooNew, TenantRepo
+from studioctl.errors import SchemaTooNew
+from studioctl.store import Database, InstanceRepo, TenantRepo
 from studioctl.store import migrations as mig
 from studioctl.store.instances import Instance
 from studioctl.store.usage import VALUE_COLUMNS

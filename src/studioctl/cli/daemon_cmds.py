@@ -69,7 +69,7 @@ def stop(
     state it stored (each process checked by pid and start time).
     """
     from studioctl.client import Client
-    from studioctl.daemon import lock_holder
+    from studioctl.daemon_lock import lock_holder
     from studioctl.errors import OperationTimeout
 
     pid = lock_holder()
@@ -103,7 +103,7 @@ def _stop_engines_offline() -> None:
     import asyncio
 
     from studioctl import paths
-    from studioctl.daemon import DaemonLock
+    from studioctl.daemon_lock import DaemonLock
     from studioctl.errors import StudioError
 
     db_file = paths.database_file()
@@ -141,7 +141,7 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     """Whether the daemon runs (exit 4 when not), its pid, version and socket."""
     from studioctl import paths
     from studioctl.client import Client
-    from studioctl.daemon import lock_holder
+    from studioctl.daemon_lock import lock_holder
     from studioctl.errors import DaemonUnreachable
 
     with Client() as client:

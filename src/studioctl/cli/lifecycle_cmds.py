@@ -75,19 +75,20 @@ def launch(
     if dry_run:
         _dry_run(recipe, port=port, gpus=gpu_list, as_json=as_json)
         return
+    from studioctl.api.models import LaunchRequest, SentFile
     from studioctl.client import connect
 
-    body: dict[str, Any] = {
-        "recipe": recipe,
-        "port": port,
-        "gpus": gpu_list,
-        "force": force,
-        "wait": wait,
-        "timeout": timeout,
-    }
     local = _recipe_file(recipe)
+    body = LaunchRequest(
+        recipe=recipe if local is None else local[0],
+        recipe_file=None if local is None else SentFile(**local[1]),
+        port=port,
+        gpus=gpu_list,
+        force=force,
+        wait=wait,
+        timeout=timeout,
+    )
     if local is not None:
-        body["recipe"], body["recipe_file"] = local
         recipe = local[0]
     with connect() as client:
         if not wait:
@@ -282,18 +283,12 @@ def evict(
 
     Example: studioctl evict tiny-cpu --drain-timeout 10
     """
+    from studioctl.api.models import EvictRequest
     from studioctl.client import connect
 
+    req = EvictRequest(drain_timeout=drain_timeout, grace=grace, force=force, lock_wait=wait_lock)
     with connect() as client:
-        rep = client.evict(
-            target,
-            {
-                "drain_timeout": drain_timeout,
-                "grace": grace,
-                "force": force,
-                "lock_wait": wait_lock,
-            },
-        )
+        rep = client.evict(target, req)
     if as_json:
         _echo_json(rep)
         return
@@ -345,21 +340,24 @@ def switch(
 
     Example: studioctl switch tiny-cpu tiny-cpu-b
     """
+    from studioctl.api.models import SentFile, SwitchRequest
     from studioctl.client import connect
 
-    body: dict[str, Any] = {
-        "from": frm,
-        "to": to,
-        "port": port,
-        "gpus": _parse_gpus(gpus),
-        "timeout": timeout,
-        "drain_timeout": drain_timeout,
-        "grace": grace,
-        "lock_wait": wait_lock,
-    }
     local = _recipe_file(to)
+    body = SwitchRequest.model_validate(
+        {
+            "from": frm,
+            "to": to if local is None else local[0],
+            "to_file": None if local is None else SentFile(**local[1]),
+            "port": port,
+            "gpus": _parse_gpus(gpus),
+            "timeout": timeout,
+            "drain_timeout": drain_timeout,
+            "grace": grace,
+            "lock_wait": wait_lock,
+        }
+    )
     if local is not None:
-        body["to"], body["to_file"] = local
         to = local[0]
     with connect() as client:
         rep = _follow_operation(client.switch_stream(body), f"switching {frm} -> {to}", as_json)
@@ -381,13 +379,15 @@ def adopt(
     as_json: bool = _JSON,
 ) -> None:
     """Take over an engine server that studioctl did not start (see `ps --all`)."""
+    from studioctl.api.models import AdoptRequest
     from studioctl.client import connect
     from studioctl.recipes import is_path_like
 
     if is_path_like(recipe):  # the daemon does not share our working directory
         recipe = str(Path(recipe).expanduser().absolute())
+    req = AdoptRequest(pid=pid, recipe=recipe, port=port)
     with connect() as client:
-        out = client.adopt(pid, recipe, port)
+        out = client.adopt(req)
     if as_json:
         _echo_json(out)
     else:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from studioctl.api.types import InstanceInfo
 
 PS_HEADERS = [
     "instance",
@@ -34,7 +38,7 @@ def echo_json(data: Any) -> None:
     _echo(json.dumps(data, indent=None, default=str))
 
 
-def instance_rows(instances: list[dict[str, Any]]) -> list[list[Any]]:
+def instance_rows(instances: Sequence[InstanceInfo]) -> list[list[Any]]:
     from studioctl.ui import duration, human_bytes
 
     return [

@@ -341,24 +341,28 @@ def validate(
     if as_json:
         _echo_json({"ok": not failures, "results": results})
     else:
-        for entry in results:
-            if entry["ok"]:
-                extra = ""
-                if "engine" in entry:
-                    eng = entry["engine"]
-                    version = eng["engine_version"] or "?"
-                    depth = "parser + config" if eng["deep"] else "parser"
-                    extra = f"  [{eng['backend']} {version}: {depth}]"
-                typer.echo(f"ok     {entry['id']}  {entry['file']}{extra}")
-                for note in entry.get("engine", {}).get("notes", []):
-                    typer.echo(f"       note: {note}")
-            else:
-                err = entry["error"]
-                typer.echo(f"error  {err['message']}")
-                if err.get("hint"):
-                    typer.echo(f"       hint: {err['hint']}")
+        _print_validation(results)
     if failures:
         raise typer.Exit(failures[0].exit_code)
+
+
+def _print_validation(results: list[dict[str, Any]]) -> None:
+    for entry in results:
+        if entry["ok"]:
+            extra = ""
+            if "engine" in entry:
+                eng = entry["engine"]
+                version = eng["engine_version"] or "?"
+                depth = "parser + config" if eng["deep"] else "parser"
+                extra = f"  [{eng['backend']} {version}: {depth}]"
+            typer.echo(f"ok     {entry['id']}  {entry['file']}{extra}")
+            for note in entry.get("engine", {}).get("notes", []):
+                typer.echo(f"       note: {note}")
+        else:
+            err = entry["error"]
+            typer.echo(f"error  {err['message']}")
+            if err.get("hint"):
+                typer.echo(f"       hint: {err['hint']}")
 
 
 @recipe_app.command("rm")

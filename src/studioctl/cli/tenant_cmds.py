@@ -243,7 +243,7 @@ def key_rotate(
     as_json: bool = _JSON,
 ) -> None:
     """Issue a new key; the tenant's other keys expire after the grace period."""
-    from studioctl.admin import parse_window
+    from studioctl.api.params import parse_window
 
     grace_s = 0.0 if grace.strip() in ("0", "0s", "now") else parse_window(grace.strip())
     out = _call("POST", f"/tenants/{tenant}/keys/rotate", {"grace_s": grace_s})

@@ -60,8 +60,7 @@ def top(
 
 
 def _fetch(client: Client) -> dict[str, Any]:
-    data: dict[str, Any] = client.request("GET", "/telemetry")
-    return data
+    return client.telemetry()
 
 
 def _print(snap: dict[str, Any], *, as_json: bool) -> None:
@@ -212,10 +211,7 @@ def _load_stats(recipe: str | None) -> list[dict[str, Any]]:
 
     with Client() as client:
         if client.ping() is not None:
-            params = {"recipe": recipe} if recipe else None
-            data = client.request("GET", "/stats", params=params)
-            out: list[dict[str, Any]] = data["recipes"]
-            return out
+            return client.stats(recipe)
     return _stats_from_database(recipe)
 
 

@@ -26,13 +26,7 @@ from dataclasses import dataclass, field
 
 from studioctl.engines import BACKENDS, get_engine
 from studioctl.engines.base import Agg, MetricSpec
-from studioctl.errors import ValidationError
-
-
-class MetricsParseError(ValidationError):
-    """A /metrics body that is not valid Prometheus text (names the line)."""
-
-    code = "invalid_metrics"
+from studioctl.errors import MetricsParseError, ValidationError
 
 
 @dataclass(frozen=True)

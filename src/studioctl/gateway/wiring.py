@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,10 @@ from studioctl.gateway.tokenize import PromptCounter
 from studioctl.tenants import ANONYMOUS_TENANT_ID, TenantService, anonymous_context
 
 if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+    from starlette.types import ASGIApp
+
+    from studioctl.control import ExtraStatus
     from studioctl.lifecycle.supervisor import Supervisor
     from studioctl.settings import Settings
     from studioctl.store.db import Database
@@ -89,12 +93,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def admin_routes_for(gw: Gateway) -> list[Any]:
-    from studioctl.admin import admin_routes
-
-    return admin_routes(gw.tenants, gw.usage_repo)
-
-
 class _Routes(RouteTable):
     """The route table, whose ``/metrics`` lines (instance states, in-flight counts) are
     followed by the daemon's own families (``extra``: telemetry's GPU/instance/energy lines)."""
@@ -119,10 +117,11 @@ async def build_gateway(
     settings: Settings,
     db: Database,
     sup: Supervisor,
-    admin_app: Any,
-    info: Any,
+    control: Callable[[Sequence[BaseRoute], ExtraStatus], ASGIApp],
+    gateway_url: str,
     extra_metrics: Callable[[], str] | None = None,
 ) -> Gateway:
+    from studioctl.control.tenants import tenant_routes
     from studioctl.store.usage import UsageRepo, UsageWriter
 
     gs = settings.gateway
@@ -182,6 +181,12 @@ async def build_gateway(
             "instances": instances,
         }
 
+    async def gateway_status() -> dict[str, Any]:
+        return {"gateway": {"url": gateway_url, "inflight": limiter.inflight(), "health": "ok"}}
+
+    # The control app, with the admin routes and the gateway's status figures: served on the
+    # socket by the daemon, and here under /admin/.
+    admin_app = control(tenant_routes(tenants, usage_repo), gateway_status)
     app = GatewayApp(
         settings=gs,
         routes=routes,
@@ -206,8 +211,6 @@ async def build_gateway(
         writer=writer,
     )
     tenants.subscribe(gw._forget_tenants)
-    # The admin routes join the control app (served on the socket and under /admin/).
-    admin_app.router.routes.extend(admin_routes_for(gw))
 
     async def housekeeping() -> None:
         while True:
@@ -222,13 +225,6 @@ async def build_gateway(
                 log.exception("gateway housekeeping failed")
 
     gw._tasks.append(asyncio.create_task(housekeeping()))
-
-    async def gateway_status() -> dict[str, Any]:
-        return {
-            "gateway": {"url": info.gateway_url, "inflight": limiter.inflight(), "health": "ok"}
-        }
-
-    info.extra_status = gateway_status
     return gw
 
 

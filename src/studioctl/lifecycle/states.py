@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from studioctl.errors import ConflictError
+from studioctl.errors import TransitionError
 
 
 class State(StrEnum):
@@ -66,24 +66,6 @@ TERMINAL: frozenset[State] = frozenset({S.STOPPED, S.FAILED})
 ROUTABLE: frozenset[State] = frozenset({S.READY})
 
 
-class TransitionError(ConflictError):
-    """A state change the lifecycle does not allow (exit code 5 / HTTP 409: the instance
-    is in a state that conflicts with what was asked)."""
-
-    code = "invalid_transition"
-
-    def __init__(self, frm: State | str, to: State | str, *, instance_id: str | None = None):
-        allowed = TRANSITIONS.get(frm, frozenset()) if isinstance(frm, State) else frozenset()
-        who = f"instance {instance_id}: " if instance_id else ""
-        choices = ", ".join(sorted(allowed)) or "nothing"
-        super().__init__(
-            f"{who}cannot go from {frm} to {to} (from {frm} only: {choices})",
-            details={"from": str(frm), "to": str(to), "instance_id": instance_id},
-        )
-        self.frm = frm
-        self.to = to
-
-
 def parse(value: State | str) -> State:
     """``value`` as a State, or a ValueError naming the valid states."""
     try:
@@ -104,5 +86,5 @@ def check(frm: State | str, to: State | str, *, instance_id: str | None = None) 
     """
     f, t = parse(frm), parse(to)
     if t not in TRANSITIONS[f]:
-        raise TransitionError(f, t, instance_id=instance_id)
+        raise TransitionError(f, t, allowed=TRANSITIONS[f], instance_id=instance_id)
     return t

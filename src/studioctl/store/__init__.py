@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studioctl.store import migrations
-from studioctl.store.db import Database, SchemaTooNew, StoreError
+from studioctl.store.db import Database
 from studioctl.store.events import Event, EventRepo
 from studioctl.store.instances import (
     LAUNCH_OUTCOMES,
@@ -96,9 +96,7 @@ __all__ = [
     "Launch",
     "LaunchRepo",
     "ProcRef",
-    "SchemaTooNew",
     "Store",
-    "StoreError",
     "Tenant",
     "TenantRepo",
     "Transition",

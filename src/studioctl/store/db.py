@@ -20,24 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from studioctl.errors import StudioError
+from studioctl.errors import StoreError
 
 if TYPE_CHECKING:
     import sqlite3
 
 Params = Sequence[Any] | dict[str, Any]
-
-
-class StoreError(StudioError):
-    """The database cannot be opened or used (names the file)."""
-
-    code = "store_error"
-
-
-class SchemaTooNew(StoreError):
-    """The database was migrated by a newer studioctl than this one."""
-
-    code = "schema_too_new"
 
 
 class Database:

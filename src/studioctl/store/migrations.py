@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from studioctl.store.db import Database, SchemaTooNew
+from studioctl.errors import SchemaTooNew
+from studioctl.store.db import Database
 
 
 @dataclass(frozen=True)

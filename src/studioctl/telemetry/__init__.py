@@ -13,7 +13,7 @@ engine-HTTP object and the gateway's counters, all given to its constructor.
 
 Without an NVIDIA driver everything works: no GPU figures, VRAM ``None``, no energy, NVML
 retried every 30 s, one ``studioctl_gpu_available 0`` line in Prometheus. The HTTP routes
-(``GET /telemetry``, ``GET /stats``) live with the control API (``telemetry_routes``).
+(``GET /telemetry``, ``GET /stats``) live with the control API (``control.gpus.telemetry_routes``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The control/admin API's parameters, typed and bounded.
 
-Every query parameter and body field a route reads goes through one of these: a wrong type,
+Every query parameter a route reads, and every body field (through the request models of
+``studioctl.api.models``), goes through one of these: a wrong type,
 a value out of bounds, NaN or infinity is a 400 ``invalid_request_error`` whose ``param``
 names it — never an OverflowError (a 500) deep inside, a NaN sleep or a year-long wait.
 Bounds are generous for real use and small enough for integer and float arithmetic.
@@ -9,10 +10,14 @@ Bounds are generous for real use and small enough for integer and float arithmet
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from studioctl.errors import GatewayError, UsageError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 MAX_BODY_BYTES = 1024 * 1024  # the largest request body (tenant overrides, recipes)
 MAX_TEXT = 256  # ids and names: recipe, instance, tenant, model
@@ -31,7 +36,7 @@ def bad(param: str, message: str) -> UsageError:
     return UsageError(f"{param} {message}", details={"param": param})
 
 
-def shown(value: Any, limit: int = 40) -> str:
+def shown(value: object, limit: int = 40) -> str:
     """``value`` for an error message, cut short: the client chose its length."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
@@ -40,7 +45,7 @@ def shown(value: Any, limit: int = 40) -> str:
 # ----------------------------------------------------------------------------- body
 
 
-async def read_body(request: Any) -> bytes:
+async def read_body(request: Request) -> bytes:
     """The request body, refused (413 ``body_too_large``) past ``MAX_BODY_BYTES``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -60,72 +65,47 @@ def _too_large() -> GatewayError:
     )
 
 
-def b_bool(data: Mapping[str, Any], name: str, default: bool = False) -> bool:
-    v = data.get(name)
-    if v is None:
-        return default
+# A body field's value: each check returns it typed or raises ValueError with what is wrong
+# (the request models in ``models`` put the field's name in front: "port must be ...").
+
+
+def as_bool(v: object) -> bool:
     if not isinstance(v, bool):
-        raise bad(name, f"must be true or false, got {shown(v)}")
+        raise ValueError(f"must be true or false, got {shown(v)}")
     return v
 
 
-def b_int(
-    data: Mapping[str, Any], name: str, lo: int, hi: int, default: int | None = None
-) -> int | None:
-    v = data.get(name)
-    if v is None:
-        return default
+def as_int(v: object, lo: int, hi: int) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise bad(name, f"must be an integer from {lo} to {hi}, got {shown(v)}")
+        raise ValueError(f"must be an integer from {lo} to {hi}, got {shown(v)}")
     return v
 
 
-def b_seconds(
-    data: Mapping[str, Any], name: str, default: float | None, hi: float = MAX_SECONDS
-) -> float | None:
-    v = data.get(name)
-    if v is None:
-        return default
+def as_seconds(v: object, hi: float = MAX_SECONDS) -> float:
     if (
         not isinstance(v, int | float)
         or isinstance(v, bool)
         or not math.isfinite(v)
         or not 0 <= v <= hi
     ):
-        raise bad(name, f"must be a number of seconds from 0 to {hi:g}, got {shown(v)}")
+        raise ValueError(f"must be a number of seconds from 0 to {hi:g}, got {shown(v)}")
     return float(v)
 
 
-def b_text(
-    data: Mapping[str, Any], name: str, *, required: bool = False, max_len: int = MAX_TEXT
-) -> str | None:
-    v = data.get(name)
-    if v is None and not required:
-        return None
-    if v is None:
-        raise bad(name, "is required")
+def as_text(v: object, max_len: int = MAX_TEXT) -> str:
     if not isinstance(v, str) or not v:
-        raise bad(name, f"must be a non-empty string, got {shown(v)}")
+        raise ValueError(f"must be a non-empty string, got {shown(v)}")
     if len(v) > max_len or "\0" in v:
-        raise bad(name, f"must be at most {max_len} characters without NUL, got {shown(v)}")
+        raise ValueError(f"must be at most {max_len} characters without NUL, got {shown(v)}")
     return v
 
 
-def b_required_text(data: Mapping[str, Any], name: str, *, max_len: int = MAX_TEXT) -> str:
-    v = b_text(data, name, required=True, max_len=max_len)
-    if v is None:  # unreachable: required
-        raise bad(name, "is required")
-    return v
-
-
-def gpus(v: Any, name: str = "gpus") -> list[int] | None:
-    """GPU indices: a list of integers or ``"0,1"``; None when absent."""
-    if v is None:
-        return None
+def as_gpus(v: object) -> list[int]:
+    """GPU indices: a list of integers or ``"0,1"``."""
     if isinstance(v, str):
         parts = [x.strip() for x in v.split(",") if x.strip()]
         if not all(p.isdigit() and len(p) <= 4 for p in parts):
-            raise bad(name, f"must be a list of GPU indices, got {shown(v)}")
+            raise ValueError(f"must be a list of GPU indices, got {shown(v)}")
         v = [int(p) for p in parts]
     if (
         not isinstance(v, list)
@@ -134,10 +114,9 @@ def gpus(v: Any, name: str = "gpus") -> list[int] | None:
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_GPU_INDEX for i in v
         )
     ):
-        raise bad(
-            name,
+        raise ValueError(
             f"must be a list of at most {MAX_GPUS} GPU indices from 0 to {MAX_GPU_INDEX}, "
-            f"got {shown(v)}",
+            f"got {shown(v)}"
         )
     return list(v)
 
@@ -192,3 +171,26 @@ def q_text(qp: Mapping[str, str], name: str, max_len: int = MAX_TEXT) -> str | N
     if len(v) > max_len or "\0" in v:
         raise bad(name, f"must be at most {max_len} characters without NUL, got {shown(v)}")
     return v
+
+
+# ----------------------------------------------------------------------------- windows
+
+WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
+_WINDOW = re.compile(r"([0-9]{1,9})([mhd])")
+MAX_WINDOW_S = 3660 * 86400  # ten years and then some: older than any usage row
+
+
+def parse_window(value: str) -> float:
+    """``1h``, ``24h``, ``7d``, ``30d`` (or any ``N[mhd]`` up to ten years) → seconds.
+    The daemon checks ``GET /usage?window=``; the CLI checks ``--window`` before asking."""
+    if value in WINDOWS:
+        return WINDOWS[value]
+    m = _WINDOW.fullmatch(value)
+    seconds = int(m.group(1)) * {"m": 60, "h": 3600, "d": 86400}[m.group(2)] if m else 0
+    if not 0 < seconds <= MAX_WINDOW_S:
+        raise UsageError(
+            f"window must be one of {', '.join(WINDOWS)} (or N followed by m, h or d, "
+            f"at most 3660d), got {shown(value)}",
+            details={"param": "window"},
+        )
+    return float(seconds)

@@ -1,0 +1,206 @@
+"""Instance routes: list and show, launch, evict, switch, adopt.
+
+A launch, evict or switch with ``stream: true`` answers NDJSON: the matching events as they
+happen, then one ``result`` (or ``error``) line. A client that goes away does not cancel the
+operation: launches finish."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING
+
+from starlette.routing import Route
+
+from studioctl.api import models as M
+from studioctl.api import params as P
+from studioctl.control.http import api_headers, json_response, ndjson, read_request
+from studioctl.control.recipes import on_control_socket, recipe_id_of, sent_recipe
+from studioctl.errors import StudioError, UsageError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from studioctl.lifecycle.events import Event, EventBus
+    from studioctl.lifecycle.supervisor import Supervisor
+    from studioctl.recipes import Recipe
+
+#: What an operation returns: an instance's or a report's ``to_dict()``.
+Result = dict[str, object]
+Operation = Callable[[], Coroutine[None, None, Result]]
+
+
+def streamed(bus: EventBus, op: Operation, match: Callable[[Event], bool]) -> Response:
+    """Run ``op`` while streaming matching events as NDJSON, then its result or error."""
+    from starlette.responses import StreamingResponse
+
+    q = bus.subscribe()
+
+    def event_lines() -> list[bytes]:
+        out = []
+        while not q.empty():
+            ev = q.get_nowait()
+            if match(ev):
+                out.append(ndjson({"type": "event", **ev.to_dict()}))
+        return out
+
+    async def gen() -> AsyncIterator[bytes]:
+        task = asyncio.create_task(op())
+        try:
+            while True:
+                getter = asyncio.create_task(q.get())
+                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    ev = getter.result()
+                    if match(ev):
+                        yield ndjson({"type": "event", **ev.to_dict()})
+                else:
+                    getter.cancel()
+                if task in done:
+                    for line in event_lines():
+                        yield line
+                    yield _last_line(task)
+                    return
+        finally:
+            bus.unsubscribe(q)
+
+    return StreamingResponse(gen(), media_type="application/x-ndjson", headers=api_headers())
+
+
+def _last_line(task: asyncio.Task[Result]) -> bytes:
+    exc = task.exception()
+    if isinstance(exc, StudioError):
+        return ndjson({"type": "error", "status": exc.http_status, "error": exc.to_dict()})
+    if exc is not None:
+        err = {"message": str(exc), "type": "internal_error"}
+        return ndjson({"type": "error", "status": 500, "error": err})
+    return ndjson({"type": "result", "result": task.result()})
+
+
+def instance_routes(sup: Supervisor, bus: EventBus) -> list[Route]:
+    h = _Instances(sup, bus)
+    return [
+        Route("/instances", h.list_instances),
+        Route("/instances", h.launch, methods=["POST"]),
+        Route("/instances/{target}", h.get_instance),
+        Route("/instances/{target}/evict", h.evict, methods=["POST"]),
+        Route("/switch", h.switch, methods=["POST"]),
+        Route("/adopt", h.adopt, methods=["POST"]),
+    ]
+
+
+class _Instances:
+    """The handlers, one method per route."""
+
+    def __init__(self, sup: Supervisor, bus: EventBus) -> None:
+        self.sup = sup
+        self.bus = bus
+
+    async def list_instances(self, request: Request) -> Response:
+        include = P.q_bool(request.query_params, "all")
+        foreign = P.q_bool(request.query_params, "foreign")
+        now = time.time()
+        out: dict[str, object] = {
+            "instances": [i.to_dict(now) for i in self.sup.list(include_stopped=include)]
+        }
+        if foreign:
+            out["foreign"] = await asyncio.to_thread(self.sup.foreign_servers)
+        return json_response(out)
+
+    async def get_instance(self, request: Request) -> Response:
+        return json_response(self.sup.get(request.path_params["target"]).to_dict())
+
+    async def launch(self, request: Request) -> Response:
+        req = await read_request(request, M.LaunchRequest)
+        target: str | Recipe
+        if req.recipe_file is not None:
+            on_control_socket(request, "a recipe file")
+            target = await asyncio.to_thread(sent_recipe, req.recipe_file, "recipe_file")
+            if req.recipe not in (None, target.id):
+                raise UsageError(
+                    f"recipe {req.recipe[:200]!r} and recipe_file (id {target.id!r}) differ",
+                    details={"param": "recipe"},
+                )
+            recipe_id = target.id
+        elif req.recipe is None:
+            raise P.bad("recipe", "is required")
+        else:
+            target, recipe_id = req.recipe, recipe_id_of(req.recipe)
+            if recipe_id != req.recipe:
+                on_control_socket(request, "a recipe path")
+
+        async def op() -> Result:
+            inst = await self.sup.launch(
+                target,
+                port=req.port,
+                gpus=req.gpus,
+                force=req.force,
+                wait=req.wait,
+                timeout=req.timeout,
+                lock_wait=req.lock_wait,
+            )
+            return inst.to_dict()
+
+        if req.stream:
+            # The recipe's id, never the raw argument: a path names no events.
+            return streamed(self.bus, op, lambda ev: ev.recipe_id == recipe_id)
+        return json_response(await op(), status=201)
+
+    async def evict(self, request: Request) -> Response:
+        req = await read_request(request, M.EvictRequest)
+        inst = self.sup.get(request.path_params["target"])
+
+        async def op() -> Result:
+            return await self.sup.evict(
+                inst.id,
+                drain_timeout=req.drain_timeout,
+                grace=req.grace,
+                force=req.force,
+                lock_wait=req.lock_wait,
+            )
+
+        if req.stream:
+            return streamed(self.bus, op, lambda ev: ev.instance_id == inst.id)
+        return json_response(await op())
+
+    async def switch(self, request: Request) -> Response:
+        req = await read_request(request, M.SwitchRequest)
+        to_target: str | Recipe
+        if req.to_file is not None:
+            on_control_socket(request, "a recipe file")
+            to_target = await asyncio.to_thread(sent_recipe, req.to_file, "to_file")
+            to = to_target.id
+        elif req.to is None:
+            raise P.bad("to", "is required")
+        else:
+            to_target, to = req.to, recipe_id_of(req.to)
+            if to_target != to:
+                on_control_socket(request, "a recipe path")
+        src = self.sup.get(req.from_)
+
+        async def op() -> Result:
+            return await self.sup.switch(
+                src.id,
+                to_target,
+                port=req.port,
+                gpus=req.gpus,
+                drain_timeout=req.drain_timeout,
+                grace=req.grace,
+                timeout=req.timeout,
+                lock_wait=req.lock_wait,
+            )
+
+        if req.stream:
+            return streamed(
+                self.bus, op, lambda ev: ev.recipe_id in (src.recipe.id, to) or ev.kind == "switch"
+            )
+        return json_response(await op())
+
+    async def adopt(self, request: Request) -> Response:
+        req = await read_request(request, M.AdoptRequest)
+        if recipe_id_of(req.recipe) != req.recipe:  # a path: absolute, and only on the socket
+            on_control_socket(request, "a recipe path")
+        inst = await self.sup.adopt(req.pid, req.recipe, port=req.port)
+        return json_response(inst.to_dict(), status=201)
