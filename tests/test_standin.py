@@ -18,11 +18,11 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import free_port, wait_for
 from standin import standin_engine as se
 from standin.helpers import (
     StandinProcess,
     engine_argv,
-    free_port,
     http_status,
     kill_group,
     start_standin,
@@ -30,11 +30,6 @@ from standin.helpers import (
 )
 
 Launch = Callable[..., StandinProcess]
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STUDIOCTL_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture
@@ -58,14 +53,6 @@ def wait_exit(standin: StandinProcess, timeout: float = 5.0) -> int:
         return standin.proc.wait(timeout=timeout)
     except Exception as exc:
         raise AssertionError(f"still running after {timeout} s\n{standin.log()}") from exc
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 def metrics(standin: StandinProcess) -> dict[str, float]:

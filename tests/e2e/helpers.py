@@ -5,10 +5,12 @@ The engine environments are built by ``scripts/setup-engines.sh [--sglang]`` (ca
 recipes read, ``STUDIOCTL_VLLM_PYTHON`` & co., or the cache defaults) and says precisely what
 is missing when they are not there.
 
-``E2EDaemon`` runs ``studioctl daemon run`` in its own session with a short temporary
-STUDIOCTL_HOME, free ports and the repository's ``recipes/`` folder. It remembers every
-process any instance ever had (pid + create time); teardown stops the daemon with its engines
-and then SIGKILLs whatever of those recorded processes is still alive (never by name).
+``E2EDaemon`` is the integration tier's ``Daemon`` (``tests/daemon_helpers.py``: start, CLI,
+control API, stop, the pid + create time leak check) with what real engines need: slower
+polls, and the live process tree tracked as well as the recorded one. ``e2e_daemon()`` runs
+it on a short temporary STUDIOCTL_HOME with free ports and the repository's ``recipes/``
+folder; teardown stops the daemon with its engines and then SIGKILLs whatever recorded
+process is still alive (never by name).
 """
 
 from __future__ import annotations
@@ -16,24 +18,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
 import psutil
 
-from standin.helpers import free_port_block
+from daemon_helpers import Daemon, alive, daemon_env, end, new_home
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
@@ -45,8 +40,6 @@ SETUP = "scripts/setup-engines.sh"
 
 #: Set this (CI does) to turn a missing engine environment into a failure instead of a skip.
 REQUIRE_VAR = "STUDIOCTL_E2E_REQUIRED"
-
-T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ engine environments
@@ -152,33 +145,6 @@ def record_timing(name: str, seconds: float) -> None:
 # ------------------------------------------------------------------ small utilities
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def free_port_range(size: int = 50) -> int:
-    """The first of ``size`` consecutive free ports, below the ephemeral range."""
-    return free_port_block(size)
-
-
-def wait_for(
-    fn: Callable[[], T | None], *, timeout: float, interval: float = 0.5, what: str = "condition"
-) -> T:
-    """Call ``fn`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 def http(
     url: str, body: dict[str, Any] | None = None, *, timeout: float = 30.0
 ) -> tuple[int, bytes]:
@@ -246,23 +212,6 @@ def completion(
     return out
 
 
-def alive(pid: int, create_time: float) -> bool:
-    """True when ``pid`` is still the process that had ``create_time`` (and not a zombie)."""
-    try:
-        p = psutil.Process(pid)
-        return abs(p.create_time() - create_time) < 0.05 and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def describe(pid: int) -> str:
-    try:
-        p = psutil.Process(pid)
-        return f"{pid} {p.name()!r} {' '.join(p.cmdline())[:120]!r}"
-    except psutil.Error:
-        return f"{pid} (gone)"
-
-
 def find_process(processes: list[dict[str, Any]], marker: str) -> dict[str, Any] | None:
     """The live recorded process whose name or command line contains ``marker``."""
     for rec in processes:
@@ -282,222 +231,36 @@ def find_process(processes: list[dict[str, Any]], marker: str) -> dict[str, Any]
 # ------------------------------------------------------------------ the daemon
 
 
-def _accepts(path: Path) -> bool:
-    """True when something accepts connections on the Unix socket ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
-            s.connect(str(path))
-            return True
-        except OSError:
-            return False
+class E2EDaemon(Daemon):
+    """A daemon driving real engines."""
 
+    #: A look at the instances costs CPU the engine (loading, on two cores) needs too.
+    poll_s: ClassVar[float] = 0.5
 
-@dataclass
-class E2EDaemon:
-    home: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    #: Every (pid, create time) any instance was ever seen with: the teardown's leak check.
-    seen: set[tuple[int, float]] = field(default_factory=set)
-
-    @property
-    def socket(self) -> Path:
-        return self.home / "run" / "control.sock"
-
-    @property
-    def log_path(self) -> Path:
-        return self.home / "daemon-e2e.log"
-
-    def log_text(self, n: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
-    def start(self, timeout: float = 30.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "studioctl", "daemon", "run"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
-            # Connect once by hand first: on a refused Unix socket httpcore leaks the socket
-            # (a ResourceWarning, an error under filterwarnings=error); a stale socket file
-            # of a SIGKILLed daemon refuses until the new daemon binds it again.
-            if _accepts(self.socket):
-                with self.client() as c:
-                    if c.ping() is not None:
-                        return
-            time.sleep(0.1)
-        raise RuntimeError(f"daemon did not come up in {timeout:g}s:\n{self.log_text()}")
-
-    def client(self) -> Any:
-        from studioctl.client import Client
-
-        return Client(self.socket, timeout=30.0)
-
-    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "studioctl", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def cli_ok(self, *args: str, timeout: float = 120.0) -> str:
-        r = self.cli(*args, timeout=timeout)
-        assert r.returncode == 0, (
-            f"studioctl {' '.join(args)} exited {r.returncode}\nstdout: {r.stdout[-3000:]}\n"
-            f"stderr: {r.stderr[-3000:]}\ndaemon log:\n{self.log_text(3000)}"
-        )
-        return r.stdout
-
-    def ps(self) -> list[dict[str, Any]]:
-        """``studioctl ps --all --json`` (the CLI, as a user would run it)."""
-        out: list[dict[str, Any]] = json.loads(self.cli_ok("ps", "--all", "--json"))["instances"]
-        self._note(out)
-        return out
-
-    def instances(self) -> list[dict[str, Any]]:
-        """All instances, through the control socket (cheap enough to poll)."""
-        with self.client() as c:
-            out: list[dict[str, Any]] = c.instances(include_stopped=True)["instances"]
-        self._note(out)
-        return out
-
-    def instance(self, iid: str) -> dict[str, Any]:
-        for inst in self.instances():
-            if inst["id"] == iid:
-                return inst
-        raise AssertionError(f"no instance {iid} in the daemon's list")
-
-    def live(self, recipe: str) -> dict[str, Any] | None:
-        """The newest instance of ``recipe`` that is not stopped or failed."""
-        found = [
-            i
-            for i in self.instances()
-            if i["recipe"] == recipe and i["state"] not in ("stopped", "failed")
-        ]
-        return max(found, key=lambda i: i["started_at"] or 0.0) if found else None
-
-    def _note(self, instances: list[dict[str, Any]]) -> None:
-        for inst in instances:
-            for p in inst.get("processes") or ():
-                self.seen.add((int(p["pid"]), float(p["create_time"])))
-            # The recorded tree is refreshed every few seconds; catch workers born since.
-            pid = inst.get("pid")
-            if pid and inst.get("state") not in ("stopped", "failed"):
-                with contextlib.suppress(psutil.Error):
-                    root = psutil.Process(int(pid))
-                    for p in [root, *root.children(recursive=True)]:
-                        with contextlib.suppress(psutil.Error):
-                            self.seen.add((p.pid, p.create_time()))
-
-    def wait_state(
-        self,
-        iid: str,
-        states: set[str],
-        *,
-        timeout: float,
-        bad: frozenset[str] | set[str] = frozenset(),
-    ) -> dict[str, Any]:
-        """Poll until instance ``iid`` is in one of ``states``; fail early on ``bad`` ones."""
-        deadline = time.monotonic() + timeout
-        while True:
-            inst = self.instance(iid)
-            if inst["state"] in states:
-                return inst
-            if inst["state"] in bad:
-                raise AssertionError(
-                    f"{iid} went {inst['state']} ({inst['reason']}):\n{self.engine_log(iid)}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{iid} still {inst['state']} after {timeout:g}s (wanted {sorted(states)}):"
-                    f"\n{self.engine_log(iid)}"
-                )
-            time.sleep(0.5)
-
-    def engine_log(self, iid: str, n: int = 3000) -> str:
-        """The end of instance ``iid``'s engine log (for failure messages)."""
-        for c in self.home.rglob(f"{iid}.log"):
-            if c.is_file():
-                return c.read_text(errors="replace")[-n:]
-        return f"(no log file for {iid} under {self.home})"
-
-    def kill9(self) -> None:
-        """SIGKILL the daemon (only it: engines run in their own sessions)."""
-        assert self.proc is not None
-        with contextlib.suppress(Exception):
-            self.instances()
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(15)
-        self.proc = None
-
-    def stop(self) -> None:
-        """Stop the daemon and the engines it runs (evicts them), then the daemon process."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.instances()
-            r = self.cli("daemon", "stop", "--stop-engines", "--timeout", "90", timeout=120)
-            if r.returncode != 0 and self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-
-def kill_leftovers(seen: set[tuple[int, float]]) -> list[str]:
-    """SIGKILL every recorded process that is still alive; describe what was left."""
-    left = [(pid, ct) for pid, ct in seen if alive(pid, ct)]
-    out = [describe(pid) for pid, _ in left]
-    for pid, ct in left:
-        if alive(pid, ct):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    return out
-
-
-def daemon_env(home: Path, engines: dict[str, str]) -> dict[str, str]:
-    """The daemon's environment: no developer ``STUDIOCTL_*`` settings leak in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIOCTL_")}
-    env.pop("NOTIFY_SOCKET", None)
-    port_min = free_port_range(50)
-    env.update(
-        {
-            "STUDIOCTL_HOME": str(home),
-            "STUDIOCTL_RECIPES_DIRS": str(RECIPES),
-            "STUDIOCTL_GATEWAY_PORT": str(free_port()),
-            "STUDIOCTL_DAEMON_AUTOSTART": "false",
-            "STUDIOCTL_DAEMON_HEALTH_INTERVAL_S": "0.5",
-            "STUDIOCTL_DAEMON_RESTART_BACKOFF_S": "1",
-            "STUDIOCTL_DAEMON_RESTART_BACKOFF_MAX_S": "5",
-            "STUDIOCTL_ENGINES_PORT_MIN": str(port_min),
-            "STUDIOCTL_ENGINES_PORT_MAX": str(port_min + 49),
-        }
-    )
-    env.update(engines)
-    return env
+    def track(self, inst: Mapping[str, Any]) -> None:
+        super().track(inst)
+        # The recorded tree is refreshed every few seconds; catch workers born since.
+        pid = inst.get("pid")
+        if pid and inst.get("state") not in ("stopped", "failed"):
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(int(pid))
+                for p in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        self.seen_pids.add((p.pid, p.create_time()))
 
 
 @contextlib.contextmanager
 def e2e_daemon(engines: EngineEnv) -> Iterator[E2EDaemon]:
     """A running daemon for the end-to-end tests; everything it started is gone after."""
-    # Short path: a Unix socket path must fit in 108 bytes.
-    home = Path(tempfile.mkdtemp(prefix="sc-e2e-", dir="/tmp"))
-    d = E2EDaemon(home=home, env=daemon_env(home, engines.env))
+    home = new_home("sc-e2e-")
+    settings = {
+        "STUDIOCTL_RECIPES_DIRS": str(RECIPES),
+        "STUDIOCTL_DAEMON_HEALTH_INTERVAL_S": "0.5",
+        "STUDIOCTL_DAEMON_RESTART_BACKOFF_S": "1",
+        "STUDIOCTL_DAEMON_RESTART_BACKOFF_MAX_S": "5",
+        **engines.env,
+    }
+    d = E2EDaemon(home=home, env=daemon_env(home, settings, engine_ports=50))
     leaked: list[str] = []
     _HOMES.append(home)
     try:
@@ -505,15 +268,11 @@ def e2e_daemon(engines: EngineEnv) -> Iterator[E2EDaemon]:
         yield d
     finally:
         try:
-            if d.proc is None and d.seen:
+            if d.proc is None and d.seen_pids:
                 # A test killed the daemon: bring it back, so it adopts and stops the engines.
                 with contextlib.suppress(Exception):
                     d.start()
-            d.stop()
         finally:
-            leaked = kill_leftovers(d.seen)
+            leaked = end(d, keep_home=bool(os.environ.get("STUDIOCTL_E2E_KEEP_HOME")))
             _HOMES.remove(home)
-            keep = os.environ.get("STUDIOCTL_E2E_KEEP_HOME")
-            if not keep:
-                shutil.rmtree(home, ignore_errors=True)
     assert not leaked, f"processes left behind after the daemon stopped: {leaked}"

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from tests.e2e.helpers import REPO, engine_env, free_port, free_port_range, require
+from tests.e2e.helpers import REPO, engine_env, require
+
+from helpers import free_port, free_port_block
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -33,7 +35,7 @@ def test_demo_script_runs_the_main_job_and_cleans_up() -> None:
         {
             "STUDIOCTL_HOME": str(home),
             "STUDIOCTL_GATEWAY_PORT": str(free_port()),
-            "STUDIOCTL_ENGINES_PORT_MIN": str(free_port_range()),
+            "STUDIOCTL_ENGINES_PORT_MIN": str(free_port_block()),
         }
     )
     env["STUDIOCTL_ENGINES_PORT_MAX"] = str(int(env["STUDIOCTL_ENGINES_PORT_MIN"]) + 40)

@@ -18,17 +18,17 @@ import psutil
 import pytest
 from tests.e2e.helpers import (
     E2EDaemon,
-    alive,
     completion,
-    describe,
     e2e_daemon,
     engine_env,
     find_process,
     http,
     record_timing,
     require,
-    wait_for,
 )
+
+from daemon_helpers import alive, describe
+from helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -51,7 +51,7 @@ def _ready(d: E2EDaemon) -> dict[str, Any]:
         d.cli_ok("launch", RECIPE, "--json", timeout=LAUNCH_TIMEOUT)
         live = d.live(RECIPE)
         assert live is not None, d.instances()
-    return d.wait_state(live["id"], {"ready"}, timeout=LAUNCH_TIMEOUT, bad={"failed"})
+    return d.wait_state(live["id"], "ready", timeout=LAUNCH_TIMEOUT, bad={"failed"})
 
 
 def test_launch_stays_loading_while_health_says_503(daemon: E2EDaemon) -> None:
@@ -142,7 +142,9 @@ def test_evict_ends_scheduler_and_detokenizer(daemon: E2EDaemon) -> None:
             procs if find_process(procs, SCHEDULER) and find_process(procs, DETOKENIZER) else None
         )
 
-    procs = wait_for(whole_tree, timeout=30, what="scheduler and detokenizer in the tree")
+    procs = wait_for(
+        whole_tree, timeout=30, interval=0.5, what="scheduler and detokenizer in the tree"
+    )
     sched, detok = find_process(procs, SCHEDULER), find_process(procs, DETOKENIZER)
     assert sched and detok
     root = psutil.Process(inst["pid"])

@@ -25,9 +25,7 @@ from tests.e2e.helpers import (
     RECIPES,
     REPO,
     E2EDaemon,
-    alive,
     completion,
-    describe,
     e2e_daemon,
     engine_env,
     find_process,
@@ -35,8 +33,10 @@ from tests.e2e.helpers import (
     note,
     record_timing,
     require,
-    wait_for,
 )
+
+from daemon_helpers import alive, describe
+from helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -68,7 +68,7 @@ def _ready(d: E2EDaemon, recipe: str) -> dict[str, Any]:
         _launch_json(d, recipe)
         live = d.live(recipe)
         assert live is not None, f"{recipe} launched but not listed: {d.instances()}"
-    return d.wait_state(live["id"], {"ready"}, timeout=LAUNCH_TIMEOUT, bad={"failed"})
+    return d.wait_state(live["id"], "ready", timeout=LAUNCH_TIMEOUT, bad={"failed"})
 
 
 def _tree(d: E2EDaemon, iid: str, *markers: str, timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -78,7 +78,9 @@ def _tree(d: E2EDaemon, iid: str, *markers: str, timeout: float = 30.0) -> list[
         procs: list[dict[str, Any]] = d.instance(iid)["processes"]
         return procs if all(find_process(procs, m) for m in markers) else None
 
-    return wait_for(complete, timeout=timeout, what=f"{iid}'s tree to record {markers}")
+    return wait_for(
+        complete, timeout=timeout, interval=0.5, what=f"{iid}'s tree to record {markers}"
+    )
 
 
 def _switch_target(d: E2EDaemon) -> str:
@@ -194,7 +196,7 @@ def test_daemon_sigkill_then_restart_adopts_the_engine(daemon: E2EDaemon) -> Non
     assert row["adopted"] is True
     assert row["pid"] == inst["pid"] and row["port"] == inst["port"]
     assert row["restarts"] == 0
-    row = daemon.wait_state(inst["id"], {"ready"}, timeout=30, bad={"crashed", "failed"})
+    row = daemon.wait_state(inst["id"], "ready", timeout=30, bad={"crashed", "failed"})
     record_timing("vLLM adoption after daemon SIGKILL (to ready)", time.monotonic() - t0)
     answer = completion(row["url"], "tiny", "adopted", max_tokens=3)
     assert answer["usage"]["completion_tokens"] == 3

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -42,13 +41,6 @@ T = TypeVar("T")
 MODEL = "tiny"
 ALIAS = "tiny-alias"
 CREATED = 1_700_000_000
-
-
-@pytest.fixture(autouse=True)
-def studioctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("STUDIOCTL_HOME", str(home))
-    return home
 
 
 # -- a loop in a thread ---------------------------------------------------------------------

@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from daemon_helpers import Daemon, running_daemon
+from helpers import wait_for
 
 if TYPE_CHECKING:
     import httpx
@@ -70,18 +70,6 @@ def evict(d: Daemon, target: str, *args: str) -> dict[str, Any]:
     d.remember()
     out: dict[str, Any] = d.cli_json("evict", target, "--json", *args, timeout=60)
     return out
-
-
-def wait_for(fn: Any, *, timeout: float = 10.0, interval: float = 0.05, what: str = "it") -> Any:
-    """Call ``fn`` until it returns something truthy; AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- raw HTTP to the gateway ----------------------------------------------------------------
@@ -177,9 +165,7 @@ def create_tenant(d: Daemon, name: str, *options: str) -> tuple[dict[str, Any], 
 
 def cli_ok(d: Daemon, *args: str) -> str:
     """Run a CLI command that must succeed; its stdout."""
-    r = d.cli(*args)
-    assert r.returncode == 0, f"studioctl {' '.join(args)} exited {r.returncode}: {r.stderr}"
-    return r.stdout
+    return d.cli_ok(*args)
 
 
 def cli_answer(d: Daemon, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -207,16 +193,16 @@ def usage_api(d: Daemon, **params: str) -> dict[str, Any]:
 def wait_usage(d: Daemon, requests: int, *, timeout: float = 5.0, **params: str) -> dict[str, Any]:
     """Poll the usage summary until its total counts ``requests`` (rows are written by a
     background writer, batched); fail if it counts more."""
-    deadline = time.monotonic() + timeout
-    while True:
+    last: list[dict[str, Any]] = []
+
+    def counted() -> dict[str, Any] | None:
         out = usage_api(d, **params)
         n = out["total"]["requests"]
         assert n <= requests, f"more usage than expected ({n} > {requests}): {out['total']}"
-        if n == requests:
-            return out
-        if time.monotonic() > deadline:
-            raise AssertionError(f"usage shows {n} requests after {timeout:g} s, not {requests}")
-        time.sleep(0.05)
+        last[:] = [out["total"]]
+        return out if n == requests else None
+
+    return wait_for(counted, timeout=timeout, what=lambda: f"{requests} requests in {last}")
 
 
 def usage_cli(d: Daemon, *args: str) -> dict[str, Any]:
@@ -225,18 +211,12 @@ def usage_cli(d: Daemon, *args: str) -> dict[str, Any]:
     return out
 
 
-class HasHome(Protocol):
-    """A daemon of the tests (``Daemon`` here, ``E2EDaemon`` in tests/e2e): its home."""
-
-    home: Path
-
-
-def db_path(d: HasHome) -> Path:
+def db_path(d: Daemon) -> Path:
     """The daemon's SQLite store (``paths.database_file()`` under its STUDIOCTL_HOME)."""
     return d.home / "state" / "studioctl.db"
 
 
-def usage_rows(d: HasHome, **filters: Any) -> list[UsageRecord]:
+def usage_rows(d: Daemon, **filters: Any) -> list[UsageRecord]:
     """The raw usage rows in the daemon's store, newest first (read beside the daemon: WAL)."""
     from studioctl.store.db import Database
     from studioctl.store.usage import UsageRepo

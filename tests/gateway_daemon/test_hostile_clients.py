@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -18,6 +17,7 @@ import pytest
 
 from daemon_helpers import REPO, Daemon, running_daemon
 from gateway_daemon.helpers import LOOPBACK, base_url, chat, create_tenant, gateway_daemon, launch
+from helpers import slowloris
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -92,28 +92,13 @@ def test_silent_and_slowloris_connections_are_closed_and_chat_still_works(
     t0 = time.monotonic()
     silent = [connect(daemon) for _ in range(15)]
     slow = [connect(daemon) for _ in range(15)]
-    stop = threading.Event()
-
-    def drip() -> None:
-        for s in slow:
-            with contextlib.suppress(OSError):
-                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nX-a: ")
-        while not stop.is_set():
-            for s in slow:
-                with contextlib.suppress(OSError):
-                    s.sendall(b"a")
-            time.sleep(0.2)
-
-    dripper = threading.Thread(target=drip)
-    dripper.start()
     try:
-        chat_ok(daemon, key)  # served while they hang on
-        answers = [read_all(s) for s in slow]
-        closed = [read_all(s) for s in silent]
-        waited = time.monotonic() - t0
+        with slowloris(slow, b"POST /v1/chat/completions HTTP/1.1\r\nX-a: "):
+            chat_ok(daemon, key)  # served while they hang on
+            answers = [read_all(s) for s in slow]
+            closed = [read_all(s) for s in silent]
+            waited = time.monotonic() - t0
     finally:
-        stop.set()
-        dripper.join(10)
         for s in silent + slow:
             s.close()
     assert all(answer_of(a) == (408, "request_timeout") for a in answers), answers[:1]
@@ -166,35 +151,13 @@ def test_beyond_max_connections_new_ones_are_refused_and_open_ones_served(
         assert c.ping() is not None
 
 
-def start_with_nofile(d: Daemon, limit: int) -> None:
-    """``d.start()``, with the daemon's open-file limit (soft and hard) set to ``limit``."""
-    import resource
-    import subprocess
-    import sys
-
-    with open(d.home / "daemon-test.log", "ab") as out:
-        d.proc = subprocess.Popen(
-            [sys.executable, "-m", "studioctl", "daemon", "run"],
-            env=d.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
-        )
-    deadline = time.monotonic() + 20
-    while not (d.socket.exists() and d.cli("daemon", "status").returncode == 0):
-        assert d.proc.poll() is None, f"daemon exited {d.proc.returncode}: {d.log_text()}"
-        assert time.monotonic() < deadline, f"daemon did not come up: {d.log_text()}"
-        time.sleep(0.1)
-
-
 def test_more_idle_connections_than_descriptors_do_not_take_the_daemon_down() -> None:
     # The daemon's descriptors capped at 512 (soft and hard): 520 silent connections. Before,
     # accept() failed with EMFILE and every request through the gateway failed with it.
     env = {**ENV, "STUDIOCTL_GATEWAY_MAX_CONNECTIONS": "4096"}  # the default: over the budget
     with running_daemon(env, start=False, gateway=True) as d:
         d.recipe("alpha")
-        start_with_nofile(d, 512)
+        d.start(nofile=512)
         launch(d, "alpha")
         key = create_tenant(d, "crowded", "--rpm", "100000")[1]
         budget = (512 - 256) // 2  # daemon.connection_budget: 2 per connection, 256 kept

@@ -24,8 +24,8 @@ from gateway_daemon.helpers import (
     request,
     retry_after,
     scrape,
-    wait_for,
 )
+from helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -17,23 +17,10 @@ import httpx
 import pytest
 
 from daemon_helpers import Daemon, alive, running_daemon
+from helpers import wait_for
 from standin.helpers import group_pids, http_status, kill_group, start_standin
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(
-    d: Daemon, iid: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 30.0
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(KeyError):
-            last = d.instance(iid)
-            if pred(last):
-                return last
-        time.sleep(0.1)
-    raise TimeoutError(f"{iid}: condition not met in {timeout}s; last: {last}")
 
 
 def transitions(d: Daemon, iid: str) -> list[tuple[str, str, str]]:
@@ -60,21 +47,21 @@ def test_crash_restarts_with_backoff_and_keeps_the_log() -> None:
         iid = first["id"]
 
         crash_via_http(first["url"])
-        second = wait_for(d, iid, lambda i: i["restarts"] == 1 and i["state"] == "ready")
+        second = d.wait_instance(iid, lambda i: i["restarts"] == 1 and i["state"] == "ready")
         assert second["pid"] != first["pid"]
         assert survivors(first["processes"]) == []
         assert http_status(f"{second['url']}/health") == 200
 
         # kill -9 of the engine's pid: the same again, one backoff step longer.
         os.kill(second["pid"], signal.SIGKILL)
-        third = wait_for(d, iid, lambda i: i["restarts"] == 2 and i["state"] == "ready")
+        third = d.wait_instance(iid, lambda i: i["restarts"] == 2 and i["state"] == "ready")
         assert third["pid"] not in (first["pid"], second["pid"])
         assert survivors(second["processes"]) == []
 
         # kill -9 of the engine's worker (its child): the server exits, as vLLM's does.
         child = next(p for p in third["processes"] if p["pid"] != third["pid"])
         os.kill(child["pid"], signal.SIGKILL)
-        fourth = wait_for(d, iid, lambda i: i["restarts"] == 3 and i["state"] == "ready")
+        fourth = d.wait_instance(iid, lambda i: i["restarts"] == 3 and i["state"] == "ready")
         assert survivors(third["processes"]) == []
 
         steps = transitions(d, iid)
@@ -138,7 +125,7 @@ def test_health_failures_count_as_a_crash() -> None:
         assert crash["ts"] - ready_ts >= 0.5 + 2 * 0.3 - 0.05
         # The process was still running (only /health failed): the crash handling killed it
         # and the policy (on-failure by default) restarted it.
-        restarted = wait_for(d, inst["id"], lambda i: i["restarts"] >= 1)
+        restarted = d.wait_instance(inst["id"], lambda i: i["restarts"] >= 1)
         assert restarted["pid"] != inst["pid"]
         assert survivors(inst["processes"]) == []
 
@@ -146,13 +133,11 @@ def test_health_failures_count_as_a_crash() -> None:
 def wait_for_events(
     d: Daemon, iid: str, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0
 ) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def matched() -> list[dict[str, Any]] | None:
         events = d.events(instance=iid)
-        if pred(events):
-            return events
-        time.sleep(0.2)
-    raise TimeoutError(f"{iid}: events not as expected after {timeout}s")
+        return events if pred(events) else None
+
+    return wait_for(matched, timeout=timeout, interval=0.2, what=f"{iid}'s events")
 
 
 def test_restart_policy_never_fails() -> None:
@@ -201,7 +186,7 @@ def test_daemon_sigkill_then_restart_adopts_live_and_restarts_dead() -> None:
         assert len(adopt_events) == 1
         assert f"adopted pid {keep['pid']}" in adopt_events[0]["message"]
 
-        back = wait_for(d, lost["id"], lambda i: i["state"] == "ready" and i["restarts"] == 1)
+        back = d.wait_instance(lost["id"], lambda i: i["state"] == "ready" and i["restarts"] == 1)
         assert back["pid"] != lost["pid"]
         assert ("ready", "crashed", "process gone while the daemon was down") in transitions(
             d, lost["id"]
@@ -209,7 +194,7 @@ def test_daemon_sigkill_then_restart_adopts_live_and_restarts_dead() -> None:
 
         # The adopted instance is watched again: its crash is noticed and handled.
         os.kill(keep["pid"], signal.SIGKILL)
-        again = wait_for(d, keep["id"], lambda i: i["state"] == "ready" and i["restarts"] == 1)
+        again = d.wait_instance(keep["id"], lambda i: i["state"] == "ready" and i["restarts"] == 1)
         assert again["pid"] != keep["pid"]
         assert survivors(keep["processes"]) == []
 

@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from daemon_helpers import Daemon, alive, json_lines
-from standin.helpers import free_port, group_pids, http_status
+from helpers import free_port
+from standin.helpers import group_pids, http_status
 from studioctl.errors import EXIT_CONFLICT, EXIT_ENGINE_FAILED
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from daemon_helpers import Daemon, alive, json_lines, running_daemon
-from standin.helpers import STANDIN_DIR, free_port, group_pids, http_status
+from helpers import free_port
+from standin.helpers import STANDIN_DIR, group_pids, http_status
 from studioctl.daemon_lock import lock_holder
 from studioctl.errors import (
     EXIT_CONFLICT,

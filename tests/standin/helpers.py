@@ -1,6 +1,6 @@
-"""Test helpers around the engine stand-in: free ports, HTTP waits, start / kill a stand-in.
+"""Test helpers around the engine stand-in: HTTP waits, start / kill a stand-in.
 
-Import them from a test as ``from standin.helpers import free_port, wait_http`` (pytest puts
+Import them from a test as ``from standin.helpers import wait_http, start_standin`` (pytest puts
 ``tests/`` on sys.path: it has no ``__init__.py``) or as ``from tests.standin.helpers import ...``
 when the repository root is on sys.path (``python -m pytest``, or pytest's
 ``pythonpath = [".", "tests"]``, which makes both forms work everywhere).
@@ -16,7 +16,6 @@ import contextlib
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import psutil
 
+from helpers import free_port
+
 STANDIN_DIR = Path(__file__).resolve().parent
 """The directory to put on PYTHONPATH: it holds the ``vllm`` and ``sglang`` stand-ins."""
 
@@ -35,43 +36,6 @@ ENGINE_MODULES = {
     "vllm": "vllm.entrypoints.openai.api_server",
     "sglang": "sglang.launch_server",
 }
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def free_port_block(size: int = 50) -> int:
-    """The first of ``size`` consecutive free ports, below the kernel's ephemeral range.
-
-    Engine ports must not be in the ephemeral range: between the daemon picking a port and
-    the engine binding it (seconds later for a real vLLM), any outgoing connection of the
-    machine may take it as its local port ("Address already in use")."""
-    import random
-
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    top = max(20000 + size, low) - size
-    for _ in range(200):
-        base = random.randrange(20000, top)
-        if all(_bindable(p) for p in range(base, base + size)):
-            return base
-    raise RuntimeError(f"no {size} consecutive free ports below {low}")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def http_status(url: str, timeout: float = 1.0) -> int | None:

@@ -1,9 +1,8 @@
-"""Store fixtures: a private STUDIOCTL_HOME and a migrated database in it."""
+"""Store fixtures: a migrated database in the test's own STUDIOCTL_HOME (tests/conftest.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -11,14 +10,8 @@ from studioctl import paths
 from studioctl.store import Database, Store, open_database
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("STUDIOCTL_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 @pytest.fixture
-def db(home: Path) -> Iterator[Database]:
+def db() -> Iterator[Database]:
     database = open_database()
     assert database.path == paths.database_file()
     yield database

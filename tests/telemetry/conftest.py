@@ -17,21 +17,11 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from studioctl.lifecycle.states import State
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every telemetry test runs on its own STUDIOCTL_HOME."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("STUDIOCTL_HOME", str(home))
-    return home
 
 
 @pytest.fixture

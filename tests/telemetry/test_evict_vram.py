@@ -13,7 +13,8 @@ import yaml
 from daemon_helpers import alive
 from fakes import fake_pynvml
 from fakes.fake_pynvml import GIB
-from standin.helpers import STANDIN_DIR, free_port
+from helpers import free_port
+from standin.helpers import STANDIN_DIR
 from studioctl import paths
 from studioctl.gpu import Nvml
 from studioctl.lifecycle.events import EventBus

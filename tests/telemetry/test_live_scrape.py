@@ -109,7 +109,7 @@ def test_telemetry_scrapes_a_live_engine(tmp_path: Path) -> None:
 
 
 def test_unreachable_engine_is_an_error_on_that_instance_only(tmp_path: Path) -> None:
-    from standin.helpers import free_port
+    from helpers import free_port
 
     sup = FakeSup()
     sup.add(FakeInstance("gone-1", FakeRecipe("gone"), base_url=f"http://127.0.0.1:{free_port()}"))
