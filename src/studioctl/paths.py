@@ -49,11 +49,6 @@ def log_dir() -> Path:
     return h / "log" if h else _platform("log")
 
 
-def cache_dir() -> Path:
-    h = home()
-    return h / "cache" if h else _platform("cache")
-
-
 def runtime_dir() -> Path:
     h = home()
     if h:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -409,8 +409,3 @@ _NUMBER = re.compile(r"-[0-9.]")
 
 def _clash_message(flag: str, key: str) -> str:
     return f"{flag} is what the recipe key {key} sets: use {key} instead"
-
-
-def split_flags(argv: Sequence[str]) -> list[str]:
-    """The flag names (``--x``) in an argv, without ``=value`` parts."""
-    return [a.split("=", 1)[0] for a in argv if a.startswith("-") and len(a) > 1]
