@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
+from studioctl import states
 from studioctl.errors import ConflictError, StudioError
-from studioctl.lifecycle import states
-from studioctl.lifecycle.states import ACTIVE, TERMINAL, TRANSITIONS, State, TransitionError
+from studioctl.states import ACTIVE, TERMINAL, TRANSITIONS, State, TransitionError
 
 # The allowed transitions, written out independently of the module: a change to
 # TRANSITIONS must be made in both places on purpose.

@@ -50,7 +50,7 @@ from studioctl.engine_metrics import (
     parse_prometheus,
 )
 from studioctl.errors import StudioError
-from studioctl.lifecycle.states import ACTIVE, State
+from studioctl.states import ACTIVE, State
 from studioctl.store.stats import StatsDelta
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from studioctl.lifecycle.states import State
+from studioctl.states import State
 
 
 @pytest.fixture(autouse=True)

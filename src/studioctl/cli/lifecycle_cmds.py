@@ -244,7 +244,7 @@ def _residents() -> list[Any]:
     """The daemon's instances that hold GPUs, if a daemon is running (none otherwise)."""
     from studioctl.client import Client
     from studioctl.lifecycle import placement
-    from studioctl.lifecycle.states import ACTIVE, State
+    from studioctl.states import ACTIVE, State
 
     client = Client()
     try:

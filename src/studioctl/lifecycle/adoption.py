@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from studioctl import paths
 from studioctl.errors import ConflictError, NotFoundError, StudioError, UsageError
 from studioctl.lifecycle.runtime import Instance, recipe_from_json
-from studioctl.lifecycle.states import ACTIVE, State
+from studioctl.states import ACTIVE, State
 
 if TYPE_CHECKING:
     from studioctl.lifecycle.supervisor import Supervisor

@@ -15,11 +15,11 @@ import os
 from typing import Any
 
 from studioctl.lifecycle.osproc import OsProc
-from studioctl.lifecycle.states import ACTIVE, State
 from studioctl.lifecycle.terminate import terminate
+from studioctl.states import ACTIVE, State
 from studioctl.store.db import Database
 from studioctl.store.events import EventRepo
-from studioctl.store.instances import Instance, InstanceRepo
+from studioctl.store.instances import InstanceRepo, InstanceRow
 
 REASON = "stopped by `daemon stop --stop-engines` (no daemon running)"
 
@@ -75,7 +75,7 @@ async def stop_recorded_engines(
     return reports
 
 
-def _live_members(osp: OsProc, rec: Instance) -> dict[int, float]:
+def _live_members(osp: OsProc, rec: InstanceRow) -> dict[int, float]:
     """The recorded processes still alive as the same process (pid and create time)."""
     recorded = {int(p["pid"]): float(p["create_time"]) for p in rec.process_tree}
     if rec.pid is not None and rec.create_time:
@@ -84,7 +84,7 @@ def _live_members(osp: OsProc, rec: Instance) -> dict[int, float]:
     return {p: c for p, c in recorded.items() if c and osp.is_alive(p, c)}
 
 
-def _group(rec: Instance, live: dict[int, float], root_alive: bool) -> int | None:
+def _group(rec: InstanceRow, live: dict[int, float], root_alive: bool) -> int | None:
     """The recorded process group, only while a verified member still belongs to it."""
     if rec.pgid is None:
         return None

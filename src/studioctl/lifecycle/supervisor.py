@@ -43,8 +43,8 @@ from studioctl.lifecycle.locks import ResourceLocks
 from studioctl.lifecycle.osproc import OsProc
 from studioctl.lifecycle.restart import RestartPolicy, decide
 from studioctl.lifecycle.runtime import Instance, key_file_path, new_api_key
-from studioctl.lifecycle.states import ACTIVE, State, check
 from studioctl.lifecycle.terminate import terminate
+from studioctl.states import ACTIVE, State, check
 
 if TYPE_CHECKING:
     from studioctl.engines.base import Stage
