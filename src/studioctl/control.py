@@ -292,9 +292,10 @@ def build_control_app(
         inst = sup.get(request.path_params["target"])
 
         async def op() -> dict[str, Any]:
-            return await sup.evict(
+            report = await sup.evict(
                 inst.id, drain_timeout=drain_timeout, grace=grace, force=force, lock_wait=lock_wait
             )
+            return report.to_dict()
 
         if stream:
             return await _streamed(request, op, lambda ev: ev.instance_id == inst.id)
@@ -323,7 +324,7 @@ def build_control_app(
         src = sup.get(frm)
 
         async def op() -> dict[str, Any]:
-            return await sup.switch(
+            report = await sup.switch(
                 src.id,
                 to_target,
                 port=port,
@@ -333,6 +334,7 @@ def build_control_app(
                 timeout=timeout,
                 lock_wait=lock_wait,
             )
+            return report.to_dict()
 
         if stream:
             return await _streamed(

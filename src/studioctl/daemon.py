@@ -18,11 +18,17 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from studioctl import paths
 from studioctl.errors import ConflictError, StudioError
+
+if TYPE_CHECKING:
+    from studioctl.gateway.wiring import Gateway
+    from studioctl.lifecycle.runtime import Instance
+    from studioctl.telemetry import Telemetry
 
 log = logging.getLogger("studioctl.daemon")
 
@@ -300,9 +306,39 @@ async def _housekeeping(settings: Any, sup: Any, events: Any) -> None:
         await asyncio.sleep(86400)
 
 
+class _LateHooks:
+    """The supervisor's hooks (``lifecycle.hooks.SupervisorHooks``), answered by the gateway
+    (in-flight counts, last activity, the route table) and telemetry (GPU memory release).
+
+    Both are still built after the supervisor here (they read it), so they are attached once
+    they exist; until then the answers are NullHooks'. The composition root of issue 10
+    builds the route table and the VRAM watch first and passes them in at construction.
+    """
+
+    def __init__(self) -> None:
+        self.gateway: Gateway | None = None
+        self.telemetry: Telemetry | None = None
+
+    def inflight(self, instance_id: str) -> int:
+        return self.gateway.inflight(instance_id) if self.gateway is not None else 0
+
+    def last_activity(self, instance_id: str) -> float | None:
+        return self.gateway.last_activity(instance_id) if self.gateway is not None else None
+
+    def instances_changed(self, instances: Sequence[Instance]) -> None:
+        if self.gateway is not None:
+            self.gateway.instances_changed(instances)
+
+    async def vram_released(self, inst: Instance, held: int | None) -> dict[str, Any] | None:
+        if self.telemetry is None:
+            return None
+        return await self.telemetry.vram_released(inst, held)
+
+
 async def _main(settings: Any) -> int:
     from studioctl.control import DaemonInfo, build_control_app
     from studioctl.httpserver import Server, ServerLimits
+    from studioctl.lifecycle.engine_http import EngineHttp
     from studioctl.lifecycle.events import EventBus
     from studioctl.lifecycle.restart import RestartPolicy
     from studioctl.lifecycle.supervisor import Supervisor
@@ -338,12 +374,16 @@ async def _main(settings: Any) -> int:
         budget=d.crash_budget,
         window_s=d.crash_window_s,
     )
+    engine_http = EngineHttp()  # probes, drains and telemetry's scrapes: one session
+    hooks = _LateHooks()
     sup = Supervisor(
         settings=settings,
         db=db,
         bus=bus,
         policy=policy,
         health_interval_s=d.health_interval_s,
+        hooks=hooks,
+        engine_http=engine_http,
     )
     stop = asyncio.Event()
     stop_engines = {"value": False}
@@ -360,9 +400,9 @@ async def _main(settings: Any) -> int:
     await sup.start()
     from studioctl.telemetry import Telemetry, control_routes
 
-    # Scrapes engines with the supervisor's aiohttp session; waits for VRAM after evicts.
-    telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup.session)
-    sup.vram_release = telemetry.vram_released
+    # Scrapes engines through the daemon's engine HTTP client; waits for VRAM after evicts.
+    telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: engine_http.session)
+    hooks.telemetry = telemetry
     control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
     # The control socket (0600, our user only) gets the same bounds as the gateway.
     limits = ServerLimits.from_settings(gs, max_connections=max_conn)
@@ -381,6 +421,7 @@ async def _main(settings: Any) -> int:
             extra_metrics=telemetry.prometheus_lines,
         )
         telemetry.gateway = gateway.snapshot
+        hooks.gateway = gateway
         info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
         gw_server = Server(gateway.app, tcp, limits, name="gateway")
         servers.append(gw_server)
@@ -407,7 +448,7 @@ async def _main(settings: Any) -> int:
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await telemetry.stop()  # before the supervisor closes the session it scrapes with
+    await telemetry.stop()  # its scrapes end before the engine HTTP client closes
     try:
         await sup.close(stop_engines=stop_engines["value"])
         await telemetry.close()  # adds the last figures to the store
@@ -417,6 +458,7 @@ async def _main(settings: Any) -> int:
     except StudioError as exc:
         log.error("shutdown: %s", exc.message)
     finally:
+        await engine_http.close()
         db.close()
         with contextlib.suppress(OSError):
             paths.control_socket().unlink()

@@ -16,7 +16,9 @@ from fakes.fake_pynvml import GIB
 from standin.helpers import STANDIN_DIR, free_port
 from studioctl import paths
 from studioctl.gpu import Nvml
+from studioctl.lifecycle.engine_http import EngineHttp
 from studioctl.lifecycle.events import EventBus
+from studioctl.lifecycle.hooks import NullHooks
 from studioctl.lifecycle.supervisor import Supervisor
 from studioctl.settings import load_settings
 from studioctl.store import open_database
@@ -43,6 +45,17 @@ def write_recipe(rid: str) -> None:
     )
 
 
+class VramHooks(NullHooks):
+    """The supervisor's hooks with telemetry's VRAM wait (telemetry reads the supervisor, so
+    it is attached after both are built)."""
+
+    telemetry: Telemetry | None = None
+
+    async def vram_released(self, inst: Any, held: int | None) -> dict[str, Any] | None:
+        assert self.telemetry is not None
+        return await self.telemetry.vram_released(inst, held)
+
+
 @pytest.fixture(autouse=True)
 def _recipe() -> None:
     write_recipe("tiny")
@@ -51,14 +64,18 @@ def _recipe() -> None:
 async def evict_with_gpu(*, free_after: float | None, timeout: float) -> tuple[Any, ...]:
     fake = fake_pynvml.two_gpus(procs0=[], procs1=[])
     db = open_database()
-    sup = Supervisor(settings=load_settings(), db=db, bus=EventBus(None))
+    http = EngineHttp()
+    hooks = VramHooks()
+    sup = Supervisor(
+        settings=load_settings(), db=db, bus=EventBus(None), hooks=hooks, engine_http=http
+    )
     await sup.start()
     seen: set[tuple[int, float]] = set()
     try:
         tel = Telemetry(
-            sup, nvml=Nvml(module=fake), session=lambda: sup._session, vram_timeout_s=timeout
+            sup, nvml=Nvml(module=fake), session=lambda: http.session, vram_timeout_s=timeout
         )
-        sup.vram_release = tel.vram_released
+        hooks.telemetry = tel
         inst = await sup.launch("tiny")
         seen.update(inst.tree.items())
         # The engine's processes hold memory on GPU 0 (as NVML would list them).
@@ -73,11 +90,12 @@ async def evict_with_gpu(*, free_after: float | None, timeout: float) -> tuple[A
                 fake.gpus[0].processes = []
 
         freer = asyncio.create_task(driver_frees_memory())
-        report = await sup.evict(inst.id, drain_timeout=1.0, grace=5.0)
+        report = (await sup.evict(inst.id, drain_timeout=1.0, grace=5.0)).to_dict()
         await freer
         return report, held, shown, len(inst.tree), seen
     finally:
         await sup.close(stop_engines=True)
+        await http.close()
         db.close()
 
 
