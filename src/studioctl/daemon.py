@@ -264,7 +264,7 @@ def raise_nofile_limit() -> tuple[int, int]:
 
 
 #: Descriptors kept for everything but gateway connections: the store, logs, engine pipes,
-#: the supervisor's and telemetry's HTTP sessions, the control socket's clients.
+#: the engine HTTP client's connections, the control socket's clients.
 FD_RESERVE = 256
 
 

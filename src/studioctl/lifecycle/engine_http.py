@@ -81,7 +81,10 @@ class EngineHttp:
                         raise EngineHttpError(f"GET {url}: answer above {self._max_body} bytes")
                     chunks.append(chunk)
                 return EngineAnswer(resp.status, b"".join(chunks))
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except EngineHttpError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # OSError: a reset the transport raises as is (aiohttp wraps most, not all).
             raise EngineHttpError(f"GET {url}: {exc or type(exc).__name__}") from exc
 
     async def close(self) -> None:

@@ -59,7 +59,8 @@ class Instance:
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[None] | None = None
     log_offset: int = 0
-    # GPU memory of the process tree, set by the daemon's telemetry (None: no GPU/NVML).
+    # GPU memory of the process tree, telemetry's latest reading (Supervisor.record_vram;
+    # None: no GPU/NVML). An evict reports it as what the engine held.
     vram_bytes: int | None = None
 
     @property
