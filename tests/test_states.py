@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
+from studioctl import states
 from studioctl.errors import ConflictError, StudioError, TransitionError
-from studioctl.lifecycle import states
-from studioctl.lifecycle.states import ACTIVE, TERMINAL, TRANSITIONS, State
+from studioctl.states import ACTIVE, TERMINAL, TRANSITIONS, State
 
 # The allowed transitions, written out independently of the module: a change to
 # TRANSITIONS must be made in both places on purpose.

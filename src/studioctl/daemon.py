@@ -17,8 +17,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,10 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.routing import BaseRoute
     from starlette.types import ASGIApp
+
+    from studioctl.gateway.wiring import Gateway
+    from studioctl.lifecycle.runtime import Instance
+    from studioctl.telemetry import VramWatch
 
 log = logging.getLogger("studioctl.daemon")
 
@@ -208,7 +211,7 @@ def raise_nofile_limit() -> tuple[int, int]:
 
 
 #: Descriptors kept for everything but gateway connections: the store, logs, engine pipes,
-#: the supervisor's and telemetry's HTTP sessions, the control socket's clients.
+#: the engine HTTP client's connections, the control socket's clients.
 FD_RESERVE = 256
 
 
@@ -250,39 +253,32 @@ async def _housekeeping(settings: Any, sup: Any, events: Any) -> None:
         await asyncio.sleep(86400)
 
 
-@dataclass(frozen=True)
-class _EngineAnswer:
-    status: int
-    body: bytes
+class _LateHooks:
+    """The supervisor's hooks (``lifecycle.hooks.SupervisorHooks``): the VRAM watch, and the
+    gateway (in-flight counts, last activity, the route table) once it is built."""
 
+    def __init__(self, vram: VramWatch) -> None:
+        self.vram = vram
+        self.gateway: Gateway | None = None
 
-class _SessionEngineHttp:
-    """Telemetry's engine GETs over the supervisor's aiohttp session: the shape of the
-    lifecycle's ``EngineHttp`` (status and body; ``OSError`` when the engine does not answer),
-    which replaces this adapter when the composition root is rewritten."""
+    def inflight(self, instance_id: str) -> int:
+        return self.gateway.inflight(instance_id) if self.gateway is not None else 0
 
-    def __init__(self, session: Callable[[], Any]) -> None:
-        self._session = session
+    def last_activity(self, instance_id: str) -> float | None:
+        return self.gateway.last_activity(instance_id) if self.gateway is not None else None
 
-    async def get(self, url: str, *, api_key: str | None = None, timeout_s: float) -> _EngineAnswer:
-        import aiohttp
+    def instances_changed(self, instances: Sequence[Instance]) -> None:
+        if self.gateway is not None:
+            self.gateway.instances_changed(instances)
 
-        session = self._session()
-        if session is None or session.closed:
-            raise ConnectionError("the engine HTTP session is closed")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        try:
-            async with session.get(
-                url, timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers
-            ) as resp:
-                return _EngineAnswer(resp.status, await resp.read())
-        except aiohttp.ClientError as exc:
-            raise ConnectionError(f"{url}: {exc}") from exc
+    async def vram_released(self, inst: Instance, held: int | None) -> dict[str, Any] | None:
+        return await self.vram.released(inst, held)
 
 
 async def _main(settings: Any) -> int:
     from studioctl.control import DaemonInfo, ExtraStatus, build_control_app
     from studioctl.httpserver import Server, ServerLimits
+    from studioctl.lifecycle.engine_http import EngineHttp
     from studioctl.lifecycle.events import EventBus
     from studioctl.lifecycle.restart import RestartPolicy
     from studioctl.lifecycle.supervisor import Supervisor
@@ -319,12 +315,20 @@ async def _main(settings: Any) -> int:
         budget=d.crash_budget,
         window_s=d.crash_window_s,
     )
+    from studioctl.control.gpus import telemetry_routes
+    from studioctl.telemetry import GpuReader, Telemetry, VramWatch
+
+    engine_http = EngineHttp()  # probes, drains and telemetry's scrapes: one session
+    gpus = GpuReader()
+    hooks = _LateHooks(VramWatch(gpus))  # evicts wait for their GPU memory
     sup = Supervisor(
         settings=settings,
         db=db,
         bus=bus,
         policy=policy,
         health_interval_s=d.health_interval_s,
+        hooks=hooks,
+        engine_http=engine_http,
     )
     stop = asyncio.Event()
     stop_engines = {"value": False}
@@ -338,11 +342,6 @@ async def _main(settings: Any) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     await sup.start()
-    from studioctl.control.gpus import telemetry_routes
-    from studioctl.telemetry import GpuReader, Telemetry, VramWatch
-
-    gpus = GpuReader()
-    sup.vram_release = VramWatch(gpus).released  # evicts wait for their GPU memory
     gateway: Any = None
 
     def gateway_snapshot() -> dict[str, Any]:
@@ -355,7 +354,7 @@ async def _main(settings: Any) -> int:
         sup,
         db=db,
         bus=bus,
-        engine_http=_SessionEngineHttp(lambda: sup.session),
+        engine_http=engine_http,
         gpus=gpus,
         gateway_snapshot=gateway_snapshot if tcp is not None else None,
     )
@@ -394,6 +393,7 @@ async def _main(settings: Any) -> int:
         )
         assert gateway.app.admin_app is not None  # make_control's
         servers = [Server(gateway.app.admin_app, control_sock, limits, name="control")]
+        hooks.gateway = gateway
         gw_server = Server(gateway.app, tcp, limits, name="gateway")
         servers.append(gw_server)
     await telemetry.start()
@@ -419,7 +419,7 @@ async def _main(settings: Any) -> int:
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await telemetry.stop()  # before the supervisor closes the session it scrapes with
+    await telemetry.stop()  # its scrapes end before the engine HTTP client closes
     try:
         await sup.close(stop_engines=stop_engines["value"])
         await telemetry.close()  # adds the last figures to the store
@@ -430,6 +430,7 @@ async def _main(settings: Any) -> int:
     except StudioError as exc:
         log.error("shutdown: %s", exc.message)
     finally:
+        await engine_http.close()
         db.close()
         with contextlib.suppress(OSError):
             paths.control_socket().unlink()

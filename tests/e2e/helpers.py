@@ -170,7 +170,7 @@ def engine_key(url: str) -> str | None:
     """The API key of the engine listening at ``url``'s port, from the store of a running e2e
     daemon (studioctl starts every engine with its own key; the engines refuse /v1 without
     it), or None when no managed engine listens there (the gateway, a stopped engine)."""
-    from studioctl.lifecycle.states import ACTIVE
+    from studioctl.states import ACTIVE
     from studioctl.store import Database, InstanceRepo
 
     port = urllib.parse.urlsplit(url).port

@@ -21,7 +21,7 @@ import pytest
 from daemon_helpers import REPO, Daemon, alive, running_daemon
 from studioctl.daemon_lock import lock_holder
 from studioctl.errors import EXIT_CONFLICT, EXIT_ERROR
-from studioctl.lifecycle.states import State
+from studioctl.states import State
 from studioctl.store.db import Database
 from studioctl.store.instances import InstanceRepo
 

@@ -431,7 +431,7 @@ def test_an_exit_between_two_looks_still_reports_its_code() -> None:
     import psutil
 
     from studioctl.lifecycle.osproc import OsProc
-    from studioctl.lifecycle.supervisor import Supervisor
+    from studioctl.lifecycle.registry import exited
 
     class LateOs(OsProc):
         looked = False
@@ -452,7 +452,7 @@ def test_an_exit_between_two_looks_still_reports_its_code() -> None:
         inst = SimpleNamespace(
             spawned=SimpleNamespace(popen=proc), pid=proc.pid, create_time=created, exit_code=None
         )
-        assert Supervisor._exited(SimpleNamespace(os=LateOs()), inst) is True  # type: ignore[arg-type]
+        assert exited(LateOs(), inst) is True  # type: ignore[arg-type]
         assert inst.exit_code == 3
     finally:
         proc.wait(timeout=30)

@@ -8,12 +8,12 @@ from dataclasses import FrozenInstanceError, replace
 import pytest
 
 from studioctl.errors import ConflictError, NotFoundError, TransitionError
-from studioctl.lifecycle.states import State
-from studioctl.store import Database, Instance, InstanceRepo, LaunchRepo, Store
+from studioctl.states import State
+from studioctl.store import Database, InstanceRepo, InstanceRow, LaunchRepo, Store
 
 
-def make(iid: str = "tiny-cpu-1", **kw: object) -> Instance:
-    base = Instance(
+def make(iid: str = "tiny-cpu-1", **kw: object) -> InstanceRow:
+    base = InstanceRow(
         id=iid,
         recipe_id="tiny-cpu",
         backend="vllm",

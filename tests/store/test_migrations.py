@@ -10,7 +10,7 @@ import pytest
 from studioctl.errors import SchemaTooNew
 from studioctl.store import Database, InstanceRepo, TenantRepo
 from studioctl.store import migrations as mig
-from studioctl.store.instances import Instance
+from studioctl.store.instances import InstanceRow
 from studioctl.store.usage import VALUE_COLUMNS
 
 ALL = [m.name for m in mig.MIGRATIONS]
@@ -51,7 +51,7 @@ def test_empty_database(tmp_path: Path) -> None:
         assert row is not None and row["user_version"] == len(ALL)
         # The rollup's columns are the ones usage.py adds into.
         assert columns(db, "usage_rollup")[5:] == list(VALUE_COLUMNS)
-        assert set(columns(db, "instances")) == {f for f in Instance.__dataclass_fields__}
+        assert set(columns(db, "instances")) == {f for f in InstanceRow.__dataclass_fields__}
         assert mig.migrate(db) == []  # idempotent
 
 
@@ -81,7 +81,7 @@ def test_the_engine_key_is_stored_but_never_shown(tmp_path: Path) -> None:
     with Database(tmp_path / "a.db") as db:
         mig.migrate(db)
         repo = InstanceRepo(db)
-        rec = Instance(
+        rec = InstanceRow(
             id="t-1",
             recipe_id="t",
             backend="vllm",

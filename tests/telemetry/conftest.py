@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from studioctl.lifecycle.states import State
+from studioctl.states import State
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ from helpers import free_port
 from standin.helpers import STANDIN_DIR
 from studioctl import paths
 from studioctl.gpu import Nvml
+from studioctl.lifecycle.engine_http import EngineHttp
 from studioctl.lifecycle.events import EventBus
+from studioctl.lifecycle.hooks import NullHooks
 from studioctl.lifecycle.supervisor import Supervisor
 from studioctl.settings import load_settings
 from studioctl.store import open_database
@@ -44,6 +46,16 @@ def write_recipe(rid: str) -> None:
     )
 
 
+class VramHooks(NullHooks):
+    """The supervisor's hooks with the VRAM wait (as the daemon composes them)."""
+
+    def __init__(self, vram: VramWatch) -> None:
+        self.vram = vram
+
+    async def vram_released(self, inst: Any, held: int | None) -> dict[str, Any] | None:
+        return await self.vram.released(inst, held)
+
+
 @pytest.fixture(autouse=True)
 def _recipe() -> None:
     write_recipe("tiny")
@@ -52,13 +64,16 @@ def _recipe() -> None:
 async def evict_with_gpu(*, free_after: float | None, timeout: float) -> tuple[Any, ...]:
     fake = fake_pynvml.two_gpus(procs0=[], procs1=[])
     db = open_database()
-    sup = Supervisor(settings=load_settings(), db=db, bus=EventBus(None))
+    http = EngineHttp()
+    gpus = GpuReader(Nvml(module=fake))
+    hooks = VramHooks(VramWatch(gpus, timeout_s=timeout))
+    sup = Supervisor(
+        settings=load_settings(), db=db, bus=EventBus(None), hooks=hooks, engine_http=http
+    )
     await sup.start()
     seen: set[tuple[int, float]] = set()
     try:
-        gpus = GpuReader(Nvml(module=fake))
-        tel = Telemetry(sup, gpus=gpus)
-        sup.vram_release = VramWatch(gpus, timeout_s=timeout).released
+        tel = Telemetry(sup, gpus=gpus, engine_http=http)
         inst = await sup.launch("tiny")
         seen.update(inst.tree.items())
         # The engine's processes hold memory on GPU 0 (as NVML would list them).
@@ -73,11 +88,12 @@ async def evict_with_gpu(*, free_after: float | None, timeout: float) -> tuple[A
                 fake.gpus[0].processes = []
 
         freer = asyncio.create_task(driver_frees_memory())
-        report = await sup.evict(inst.id, drain_timeout=1.0, grace=5.0)
+        report = (await sup.evict(inst.id, drain_timeout=1.0, grace=5.0)).to_dict()
         await freer
         return report, held, shown, len(inst.tree), seen
     finally:
         await sup.close(stop_engines=True)
+        await http.close()
         db.close()
 
 

@@ -22,7 +22,7 @@ from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.routing import RouteTable
 from studioctl.gpu import GpuProcess, GpuSnapshot, Nvml
 from studioctl.lifecycle.events import Event, EventBus
-from studioctl.lifecycle.states import State
+from studioctl.states import State
 from studioctl.store import open_database
 from studioctl.store.stats import StatsRepo
 from studioctl.telemetry import UNATTRIBUTED, GpuReader, Telemetry, VramWatch, energy_shares

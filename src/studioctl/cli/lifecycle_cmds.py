@@ -196,19 +196,18 @@ def _dry_run(recipe_id: str, *, port: int | None, gpus: list[int] | None, as_jso
     recipe = placement.placed(get_recipe(recipe_id, recipe_dirs(settings)), settings.engines.host)
     wanted = gpus if gpus is not None else list(recipe.gpus)
     visible = gpu.device_count()
-    in_the_way = placement.conflicts(_residents(), wanted, visible)
-    chosen = port or recipe.port
-    if chosen is None:
-        osp = OsProc()
-        eng = settings.engines
-        chosen = next(
-            (
-                p
-                for p in range(eng.port_min, eng.port_max + 1)
-                if osp.port_holder(recipe.host, p) is None
-            ),
-            eng.port_min,
-        )
+    residents, used = _daemon_placement()
+    in_the_way = placement.conflicts(residents, wanted, visible)
+    eng = settings.engines
+    # The port launch would pick: the same picker, the same ports in use.
+    chosen = placement.pick_port(
+        recipe.host,
+        asked=port,
+        recipe_port=recipe.port,
+        port_range=(eng.port_min, eng.port_max),
+        used=used,
+        holder=OsProc().port_holder,
+    )
     # The key is made at launch: shown as *** (and its file by the name it will have).
     cmd = get_engine(recipe.backend).command(
         recipe,
@@ -241,27 +240,30 @@ def _dry_run(recipe_id: str, *, port: int | None, gpus: list[int] | None, as_jso
             sys.stderr.write(f"note: {c.message()}: launch refuses it without --force\n")
 
 
-def _residents() -> list[Any]:
-    """The daemon's instances that hold GPUs, if a daemon is running (none otherwise)."""
+def _daemon_placement() -> tuple[list[Any], set[int]]:
+    """What the daemon holds, if one is running (nothing otherwise): the instances that hold
+    GPUs, and the ports of its active instances (one still starting may not listen yet)."""
     from studioctl.client import Client
     from studioctl.lifecycle import placement
-    from studioctl.lifecycle.states import ACTIVE, State
+    from studioctl.states import ACTIVE, State
 
     client = Client()
     try:
         if client.ping() is None:
-            return []
+            return [], set()
         listed = client.instances()["instances"]
     except StudioError:
-        return []
+        return [], set()
     finally:
         client.close()
     holding = {str(s) for s in (*ACTIVE, State.CRASHED)}  # as the supervisor counts them
-    return [
+    active = {str(s) for s in ACTIVE}
+    residents = [
         placement.Resident(i["id"], i["recipe"], tuple(i.get("gpus") or ()))
         for i in listed
         if i.get("state") in holding
     ]
+    return residents, {int(i["port"]) for i in listed if i.get("state") in active}
 
 
 # ------------------------------------------------------------------ evict / switch / adopt
@@ -528,7 +530,7 @@ def _logs_from_file(
     from studioctl.errors import NotFoundError
     from studioctl.lifecycle import logfiles
 
-    path = _find_log(paths.instance_log_dir(), target)
+    path = logfiles.find_instance_log(paths.instance_log_dir(), target)
     if path is None:
         raise NotFoundError(
             f"no log for {target!r} in {paths.instance_log_dir()}",
@@ -536,12 +538,7 @@ def _logs_from_file(
         )
     sys.stderr.write(f"(daemon not running: reading {path})\n")
     out = LogJson(path.stem).echo if as_json else _plain  # the file is <instance id>.log
-    lines = logfiles.tail_lines(
-        path, n if since is None else 10**9, max_bytes=64 << 20 if since else 256 << 10
-    )
-    if since is not None:
-        lines = list(logfiles.since(lines, since))[-n:] if n else []
-    for line in lines:
+    for line in logfiles.read_tail(path, n, after=since):
         out(line)
     if follow:
         follower = logfiles.LogFollower(path, offset=path.stat().st_size)
@@ -552,17 +549,6 @@ def _logs_from_file(
                 time.sleep(0.25)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
-
-
-def _find_log(folder: Path, target: str) -> Path | None:
-    exact = folder / f"{target}.log"
-    if exact.is_file():
-        return exact
-    pat = re.compile(re.escape(target) + r"-(\d+)\.log$")
-    found = [
-        (int(m.group(1)), p) for p in folder.glob(f"{target}-*.log") if (m := pat.search(p.name))
-    ]
-    return max(found)[1] if found else None
 
 
 @app.command()

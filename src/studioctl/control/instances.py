@@ -153,13 +153,14 @@ class _Instances:
         inst = self.sup.get(request.path_params["target"])
 
         async def op() -> Result:
-            return await self.sup.evict(
+            report = await self.sup.evict(
                 inst.id,
                 drain_timeout=req.drain_timeout,
                 grace=req.grace,
                 force=req.force,
                 lock_wait=req.lock_wait,
             )
+            return report.to_dict()
 
         if req.stream:
             return streamed(self.bus, op, lambda ev: ev.instance_id == inst.id)
@@ -181,7 +182,7 @@ class _Instances:
         src = self.sup.get(req.from_)
 
         async def op() -> Result:
-            return await self.sup.switch(
+            report = await self.sup.switch(
                 src.id,
                 to_target,
                 port=req.port,
@@ -191,6 +192,7 @@ class _Instances:
                 timeout=req.timeout,
                 lock_wait=req.lock_wait,
             )
+            return report.to_dict()
 
         if req.stream:
             return streamed(

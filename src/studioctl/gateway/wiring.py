@@ -1,9 +1,10 @@
 """Assemble the gateway inside the daemon: tenants, auth, limits, usage writer, routes.
 
-The route table follows the supervisor (``on_change``); eviction drains on the gateway's
-in-flight count; the admin routes join the control app; usage rows go to SQLite through a
-background writer; ``GET /metrics`` adds instance states and the daemon's telemetry
-(``extra_metrics``) to the gateway's own figures; ``Gateway.snapshot()`` feeds ``top``.
+The route table follows the supervisor's instances (``Gateway.instances_changed``, called
+through the daemon's supervisor hooks); eviction drains on the gateway's in-flight count; the
+admin routes join the control app; usage rows go to SQLite through a background writer;
+``GET /metrics`` adds instance states and the daemon's telemetry (``extra_metrics``) to the
+gateway's own figures; ``Gateway.snapshot()`` feeds ``top``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.proxy import GatewayApp
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.tokenize import PromptCounter
+from studioctl.states import State
 from studioctl.tenants import ANONYMOUS_TENANT_ID, TenantService, anonymous_context
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from studioctl.control import ExtraStatus
+    from studioctl.lifecycle.runtime import Instance
     from studioctl.lifecycle.supervisor import Supervisor
     from studioctl.settings import Settings
     from studioctl.store.db import Database
@@ -49,6 +52,7 @@ class Gateway:
     metrics: GatewayMetrics
     usage_repo: UsageRepo
     writer: UsageWriter
+    feed: RouteFeed
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _tenant_names: dict[str, str] | None = None  # tenant id → name, dropped on tenant changes
 
@@ -72,6 +76,17 @@ class Gateway:
             "tenants_inflight": per_tenant,
         }
 
+    # The gateway's half of the supervisor's hooks (lifecycle.hooks.SupervisorHooks).
+
+    def inflight(self, instance_id: str) -> int:
+        return self.routes.inflight(instance_id)
+
+    def last_activity(self, instance_id: str) -> float | None:
+        return self.routes.last_used(instance_id)
+
+    def instances_changed(self, instances: Sequence[Instance]) -> None:
+        self.feed.instances_changed(instances)
+
     def _forget_tenants(self) -> None:
         self._tenant_names = None
 
@@ -91,6 +106,44 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class RouteFeed:
+    """Keeps the route table in step with the supervisor's instances (all of them, stopped
+    included) and the recipes on disk (``known``: every served name and alias → recipe id)."""
+
+    def __init__(self, routes: RouteTable, known: dict[str, str]) -> None:
+        self.routes = routes
+        self.known = known
+        self.instances: list[Instance] = []
+
+    def instances_changed(self, instances: Sequence[Instance]) -> None:
+        self.instances = list(instances)
+        self.refresh()
+
+    def known_changed(self, known: dict[str, str]) -> None:
+        self.known = known
+        self.refresh()
+
+    def refresh(self) -> None:
+        ups = [
+            Upstream(
+                instance_id=i.id,
+                recipe_id=i.recipe.id,
+                host=i.host if i.host not in ("0.0.0.0", "::", "") else "127.0.0.1",
+                port=i.port,
+                state=str(i.state),
+                model_names=tuple(i.recipe.model_names),
+                engine_names=(i.recipe.served_name,),  # aliases are rewritten to it
+                api_key=i.api_key,  # the engine's own key: sent on every call to it
+            )
+            for i in self.instances
+            if i.state != State.STOPPED
+        ]
+        # Recipes launched since the last scan (added after start-up) are known too: once
+        # evicted, their names answer 503 model_not_running, not 404.
+        names = {n: i.recipe.id for i in self.instances for n in i.recipe.model_names}
+        self.routes.update(ups, {**names, **self.known})
 
 
 class _Routes(RouteTable):
@@ -144,33 +197,9 @@ async def build_gateway(
     usage_repo = UsageRepo(db)
     writer = UsageWriter(usage_repo)
     routes = _Routes(extra_metrics)
-    known = {"models": _known_models(settings)}  # re-read from disk by housekeeping only
-
-    def refresh() -> None:
-        ups = [
-            Upstream(
-                instance_id=i.id,
-                recipe_id=i.recipe.id,
-                host=i.host if i.host not in ("0.0.0.0", "::", "") else "127.0.0.1",
-                port=i.port,
-                state=str(i.state),
-                model_names=tuple(i.recipe.model_names),
-                engine_names=(i.recipe.served_name,),  # aliases are rewritten to it
-                api_key=i.api_key,  # the engine's own key: sent on every call to it
-            )
-            for i in sup.list()
-        ]
-        # Recipes launched since the last scan (added after start-up) are known too: once
-        # evicted, their names answer 503 model_not_running, not 404.
-        names = {
-            n: i.recipe.id for i in sup.list(include_stopped=True) for n in i.recipe.model_names
-        }
-        routes.update(ups, {**names, **known["models"]})
-
-    sup.on_change.append(refresh)
-    sup.gateway_inflight = routes.inflight
-    sup.last_activity = routes.last_used
-    refresh()
+    # Recipes on disk: re-read by housekeeping only.
+    feed = RouteFeed(routes, _known_models(settings))
+    feed.instances_changed(sup.list(include_stopped=True))
 
     async def health() -> dict[str, Any]:
         ok_store = await asyncio.to_thread(db.check)
@@ -209,6 +238,7 @@ async def build_gateway(
         metrics=metrics,
         usage_repo=usage_repo,
         writer=writer,
+        feed=feed,
     )
     tenants.subscribe(gw._forget_tenants)
 
@@ -219,8 +249,7 @@ async def build_gateway(
                 await asyncio.to_thread(tenants.flush_last_used)
                 limiter.prune()
                 # Recipes added or edited on disk become known models.
-                known["models"] = await asyncio.to_thread(_known_models, settings)
-                refresh()
+                feed.known_changed(await asyncio.to_thread(_known_models, settings))
             except Exception:
                 log.exception("gateway housekeeping failed")
 

@@ -1,4 +1,5 @@
-"""Engine log files: tail, follow across copy-truncate rotation, filter by time.
+"""Engine log files: tail, follow across copy-truncate rotation, filter by time, rotate,
+prune, find by instance or recipe id.
 
 Engines write their own output straight into the file (so they never depend on the
 daemon), so lines carry the engine's own timestamps, if any. ``--since`` uses them: an ISO
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,3 +121,62 @@ def scrub(path: Path, secret: str | None, *, start: int = 0, max_bytes: int = 64
             return found
     except OSError:
         return 0
+
+
+def read_tail(path: Path, n: int, *, after: float | None = None) -> list[str]:
+    """The last ``n`` lines of a log, or with ``after`` the last ``n`` of those stamped at
+    or after that time (reading up to 64 MiB back for them)."""
+    if after is None:
+        return tail_lines(path, n, max_bytes=256 << 10)
+    lines = tail_lines(path, 10**9, max_bytes=64 << 20)
+    return list(since(lines, after))[-n:] if n else []
+
+
+def find_instance_log(folder: Path, target: str) -> Path | None:
+    """``<target>.log`` (an instance id), else the newest ``<target>-N.log`` (a recipe id)."""
+    exact = folder / f"{target}.log"
+    if exact.is_file():
+        return exact
+    pat = re.compile(re.escape(target) + r"-(\d+)\.log$")
+    found = [
+        (int(m.group(1)), p) for p in folder.glob(f"{target}-*.log") if (m := pat.search(p.name))
+    ]
+    return max(found)[1] if found else None
+
+
+def rotate(path: Path, *, max_bytes: int, backups: int) -> bool:
+    """Copy-and-truncate rotation once ``path`` is above ``max_bytes``: the engine keeps its
+    O_APPEND descriptor and writes on at the start of the emptied file. ``backups`` copies
+    are kept (``.1`` the newest). True when it rotated."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except OSError:
+        return False
+    for i in range(backups - 1, 0, -1):
+        src = path.with_name(f"{path.name}.{i}")
+        if src.exists():
+            src.replace(path.with_name(f"{path.name}.{i + 1}"))
+    if backups > 0:
+        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    return True
+
+
+def prune(folder: Path, *, keep: Collection[str], cutoff: float) -> list[Path]:
+    """Delete the logs in ``folder`` (and their rotations) last written before ``cutoff``,
+    except those whose base name (``<id>.log``) is in ``keep``; return what went."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        base = p.name.split(".log")[0] + ".log"
+        try:
+            if base in keep or p.stat().st_mtime >= cutoff:
+                continue
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            continue
+    return removed

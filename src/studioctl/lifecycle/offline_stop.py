@@ -15,11 +15,11 @@ import os
 from typing import Any
 
 from studioctl.lifecycle.osproc import OsProc
-from studioctl.lifecycle.states import ACTIVE, State
-from studioctl.lifecycle.terminate import terminate
+from studioctl.lifecycle.terminate import Termination, terminate
+from studioctl.states import ACTIVE, State
 from studioctl.store.db import Database
 from studioctl.store.events import EventRepo
-from studioctl.store.instances import Instance, InstanceRepo
+from studioctl.store.instances import InstanceRepo, InstanceRow
 
 REASON = "stopped by `daemon stop --stop-engines` (no daemon running)"
 
@@ -39,7 +39,7 @@ async def stop_recorded_engines(
         live = _live_members(osp, rec)
         if not live and rec.state == State.CRASHED:
             continue  # nothing runs and nothing will be restarted by us: leave its policy be
-        result: dict[str, Any] = {"signals": [], "processes": [], "leftover": []}
+        result = Termination()
         if live:
             root_alive = rec.pid in live
             result = await terminate(
@@ -51,8 +51,8 @@ async def stop_recorded_engines(
                 grace=grace,
             )
         final, reason = State.STOPPED, REASON
-        if result["leftover"]:
-            survivors = ", ".join(str(p["pid"]) for p in result["leftover"])
+        if result.leftover:
+            survivors = ", ".join(str(p.pid) for p in result.leftover)
             final, reason = State.FAILED, f"{REASON}: processes survived SIGKILL: {survivors}"
         state = rec.state
         if state in ACTIVE and state != State.STOPPING:
@@ -61,21 +61,22 @@ async def stop_recorded_engines(
         repo.record_transition(
             rec.id, state, final, reason, desired="stopped", stopped_at=osp.now()
         )
-        how = ", ".join(result["signals"]) or "already gone"
+        how = ", ".join(result.signals) or "already gone"
+        done = result.to_dict()
         events.append(
             "evict",
             f"{rec.id}: {REASON} ({how})",
             instance_id=rec.id,
             recipe_id=rec.recipe_id,
-            data={"leftover": result["leftover"], "signals": result["signals"]},
+            data={"leftover": done["leftover"], "signals": done["signals"]},
         )
         reports.append(
-            {"id": rec.id, "recipe_id": rec.recipe_id, "pid": rec.pid, "state": str(final)} | result
+            {"id": rec.id, "recipe_id": rec.recipe_id, "pid": rec.pid, "state": str(final)} | done
         )
     return reports
 
 
-def _live_members(osp: OsProc, rec: Instance) -> dict[int, float]:
+def _live_members(osp: OsProc, rec: InstanceRow) -> dict[int, float]:
     """The recorded processes still alive as the same process (pid and create time)."""
     recorded = {int(p["pid"]): float(p["create_time"]) for p in rec.process_tree}
     if rec.pid is not None and rec.create_time:
@@ -84,7 +85,7 @@ def _live_members(osp: OsProc, rec: Instance) -> dict[int, float]:
     return {p: c for p, c in recorded.items() if c and osp.is_alive(p, c)}
 
 
-def _group(rec: Instance, live: dict[int, float], root_alive: bool) -> int | None:
+def _group(rec: InstanceRow, live: dict[int, float], root_alive: bool) -> int | None:
     """The recorded process group, only while a verified member still belongs to it."""
     if rec.pgid is None:
         return None

@@ -1,7 +1,9 @@
-"""Placement: which GPUs an engine uses, and which resident instances it would share them with.
+"""Placement: the port an engine gets, which GPUs it uses, and which resident instances it
+would share them with.
 
-Pure functions, used alike by ``launch`` (refuse unless ``--force``), ``switch`` (evict
-first when the two share a GPU) and ``launch --dry-run`` (say what would be in the way).
+Pure functions (the OS is asked through the ``holder`` callable), used alike by ``launch``
+(refuse unless ``--force``), ``switch`` (evict first when the two share a GPU) and
+``launch --dry-run`` (the same port, and what would be in the way).
 
 A recipe without ``gpus`` runs with the daemon's own view of the devices: it sees, and
 will allocate memory on, every visible GPU. So on a host with ``visible`` GPUs an empty
@@ -13,9 +15,11 @@ The bind address is settled here too: a recipe's own ``host``, else ``engines.ho
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from studioctl.errors import ConflictError
 
 if TYPE_CHECKING:
     from studioctl.recipes import Recipe
@@ -72,3 +76,50 @@ def placed(recipe: Recipe, default_host: str) -> Recipe:
     restart or an adoption uses the same address)."""
     host = bind_host(recipe, default_host)
     return recipe if host == recipe.host else recipe.model_copy(update={"host": host})
+
+
+def pick_port(
+    host: str,
+    *,
+    asked: int | None,
+    recipe_port: int | None,
+    port_range: tuple[int, int],
+    used: Collection[int],
+    holder: Callable[[str, int], str | None],
+) -> int:
+    """The engine's port: ``--port``, else the recipe's ``port``, else the first port of
+    ``port_range`` (inclusive) that no active instance has (``used``: an engine still
+    starting may not listen yet) and nothing listens on (``holder(host, port)`` names who
+    does). ConflictError ``no_free_port`` when the range is full."""
+    if asked is not None:
+        return asked
+    if recipe_port is not None:
+        return recipe_port
+    low, high = port_range
+    for p in range(low, high + 1):
+        if p not in used and holder(host, p) is None:
+            return p
+    raise ConflictError(
+        f"no free port in the engine range {low}-{high}",
+        code="no_free_port",
+        hint="widen engines.port_min/port_max in studioctl.yaml",
+    )
+
+
+def refuse_shared_gpus(recipe_id: str, found: Sequence[Conflict]) -> None:
+    """ConflictError (exit 5) naming the first instance in the way and the GPU(s)."""
+    if not found:
+        return
+    c = found[0]
+    raise ConflictError(
+        c.message(),
+        code="gpus_busy",
+        hint=f"evict it first, use `studioctl switch {c.instance_id} {recipe_id}`, "
+        "or pass --force to run both",
+        details={
+            "conflicts": [
+                {"instance": x.instance_id, "recipe": x.recipe_id, "gpus": list(x.gpus)}
+                for x in found
+            ]
+        },
+    )

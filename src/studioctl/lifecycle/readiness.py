@@ -6,8 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from studioctl.lifecycle.engine_http import EngineHttpError
+
 if TYPE_CHECKING:
     from studioctl.engines.base import Stage
+    from studioctl.lifecycle.engine_http import EngineHttp
 
 
 @dataclass
@@ -32,35 +35,32 @@ class StageTracker:
 
 
 async def probe(
-    session: Any,
+    http: EngineHttp,
     base_url: str,
     paths: Sequence[str],
     timeout: float = 2.0,
     *,
-    headers: Mapping[str, str] | None = None,
+    api_key: str | None = None,
 ) -> bool:
     """True when every path answers 200 (SGLang answers 503 on /health until warm).
 
-    ``headers``: the engine's ``Authorization`` (SGLang guards /get_model_info with its key).
+    ``api_key``: the engine's own key (SGLang guards /get_model_info with it).
     """
-    import aiohttp
-
     try:
         for path in paths:
-            async with session.get(
-                base_url + path, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers
-            ) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    return False
+            answer = await http.get(base_url + path, api_key=api_key, timeout_s=timeout)
+            if answer.status != 200:
+                return False
         return True
-    except (aiohttp.ClientError, TimeoutError, OSError):
+    except EngineHttpError:
         return False
 
 
 async def fetch_text(
     session: Any, url: str, timeout: float = 3.0, *, headers: Mapping[str, str] | None = None
 ) -> str | None:
+    """Telemetry's scrape with an aiohttp session (``EngineHttp.session``). Kept for
+    telemetry until it calls ``EngineHttp.get`` itself; nothing in lifecycle uses it."""
     import aiohttp
 
     try:

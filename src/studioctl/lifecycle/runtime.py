@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studioctl.lifecycle.osproc import Spawned
-from studioctl.lifecycle.states import State
+from studioctl.states import State
 
 if TYPE_CHECKING:
     from studioctl.engines.base import Engine
     from studioctl.recipes import Recipe
+    from studioctl.store.instances import InstanceRow
 
 
 @dataclass
@@ -58,7 +59,8 @@ class Instance:
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[None] | None = None
     log_offset: int = 0
-    # GPU memory of the process tree, set by the daemon's telemetry (None: no GPU/NVML).
+    # GPU memory of the process tree, telemetry's latest reading (Supervisor.record_vram;
+    # None: no GPU/NVML). An evict reports it as what the engine held.
     vram_bytes: int | None = None
 
     @property
@@ -108,11 +110,11 @@ class Instance:
         """What every call to the engine sends (probes, scrapes): its key, if it has one."""
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def to_record(self) -> Any:
-        """A new store record (state included: the store's first history entry)."""
-        from studioctl.store.instances import Instance as Record
+    def to_record(self) -> InstanceRow:
+        """A new store row (state included: the store's first history entry)."""
+        from studioctl.store.instances import InstanceRow
 
-        return Record(
+        return InstanceRow(
             id=self.id, state=self.state, created_at=self.created_at, **self.stored_fields()
         )
 

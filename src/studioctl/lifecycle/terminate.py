@@ -14,11 +14,45 @@ import os
 import signal
 import time
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from studioctl.lifecycle.osproc import OsProc, ProcInfo, Spawned
 
 KILL_WAIT_S = 5.0  # how long SIGKILLed processes get to disappear before they are leftovers
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A process of the tree, and what ended it ("SIGTERM", "SIGKILL", "already gone")."""
+
+    pid: int
+    name: str
+    how: str
+
+
+@dataclass(frozen=True)
+class Survivor:
+    """A process still alive after SIGKILL and its wait."""
+
+    pid: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Termination:
+    """What a stop did: the signals sent, every process and what ended it, the survivors."""
+
+    signals: tuple[str, ...] = ()
+    processes: tuple[Ended, ...] = ()
+    leftover: tuple[Survivor, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signals": list(self.signals),
+            "processes": [{"pid": p.pid, "name": p.name, "how": p.how} for p in self.processes],
+            "leftover": [{"pid": p.pid, "name": p.name} for p in self.leftover],
+        }
 
 
 def collect(
@@ -49,11 +83,8 @@ async def terminate(
     recorded: MutableMapping[int, float],
     spawned: Spawned | None,
     grace: float,
-) -> dict[str, Any]:
-    """SIGTERM the group, SIGKILL after ``grace``, then verify the whole tree is gone.
-
-    Returns ``{"signals": [...], "processes": [{pid, name, how}], "leftover": [...]}``.
-    """
+) -> Termination:
+    """SIGTERM the group, SIGKILL after ``grace``, then verify the whole tree is gone."""
     members = collect(osp, pid=pid, pgid=pgid, recorded=recorded)
     alive = {p: info for p, info in members.items() if osp.is_alive(p, info.create_time)}
     signals: list[str] = []
@@ -83,14 +114,13 @@ async def terminate(
                 osp.signal_pid(p, info.create_time, sig)
         await wait_gone(name, seconds, step)
     osp.reap(spawned)
-    return {
-        "signals": signals,
-        "processes": [
-            {"pid": p, "name": members[p].name, "how": how.get(p, "already gone")}
-            for p in sorted(members)
-        ],
-        "leftover": [{"pid": p, "name": info.name} for p, info in sorted(alive.items())],
-    }
+    return Termination(
+        signals=tuple(signals),
+        processes=tuple(
+            Ended(p, members[p].name, how.get(p, "already gone")) for p in sorted(members)
+        ),
+        leftover=tuple(Survivor(p, info.name) for p, info in sorted(alive.items())),
+    )
 
 
 def _pgid(pid: int) -> int | None:

@@ -6,7 +6,7 @@ frozen dataclasses; rows are read by column name.
 
     db = open_database()               # <state dir>/studioctl.db, migrated
     store = Store(db)
-    store.instances.insert(Instance(...))
+    store.instances.insert(InstanceRow(...))
     store.events.append("state", "tiny-cpu-1 is ready", instance_id="tiny-cpu-1")
 """
 
@@ -21,8 +21,8 @@ from studioctl.store.events import Event, EventRepo
 from studioctl.store.instances import (
     LAUNCH_OUTCOMES,
     LAUNCH_READY,
-    Instance,
     InstanceRepo,
+    InstanceRow,
     Launch,
     LaunchRepo,
     ProcRef,
@@ -90,8 +90,8 @@ __all__ = [
     "Database",
     "Event",
     "EventRepo",
-    "Instance",
     "InstanceRepo",
+    "InstanceRow",
     "KeyRepo",
     "Launch",
     "LaunchRepo",

@@ -12,9 +12,9 @@ import builtins
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, get_args
 
+from studioctl import states as sm
 from studioctl.errors import ConflictError, NotFoundError
-from studioctl.lifecycle import states as sm
-from studioctl.lifecycle.states import State
+from studioctl.states import State
 from studioctl.store.db import Database, dumps, loads, now
 
 if TYPE_CHECKING:
@@ -31,7 +31,10 @@ class ProcRef(TypedDict):
 
 
 @dataclass(frozen=True)
-class Instance:
+class InstanceRow:
+    """An instance as stored: what the supervisor observed, enough to adopt it after a
+    restart (the supervisor's live view is ``lifecycle.runtime.Instance``)."""
+
     id: str
     recipe_id: str
     backend: str
@@ -77,7 +80,7 @@ class Transition:
     ts: float
 
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Instance))
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(InstanceRow))
 # Fields update() may set. `state` changes only through record_transition(), with history.
 UPDATABLE = frozenset(COLUMNS) - {"id", "created_at", "state"}
 _JSON_COLUMNS = ("gpus", "crash_times", "process_tree")
@@ -107,19 +110,19 @@ def _encode(name: str, value: Any) -> Any:
     return value
 
 
-def _from_row(row: sqlite3.Row) -> Instance:
+def _from_row(row: sqlite3.Row) -> InstanceRow:
     values: dict[str, Any] = {name: row[name] for name in COLUMNS}
     for name in _JSON_COLUMNS:
         values[name] = loads(values[name])
     values["state"] = State(values["state"])
-    return Instance(**values)
+    return InstanceRow(**values)
 
 
 class InstanceRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def insert(self, inst: Instance, *, ts: float | None = None) -> Instance:
+    def insert(self, inst: InstanceRow, *, ts: float | None = None) -> InstanceRow:
         """Store a new instance (its first state goes into the history too)."""
         t = now(ts)
         values = {name: _encode(name, getattr(inst, name)) for name in COLUMNS}
@@ -134,7 +137,7 @@ class InstanceRepo:
             self._history(inst.id, None, inst.state, inst.state_reason or "created", t)
         return self.require(inst.id)
 
-    def update(self, instance_id: str, *, ts: float | None = None, **changes: Any) -> Instance:
+    def update(self, instance_id: str, *, ts: float | None = None, **changes: Any) -> InstanceRow:
         """Set some fields (not ``state``: use record_transition); return the new record."""
         with self.db.transaction():
             self._set(instance_id, changes, now(ts))
@@ -154,11 +157,11 @@ class InstanceRepo:
         if cur.rowcount == 0:
             raise NotFoundError(f"no instance {instance_id}")
 
-    def get(self, instance_id: str) -> Instance | None:
+    def get(self, instance_id: str) -> InstanceRow | None:
         row = self.db.query_one("SELECT * FROM instances WHERE id = ?", (instance_id,))
         return _from_row(row) if row else None
 
-    def require(self, instance_id: str) -> Instance:
+    def require(self, instance_id: str) -> InstanceRow:
         inst = self.get(instance_id)
         if inst is None:
             raise NotFoundError(f"no instance {instance_id}", hint="see `studioctl ps --all`")
@@ -170,7 +173,7 @@ class InstanceRepo:
         *,
         recipe_id: str | None = None,
         states: set[State] | frozenset[State] | None = None,
-    ) -> list[Instance]:
+    ) -> list[InstanceRow]:
         """Instances, oldest first; ``stopped`` ones only with ``include_stopped``."""
         where, params = [], []
         if not include_stopped:
@@ -199,7 +202,7 @@ class InstanceRepo:
         reason: str = "",
         ts: float | None = None,
         **changes: Any,
-    ) -> Instance:
+    ) -> InstanceRow:
         """Move an instance from ``from_state`` to ``to_state``, atomically.
 
         Refuses a transition the state machine does not allow (TransitionError), and a

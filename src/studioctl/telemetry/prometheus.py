@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 
 from studioctl import promtext
 from studioctl.gpu import EnergyMeter, GpuSnapshot, HostGpus
-from studioctl.lifecycle.states import State
 from studioctl.promtext import Sample
+from studioctl.states import State
 from studioctl.telemetry.energy import UNATTRIBUTED
 from studioctl.telemetry.figures import InstanceTelemetry
 

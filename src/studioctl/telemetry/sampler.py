@@ -32,7 +32,7 @@ from studioctl.engines.metrics import (
     parse_prometheus,
 )
 from studioctl.errors import StudioError
-from studioctl.lifecycle.states import ACTIVE, State
+from studioctl.states import ACTIVE, State
 from studioctl.store.stats import StatsDelta
 from studioctl.telemetry import prometheus
 from studioctl.telemetry.energy import EnergyLedger, EnergySplit
