@@ -20,7 +20,7 @@ import pytest
 from daemon_helpers import Daemon, running_daemon
 from standin.helpers import http_status
 from studioctl import paths
-from studioctl.cli.lifecycle_cmds import LogJson
+from studioctl.cli.log_cmds import LogJson
 
 KEYS = {"ts", "source", "instance", "line"}
 

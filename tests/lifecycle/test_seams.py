@@ -18,7 +18,8 @@ import yaml
 from aiohttp import web
 
 from daemon_helpers import alive, running_daemon
-from standin.helpers import STANDIN_DIR, free_port, free_port_block
+from helpers import free_port, free_port_block
+from standin.helpers import STANDIN_DIR
 from studioctl import paths
 from studioctl.errors import EXIT_CONFLICT, ConflictError
 from studioctl.lifecycle import placement, readiness

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from studioctl import daemon, daemon_lock
-from studioctl.cli.lifecycle_cmds import parse_since
+from studioctl.cli.log_cmds import parse_since
 from studioctl.client import Client
 from studioctl.engines import get_engine
 from studioctl.errors import EXIT_CONFLICT, ConflictError, UsageError
