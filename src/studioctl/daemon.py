@@ -352,7 +352,6 @@ async def _main(settings: Any) -> int:
         stop_engines["value"] = engines
         stop.set()
 
-    info = DaemonInfo(socket=str(paths.control_socket()), shutdown=request_shutdown)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -363,26 +362,59 @@ async def _main(settings: Any) -> int:
     # Scrapes engines with the supervisor's aiohttp session; waits for VRAM after evicts.
     telemetry = Telemetry(sup, db=db, bus=bus, session=lambda: sup.session)
     sup.vram_release = telemetry.vram_released
-    control = build_control_app(sup, bus, info, extra_routes=control_routes(telemetry))
+    extra_routes = control_routes(telemetry)
+    gateway = None
+    gateway_url = None
+    extra_status = None
+    if tcp is not None:
+        from studioctl.gateway import wiring
+
+        gateway = wiring.build_gateway_core(settings, db)
+        gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
+        extra_routes += wiring.admin_routes_for(gateway)
+        extra_status = wiring.gateway_status(gateway.core.limiter, gateway_url)
+        # -- supervisor -> gateway: the one place where attributes of the supervisor are
+        # set (until Supervisor takes ``hooks=``; then this is the hooks adapter).
+        hooks = gateway.hooks()
+
+        def instances_changed() -> None:
+            hooks.instances_changed(sup.list(include_stopped=True))
+
+        sup.on_change.append(instances_changed)
+        sup.gateway_inflight = hooks.inflight
+        sup.last_activity = hooks.last_activity
+        instances_changed()
+        # -- end of the supervisor attributes
+        telemetry.gateway = gateway.core.snapshot
+    info = DaemonInfo(
+        socket=str(paths.control_socket()),
+        shutdown=request_shutdown,
+        gateway_url=gateway_url,
+        extra_status=extra_status,
+    )
+    control = build_control_app(sup, bus, info, extra_routes=extra_routes)
     # The control socket (0600, our user only) gets the same bounds as the gateway.
     limits = ServerLimits.from_settings(gs, max_connections=max_conn)
     servers = [Server(control, control_sock, limits, name="control")]
     gw_server: Server | None = None
-    gateway = None
-    if tcp is not None:
-        from studioctl.gateway.wiring import build_gateway
+    gateway_app = None
+    gw_tasks: list[asyncio.Task[None]] = []
+    if tcp is not None and gateway is not None:
+        from studioctl import API_VERSION, __version__
+        from studioctl.gateway.app import GatewayApp
 
-        gateway = await build_gateway(
-            settings=settings,
-            db=db,
-            sup=sup,
+        gateway_app = GatewayApp(
+            gateway.core,
+            settings=settings.gateway,
             admin_app=control,
-            info=info,
+            admin_token=settings.daemon.admin_token,
+            health=wiring.gateway_health(db, sup.list),
+            version={"version": __version__, "api_version": API_VERSION},
             extra_metrics=telemetry.prometheus_lines,
         )
-        telemetry.gateway = gateway.snapshot
-        info.gateway_url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1"
-        gw_server = Server(gateway.app, tcp, limits, name="gateway")
+        await gateway_app.startup()
+        gw_tasks.append(asyncio.create_task(gateway.housekeeping(settings)))
+        gw_server = Server(gateway_app, tcp, limits, name="gateway")
         servers.append(gw_server)
     await telemetry.start()
     tasks = [asyncio.create_task(s.serve()) for s in servers]
@@ -402,8 +434,8 @@ async def _main(settings: Any) -> int:
     log.info("stopping (engines %s)", "stop too" if stop_engines["value"] else "keep running")
     t0 = time.monotonic()
     housekeeping.cancel()
-    if gw_server is not None and gateway is not None:
-        await _drain_gateway(gw_server, gateway.app, gs.drain_timeout_s)
+    if gw_server is not None and gateway_app is not None:
+        await _drain_gateway(gw_server, gateway_app, gs.drain_timeout_s)
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -411,8 +443,12 @@ async def _main(settings: Any) -> int:
     try:
         await sup.close(stop_engines=stop_engines["value"])
         await telemetry.close()  # adds the last figures to the store
+        for t in gw_tasks:
+            t.cancel()
+        if gateway_app is not None:
+            await gateway_app.shutdown()
         if gateway is not None:
-            await gateway.close()
+            gateway.close()
         bus.publish("daemon", f"daemon stopped (pid {os.getpid()})", data={"pid": os.getpid()})
     except StudioError as exc:
         log.error("shutdown: %s", exc.message)

@@ -27,7 +27,7 @@ from gateway_daemon.helpers import (
     usage_rows,
     wait_usage,
 )
-from studioctl.gateway.wiring import is_loopback
+from studioctl.netaddr import is_loopback
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
