@@ -54,7 +54,7 @@ class GatewayCore:
     tokenizer: PromptCounter
     tenants: TenantService | None = None
     # tenant id → name, dropped by forget_tenants() when tenants change
-    _tenant_names: dict[str, str] | None = field(default=None, repr=False)
+    _tenant_names: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     def snapshot(self) -> dict[str, Any]:
         """The gateway's live figures for ``studioctl top``: requests answered so far,

@@ -16,8 +16,7 @@ import asyncio
 import time
 
 from studioctl.errors import GatewayError
-from studioctl.gateway.accounting import Accounting, log_unexpected
-from studioctl.gateway.accounting import internal_error as _internal_error
+from studioctl.gateway.accounting import Accounting, internal_error, log_unexpected
 from studioctl.gateway.asgi import CT_SSE, NO_CACHE, Receive, Send, content_length
 from studioctl.gateway.body import clip
 from studioctl.gateway.context import RequestContext
@@ -108,7 +107,7 @@ class Relay:
         if isinstance(exc, OSError):  # UpstreamClosed, resets, an invalid answer
             return GatewayError(502, "upstream_error", f"{where} failed: {clip(str(exc), 200)}")
         log_unexpected(exc, f"relaying to {where}")
-        return _internal_error()
+        return internal_error()
 
     async def once(
         self, ctx: RequestContext, path: bytes, payload: bytes, send: Send, receive: Receive

@@ -159,8 +159,9 @@ class PromptCounter:
         pool = self._pool
         timeout = self._timeout_s
         try:
-            # The pool's timeout is per read; the call as a whole gets ``timeout_s`` too.
-            async with self._calls, asyncio.timeout(timeout):
+            # The pool's timeout is per read; the call as a whole (the wait for a turn
+            # included) gets ``timeout_s`` too.
+            async with asyncio.timeout(timeout), self._calls:
                 conn = await pool.request(upstream, b"/tokenize", json_dumps(req), timeout)
                 raw = await conn.read_all(timeout)
         except (TimeoutError, OSError):  # the pool's errors are all OSErrors
