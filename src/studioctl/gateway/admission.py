@@ -7,7 +7,7 @@ admitted the request (the refusals are raised as ``GatewayError``)::
     key → tenant                                                     → 401 / 403
     JSON parse (once; nesting ≤ 254 levels, see body.py)             → 400 invalid_json
     Limiter.enter: concurrency, then RPM (a slot and 1 RPM token)    → 429 + Retry-After
-    ---- :meth:`AdmissionControl.enter` above, :meth:`AdmissionControl.check` below ----
+    ---- :meth:`AdmissionControl.read_body` and ``enter`` above, ``check`` below ----
     model name (≤ 256 characters)                                    → 400 invalid_request
     model allowed for the tenant                                     → 403 model_not_allowed
     route (RouteTable.resolve)                                       → 404 / 503
@@ -91,22 +91,14 @@ class AdmissionControl:
         self._clamp = settings.clamp_output
         self.anonymous_ok = anonymous_allowed(settings)
 
-    async def enter(
-        self,
-        ctx: RequestContext,
-        authorization: bytes | None,
-        length: bytes | None,
-        receive: Receive,
-    ) -> bytes:
-        """Body, key, JSON, then a slot and an RPM token: sets ``ctx.tenant``, ``.body``,
-        ``.model`` (if valid) and ``.admission`` (to finish on every path from now on).
-        Returns the raw body (sent as is unless the checks change it)."""
-        raw = await self.read_body(receive, length)
+    def enter(self, ctx: RequestContext, authorization: bytes | None, raw: bytes) -> None:
+        """Key, JSON, then a slot and an RPM token (after :meth:`read_body`): sets
+        ``ctx.tenant``, ``.body``, ``.model`` (if valid) and ``.admission`` (to finish on
+        every path from now on)."""
         ctx.tenant = tenant = self.authenticate(authorization)
         ctx.body = body = parse_body(raw)
         ctx.model = peek_model(body)
         ctx.admission = self.limiter.enter(tenant)  # concurrency, RPM
-        return raw
 
     async def read_body(self, receive: Receive, length: bytes | None) -> bytes:
         limit = self._max_body

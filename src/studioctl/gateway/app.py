@@ -229,9 +229,11 @@ class GatewayApp:
         send: Send,
     ) -> None:
         accounting = self.accounting
+        admission = self.admission
         # Before admission: body size, key, JSON. Nothing is held yet.
         try:
-            raw = await self.admission.enter(ctx, authorization, length, receive)
+            raw = await admission.read_body(receive, length)
+            admission.enter(ctx, authorization, raw)
         except GatewayError as exc:
             await accounting.refuse(send, ctx, exc)
             return
@@ -250,7 +252,14 @@ class GatewayApp:
         # Admitted: from here on every path, whatever is raised, writes one usage row and
         # gives the slot (and any TPM reservation, and the route's count) back.
         try:
-            await self._admitted(ctx, raw, receive, send)
+            upstream, path, payload = await admission.check(ctx, raw)
+            self.core.routes.begin(upstream.instance_id)
+            ctx.upstream = upstream
+            if ctx.stream:
+                await self.relay.stream(ctx, path, payload, send, receive)
+            else:
+                ctx.body = None  # only a stream's disconnect reads it again
+                await self.relay.once(ctx, path, payload, send, receive)
         except GatewayError as exc:  # refused by a check after admission
             await accounting.refuse(send, ctx, exc)
         except asyncio.CancelledError:
@@ -264,19 +273,6 @@ class GatewayApp:
             await accounting.fail(send, ctx, internal_error())
         finally:
             self._release(ctx)
-
-    async def _admitted(
-        self, ctx: RequestContext, raw: bytes, receive: Receive, send: Send
-    ) -> None:
-        """The checks after admission, then the relay. Raises GatewayError to refuse."""
-        upstream, path, payload = await self.admission.check(ctx, raw)
-        self.core.routes.begin(upstream.instance_id)
-        ctx.upstream = upstream
-        if ctx.stream:
-            await self.relay.stream(ctx, path, payload, send, receive)
-        else:
-            ctx.body = None  # only a stream's disconnect reads it again
-            await self.relay.once(ctx, path, payload, send, receive)
 
     def _release(self, ctx: RequestContext) -> None:
         """Whatever the request took, given back (the route's count, the slot, TPM)."""
