@@ -61,10 +61,11 @@ def serve_gateway(args: argparse.Namespace) -> None:
         sys.setswitchinterval(args.switch_interval / 1000.0)
     import uvicorn
 
+    from studioctl.gateway.app import GatewayApp
     from studioctl.gateway.auth import Authenticator
+    from studioctl.gateway.core import GatewayCore, new_pool
     from studioctl.gateway.limits import Limiter
     from studioctl.gateway.metrics import GatewayMetrics
-    from studioctl.gateway.proxy import GatewayApp
     from studioctl.gateway.routing import RouteTable, Upstream
     from studioctl.gateway.tokenize import PromptCounter
     from studioctl.settings import GatewaySettings
@@ -104,9 +105,9 @@ def serve_gateway(args: argparse.Namespace) -> None:
         writer = UsageWriter(UsageRepo(db))
         usage: Any = writer
     except ImportError as exc:
-        from studioctl.gateway.usage import MemoryUsageSink
+        from studioctl.gateway.usage import MemoryUsageQueue
 
-        usage = MemoryUsageSink()
+        usage = MemoryUsageQueue()
         usage_kind = f"memory (store not available: {exc})"
 
     async def health() -> dict[str, Any]:
@@ -122,14 +123,19 @@ def serve_gateway(args: argparse.Namespace) -> None:
             else:
                 print(f"WRITTEN {len(usage.rows)}", flush=True)
 
-    app = BenchGateway(
-        settings=settings,
+    pool = new_pool()
+    core = GatewayCore(
         routes=routes,
         auth=Authenticator(keys.get),
         limiter=limiter,
         usage=usage,
         metrics=metrics,
-        tokenizer=PromptCounter(),
+        pool=pool,
+        tokenizer=PromptCounter(new_pool()),
+    )
+    app = BenchGateway(
+        core,
+        settings=settings,
         admin_app=None,
         admin_token=None,
         health=health,

@@ -25,13 +25,14 @@ import uvicorn
 import uvloop
 from aiohttp import web
 
+from studioctl.gateway.app import GatewayApp
 from studioctl.gateway.auth import Authenticator
+from studioctl.gateway.core import GatewayCore, new_pool
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
-from studioctl.gateway.proxy import GatewayApp
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.tokenize import PromptCounter
-from studioctl.gateway.usage import MemoryUsageSink
+from studioctl.gateway.usage import MemoryUsageQueue
 from studioctl.settings import GatewaySettings
 from studioctl.tenants import TenantContext, TenantLimits, anonymous_context
 from studioctl.tenants.keys import generate_key
@@ -380,7 +381,7 @@ class Gateway:
     engine: StandinEngine
     routes: RouteTable
     limiter: Limiter
-    usage: MemoryUsageSink
+    usage: MemoryUsageQueue
     metrics: GatewayMetrics
     auth: Authenticator
     keys: dict[str, TenantContext]  # sha256 → context
@@ -499,15 +500,20 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
             tenant_labels=gs.metrics_tenant_labels, inflight_source=limiter.inflight
         )
         auth = Authenticator(keys.get, anonymous=anonymous_context() if anonymous else None)
-        usage = MemoryUsageSink()
-        app = GatewayApp(
-            settings=gs,
+        usage = MemoryUsageQueue()
+        pool = new_pool()
+        core = GatewayCore(
             routes=routes,
             auth=auth,
             limiter=limiter,
             usage=usage,
             metrics=metrics,
-            tokenizer=PromptCounter(timeout_s=tokenizer_timeout_s),
+            pool=pool,
+            tokenizer=PromptCounter(new_pool(), timeout_s=tokenizer_timeout_s),
+        )
+        app = GatewayApp(
+            core,
+            settings=gs,
             admin_app=_admin_echo,
             admin_token=admin_token,
             health=health,

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from studioctl.gateway.body import MAX_JSON_DEPTH, MAX_MODEL_CHARS, MAX_N
+from studioctl.gateway.core import new_pool
 from studioctl.gateway.metrics import OTHER_MODEL, GatewayMetrics
 from studioctl.gateway.routing import Upstream
 from studioctl.gateway.sse import SSERelay
@@ -107,9 +108,9 @@ def test_an_unexpected_failure_after_admission_answers_500_and_frees_everything(
 ) -> None:
     gw = make_gateway(tenant_limits=limits(max_concurrent=1))
     if step == "prompt count":
-        monkeypatch.setattr(gw.app.tokenizer, "measure", _boom_async)
+        monkeypatch.setattr(gw.app.core.tokenizer, "measure", _boom_async)
     elif step == "route begin":
-        monkeypatch.setattr(gw.app.routes, "begin", _boom)
+        monkeypatch.setattr(gw.app.core.routes, "begin", _boom)
     else:
         monkeypatch.setattr(GatewayMetrics, "upstream_latency", _boom)
     body = {"model": MODEL, "messages": MESSAGES, "stream": stream}
@@ -400,7 +401,8 @@ class _KeyedEngine(StandinEngine):
 def test_tokenize_sends_the_engines_key(loop_thread: LoopThread, api_key: str | None) -> None:
     engine = _KeyedEngine()
     loop_thread.run(engine.start())
-    counter = PromptCounter(timeout_s=5.0)
+    pool = new_pool()
+    counter = PromptCounter(pool, timeout_s=5.0)
     try:
         up = Upstream("i-k", "r", engine.host, engine.port, "ready", (MODEL,), api_key=api_key)
         chat_body = {"model": MODEL, "messages": LONG}
@@ -408,7 +410,7 @@ def test_tokenize_sends_the_engines_key(loop_thread: LoopThread, api_key: str | 
         prompts = {"model": MODEL, "prompt": ["a b", "c d e"]}
         assert loop_thread.run(counter.count(up, prompts)) == 5
     finally:
-        loop_thread.run(counter.aclose())
+        loop_thread.call(pool.close)
         loop_thread.run(engine.stop())
     expected = f"Bearer {api_key}" if api_key else None
     assert engine.tokenize_auth == [expected] * 3

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from studioctl.gateway.proxy import SHUTDOWN_RETRY_AFTER_S
+from studioctl.gateway.relay import SHUTDOWN_RETRY_AFTER_S
 
 from .conftest import MODEL, Gateway
 from .test_proxy import MESSAGES, assert_error, chat

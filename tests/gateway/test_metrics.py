@@ -258,9 +258,9 @@ class _NoRender(GatewayMetrics):
 
 
 def test_the_gateway_snapshot_never_renders_the_metrics_text(tmp_path: Path) -> None:
+    from studioctl.gateway.core import GatewayCore
     from studioctl.gateway.limits import Limiter
     from studioctl.gateway.routing import RouteTable
-    from studioctl.gateway.wiring import Gateway
     from studioctl.store.db import Database
     from studioctl.store.migrations import migrate
     from studioctl.store.usage import UsageRepo, UsageWriter
@@ -273,14 +273,15 @@ def test_the_gateway_snapshot_never_renders_the_metrics_text(tmp_path: Path) -> 
         limiter = Limiter(global_max_concurrent=8)
         metrics = _NoRender(inflight_source=limiter.inflight, max_models=300)
         feed(metrics, models=300, tenants=20)  # 6,000 series: rendering them each second hurt
-        gw = Gateway(
-            app=cast(Any, None),  # not used by snapshot()
-            tenants=TenantService(db),
+        gw = GatewayCore(
             routes=RouteTable(),
+            auth=cast(Any, None),  # not used by snapshot()
             limiter=limiter,
             metrics=metrics,
-            usage_repo=UsageRepo(db),
-            writer=writer,
+            usage=writer,
+            pool=cast(Any, None),
+            tokenizer=cast(Any, None),
+            tenants=TenantService(db),
         )
         snap = gw.snapshot()
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -167,3 +169,39 @@ def test_metrics_lines_parse_as_prometheus_text() -> None:
         s.labels["instance"]: s.value for s in families["studioctl_instance_inflight"].samples
     }
     assert inflight == {'we"ird': 1.0, "b": 0.0}
+
+
+# -- instances pushed by the supervisor (RouteTable.instances_changed, GatewayHooksSource) ----
+
+
+def _instance(iid: str, state: str, names: tuple[str, ...], host: str = "0.0.0.0") -> Any:
+    recipe = SimpleNamespace(id=f"{iid}-recipe", model_names=names, served_name=names[0])
+    return SimpleNamespace(id=iid, recipe=recipe, host=host, port=18001, state=state, api_key="k-1")
+
+
+def test_instances_changed_routes_live_instances_and_keeps_stopped_names_known() -> None:
+    from studioctl.gateway.wiring import GatewayHooksSource
+
+    table = RouteTable()
+    table.recipes_changed({"on-disk": "disk-recipe"})
+    hooks = GatewayHooksSource(table)
+    hooks.instances_changed(
+        [_instance("a", "ready", ("alpha", "alpha-alias")), _instance("b", "stopped", ("beta",))]
+    )
+    got = table.resolve("alpha-alias")
+    assert (got.instance_id, got.host, got.engine_names, got.api_key) == (
+        "a",
+        "127.0.0.1",  # a wildcard bind is reached on loopback
+        ("alpha",),
+        "k-1",
+    )
+    assert refused(table, "beta").code == "model_not_running"  # stopped: known, not served
+    assert refused(table, "on-disk").code == "model_not_running"
+    assert [u.instance_id for u in table.upstreams()] == ["a"]
+    # The recipes rescanned later keep the instances; the in-flight counts feed the hooks.
+    table.recipes_changed({})
+    assert table.resolve("alpha").instance_id == "a"
+    table.begin("a")
+    assert hooks.inflight("a") == 1 and hooks.last_activity("a") is None
+    table.end("a")
+    assert hooks.inflight("a") == 0 and hooks.last_activity("a") is not None

@@ -27,7 +27,7 @@ from gateway_daemon.helpers import (
     usage_rows,
     wait_usage,
 )
-from studioctl.gateway.wiring import is_loopback
+from studioctl.netaddr import is_loopback
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -145,6 +145,8 @@ def test_without_allow_anonymous_a_request_without_a_key_is_401(daemon: Daemon) 
         ("127.0.0.1", True),
         ("127.8.9.10", True),
         ("::1", True),
+        ("[::1]", True),
+        ("[127.0.0.1]", True),
         ("localhost", True),
         ("0.0.0.0", False),
         ("::", False),

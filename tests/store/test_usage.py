@@ -227,7 +227,7 @@ def test_rows(store: Store) -> None:
 
 
 def test_accepts_the_gateways_record_type(db: Database) -> None:
-    from studioctl.gateway.usage import UsageRecord as GatewayRecord
+    from studioctl.store.usage import UsageRecord as GatewayRecord
 
     row = GatewayRecord(
         ts=120.0,

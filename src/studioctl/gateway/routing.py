@@ -1,8 +1,10 @@
 """Which engine instance serves a model name: the gateway's route table.
 
-The daemon calls :meth:`RouteTable.update` whenever an instance changes state (and with every
+The daemon tells the table about instances (:meth:`RouteTable.instances_changed`, with every
+instance whenever one changes state) and recipes (:meth:`RouteTable.recipes_changed`, every
 recipe's served names, so that a known-but-stopped model answers 503 with a hint instead of
-404). The proxy calls :meth:`RouteTable.resolve` once per request; it is a dictionary lookup.
+404); :meth:`RouteTable.update` sets both at once. The proxy calls
+:meth:`RouteTable.resolve` once per request; it is a dictionary lookup.
 
     resolve(model)
       served by a ready instance                 → that Upstream (the least busy if several)
@@ -17,14 +19,18 @@ The table also counts requests in flight per instance (``begin``/``end``); evict
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import GatewayError
 from studioctl.promtext import escape
 
+if TYPE_CHECKING:
+    from studioctl.lifecycle.runtime import Instance
+
 READY = "ready"
+STOPPED = "stopped"
 # States in which the instance will (again) serve soon: clients are told to retry.
 PENDING_STATES = frozenset({"starting", "loading", "draining"})
 # Seconds a client is told to wait for an instance that is loading or draining.
@@ -69,8 +75,37 @@ class RouteTable:
         self._inflight: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
         self._created = int(time.time())
+        # What instances_changed() and recipes_changed() were last told.
+        self._instance_names: dict[str, str] = {}
+        self._recipe_names: dict[str, str] = {}
 
     # -- updates (daemon side) ----------------------------------------------------------
+
+    def instances_changed(self, instances: Sequence[Instance]) -> None:
+        """Rebuild the table from every instance (stopped ones included, in the
+        supervisor's order). Stopped ones serve nothing but keep their names known (a recipe
+        launched after start-up then answers 503 model_not_running once evicted)."""
+        ups = [
+            Upstream(
+                instance_id=i.id,
+                recipe_id=i.recipe.id,
+                host=i.host if i.host not in ("0.0.0.0", "::", "") else "127.0.0.1",
+                port=i.port,
+                state=str(i.state),
+                model_names=tuple(i.recipe.model_names),
+                engine_names=(i.recipe.served_name,),  # aliases are rewritten to it
+                api_key=i.api_key,  # the engine's own key: sent on every call to it
+            )
+            for i in instances
+            if str(i.state) != STOPPED
+        ]
+        self._instance_names = {n: i.recipe.id for i in instances for n in i.recipe.model_names}
+        self.update(ups, {**self._instance_names, **self._recipe_names})
+
+    def recipes_changed(self, names: Mapping[str, str]) -> None:
+        """Every recipe's served names and aliases → recipe id (the recipes on disk)."""
+        self._recipe_names = dict(names)
+        self.update(self._upstreams, {**self._instance_names, **self._recipe_names})
 
     def update(self, upstreams: Iterable[Upstream], known: Mapping[str, str]) -> None:
         """Replace the table. ``known`` maps every recipe's model names to the recipe id."""

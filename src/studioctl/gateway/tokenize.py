@@ -26,15 +26,14 @@ the counted part alone exceeds the cap, or it plus the byte bound of the rest fi
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from studioctl.errors import GatewayError
 from studioctl.gateway.routing import Upstream
 from studioctl.gateway.sse import json_dumps, json_loads
-
-if TYPE_CHECKING:
-    import aiohttp
+from studioctl.gateway.upstream import UpstreamPool
 
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_ESTIMATE = 4
@@ -45,7 +44,6 @@ PER_MESSAGE_ALLOWANCE = 16
 # Messages of a chat, or prompts/inputs of a completion/embedding, one request may carry
 # (OpenAI's own bound on an embeddings input list).
 MAX_PROMPT_ITEMS = 2048
-_JSON_HEADERS = {"Content-Type": "application/json"}
 # The body fields a count reads (the rest of a body may be dropped before counting).
 PROMPT_FIELDS = (
     "model",
@@ -61,21 +59,25 @@ PROMPT_FIELDS = (
 class PromptCounter:
     """Counts prompt tokens, with the engine's tokenizer when the count decides anything."""
 
-    def __init__(self, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, pool: UpstreamPool, *, timeout_s: float = 10.0, max_calls: int = 128
+    ) -> None:
+        """``pool``: keep-alive connections toward the engines, of the client the proxied
+        requests use but a pool of its own (the exact counts of disconnected streams would
+        otherwise take the idle connections new requests reuse, and each stream left closes
+        its connection: twice the connections opened under a wave of aborted streams);
+        ``timeout_s``: for one ``/tokenize`` call, connection included; ``max_calls``:
+        calls at once (each holds a connection; the exact counts of disconnected streams
+        run besides the requests in flight, and a burst of connections overflows an
+        engine's accept queue)."""
+        self._pool = pool
         self._timeout_s = timeout_s
-        self._session: aiohttp.ClientSession | None = None
-        self._own_session = False
+        self._calls = asyncio.Semaphore(max_calls)
         self._no_tokenizer: set[str] = set()  # instance ids whose engine has no /tokenize
 
-    def bind(self, session: aiohttp.ClientSession) -> None:
-        """Use the gateway's shared upstream session (called by GatewayApp.startup)."""
-        self._session = session
-        self._own_session = False
-
-    async def aclose(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-        self._session = None
+    def close(self) -> None:
+        """Close the idle connections (the gateway is stopping)."""
+        self._pool.close()
 
     async def measure(
         self, upstream: Upstream, body: dict[str, Any], limit: int
@@ -154,29 +156,26 @@ class PromptCounter:
 
     async def _tokenize(self, upstream: Upstream, req: dict[str, Any]) -> int | None:
         """The engine's count for one /tokenize request, or None when it gave none."""
-        import aiohttp
-
-        session = self._session
-        if session is None:
-            session = self._session = aiohttp.ClientSession()
-            self._own_session = True
-        headers = _JSON_HEADERS
-        if upstream.api_key:  # the engine's own key (generated per instance)
-            headers = {**_JSON_HEADERS, "Authorization": f"Bearer {upstream.api_key}"}
+        pool = self._pool
+        timeout = self._timeout_s
         try:
-            async with session.post(
-                upstream.base_url + "/tokenize",
-                data=json_dumps(req),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-            ) as resp:
-                if resp.status in (404, 405):
-                    self._no_tokenizer.add(upstream.instance_id)
-                    return None
-                if resp.status != 200:
-                    return None
-                data = json_loads(await resp.read())
-        except (TimeoutError, aiohttp.ClientError, ValueError):
+            # The pool's timeout is per read; the call as a whole (the wait for a turn
+            # included) gets ``timeout_s`` too.
+            async with asyncio.timeout(timeout), self._calls:
+                conn = await pool.request(upstream, b"/tokenize", json_dumps(req), timeout)
+                raw = await conn.read_all(timeout)
+        except (TimeoutError, OSError):  # the pool's errors are all OSErrors
+            return None
+        status = conn.status
+        pool.release(conn)
+        if status in (404, 405):
+            self._no_tokenizer.add(upstream.instance_id)
+            return None
+        if status != 200:
+            return None
+        try:
+            data = json_loads(raw)
+        except ValueError:
             return None
         count = data.get("count") if isinstance(data, dict) else None
         if isinstance(count, int):

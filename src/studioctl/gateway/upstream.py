@@ -239,10 +239,15 @@ class UpstreamConn(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections per engine address; most recently used first."""
+    """Keep-alive connections per engine address; most recently used first.
+
+    Built anywhere; it binds to the running event loop at its first request (and again
+    after :meth:`close`)."""
+
+    loop: asyncio.AbstractEventLoop  # bound by the first request
 
     def __init__(self, *, keepalive_s: float, connect_timeout_s: float) -> None:
-        self.loop = asyncio.get_running_loop()
+        self._bound = False
         self.keepalive_s = keepalive_s
         self.connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, int], list[UpstreamConn]] = {}
@@ -255,6 +260,9 @@ class UpstreamPool:
     ) -> UpstreamConn:
         """Send ``POST path`` and wait for the response head; the caller reads the body and
         then calls :meth:`release` (or ``conn.close()`` to abandon it)."""
+        if not self._bound:
+            self.loop = asyncio.get_running_loop()
+            self._bound = True
         key = (upstream.host, upstream.port)
         head = self._heads.get(key)
         if head is None or head[0] != upstream.api_key:  # new engine, or a new key on its port
@@ -329,6 +337,7 @@ class UpstreamPool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+        self._bound = False
 
 
 def _request_head(upstream: Upstream) -> bytes:

@@ -1,187 +1,117 @@
 """Assemble the gateway inside the daemon: tenants, auth, limits, usage writer, routes.
 
-The route table follows the supervisor's instances (``Gateway.instances_changed``, called
-through the daemon's supervisor hooks); eviction drains on the gateway's in-flight count; the
-admin routes join the control app; usage rows go to SQLite through a background writer;
-``GET /metrics`` adds instance states and the daemon's telemetry (``extra_metrics``) to the
-gateway's own figures; ``Gateway.snapshot()`` feeds ``top``.
+:func:`build_gateway_core` builds what needs neither the supervisor nor telemetry (tenants
+from the store, usage rows to SQLite through a background writer, the route table, the
+upstream pool); :class:`GatewayHooksSource` is what the supervisor asks the gateway (requests
+in flight, last activity) and tells it (instances changed). The daemon's composition root
+(``studioctl.daemon.compose``) then builds ``GatewayApp(core, ...)`` with everything else it
+needs in its constructor, and gives the control API the tenants' routes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from studioctl import API_VERSION, __version__
+from studioctl.gateway.admission import anonymous_allowed
 from studioctl.gateway.auth import Authenticator
+from studioctl.gateway.core import GatewayCore, new_pool
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
-from studioctl.gateway.proxy import GatewayApp
-from studioctl.gateway.routing import RouteTable, Upstream
+from studioctl.gateway.routing import RouteTable
 from studioctl.gateway.tokenize import PromptCounter
-from studioctl.states import State
-from studioctl.tenants import ANONYMOUS_TENANT_ID, TenantService, anonymous_context
+from studioctl.tenants import TenantService, anonymous_context
 
 if TYPE_CHECKING:
-    from starlette.routing import BaseRoute
-    from starlette.types import ASGIApp
-
-    from studioctl.control import ExtraStatus
     from studioctl.lifecycle.runtime import Instance
-    from studioctl.lifecycle.supervisor import Supervisor
     from studioctl.settings import Settings
     from studioctl.store.db import Database
     from studioctl.store.usage import UsageRepo, UsageWriter
 
 log = logging.getLogger("studioctl.gateway")
 
-HOUSEKEEPING_S = 60.0  # flush key last-used times, prune idle limiter state
+HOUSEKEEPING_S = 60.0  # flush key last-used times, prune idle limiter state, rescan recipes
+
+__all__ = [
+    "HOUSEKEEPING_S",
+    "DaemonGateway",
+    "GatewayHooksSource",
+    "build_gateway_core",
+    "gateway_health",
+    "gateway_status",
+    "known_models",
+]
 
 
-@dataclass
-class Gateway:
-    app: GatewayApp
-    tenants: TenantService
-    routes: RouteTable
-    limiter: Limiter
-    metrics: GatewayMetrics
-    usage_repo: UsageRepo
-    writer: UsageWriter
-    feed: RouteFeed
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _tenant_names: dict[str, str] | None = None  # tenant id → name, dropped on tenant changes
+class GatewayHooksSource:
+    """The gateway's side of the supervisor's hooks, backed by the route table."""
 
-    def snapshot(self) -> dict[str, Any]:
-        """The gateway's live figures for ``studioctl top``: requests answered so far, rejections
-        by reason, requests in flight (all, and per tenant with any in flight). Called every
-        second by telemetry: read from the counters, never by rendering /metrics."""
-        totals = self.metrics.summary()
-        if self._tenant_names is None:
-            names = {t.id: t.name for t in self.tenants.list()}
-            names.setdefault(ANONYMOUS_TENANT_ID, ANONYMOUS_TENANT_ID)
-            self._tenant_names = names
-        per_tenant = {
-            name: n for tid, name in self._tenant_names.items() if (n := self.limiter.inflight(tid))
-        }
-        return {
-            "requests_total": totals["requests_total"],
-            "rejections": totals["rejections"],
-            "inflight": self.limiter.inflight(),
-            "max_concurrent": self.limiter.global_max_concurrent,
-            "tenants_inflight": per_tenant,
-        }
+    __slots__ = ("_routes",)
 
-    # The gateway's half of the supervisor's hooks (lifecycle.hooks.SupervisorHooks).
+    def __init__(self, routes: RouteTable) -> None:
+        self._routes = routes
 
     def inflight(self, instance_id: str) -> int:
-        return self.routes.inflight(instance_id)
+        """Gateway requests in flight to the instance (eviction drains on 0)."""
+        return self._routes.inflight(instance_id)
 
     def last_activity(self, instance_id: str) -> float | None:
-        return self.routes.last_used(instance_id)
+        """time.time() when the last request to the instance ended (idle unload)."""
+        return self._routes.last_used(instance_id)
 
     def instances_changed(self, instances: Sequence[Instance]) -> None:
-        self.feed.instances_changed(instances)
+        """Every instance, stopped included, whenever one changes."""
+        self._routes.instances_changed(instances)
 
-    def _forget_tenants(self) -> None:
-        self._tenant_names = None
 
-    async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await self.app.shutdown()
+@dataclass(kw_only=True, eq=False)
+class DaemonGateway:
+    """The gateway core as the daemon builds it, with the store-backed parts it closes."""
+
+    core: GatewayCore
+    tenants: TenantService
+    usage_repo: UsageRepo
+    writer: UsageWriter
+
+    def hooks(self) -> GatewayHooksSource:
+        return GatewayHooksSource(self.core.routes)
+
+    async def housekeeping(self, settings: Settings) -> None:
+        """Every HOUSEKEEPING_S: flush key last-used times, prune idle limiter state,
+        rescan the recipes (added or edited on disk become known models). Runs until
+        cancelled."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                await asyncio.to_thread(self.tenants.flush_last_used)
+                self.core.limiter.prune()
+                known = await asyncio.to_thread(known_models, settings)
+                self.core.routes.recipes_changed(known)
+            except Exception:
+                log.exception("gateway housekeeping failed")
+
+    def close(self) -> None:
+        """Write the queued usage rows and the keys' last-used times."""
         self.writer.close()
         with contextlib.suppress(Exception):
             self.tenants.flush_last_used()
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class RouteFeed:
-    """Keeps the route table in step with the supervisor's instances (all of them, stopped
-    included) and the recipes on disk (``known``: every served name and alias → recipe id)."""
-
-    def __init__(self, routes: RouteTable, known: dict[str, str]) -> None:
-        self.routes = routes
-        self.known = known
-        self.instances: list[Instance] = []
-
-    def instances_changed(self, instances: Sequence[Instance]) -> None:
-        self.instances = list(instances)
-        self.refresh()
-
-    def known_changed(self, known: dict[str, str]) -> None:
-        self.known = known
-        self.refresh()
-
-    def refresh(self) -> None:
-        ups = [
-            Upstream(
-                instance_id=i.id,
-                recipe_id=i.recipe.id,
-                host=i.host if i.host not in ("0.0.0.0", "::", "") else "127.0.0.1",
-                port=i.port,
-                state=str(i.state),
-                model_names=tuple(i.recipe.model_names),
-                engine_names=(i.recipe.served_name,),  # aliases are rewritten to it
-                api_key=i.api_key,  # the engine's own key: sent on every call to it
-            )
-            for i in self.instances
-            if i.state != State.STOPPED
-        ]
-        # Recipes launched since the last scan (added after start-up) are known too: once
-        # evicted, their names answer 503 model_not_running, not 404.
-        names = {n: i.recipe.id for i in self.instances for n in i.recipe.model_names}
-        self.routes.update(ups, {**names, **self.known})
-
-
-class _Routes(RouteTable):
-    """The route table, whose ``/metrics`` lines (instance states, in-flight counts) are
-    followed by the daemon's own families (``extra``: telemetry's GPU/instance/energy lines)."""
-
-    def __init__(self, extra: Callable[[], str] | None) -> None:
-        super().__init__()
-        self._extra = extra
-
-    def metrics_lines(self) -> str:
-        text = super().metrics_lines()
-        if self._extra is None:
-            return text
-        try:
-            return text + self._extra()
-        except Exception:  # a telemetry fault must not take the gateway's /metrics down
-            log.exception("extra /metrics lines failed")
-            return text
-
-
-async def build_gateway(
-    *,
-    settings: Settings,
-    db: Database,
-    sup: Supervisor,
-    control: Callable[[Sequence[BaseRoute], ExtraStatus], ASGIApp],
-    gateway_url: str,
-    extra_metrics: Callable[[], str] | None = None,
-) -> Gateway:
-    from studioctl.control.tenants import tenant_routes
+def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
+    """Tenants, auth, limits, metrics, usage writer, route table (with the recipes on disk),
+    the upstream pool and the prompt counter: everything the gateway needs but the
+    supervisor and telemetry. Starts the usage writer's thread; needs no event loop."""
     from studioctl.store.usage import UsageRepo, UsageWriter
 
     gs = settings.gateway
     tenants = TenantService(db)
     anonymous = None
     if gs.allow_anonymous:
-        if is_loopback(gs.host):
+        if anonymous_allowed(gs):
             anonymous = anonymous_context()
         else:
             log.warning(
@@ -196,68 +126,24 @@ async def build_gateway(
     )
     usage_repo = UsageRepo(db)
     writer = UsageWriter(usage_repo)
-    routes = _Routes(extra_metrics)
-    # Recipes on disk: re-read by housekeeping only.
-    feed = RouteFeed(routes, _known_models(settings))
-    feed.instances_changed(sup.list(include_stopped=True))
-
-    async def health() -> dict[str, Any]:
-        ok_store = await asyncio.to_thread(db.check)
-        instances = {i.id: str(i.state) for i in sup.list()}
-        return {
-            "ok": ok_store,
-            "store": "ok" if ok_store else "unreachable",
-            "instances": instances,
-        }
-
-    async def gateway_status() -> dict[str, Any]:
-        return {"gateway": {"url": gateway_url, "inflight": limiter.inflight(), "health": "ok"}}
-
-    # The control app, with the admin routes and the gateway's status figures: served on the
-    # socket by the daemon, and here under /admin/.
-    admin_app = control(tenant_routes(tenants, usage_repo), gateway_status)
-    app = GatewayApp(
-        settings=gs,
+    routes = RouteTable()
+    routes.recipes_changed(known_models(settings))  # re-read from disk by housekeeping
+    pool = new_pool()
+    core = GatewayCore(
         routes=routes,
         auth=auth,
         limiter=limiter,
+        metrics=metrics,
         usage=writer,
-        metrics=metrics,
-        tokenizer=PromptCounter(),
-        admin_app=admin_app,
-        admin_token=settings.daemon.admin_token,
-        health=health,
-        version={"version": __version__, "api_version": API_VERSION},
-    )
-    await app.startup()
-    gw = Gateway(
-        app=app,
+        pool=pool,
+        tokenizer=PromptCounter(new_pool(), max_calls=max(gs.max_concurrent, 1)),
         tenants=tenants,
-        routes=routes,
-        limiter=limiter,
-        metrics=metrics,
-        usage_repo=usage_repo,
-        writer=writer,
-        feed=feed,
     )
-    tenants.subscribe(gw._forget_tenants)
-
-    async def housekeeping() -> None:
-        while True:
-            await asyncio.sleep(HOUSEKEEPING_S)
-            try:
-                await asyncio.to_thread(tenants.flush_last_used)
-                limiter.prune()
-                # Recipes added or edited on disk become known models.
-                feed.known_changed(await asyncio.to_thread(_known_models, settings))
-            except Exception:
-                log.exception("gateway housekeeping failed")
-
-    gw._tasks.append(asyncio.create_task(housekeeping()))
-    return gw
+    tenants.subscribe(core.forget_tenants)
+    return DaemonGateway(core=core, tenants=tenants, usage_repo=usage_repo, writer=writer)
 
 
-def _known_models(settings: Settings) -> dict[str, str]:
+def known_models(settings: Settings) -> dict[str, str]:
     """Every recipe's served names and aliases → recipe id (for 503 model_not_running)."""
     from studioctl.recipes import recipe_dirs, scan_recipes
 
@@ -269,3 +155,28 @@ def _known_models(settings: Settings) -> dict[str, str]:
         for name in r.model_names:
             out.setdefault(name, r.id)
     return out
+
+
+def gateway_health(
+    db: Database, instances: Callable[[], Sequence[Instance]]
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """``GET /healthz``'s report: the store reachable, and the state of every instance."""
+
+    async def health() -> dict[str, Any]:
+        ok_store = await asyncio.to_thread(db.check)
+        return {
+            "ok": ok_store,
+            "store": "ok" if ok_store else "unreachable",
+            "instances": {i.id: str(i.state) for i in instances()},
+        }
+
+    return health
+
+
+def gateway_status(limiter: Limiter, url: str | None) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The gateway's part of the daemon's status (``DaemonInfo.extra_status``)."""
+
+    async def status() -> dict[str, Any]:
+        return {"gateway": {"url": url, "inflight": limiter.inflight(), "health": "ok"}}
+
+    return status

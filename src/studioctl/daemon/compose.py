@@ -1,0 +1,334 @@
+"""The composition root: every part of the daemon built once, in dependency order, each given
+what it needs in its constructor (docs/architecture.md, "The composition root").
+
+1. the store and the event bus;
+2. the GPU reader and the engine HTTP client (one session for probes, drains and scrapes);
+3. the gateway core (tenants, auth, limits, metrics, usage writer, route table), which needs
+   neither the supervisor nor telemetry;
+4. the supervisor, with hooks answered by the gateway core and the VRAM watch;
+5. telemetry, reading the supervisor and the GPU reader;
+6. the control API, with telemetry's and the tenants' routes and the gateway's status;
+7. the gateway's ASGI app, with the control app under /admin/ and telemetry's /metrics lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from studioctl import API_VERSION, __version__, paths
+from studioctl.daemon.system import (
+    bind_tcp,
+    bind_unix,
+    connection_budget,
+    raise_nofile_limit,
+    sd_notify,
+)
+from studioctl.errors import StudioError
+
+if TYPE_CHECKING:
+    import socket
+
+    from starlette.types import ASGIApp
+
+    from studioctl.gateway.app import GatewayApp
+    from studioctl.gateway.wiring import DaemonGateway, GatewayHooksSource
+    from studioctl.httpserver import Server
+    from studioctl.lifecycle.engine_http import EngineHttp
+    from studioctl.lifecycle.events import EventBus
+    from studioctl.lifecycle.runtime import Instance
+    from studioctl.lifecycle.supervisor import Supervisor
+    from studioctl.settings import Settings
+    from studioctl.store.db import Database
+    from studioctl.telemetry import GpuReader, Telemetry, VramWatch
+
+log = logging.getLogger("studioctl.daemon")
+
+
+class DaemonHooks:
+    """The supervisor's hooks (``lifecycle.hooks.SupervisorHooks``): in-flight counts, last
+    activity and the instance list go to the gateway (when it is on); evicts wait on the VRAM
+    watch."""
+
+    def __init__(self, gateway: GatewayHooksSource | None, vram: VramWatch) -> None:
+        self.gateway = gateway
+        self.vram = vram
+
+    def inflight(self, instance_id: str) -> int:
+        return self.gateway.inflight(instance_id) if self.gateway is not None else 0
+
+    def last_activity(self, instance_id: str) -> float | None:
+        return self.gateway.last_activity(instance_id) if self.gateway is not None else None
+
+    def instances_changed(self, instances: Sequence[Instance]) -> None:
+        if self.gateway is not None:
+            self.gateway.instances_changed(instances)
+
+    async def vram_released(self, inst: Instance, held: int | None) -> dict[str, Any] | None:
+        return await self.vram.released(inst, held)
+
+
+@dataclass(eq=False)
+class Parts:
+    """Everything the daemon built, for serving and for the ordered shutdown."""
+
+    settings: Settings
+    db: Database
+    bus: EventBus
+    gpus: GpuReader
+    engine_http: EngineHttp
+    sup: Supervisor
+    telemetry: Telemetry
+    control: ASGIApp
+    gateway: DaemonGateway | None = None
+    gateway_app: GatewayApp | None = None
+    servers: list[Server] = field(default_factory=list)
+    gateway_server: Server | None = None
+
+
+def build(
+    settings: Settings,
+    *,
+    tcp: socket.socket | None,
+    shutdown: Callable[[bool], None],
+) -> Parts:
+    """Build every part (no event loop work yet: nothing is started here)."""
+    from studioctl.control import DaemonInfo, build_control_app
+    from studioctl.control.gpus import telemetry_routes
+    from studioctl.control.tenants import tenant_routes
+    from studioctl.lifecycle.engine_http import EngineHttp
+    from studioctl.lifecycle.events import EventBus
+    from studioctl.lifecycle.supervisor import Supervisor
+    from studioctl.store.db import Database
+    from studioctl.store.events import EventRepo
+    from studioctl.store.migrations import migrate
+    from studioctl.telemetry import GpuReader, Telemetry, VramWatch
+
+    db = Database(paths.database_file())
+    migrate(db)
+    bus = EventBus(EventRepo(db))
+    gpus = GpuReader()
+    engine_http = EngineHttp()  # probes, drains and telemetry's scrapes: one session
+    gateway = None
+    if tcp is not None:
+        from studioctl.gateway.wiring import build_gateway_core
+
+        gateway = build_gateway_core(settings, db)
+    hooks = DaemonHooks(gateway.hooks() if gateway else None, VramWatch(gpus))
+    sup = Supervisor(
+        settings=settings,
+        db=db,
+        bus=bus,
+        policy=_restart_policy(settings),
+        health_interval_s=settings.daemon.health_interval_s,
+        hooks=hooks,
+        engine_http=engine_http,
+    )
+    telemetry = Telemetry(
+        sup,
+        db=db,
+        bus=bus,
+        engine_http=engine_http,
+        gpus=gpus,
+        gateway_snapshot=gateway.core.snapshot if gateway else None,
+    )
+    url = f"http://{settings.gateway.host}:{tcp.getsockname()[1]}/v1" if tcp else None
+    routes = list(telemetry_routes(telemetry))
+    if gateway is not None:  # tenants and usage live with the gateway that enforces them
+        routes += tenant_routes(gateway.tenants, gateway.usage_repo)
+    info = DaemonInfo(
+        socket=str(paths.control_socket()),
+        gateway_url=url,
+        shutdown=shutdown,
+        extra_status=_gateway_status(gateway, url),
+    )
+    control = build_control_app(sup, bus, info, routes=routes)
+    parts = Parts(settings, db, bus, gpus, engine_http, sup, telemetry, control, gateway)
+    if gateway is not None:
+        parts.gateway_app = _gateway_app(parts, gateway)
+    return parts
+
+
+def _restart_policy(settings: Settings) -> Any:
+    from studioctl.lifecycle.restart import RestartPolicy
+
+    d = settings.daemon
+    return RestartPolicy(
+        backoff_s=d.restart_backoff_s,
+        backoff_max_s=d.restart_backoff_max_s,
+        budget=d.crash_budget,
+        window_s=d.crash_window_s,
+    )
+
+
+def _gateway_status(
+    gateway: DaemonGateway | None, url: str | None
+) -> Callable[[], Awaitable[dict[str, Any]]] | None:
+    if gateway is None:
+        return None
+    from studioctl.gateway.wiring import gateway_status
+
+    return gateway_status(gateway.core.limiter, url)
+
+
+def _gateway_app(parts: Parts, gateway: DaemonGateway) -> GatewayApp:
+    from studioctl.gateway.app import GatewayApp
+    from studioctl.gateway.wiring import gateway_health
+
+    return GatewayApp(
+        gateway.core,
+        settings=parts.settings.gateway,
+        admin_app=parts.control,
+        admin_token=parts.settings.daemon.admin_token,
+        health=gateway_health(parts.db, parts.sup.list),
+        version={"version": __version__, "api_version": API_VERSION},
+        extra_metrics=parts.telemetry.prometheus_lines,
+    )
+
+
+async def main(settings: Settings) -> int:
+    """Bind, build, start, serve until SIGTERM/SIGINT or a shutdown request, stop."""
+    from studioctl.httpserver import Server, ServerLimits
+
+    gs = settings.gateway
+    # Every connection is a descriptor: the soft limit up to the hard one, before anything
+    # opens (engines inherit it too), and the gateway's connection limit within it.
+    nofile, hard = raise_nofile_limit()
+    max_conn = connection_budget(gs.max_connections, nofile)
+    log.info("open-file limit %d (hard %d): up to %d connections", nofile, hard, max_conn)
+    if max_conn < gs.max_connections:
+        log.warning(
+            "gateway.max_connections %d lowered to %d: the open-file limit is %d "
+            "(raise it, e.g. LimitNOFILE=65536 in the systemd unit)",
+            gs.max_connections,
+            max_conn,
+            nofile,
+        )
+    # Bind first: a taken gateway port is a clear error (exit 5) before anything starts.
+    control_sock = bind_unix(paths.control_socket())
+    tcp = bind_tcp(gs.host, gs.port) if gs.enabled else None
+    stop = asyncio.Event()
+    stop_engines = {"value": False}
+
+    def request_shutdown(engines: bool) -> None:
+        stop_engines["value"] = engines
+        stop.set()
+
+    parts = build(settings, tcp=tcp, shutdown=request_shutdown)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # The control socket (0600, our user only) gets the same bounds as the gateway.
+    limits = ServerLimits.from_settings(gs, max_connections=max_conn)
+    parts.servers.append(Server(parts.control, control_sock, limits, name="control"))
+    if tcp is not None and parts.gateway_app is not None:
+        parts.gateway_server = Server(parts.gateway_app, tcp, limits, name="gateway")
+        parts.servers.append(parts.gateway_server)
+    background = await _start(parts)
+    tasks = [asyncio.create_task(s.serve()) for s in parts.servers]
+    log.info(
+        "studioctl daemon %d ready: control %s, gateway %s",
+        os.getpid(),
+        paths.control_socket(),
+        f"http://{gs.host}:{tcp.getsockname()[1]}/v1" if tcp else "off",
+    )
+    parts.bus.publish("daemon", f"daemon started (pid {os.getpid()})", data={"pid": os.getpid()})
+    sd_notify("READY=1")
+    await asyncio.wait(
+        [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
+    )
+    sd_notify("STOPPING=1")
+    await _stop(parts, tasks, background, stop_engines=stop_engines["value"])
+    return 0
+
+
+async def _start(parts: Parts) -> list[asyncio.Task[None]]:
+    """Adopt what runs, then start the background work; the tasks to cancel at stop."""
+    from studioctl.store.events import EventRepo
+
+    await parts.sup.start()
+    background = [
+        asyncio.create_task(_housekeeping(parts.settings, parts.sup, EventRepo(parts.db)))
+    ]
+    if parts.gateway is not None and parts.gateway_app is not None:
+        await parts.gateway_app.startup()
+        background.append(asyncio.create_task(parts.gateway.housekeeping(parts.settings)))
+    await parts.telemetry.start()
+    return background
+
+
+async def _stop(
+    parts: Parts,
+    tasks: list[asyncio.Task[None]],
+    background: list[asyncio.Task[None]],
+    *,
+    stop_engines: bool,
+) -> None:
+    """Drain the gateway, stop serving, then telemetry, the supervisor (engines keep running
+    unless ``stop_engines``), the gateway's writers and the store, in that order."""
+    log.info("stopping (engines %s)", "stop too" if stop_engines else "keep running")
+    t0 = time.monotonic()
+    for t in background:
+        t.cancel()
+    if parts.gateway_server is not None and parts.gateway_app is not None:
+        await _drain_gateway(
+            parts.gateway_server, parts.gateway_app, parts.settings.gateway.drain_timeout_s
+        )
+    for s in parts.servers:
+        s.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await parts.telemetry.stop()  # before the engine HTTP client it scrapes with closes
+    pid = os.getpid()
+    try:
+        await parts.sup.close(stop_engines=stop_engines)
+        await parts.telemetry.close()  # adds the last figures to the store
+        await parts.engine_http.close()
+        await parts.gpus.close()
+        if parts.gateway_app is not None:
+            await parts.gateway_app.shutdown()
+        if parts.gateway is not None:
+            parts.gateway.close()
+        parts.bus.publish("daemon", f"daemon stopped (pid {pid})", data={"pid": pid})
+    except StudioError as exc:
+        log.error("shutdown: %s", exc.message)
+    finally:
+        parts.db.close()
+        with contextlib.suppress(OSError):
+            paths.control_socket().unlink()
+    log.info("stopped in %.1fs", time.monotonic() - t0)
+
+
+async def _drain_gateway(server: Server, app: GatewayApp, timeout_s: float) -> None:
+    """Stop accepting gateway connections, let in-flight requests finish (``drain_timeout_s``),
+    then end the rest: ``GatewayApp.drain`` answers new requests on open connections 503
+    ``shutting_down``, ends streams still running at the deadline with an error event and
+    records every row."""
+    server.stop_accepting()
+    busy = server.inflight()
+    if busy:
+        log.info("draining %d gateway requests (up to %gs)", busy, timeout_s)
+    try:
+        await app.drain(timeout_s)
+    except Exception:
+        log.exception("gateway drain failed")
+
+
+async def _housekeeping(settings: Settings, sup: Supervisor, events: Any) -> None:
+    """Daily: delete old instance logs and events (``logs.retention_days``)."""
+    days = settings.logs.retention_days
+    while True:
+        try:
+            removed = sup.prune_logs(days)
+            pruned = events.prune(time.time() - days * 86400)
+            if removed or pruned:
+                log.info("retention: removed %d log files, %d events", len(removed), pruned)
+        except Exception:
+            log.exception("housekeeping failed")
+        await asyncio.sleep(86400)

@@ -1,0 +1,249 @@
+"""Sending an admitted request upstream and relaying the answer to the client.
+
+Non-streamed answers are relayed whole, streams event by event (see ``sse.py``), through
+the lean keep-alive pool of ``upstream.py``. Upstream timeout → 504 ``upstream_timeout``;
+connection refused or lost → 502 ``upstream_error``; engine error statuses are passed
+through with their body. While the answer is awaited a watcher reads the client's side: a
+client that disconnects makes the gateway close the upstream connection at once (the engine
+aborts the generation), and the request is accounted as disconnected with the usage seen so
+far. Every path ends in ``Accounting`` (the caller's ``finally`` covers cancellations that
+are not ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from studioctl.errors import GatewayError
+from studioctl.gateway.accounting import Accounting, internal_error, log_unexpected
+from studioctl.gateway.asgi import CT_SSE, NO_CACHE, Receive, Send, content_length
+from studioctl.gateway.body import clip
+from studioctl.gateway.context import RequestContext
+from studioctl.gateway.metrics import GatewayMetrics
+from studioctl.gateway.routing import Upstream
+from studioctl.gateway.sse import DONE_EVENTS, SSERelay, json_loads
+from studioctl.gateway.upstream import UpstreamConn, UpstreamConnectError, UpstreamPool
+
+__all__ = ["SHUTDOWN_RETRY_AFTER_S", "Relay", "shutting_down"]
+
+# Retry-After of the 503 shutting_down answers (a restart under systemd takes a few seconds).
+SHUTDOWN_RETRY_AFTER_S = 5.0
+
+
+def shutting_down() -> GatewayError:
+    return GatewayError(
+        503,
+        "shutting_down",
+        "the gateway is shutting down; retry shortly",
+        retry_after=SHUTDOWN_RETRY_AFTER_S,
+    )
+
+
+async def _watch_disconnect(receive: Receive, ctx: RequestContext) -> None:
+    """Wait for the client to go away; then cancel the request's task (unless it is done)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not ctx.finished:
+                ctx.gone = True
+                ctx.task.cancel()
+            return
+
+
+def _usage_of(data: bytes, prompt: int) -> tuple[int, int]:
+    """(prompt, completion) tokens from an engine's JSON answer (prompt: ours if absent)."""
+    try:
+        usage = json_loads(data).get("usage")
+    except (ValueError, AttributeError):
+        return prompt, 0
+    if not isinstance(usage, dict):
+        return prompt, 0
+    p = usage.get("prompt_tokens")
+    c = usage.get("completion_tokens")
+    return (p if isinstance(p, int) else prompt), (c if isinstance(c, int) else 0)
+
+
+async def _send_whole(
+    send: Send, ctx: RequestContext, status: int, content_type: bytes, data: bytes
+) -> None:
+    """Relay an engine's whole answer (its status, content type and body)."""
+    headers = [(b"content-type", content_type), content_length(data)]
+    if ctx.extra:
+        headers.extend(ctx.extra)
+    ctx.finished = True
+    ctx.started = True
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+class Relay:
+    """Both relays (a whole answer, a stream) over ``pool``, ending in ``accounting``."""
+
+    def __init__(
+        self,
+        *,
+        pool: UpstreamPool,
+        accounting: Accounting,
+        metrics: GatewayMetrics,
+        read_timeout_s: float,
+    ) -> None:
+        self.pool = pool
+        self.accounting = accounting
+        self.metrics = metrics
+        self.read_timeout_s = read_timeout_s
+
+    def upstream_error(self, exc: BaseException, upstream: Upstream) -> GatewayError:
+        """The answer for a failure talking to ``upstream`` (504, 502, else 500)."""
+        where = f"instance {upstream.instance_id} at {upstream.host}:{upstream.port}"
+        if isinstance(exc, TimeoutError):
+            return GatewayError(
+                504,
+                "upstream_timeout",
+                f"{where} did not answer within {self.read_timeout_s:g} s",
+            )
+        if isinstance(exc, UpstreamConnectError):
+            return GatewayError(502, "upstream_error", f"cannot connect to {where}: {exc}")
+        if isinstance(exc, OSError):  # UpstreamClosed, resets, an invalid answer
+            return GatewayError(502, "upstream_error", f"{where} failed: {clip(str(exc), 200)}")
+        log_unexpected(exc, f"relaying to {where}")
+        return internal_error()
+
+    async def once(
+        self, ctx: RequestContext, path: bytes, payload: bytes, send: Send, receive: Receive
+    ) -> None:
+        """Send the request, relay the whole answer, account it."""
+        upstream = ctx.upstream
+        assert upstream is not None
+        pool = self.pool
+        timeout = self.read_timeout_s
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, ctx))
+        conn: UpstreamConn | None = None
+        try:
+            try:
+                t_up = time.perf_counter()
+                conn = await pool.request(upstream, path, payload, timeout)
+                self.metrics.upstream_latency(time.perf_counter() - t_up)
+                data = await conn.read_all(timeout)
+                pool.release(conn)
+            except asyncio.CancelledError:
+                if not ctx.gone:
+                    raise  # drained or not ours: the caller answers and accounts
+                ctx.task.uncancel()
+                if conn is not None:
+                    conn.close()  # the engine sees the connection drop and aborts
+                self.accounting.finish(
+                    ctx, 499, "client_disconnected", ctx.prompt, 0, None, disconnected=True
+                )
+                return
+            except Exception as exc:
+                if conn is not None:
+                    conn.close()
+                await self.accounting.fail(send, ctx, self.upstream_error(exc, upstream))
+                return
+            finally:
+                if conn is not None and not conn.complete:
+                    conn.close()  # whatever interrupted the read: never reuse it
+            status = conn.status
+            error_code: str | None = None
+            prompt = ctx.prompt
+            completion = 0
+            if status == 200:
+                prompt, completion = _usage_of(data, prompt)
+            else:
+                error_code = f"upstream_{status}"
+            await _send_whole(send, ctx, status, conn.content_type, data)
+            self.accounting.finish(
+                ctx, status, error_code, prompt, completion, None, disconnected=False
+            )
+        finally:
+            watcher.cancel()
+
+    async def stream(
+        self, ctx: RequestContext, path: bytes, payload: bytes, send: Send, receive: Receive
+    ) -> None:
+        """Send the request, relay the answer event by event, account it."""
+        upstream = ctx.upstream
+        assert upstream is not None
+        pool = self.pool
+        accounting = self.accounting
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, ctx))
+        relay = SSERelay(strip_usage=not ctx.client_usage)
+        conn: UpstreamConn | None = None
+        try:
+            try:
+                t_up = time.perf_counter()
+                conn = await pool.request(upstream, path, payload, self.read_timeout_s)
+                self.metrics.upstream_latency(time.perf_counter() - t_up)
+                if conn.status != 200:
+                    data = await conn.read_all(self.read_timeout_s)
+                    pool.release(conn)
+                    status, ctype, conn = conn.status, conn.content_type, None
+                    await _send_whole(send, ctx, status, ctype, data)
+                    accounting.finish(
+                        ctx, status, f"upstream_{status}", ctx.prompt, 0, None,
+                        disconnected=False,
+                    )  # fmt: skip
+                    return
+                await self._events(ctx, conn, relay, send)
+                pool.release(conn)
+                conn = None
+                tail = relay.flush()
+            except asyncio.CancelledError:
+                if conn is not None:
+                    conn.close()  # the engine sees the connection drop and aborts the request
+                    conn = None
+                if ctx.drained:
+                    ctx.task.uncancel()
+                    await accounting.fail(
+                        send, ctx, shutting_down(), relay, ctx.ttft, tail=relay.flush()
+                    )
+                    return
+                if not ctx.gone:
+                    raise
+                ctx.task.uncancel()
+                accounting.finish_disconnected(
+                    ctx, 200 if ctx.started else 499, relay.chunks, ctx.ttft
+                )
+                return
+            except Exception as exc:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                err = self.upstream_error(exc, upstream)
+                await accounting.fail(send, ctx, err, relay, ctx.ttft, tail=relay.flush())
+                return
+            ctx.finished = True
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            # No usage chunk (an engine without include_usage): the chunks seen are counted.
+            accounting.finish(
+                ctx, 200, None, relay.prompt_tokens or ctx.prompt, relay.completion_tokens,
+                ctx.ttft, disconnected=False,
+            )  # fmt: skip
+        finally:
+            watcher.cancel()
+            if conn is not None:
+                conn.close()
+
+    async def _events(
+        self, ctx: RequestContext, conn: UpstreamConn, relay: SSERelay, send: Send
+    ) -> None:
+        """Relay a 200 stream until the engine ends it (the last bytes stay in ``relay``)."""
+        headers = [CT_SSE, NO_CACHE]
+        if ctx.extra:
+            headers.extend(ctx.extra)
+        ctx.started = True
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        timeout = self.read_timeout_s
+        while True:
+            data = await conn.read_some(timeout)
+            if not data:
+                return
+            out = relay.feed(data)
+            if out:
+                if ctx.ttft is None:
+                    ctx.ttft = time.perf_counter() - ctx.t0
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+                if out.endswith(DONE_EVENTS):  # any SSE framing
+                    # The client has the whole stream: its closing now is no disconnect.
+                    ctx.finished = True
