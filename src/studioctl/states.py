@@ -65,6 +65,9 @@ TERMINAL: frozenset[State] = frozenset({S.STOPPED, S.FAILED})
 #: States the gateway may send requests to.
 ROUTABLE: frozenset[State] = frozenset({S.READY})
 
+#: States from which an instance will (again) serve soon: the gateway tells clients to retry.
+PENDING: frozenset[State] = frozenset({S.STARTING, S.LOADING, S.DRAINING})
+
 
 def parse(value: State | str) -> State:
     """``value`` as a State, or a ValueError naming the valid states."""

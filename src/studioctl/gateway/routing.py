@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import GatewayError
 from studioctl.promtext import escape
+from studioctl.states import PENDING, ROUTABLE, State
 
 if TYPE_CHECKING:
     from studioctl.lifecycle.runtime import Instance
 
-READY = "ready"
-STOPPED = "stopped"
-# States in which the instance will (again) serve soon: clients are told to retry.
-PENDING_STATES = frozenset({"starting", "loading", "draining"})
+# Plain strings (Upstream.state is one), compared on every request.
+(READY,) = (s.value for s in ROUTABLE)
+STOPPED = State.STOPPED.value
+PENDING_STATES = frozenset(s.value for s in PENDING)
 # Seconds a client is told to wait for an instance that is loading or draining.
 LOADING_RETRY_AFTER_S = 5.0
 

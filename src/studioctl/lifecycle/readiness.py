@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from studioctl.lifecycle.engine_http import EngineHttpError
 
@@ -54,22 +54,3 @@ async def probe(
         return True
     except EngineHttpError:
         return False
-
-
-async def fetch_text(
-    session: Any, url: str, timeout: float = 3.0, *, headers: Mapping[str, str] | None = None
-) -> str | None:
-    """Telemetry's scrape with an aiohttp session (``EngineHttp.session``). Kept for
-    telemetry until it calls ``EngineHttp.get`` itself; nothing in lifecycle uses it."""
-    import aiohttp
-
-    try:
-        async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers
-        ) as resp:
-            if resp.status != 200:
-                return None
-            text: str = await resp.text()
-            return text
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return None
