@@ -128,6 +128,9 @@ class StandinEngine:
         self.port = 0
         self.default_tokens = 8
         self.head_delay_s = 0.0  # before any answer
+        # Set: every answer waits until it is set again (holds requests in flight for as
+        # long as a test needs, whatever the machine's load).
+        self.hold: threading.Event | None = None
         self.token_delay_s = 0.0  # between stream chunks
         self.fail: tuple[int, dict[str, Any]] | None = None  # answer this status + body
         self.tokenize_available = True
@@ -199,6 +202,8 @@ class StandinEngine:
         try:
             if self.head_delay_s:
                 await asyncio.sleep(self.head_delay_s)
+            while self.hold is not None and not self.hold.is_set():
+                await asyncio.sleep(0.005)
             if self.fail is not None:
                 status, err = self.fail
                 finished = True

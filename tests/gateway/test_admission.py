@@ -316,7 +316,7 @@ def test_no_prompt_is_counted_for_a_tenant_at_its_concurrency(
     make_gateway: GatewayFactory,
 ) -> None:
     gw = make_gateway(tenant_limits=limits(max_concurrent=1, max_context_tokens=600))
-    gw.engine.head_delay_s = 1.0
+    gw.engine.hold = release = threading.Event()  # the first request stays in flight
     t = threading.Thread(target=lambda: chat(gw, {"model": MODEL, "messages": MESSAGES}))
     t.start()
     try:
@@ -325,6 +325,7 @@ def test_no_prompt_is_counted_for_a_tenant_at_its_concurrency(
             r = chat(gw, {"model": MODEL, "messages": LONG, "max_tokens": 5})
             assert_error(r, 429, "limit_concurrent", retry_after=1)
     finally:
+        release.set()
         t.join()
     assert gw.engine.tokenize_calls == 0
 
