@@ -38,5 +38,8 @@ echo "==> ruff"
 echo "==> mypy"
 "$PY" -m mypy
 
+echo "==> import contracts (docs/architecture.md)"
+"$PY" -c 'import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(no_cache=True, no_logo=True))'
+
 echo "==> pytest"
 exec "$PY" -m pytest "$@"
