@@ -14,13 +14,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-import yaml
 from aiohttp import web
 
 from daemon_helpers import alive, running_daemon
-from helpers import free_port, free_port_block
-from standin.helpers import STANDIN_DIR
-from studioctl import paths
+from helpers import free_port_block
+from standin.helpers import write_standin_recipe
 from studioctl.errors import EXIT_CONFLICT, ConflictError
 from studioctl.lifecycle import placement, readiness
 from studioctl.lifecycle.engine_http import EngineHttp, EngineHttpError
@@ -139,27 +137,9 @@ class RecordingHooks(NullHooks):
         return {"vram_released": True, "vram_wait_s": 0.0}
 
 
-def write_recipe(rid: str) -> None:
-    folder = paths.user_recipes_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{rid}.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "backend": "vllm",
-                "model": "standin/model",
-                "python": sys.executable,
-                "served_model_name": rid,
-                "port": free_port(),
-                "readiness_timeout_s": 30,
-                "env": {"PYTHONPATH": str(STANDIN_DIR), "STANDIN_STARTUP_S": "0.2"},
-            }
-        )
-    )
-
-
 def test_the_supervisor_tells_its_hooks_every_instance_and_drains_on_their_count() -> None:
-    write_recipe("hooked")
-    write_recipe("other")
+    write_standin_recipe("hooked")
+    write_standin_recipe("other")
 
     async def main() -> tuple[RecordingHooks, dict[str, Any], set[tuple[int, float]]]:
         hooks = RecordingHooks()

@@ -230,3 +230,28 @@ def running_standin(
         yield standin
     finally:
         kill_group(standin.proc)
+
+
+def write_standin_recipe(rid: str) -> None:
+    """A vLLM recipe ``rid`` in the user's recipe folder whose engine is the stand-in (ready
+    in 0.2 s, on a free port): for in-process supervisor tests."""
+    import yaml
+
+    from helpers import free_port
+    from studioctl import paths
+
+    folder = paths.user_recipes_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{rid}.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "backend": "vllm",
+                "model": "standin/model",
+                "python": sys.executable,
+                "served_model_name": rid,
+                "port": free_port(),
+                "readiness_timeout_s": 30,
+                "env": {"PYTHONPATH": str(STANDIN_DIR), "STANDIN_STARTUP_S": "0.2"},
+            }
+        )
+    )

@@ -4,18 +4,14 @@ real stand-in engine in-process; the GPUs are the fake pynvml, listing the engin
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import pytest
-import yaml
 
 from daemon_helpers import alive
 from fakes import fake_pynvml
 from fakes.fake_pynvml import GIB
-from helpers import free_port
-from standin.helpers import STANDIN_DIR
-from studioctl import paths
+from standin.helpers import write_standin_recipe
 from studioctl.gpu import Nvml
 from studioctl.lifecycle.engine_http import EngineHttp
 from studioctl.lifecycle.events import EventBus
@@ -26,24 +22,6 @@ from studioctl.store import open_database
 from studioctl.telemetry import GpuReader, Telemetry, VramWatch
 
 pytestmark = pytest.mark.integration
-
-
-def write_recipe(rid: str) -> None:
-    folder = paths.user_recipes_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{rid}.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "backend": "vllm",
-                "model": "standin/model",
-                "python": sys.executable,
-                "served_model_name": rid,
-                "port": free_port(),
-                "readiness_timeout_s": 30,
-                "env": {"PYTHONPATH": str(STANDIN_DIR), "STANDIN_STARTUP_S": "0.2"},
-            }
-        )
-    )
 
 
 class VramHooks(NullHooks):
@@ -58,7 +36,7 @@ class VramHooks(NullHooks):
 
 @pytest.fixture(autouse=True)
 def _recipe() -> None:
-    write_recipe("tiny")
+    write_standin_recipe("tiny")
 
 
 async def evict_with_gpu(*, free_after: float | None, timeout: float) -> tuple[Any, ...]:
