@@ -9,13 +9,13 @@ from studioctl.store import open_database
 from studioctl.store.stats import Peak, StatsDelta, StatsRepo, read_recipe_stats
 
 
-def test_no_database_file_reads_nothing_and_creates_nothing(home: Path) -> None:
+def test_no_database_file_reads_nothing_and_creates_nothing(studioctl_home: Path) -> None:
     assert read_recipe_stats() == []
     assert read_recipe_stats("tiny") == []
     assert not paths.database_file().exists()
 
 
-def test_reads_every_recipe_or_one(home: Path) -> None:
+def test_reads_every_recipe_or_one(studioctl_home: Path) -> None:
     db = open_database()
     try:
         StatsRepo(db).add(
