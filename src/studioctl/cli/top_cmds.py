@@ -216,24 +216,10 @@ def _load_stats(recipe: str | None) -> list[dict[str, Any]]:
 
 
 def _stats_from_database(recipe: str | None) -> list[dict[str, Any]]:
-    from studioctl import paths
     from studioctl.errors import NotFoundError
+    from studioctl.store.stats import read_recipe_stats
 
-    path = paths.database_file()
-    rows: list[dict[str, Any]] = []
-    if path.exists():
-        from studioctl.store import open_database
-        from studioctl.store.stats import StatsRepo
-
-        db = open_database(path)
-        try:
-            repo = StatsRepo(db)
-            if recipe is None:
-                rows = [s.to_dict() for s in repo.list()]
-            elif (one := repo.get(recipe)) is not None:
-                rows = [one.to_dict()]
-        finally:
-            db.close()
+    rows = [s.to_dict() for s in read_recipe_stats(recipe)]
     if recipe is not None and not rows:
         raise NotFoundError(
             f"no statistics for recipe {recipe!r} yet",
