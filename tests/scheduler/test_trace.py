@@ -1,0 +1,55 @@
+"""Recorded traces replayed through the swap simulation (benchmarks/swap_sim.py): the
+scheduler against FIFO swapping on a host where one model fits at a time."""
+
+from __future__ import annotations
+
+import pytest
+from benchmarks.swap_sim import SimConfig, mixed_trace, recorded_trace, simulate
+
+from studioctl.scheduler import Policy, fifo_plan, plan
+
+L, S, STOP = 4.0, 1.0, 0.5
+CFG = SimConfig(
+    load_s=L, service_s=S, stop_s=STOP, policy=Policy(max_wait_s=40.0, min_resident_s=5.0)
+)
+TURN = L + S + STOP  # one swap: the old engine drains and stops, the new one loads
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [recorded_trace(40, 0.5), recorded_trace(40, 1.0), mixed_trace(400, seed=7)],
+    ids=["ABAACABC-every-0.5s", "ABAACABC-every-1s", "mixed-seed-7"],
+)
+def test_scheduler_swaps_three_times_less_than_fifo_and_serves_everyone(
+    trace: list[tuple[float, str]],
+) -> None:
+    ours, fifo = simulate(trace, plan, CFG), simulate(trace, fifo_plan, CFG)
+    assert ours.unserved == fifo.unserved == 0
+    assert len(ours.waits) == len(fifo.waits) == len(trace)
+    assert ours.swaps > 0 and ours.swaps * 3 <= fifo.swaps, (ours.swaps, fifo.swaps)
+    # Three models on one slot: when two starve together, the second waits one more turn.
+    assert max(ours.waits) <= CFG.policy.max_wait_s + 2 * TURN, max(ours.waits)
+
+
+def test_two_models_wait_at_most_max_wait_plus_one_swap() -> None:
+    trace = [(i * 0.5, "AB"[(i // 3) % 2 if i % 7 else 1]) for i in range(400)]
+    ours, fifo = simulate(trace, plan, CFG), simulate(trace, fifo_plan, CFG)
+    assert ours.unserved == 0 and len(ours.waits) == len(trace)
+    assert max(ours.waits) <= CFG.policy.max_wait_s + TURN, max(ours.waits)
+    assert ours.swaps * 3 <= fifo.swaps, (ours.swaps, fifo.swaps)
+
+
+def test_a_model_asked_for_rarely_is_not_starved() -> None:
+    # A is asked for twice a second; B once, at 30 s. B is served within its bound.
+    trace = sorted([(i * 0.5, "A") for i in range(240)] + [(30.0, "B")])
+    ours = simulate(trace, plan, CFG)
+    assert ours.unserved == 0
+    b_wait = ours.waits_by_model["B"]
+    assert len(b_wait) == 1 and b_wait[0] <= CFG.policy.max_wait_s + TURN
+    assert ours.swaps == 2  # A -> B, then B -> A: no more
+
+
+def test_the_same_trace_gives_the_same_result() -> None:
+    trace = mixed_trace(200, seed=3)
+    first, second = simulate(trace, plan, CFG), simulate(trace, plan, CFG)
+    assert (first.swaps, first.waits) == (second.swaps, second.waits)
