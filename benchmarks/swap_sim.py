@@ -1,7 +1,8 @@
 """A discrete-event simulation of on-demand serving: the scheduler against FIFO swapping.
 
     PYTHONPATH=src python benchmarks/swap_sim.py [--requests 400] [--seed 7] [--load-s 4]
-                                                 [--service-s 1] [--max-wait-s 20]
+                                                 [--service-s 1] [--max-wait-s 40]
+                                                 [--gap-s 0.5]
 
 Replays a mixed trace (the pattern A B A A C A B C …, arrivals jittered) on a host whose
 memory holds one model at a time. An engine takes ``load_s`` to become ready, serves every
@@ -47,6 +48,7 @@ class SimConfig:
     stop_s: float = 0.5
     capacity_gb: float = 10.0
     model_gb: float = 8.0  # two never fit together
+    known_load: bool = True  # the catalog tells the scheduler how long a load takes
     policy: Policy = field(default_factory=lambda: Policy(max_wait_s=20.0, min_resident_s=5.0))
 
 
@@ -100,7 +102,10 @@ class Sim:
         self.seq = 0
         self.waiting: dict[str, Queued] = {}
         self.instances: dict[str, Instance] = {}
-        self.catalog = {m: Loadable(m, cfg.model_gb) for m in sorted({m for _, m in trace})}
+        self.catalog = {
+            m: Loadable(m, cfg.model_gb, load_s=cfg.load_s if cfg.known_load else 0.0)
+            for m in sorted({m for _, m in trace})
+        }
         for i, (t, m) in enumerate(trace):
             self.push(t, "arrive", f"r{i}:{m}")
 
@@ -214,11 +219,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--load-s", type=float, default=4.0)
     ap.add_argument("--service-s", type=float, default=1.0)
-    ap.add_argument("--max-wait-s", type=float, default=20.0)
+    ap.add_argument("--max-wait-s", type=float, default=40.0)
+    ap.add_argument("--gap-s", type=float, default=0.5, help="mean time between requests")
     args = ap.parse_args(argv)
     policy = Policy(max_wait_s=args.max_wait_s, min_resident_s=5.0)
     cfg = SimConfig(load_s=args.load_s, service_s=args.service_s, policy=policy)
-    trace = mixed_trace(args.requests, args.seed)
+    trace = mixed_trace(args.requests, args.seed, args.gap_s)
     print(
         f"{len(trace)} requests over {trace[-1][0]:.0f}s, load {cfg.load_s:g}s, "
         f"service {cfg.service_s:g}s, max_wait {policy.max_wait_s:g}s, one model fits"

@@ -138,6 +138,37 @@ def test_busy_instance_stays_until_the_newcomer_starves_then_drains() -> None:
     assert isinstance(evict, Evict) and evict.drain and "max_wait_s" in evict.reason
 
 
+def test_expected_load_times_start_each_turn_early() -> None:
+    # B (oldest) and C both need the slot A holds; each load takes 6 s. C's turn, second,
+    # must start 12 s before its max_wait_s; B's comes no later than C's.
+    busy = ready("iA", "A", inflight=1)
+    catalog = [Loadable(m, 8.0, load_s=6.0) for m in "ABC"]
+    waiting = [q("B", NOW - 20), q("C", NOW - 19)]
+    c_turn = NOW - 19 + 30 - 12
+    b_wait, c_wait = plan(state(waiting, [busy], catalog), c_turn - 3)
+    assert b_wait == Wait("B", b_wait.reason, until=c_turn)  # type: ignore[union-attr]
+    assert c_wait == Wait("C", c_wait.reason, until=c_turn)  # type: ignore[union-attr]
+    actions = plan(state(waiting, [busy], catalog), c_turn)
+    assert kinds(actions) == ["Evict", "Wait", "Wait"] and actions[0].for_recipe == "B"  # type: ignore[union-attr]
+    # Without estimates, the turn is at max_wait_s.
+    plain = [Loadable(m, 8.0) for m in "ABC"]
+    assert kinds(plan(state(waiting, [busy], plain), c_turn)) == ["Wait", "Wait"]
+
+
+def test_dispatched_instance_evicted_in_the_same_plan_drains() -> None:
+    # A has a queue and is dispatched to; B, starved, takes its slot in the same plan.
+    waiting = [q("B", NOW - 40), q("A", NOW - 1, "a1")]
+    actions = plan(state(waiting, [ready("iA", "A", inflight=0)]), NOW)
+    assert kinds(actions) == ["Evict", "Wait", "Wait"]
+    evict = actions[0]
+    assert isinstance(evict, Evict) and evict.drain is False  # nothing was sent to it yet
+    # The other order: A dispatched first, then evicted by a starved B: a drain, not a stop.
+    waiting = [q("A", NOW - 41, "a1"), q("B", NOW - 40)]
+    actions = plan(state(waiting, [ready("iA", "A")]), NOW)
+    assert kinds(actions) == ["Dispatch", "Evict", "Wait"]
+    assert actions[1].drain is True  # type: ignore[union-attr]
+
+
 def test_resident_model_with_queued_requests_is_served_first() -> None:
     # A is ready and has its own queue: dispatch A, B waits (collate A A A before B).
     waiting = [q("B", NOW - 10), q("A", NOW - 2, "a1"), q("A", NOW - 1, "a2")]
@@ -192,6 +223,7 @@ GROUPS = (
     Group("solo", frozenset({"A", "B"}), swap=True, exclusive=True),
     Group("pair", frozenset({"C", "D"}), swap=False, exclusive=False),
     Group("keep", frozenset({"E"}), swap=False, exclusive=False, persistent=True),
+    Group("vip", frozenset({"G"}), exclusive=True, persistent=True),
 )
 
 
@@ -203,18 +235,28 @@ GROUPS = (
         (["C", "D"], "A", ["C", "D"]),  # exclusive: every other group leaves
         (["F"], "A", ["F"]),  # ... ungrouped models too
         (["E"], "A", []),  # ... but not a persistent group
-        (["A"], "C", []),  # non-exclusive member leaves others alone (llama-swap)
-        (["A"], "F", []),  # ungrouped: only memory decides
+        (["A"], "C", ["A"]),  # exclusive holds both ways (llama-swap: one way only)
+        (["A"], "F", ["A"]),  # ... for ungrouped models too
+        (["C"], "F", []),  # no exclusive group involved: only memory decides
+        (["E"], "F", []),
+        (["G"], "F", None),  # persistent and exclusive: nothing runs beside it, it stays
+        (["G"], "A", None),  # ... not even another exclusive group's
+        (["G", "E"], "E", []),  # (already running: nothing to do)
     ],
 )
-def test_groups(running: list[str], wanted: str, evicted: list[str]) -> None:
-    catalog = [Loadable(m, 1.0) for m in "ABCDEF"]
+def test_groups(running: list[str], wanted: str, evicted: list[str] | None) -> None:
+    catalog = [Loadable(m, 1.0) for m in "ABCDEFG"]
     residents = [ready(f"i{m}", m, 1.0) for m in running]
     policy = Policy(max_wait_s=30.0, min_resident_s=10.0, groups=GROUPS)
     actions = plan(state([q(wanted)], residents, catalog, {0: 80.0}, policy), NOW)
     gone = sorted(a.instance_id for a in actions if isinstance(a, Evict))
-    assert gone == [f"i{m}" for m in evicted]
-    assert kinds(actions)[-1] == ("Wait" if evicted else "Load")
+    assert gone == [f"i{m}" for m in evicted or []]
+    if wanted in running:
+        assert kinds(actions) == ["Dispatch"]
+    elif evicted is None:
+        assert kinds(actions) == ["Wait"] and "persistent" in actions[0].reason  # type: ignore[union-attr]
+    else:
+        assert kinds(actions)[-1] == ("Wait" if evicted else "Load")
 
 
 def test_group_conflict_with_a_pinned_member_blocks_the_load() -> None:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from studioctl.scheduler.model import ARRIVING, LEAVING, Loadable, Resident, SchedulerState
+from studioctl.scheduler.model import (
+    ARRIVING,
+    LEAVING,
+    Group,
+    Loadable,
+    Resident,
+    SchedulerState,
+)
 
 # Memory sums are floats; a need that fits to the last megabyte fits.
 EPSILON_GB = 1e-6
@@ -32,6 +39,7 @@ class Ledger:
         self.capacity = dict(state.capacity)
         self.catalog = state.catalog
         self.policy = state.policy
+        self.residents = state.residents
         self.held = dict.fromkeys(self.capacity, 0.0)
         self.leaving = dict.fromkeys(self.capacity, 0.0)
         self.live: list[Resident] = []
@@ -80,24 +88,19 @@ class Ledger:
             self.leaving[g] += r.vram_gb
         self.live.remove(r)
 
-    def group_conflicts(self, recipe_id: str) -> list[str]:
-        """Recipes (running or claimed) that the groups say must leave before ``recipe_id``
-        runs: same swap group, or outside its exclusive group unless persistent."""
+    def group_conflicts(self, recipe_id: str) -> tuple[list[str], list[str]]:
+        """Recipes (running or claimed) that may not run beside ``recipe_id``: those that
+        must leave first, and those that never leave for it (a persistent group's)."""
         mine = self.policy.group_of(recipe_id)
-        if mine is None:
-            return []
-        running = [r.recipe_id for r in self.live] + self.claims
-        out = []
-        for other in running:
-            if other == recipe_id:
-                continue
+        leave: list[str] = []
+        stay: list[str] = []
+        for other in [r.recipe_id for r in self.live] + self.claims:
             theirs = self.policy.group_of(other)
-            same = theirs is not None and theirs.name == mine.name
-            if (same and mine.swap) or (
-                not same and mine.exclusive and not (theirs is not None and theirs.persistent)
-            ):
-                out.append(other)
-        return out
+            if other == recipe_id or not conflict(mine, theirs):
+                continue
+            persistent = theirs is not None and theirs.persistent and theirs is not mine
+            (stay if persistent else leave).append(other)
+        return leave, stay
 
     def room_for(self, entry: Loadable, busy: frozenset[str]) -> Room:
         """The instances to evict for ``entry``: group conflicts, then, while it does not fit,
@@ -107,7 +110,9 @@ class Ledger:
         missing = [g for g in gpus if g not in self.capacity]
         if missing:
             return Room(gpus, blocked=f"GPU {missing[0]} is not on this host")
-        conflicts = self.group_conflicts(entry.recipe_id)
+        conflicts, persistent = self.group_conflicts(entry.recipe_id)
+        if persistent:
+            return Room(gpus, blocked=f"{persistent[0]} (persistent group) cannot run with it")
         if set(conflicts) & set(self.claims):
             return Room(gpus, blocked="a model of a conflicting group is being loaded")
         must = tuple(r for r in self.live if r.recipe_id in conflicts)
@@ -131,9 +136,24 @@ class Ledger:
     def _no_fit(self, entry: Loadable) -> str:
         gpus = ",".join(map(str, self.gpus_of(entry.gpus)))
         return (
-            f"does not fit: needs {entry.vram_gb:g} GB on GPU {gpus} even after evicting "
-            "every evictable instance (pinned and loading ones stay)"
+            f"does not fit: needs {entry.vram_gb:g} GB on GPU {gpus} beside what is pinned, "
+            "loading or claimed by an older request"
         )
+
+
+def conflict(mine: Group | None, theirs: Group | None) -> bool:
+    """Whether members of two groups (None: no group) may not run together: one swap group,
+    or different groups one of which is exclusive (a persistent group is exempt from the
+    other's exclusivity)."""
+    if mine is not None and mine is theirs:
+        return mine.swap
+    mine_excl = (
+        mine is not None and mine.exclusive and not (theirs is not None and theirs.persistent)
+    )
+    theirs_excl = (
+        theirs is not None and theirs.exclusive and not (mine is not None and mine.persistent)
+    )
+    return mine_excl or theirs_excl
 
 
 def _eviction_order(r: Resident, busy: frozenset[str]) -> tuple[bool, float]:

@@ -62,17 +62,21 @@ class Loadable:
     gpus: tuple[int, ...] = ()  # () = every GPU of ``capacity``
     pinned: bool = False  # its instances are never evicted for another model
     on_demand: bool = True  # False: a request never loads it (it waits for a manual launch)
+    load_s: float = 0.0  # expected seconds from Load to ready (e.g. its last run's); 0: unknown
 
 
 @dataclass(frozen=True)
 class Group:
-    """A llama-swap group (its ``swap``, ``exclusive`` and ``persistent`` fields, same meaning).
+    """A llama-swap group (its ``swap``, ``exclusive`` and ``persistent`` fields).
 
     - ``swap``: only one member runs at a time (loading one evicts the others);
-    - ``exclusive``: loading a member evicts every model outside the group, grouped or not,
-      except members of persistent groups (as in llama-swap this is one-way: loading a
-      non-member leaves a running exclusive group alone);
-    - ``persistent``: members are never evicted by a model of another group.
+    - ``exclusive``: no model outside the group, grouped or not, runs beside a member.
+      llama-swap enforces this one way only (loading a member unloads the others, but a
+      non-member may load beside a running member, a behaviour it keeps for compatibility
+      and calls a gotcha); here it holds both ways: whichever loads second evicts the other;
+    - ``persistent``: members are never evicted by a model of another group (a model that
+      would need that waits), and the exclusivity of other groups does not apply to them.
+    A model in no group is only limited by memory and by exclusive groups.
     """
 
     name: str

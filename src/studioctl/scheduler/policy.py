@@ -16,9 +16,11 @@ The rules, per model with queued requests, oldest first:
   is starved and the busy one is evicted as a drain (in-flight requests finish, none is
   aborted). The load itself comes in a later plan, once the leavers' memory is free.
 
-Bound on queueing: a model's turn comes at most ``max_wait_s`` after its oldest request,
-plus one drain and one load — plus, when k models starve at once on one slot, the k-1 turns
-before it.
+Bound on queueing: a request is sent about ``max_wait_s`` after it arrived at the latest,
+plus one drain, when the catalog gives each recipe's expected load time (``load_s``): the
+models that need a load take turns oldest first, and each turn starts early by the loads of
+its own and of the turns before it. Without estimates (``load_s`` 0) the bound is
+``max_wait_s`` plus, per model starving at the same time ahead of it, one drain and one load.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 from studioctl.scheduler.fit import Ledger, Room
 from studioctl.scheduler.model import (
     ARRIVING,
+    LEAVING,
     Action,
     Dispatch,
     Evict,
@@ -49,8 +52,8 @@ def queues(waiting: Sequence[Queued]) -> dict[str, list[Queued]]:
 
 
 def serving(ledger: Ledger, model: str, queue: list[Queued]) -> Action | None:
-    """Dispatch to a ready instance, or wait for one on its way; None: the model needs a load.
-    Instances evicted earlier in this plan are not in ``ledger.live``: nothing goes to them."""
+    """Dispatch to a ready instance, or wait for one on its way in or out; None: the model
+    needs a load. Instances evicted earlier in this plan are out of ``ledger.live``."""
     mine = [r for r in ledger.live if r.recipe_id == model]
     ready = [r for r in mine if r.state == "ready"]
     if ready:
@@ -60,6 +63,11 @@ def serving(ledger: Ledger, model: str, queue: list[Queued]) -> Action | None:
     arriving = [r for r in mine if r.state in ARRIVING]
     if arriving:
         return Wait(model, f"{arriving[0].instance_id} is {arriving[0].state}")
+    # One instance per model at a time: a second one beside a leaving one would hold the
+    # same recipe's port and memory twice (and undo, in the same plan, an eviction).
+    leaving = [r for r in ledger.residents if r.recipe_id == model]
+    if leaving:
+        return Wait(model, f"{leaving[0].instance_id} is stopping; {model} loads again after")
     return None
 
 
@@ -77,6 +85,7 @@ def plan(state: SchedulerState, now: float) -> list[Action]:
     ledger = Ledger(state)
     waiting = queues(state.waiting)
     busy = frozenset(waiting)
+    turns = deadlines(state, waiting)
     actions: list[Action] = []
     for model, queue in waiting.items():
         action = serving(ledger, model, queue)
@@ -87,9 +96,33 @@ def plan(state: SchedulerState, now: float) -> list[Action]:
         if isinstance(entry, Wait):
             actions.append(entry)
             continue
-        deadline = queue[0].enqueued_at + state.policy.max_wait_s
+        deadline = turns.get(model, queue[0].enqueued_at + state.policy.max_wait_s)
         actions.extend(place(ledger, entry, busy - {model}, now, deadline))
     return actions
+
+
+def deadlines(state: SchedulerState, waiting: dict[str, list[Queued]]) -> dict[str, float]:
+    """When each model that needs a load gets its turn whatever runs (it is "starved").
+
+    Turns go oldest first. Each starts early by the expected loads (``load_s``) of its own
+    and of every turn before it, so the last of several models starving together is still
+    served about ``max_wait_s`` after its request; and no turn is later than a turn after it
+    (else a younger model would take the slot before an older one).
+    """
+    running = {r.recipe_id for r in state.residents if r.state not in LEAVING}
+    lead, raw = 0.0, []
+    for model, queue in waiting.items():
+        entry = state.catalog.get(model)
+        if model in running or entry is None or not entry.on_demand:
+            continue
+        lead += entry.load_s
+        raw.append((model, queue[0].enqueued_at + state.policy.max_wait_s - lead))
+    out: dict[str, float] = {}
+    soonest = float("inf")
+    for model, deadline in reversed(raw):
+        soonest = min(soonest, deadline)
+        out[model] = soonest
+    return out
 
 
 def place(
@@ -112,7 +145,7 @@ def place(
         return [Load(model, room.gpus, reason)]
     if not room.victims:
         return [Wait(model, "waiting for evicted instances to free their memory")]
-    return evictions(ledger, room, model, starved, now - (deadline - ledger.policy.max_wait_s))
+    return evictions(ledger, room, model, starved)
 
 
 def held_back(
@@ -134,14 +167,14 @@ def held_back(
     return None
 
 
-def evictions(ledger: Ledger, room: Room, model: str, starved: bool, waited: float) -> list[Action]:
+def evictions(ledger: Ledger, room: Room, model: str, starved: bool) -> list[Action]:
     """Evict ``room.victims`` for ``model`` (draining the busy ones), then wait for them."""
     out: list[Action] = []
     for r in room.victims:
         if r.state in ARRIVING:  # only a group conflict can name one; it stays until ready
             return [Wait(model, f"{r.instance_id} is still {r.state}")]
     for r in room.victims:
-        why = f"{model} waited {waited:.0f}s (max_wait_s)" if starved else f"{model} needs room"
+        why = f"{model} reached max_wait_s" if starved else f"{model} needs room"
         drain = ledger.busy(r)
         kind = "draining busy" if drain else "least recently used idle"
         ledger.evict(r)
