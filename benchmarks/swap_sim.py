@@ -31,6 +31,7 @@ from studioctl.scheduler import (
     Policy,
     Queued,
     Resident,
+    ResidentState,
     SchedulerState,
     Wait,
     fifo_plan,
@@ -56,7 +57,7 @@ class SimConfig:
 class Instance:
     instance_id: str
     recipe_id: str
-    state: str = "starting"
+    state: ResidentState = "starting"
     inflight: int = 0
     ready_at: float | None = None
     last_used: float | None = None
@@ -120,7 +121,7 @@ class Sim:
                 i.recipe_id,
                 i.state,
                 (),
-                self.cfg.model_gb,  # type: ignore[arg-type]
+                self.cfg.model_gb,
                 i.inflight,
                 i.last_used,
                 i.ready_at,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from benchmarks.swap_sim import SimConfig, mixed_trace, recorded_trace, simulate
+from benchmarks.swap_sim import SimConfig, main, mixed_trace, recorded_trace, simulate
 
 from studioctl.scheduler import Policy, fifo_plan, plan
 
@@ -64,3 +64,14 @@ def test_the_same_trace_gives_the_same_result() -> None:
     trace = mixed_trace(200, seed=3)
     first, second = simulate(trace, plan, CFG), simulate(trace, plan, CFG)
     assert (first.swaps, first.waits) == (second.swaps, second.waits)
+
+
+def test_the_benchmark_prints_both_policies_side_by_side(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    main(["--requests", "80", "--seed", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert set(rows) == {"scheduler", "fifo"}
+    assert all(row[-1] == "0" for row in rows.values())  # nothing left unserved
+    assert int(rows["scheduler"][0]) < int(rows["fifo"][0])  # fewer swaps

@@ -98,7 +98,7 @@ class Ledger:
             theirs = self.policy.group_of(other)
             if other == recipe_id or not conflict(mine, theirs):
                 continue
-            persistent = theirs is not None and theirs.persistent and theirs is not mine
+            persistent = theirs is not None and theirs.persistent and theirs != mine
             (stay if persistent else leave).append(other)
         return leave, stay
 
@@ -145,7 +145,7 @@ def conflict(mine: Group | None, theirs: Group | None) -> bool:
     """Whether members of two groups (None: no group) may not run together: one swap group,
     or different groups one of which is exclusive (a persistent group is exempt from the
     other's exclusivity)."""
-    if mine is not None and mine is theirs:
+    if mine is not None and mine == theirs:
         return mine.swap
     mine_excl = (
         mine is not None and mine.exclusive and not (theirs is not None and theirs.persistent)

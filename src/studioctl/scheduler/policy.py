@@ -11,10 +11,11 @@ The rules, per model with queued requests, oldest first:
 - otherwise it needs a load. If it fits beside what runs, ``Load``. If not, instances leave
   first: group conflicts, then idle before busy, least recently used first; never a pinned
   one, never one still loading. No thrash: an instance that is busy (requests in flight or
-  queued for it) or younger than ``min_resident_s`` stays while the newcomer's oldest request
-  has waited less than ``max_wait_s`` (so A A A is served before B); after that the newcomer
-  is starved and the busy one is evicted as a drain (in-flight requests finish, none is
-  aborted). The load itself comes in a later plan, once the leavers' memory is free.
+  queued for it) or was loaded or used within ``min_resident_s`` stays while the newcomer's
+  oldest request has waited less than ``max_wait_s`` (so A A A is served before B); after
+  that the newcomer is starved and the busy one is evicted as a drain (in-flight requests
+  finish, none is aborted). The load itself comes in a later plan, once the leavers' memory
+  is free.
 
 Bound on queueing: a request is sent about ``max_wait_s`` after it arrived at the latest,
 plus one drain, when the catalog gives each recipe's expected load time (``load_s``): the
@@ -154,7 +155,8 @@ def held_back(
     """Why ``r`` stays for now (and until when it may go), or None when it is free to go."""
     if r.state in ARRIVING:
         return (f"{r.instance_id} is still {r.state}", float("inf"))
-    if r.inflight > 0 or r.recipe_id in busy:  # busy includes dispatched-to in this plan
+    # ``busy``: models with queued requests, so also those this plan just dispatched to.
+    if r.inflight > 0 or r.recipe_id in busy:
         return (f"{r.recipe_id} is serving its own requests first", float("inf"))
     # Fresh means loaded or used within min_resident_s: a model whose requests come every
     # few seconds is idle between them, and evicting it then is the A B A B thrash.
