@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import pytest
 from benchmarks.swap_sim import SimConfig, main, mixed_trace, recorded_trace, simulate
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from studioctl.scheduler import Policy, fifo_plan, plan
 
@@ -75,3 +77,25 @@ def test_the_benchmark_prints_both_policies_side_by_side(
     assert set(rows) == {"scheduler", "fifo"}
     assert all(row[-1] == "0" for row in rows.values())  # nothing left unserved
     assert int(rows["scheduler"][0]) < int(rows["fifo"][0])  # fewer swaps
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0, 60), st.sampled_from("ABCD")), min_size=1, max_size=40),
+    st.sampled_from([8.0, 5.0, 3.0]),  # one, two or three models fit
+    st.sampled_from([0.0, 2.0, 10.0]),
+)
+def test_every_trace_is_served_to_the_end(
+    trace: list[tuple[float, str]], model_gb: float, min_resident_s: float
+) -> None:
+    policy = Policy(max_wait_s=10.0, min_resident_s=min_resident_s)
+    cfg = SimConfig(load_s=L, service_s=S, stop_s=STOP, model_gb=model_gb, policy=policy)
+    for planner in (plan, fifo_plan):
+        result = simulate(sorted(trace), planner, cfg)
+        assert result.unserved == 0 and len(result.waits) == len(trace)
+    ours = simulate(sorted(trace), plan, cfg)
+    # Turns with known load times: a request waits max_wait_s, or for the turns of the other
+    # models ahead of it when more arrive at once than max_wait_s has room for, plus a swap.
+    others = len({m for _, m in trace}) - 1
+    bound = max(policy.max_wait_s, others * TURN) + TURN
+    assert max(ours.waits) <= bound + 1e-9, (max(ours.waits), bound)

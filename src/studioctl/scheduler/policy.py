@@ -161,7 +161,10 @@ def held_back(
     # Fresh means loaded or used within min_resident_s: a model whose requests come every
     # few seconds is idle between them, and evicting it then is the A B A B thrash.
     since = max((t for t in (r.ready_at, r.last_used) if t is not None), default=None)
-    if since is not None and now - since < min_resident_s:
+    # Compared as ``now < until``, the very value handed back as Wait.until: a caller woken
+    # at that time must find the instance free (``now - since < min`` can round the other
+    # way, and then nothing would wake it again).
+    if since is not None and now < since + min_resident_s:
         return (
             f"{r.instance_id} was used {now - since:.0f}s ago (min_resident_s)",
             since + min_resident_s,
