@@ -2,14 +2,16 @@
 
     PYTHONPATH=src python benchmarks/swap_sim.py [--requests 400] [--seed 7] [--load-s 4]
                                                  [--service-s 1] [--max-wait-s 40]
-                                                 [--gap-s 0.5]
+                                                 [--gap-s 0.5] [--slots N]
 
 Replays a mixed trace (the pattern A B A A C A B C …, arrivals jittered) on a host whose
 memory holds one model at a time. An engine takes ``load_s`` to become ready, serves every
 request it is sent in parallel in ``service_s`` (engines batch), and is gone ``stop_s``
 after its last request. Both policies go through the same loop: after every event the
 planner is called with the state and the clock, and its actions are carried out. Prints
-swaps (evictions), loads, p50/p95/max queue wait and unserved requests side by side.
+swaps (evictions), loads, drains, p50/p95/max queue wait (arrival to dispatch), p95 latency
+(arrival to answer) and unserved requests side by side. ``--slots`` bounds how many requests
+an engine serves at once (the rest wait in its own backlog, as a GPU-bound engine's do).
 
 The tests (tests/scheduler/test_trace.py) import ``simulate`` and the traces from here.
 """
@@ -50,6 +52,7 @@ class SimConfig:
     capacity_gb: float = 10.0
     model_gb: float = 8.0  # two never fit together
     known_load: bool = True  # the catalog tells the scheduler how long a load takes
+    slots: int | None = None  # requests an engine serves at once (None: all it is sent)
     policy: Policy = field(default_factory=lambda: Policy(max_wait_s=20.0, min_resident_s=5.0))
 
 
@@ -58,7 +61,9 @@ class Instance:
     instance_id: str
     recipe_id: str
     state: ResidentState = "starting"
-    inflight: int = 0
+    inflight: int = 0  # sent to it and not finished: running or in its own backlog
+    running: int = 0
+    backlog: list[float] = field(default_factory=list)  # arrival times, beyond its slots
     ready_at: float | None = None
     last_used: float | None = None
 
@@ -70,13 +75,12 @@ class Result:
     drains: int = 0  # evictions of an instance with requests in flight (none aborted)
     waits: list[float] = field(default_factory=list)  # arrival -> dispatch, per request
     waits_by_model: dict[str, list[float]] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # arrival -> answered
     unserved: int = 0
 
-    def quantile(self, q: float) -> float:
-        if not self.waits:
-            return 0.0
-        ordered = sorted(self.waits)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    def quantile(self, q: float, of: str = "waits") -> float:
+        values = sorted(getattr(self, of))
+        return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
 
 def recorded_trace(repeats: int = 40, gap_s: float = 0.5) -> list[tuple[float, str]]:
@@ -99,7 +103,7 @@ def mixed_trace(n: int, seed: int, mean_gap_s: float = 0.5) -> list[tuple[float,
 class Sim:
     def __init__(self, trace: Sequence[tuple[float, str]], planner: Planner, cfg: SimConfig):
         self.cfg, self.planner, self.result = cfg, planner, Result()
-        self.events: list[tuple[float, int, str, str]] = []
+        self.events: list[tuple[float, int, str, str, float]] = []
         self.seq = 0
         self.waiting: dict[str, Queued] = {}
         self.instances: dict[str, Instance] = {}
@@ -110,9 +114,9 @@ class Sim:
         for i, (t, m) in enumerate(trace):
             self.push(t, "arrive", f"r{i}:{m}")
 
-    def push(self, t: float, kind: str, what: str) -> None:
+    def push(self, t: float, kind: str, what: str, arrived: float = 0.0) -> None:
         self.seq += 1
-        heapq.heappush(self.events, (t, self.seq, kind, what))
+        heapq.heappush(self.events, (t, self.seq, kind, what, arrived))
 
     def state(self) -> SchedulerState:
         residents = tuple(
@@ -140,13 +144,13 @@ class Sim:
         while self.events:
             now = self.events[0][0]
             while self.events and self.events[0][0] <= now:
-                _, _, kind, what = heapq.heappop(self.events)
-                self.on_event(now, kind, what)
+                _, _, kind, what, arrived = heapq.heappop(self.events)
+                self.on_event(now, kind, what, arrived)
             self.settle(now)
         self.result.unserved = len(self.waiting)
         return self.result
 
-    def on_event(self, now: float, kind: str, what: str) -> None:
+    def on_event(self, now: float, kind: str, what: str, arrived: float) -> None:
         if kind == "arrive":
             request_id, model = what.split(":")
             self.waiting[request_id] = Queued(request_id, model, "t", now)
@@ -156,11 +160,19 @@ class Sim:
         elif kind == "done":
             inst = self.instances[what]
             inst.inflight -= 1
+            inst.running -= 1
             inst.last_used = now
+            self.result.latencies.append(now - arrived)
+            if inst.backlog:
+                self.start(now, inst, inst.backlog.pop(0))
             if inst.state == "draining" and inst.inflight == 0:
                 self.stop(now, inst)
         elif kind == "gone":
             del self.instances[what]
+
+    def start(self, now: float, inst: Instance, arrived: float) -> None:
+        inst.running += 1
+        self.push(now + self.cfg.service_s, "done", inst.instance_id, arrived)
 
     def stop(self, now: float, inst: Instance) -> None:
         inst.state = "stopping"
@@ -198,11 +210,14 @@ class Sim:
                 if i.recipe_id == action.model and i.state == "ready"
             ]
             for request_id in action.request_ids:
-                waited = now - self.waiting.pop(request_id).enqueued_at
-                self.result.waits.append(waited)
-                self.result.waits_by_model.setdefault(action.model, []).append(waited)
+                arrived = self.waiting.pop(request_id).enqueued_at
+                self.result.waits.append(now - arrived)
+                self.result.waits_by_model.setdefault(action.model, []).append(now - arrived)
                 inst.inflight += 1
-                self.push(now + self.cfg.service_s, "done", inst.instance_id)
+                if self.cfg.slots is None or inst.running < self.cfg.slots:
+                    self.start(now, inst, arrived)
+                else:
+                    inst.backlog.append(arrived)
         elif isinstance(action, Wait):
             if action.until is not None and action.until > now:
                 self.push(action.until, "tick", "")
@@ -222,23 +237,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--service-s", type=float, default=1.0)
     ap.add_argument("--max-wait-s", type=float, default=40.0)
     ap.add_argument("--gap-s", type=float, default=0.5, help="mean time between requests")
+    ap.add_argument("--slots", type=int, default=None, help="requests an engine serves at once")
     args = ap.parse_args(argv)
     policy = Policy(max_wait_s=args.max_wait_s, min_resident_s=5.0)
-    cfg = SimConfig(load_s=args.load_s, service_s=args.service_s, policy=policy)
+    cfg = SimConfig(load_s=args.load_s, service_s=args.service_s, slots=args.slots, policy=policy)
     trace = mixed_trace(args.requests, args.seed, args.gap_s)
     print(
         f"{len(trace)} requests over {trace[-1][0]:.0f}s, load {cfg.load_s:g}s, "
-        f"service {cfg.service_s:g}s, max_wait {policy.max_wait_s:g}s, one model fits"
+        f"service {cfg.service_s:g}s x {cfg.slots or 'any'} at once, "
+        f"max_wait {policy.max_wait_s:g}s, one model fits"
     )
     print(
         f"{'policy':<10}{'swaps':>7}{'loads':>7}{'drains':>8}{'p50 wait':>10}"
-        f"{'p95 wait':>10}{'max wait':>10}{'unserved':>10}"
+        f"{'p95 wait':>10}{'max wait':>10}{'p95 lat':>10}{'unserved':>10}"
     )
     for name, planner in (("scheduler", plan), ("fifo", fifo_plan)):
         r = simulate(trace, planner, cfg)
         print(
             f"{name:<10}{r.swaps:>7}{r.loads:>7}{r.drains:>8}{r.quantile(0.5):>9.1f}s"
-            f"{r.quantile(0.95):>9.1f}s{max(r.waits):>9.1f}s{r.unserved:>10}"
+            f"{r.quantile(0.95):>9.1f}s{max(r.waits):>9.1f}s"
+            f"{r.quantile(0.95, 'latencies'):>9.1f}s{r.unserved:>10}"
         )
 
 
