@@ -37,6 +37,11 @@ _TYPED_FIELDS = frozenset(
         "seed",
         "readiness_timeout_s",
         "idle_unload_s",
+        "on_demand",
+        "pinned",
+        "vram_gb",
+        "queue_depth",
+        "queue_timeout_s",
     }
 )
 
@@ -241,6 +246,18 @@ _SPELLINGS = {
     "env_vars": "env",
     "disable_cuda_graph": "enforce_eager",
     "engine": "backend",
+    # llama-swap's and Ollama's words for the serving keys.
+    "ttl": "idle_unload_s",
+    "keep_alive": "idle_unload_s",
+    "pin": "pinned",
+    "persistent": "pinned",
+    "vram": "vram_gb",
+    "memory_gb": "vram_gb",
+    "max_queue": "queue_depth",
+    "queue_size": "queue_depth",
+    "queue_timeout": "queue_timeout_s",
+    "load_on_demand": "on_demand",
+    "groups": "group",
 }
 
 
