@@ -23,6 +23,7 @@ from studioctl.recipes.catalog import (
 )
 from studioctl.recipes.importers import Imported, read_import
 from studioctl.recipes.load import (
+    check_group,
     kind_of,
     load_recipe_file,
     parse_recipe_text,
@@ -61,6 +62,7 @@ __all__ = [
     "Recipe",
     "Scan",
     "atomic_write",
+    "check_group",
     "dump_recipe",
     "file_stem",
     "find_recipe_file",

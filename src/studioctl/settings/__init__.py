@@ -24,9 +24,10 @@ The file lives at ``<config dir>/studioctl.yaml`` (``paths.settings_file()``), o
 
 Each key ``section.key`` can also be set with the environment variable
 ``STUDIOCTL_<SECTION>_<KEY>`` (``STUDIOCTL_GATEWAY_PORT=9000``; lists: ``recipes.dirs`` is
-``os.pathsep``-separated, ``gateway.cors_origins`` comma-separated, ``scheduler.groups`` JSON; booleans take
-``true/false/1/0/yes/no/on/off``; an empty value counts as unset). ``STUDIOCTL_ADMIN_TOKEN`` is
-a short alias for ``STUDIOCTL_DAEMON_ADMIN_TOKEN``. ``STUDIOCTL_HOME`` and
+``os.pathsep``-separated, ``gateway.cors_origins`` comma-separated; ``scheduler.groups`` is JSON;
+booleans take ``true/false/1/0/yes/no/on/off``; an empty value counts as unset).
+``STUDIOCTL_ADMIN_TOKEN`` is a short alias for ``STUDIOCTL_DAEMON_ADMIN_TOKEN``.
+``STUDIOCTL_HOME`` and
 ``STUDIOCTL_CONFIG`` pick folders and files; they are not settings.
 
 Unknown sections and keys, wrong types and out-of-range values are ``ConfigError``\\ s naming
@@ -67,8 +68,8 @@ from studioctl.settings.schema import (
 
 __all__ = [
     "ENV_ALIASES",
-    "GROUP_KEYS",
     "ENV_PREFIX",
+    "GROUP_KEYS",
     "NOT_SETTINGS",
     "REDACTED",
     "SECTIONS",

@@ -198,9 +198,7 @@ def _read_file_key(
     # A string such as "${PORT:-8000}" stands for a typed value: parse its text like an
     # environment variable. A plain quoted "8000" for an integer stays a type error.
     text = isinstance(raw, str) and "${" in raw
-    parsed = _validated(
-        dotted, value, text=text, base=Path(doc.path).parent, where=where, doc=doc
-    )
+    parsed = _validated(dotted, value, text=text, base=Path(doc.path).parent, where=where, doc=doc)
     layer.set(dotted, parsed, f"file:{doc.path}:{line}", where)
 
 
@@ -296,9 +294,7 @@ def _rule(dotted: str) -> Rule:
 
     section, key = dotted.split(".")
     hints = typing.get_type_hints(SECTIONS[section], localns=vars(rules), include_extras=True)
-    return rules.Rule(
-        hints[key], separator=_SEPARATORS.get(dotted), json_text=dotted in _JSON_TEXT
-    )
+    return rules.Rule(hints[key], separator=_SEPARATORS.get(dotted), json_text=dotted in _JSON_TEXT)
 
 
 def _check_cross(settings: Settings, layer: _Layer) -> None:

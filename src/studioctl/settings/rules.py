@@ -27,11 +27,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
-    PlainValidator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
@@ -101,8 +101,11 @@ def _groups(value: Any) -> tuple[Group, ...]:
 
 def _group(name: str, body: Any, owner: dict[str, str]) -> Group:
     if not isinstance(body, dict):
-        _bad(f"must be a mapping with members (and swap, exclusive, persistent), "
-             f"got {kind_of(body)}", name)
+        _bad(
+            f"must be a mapping with members (and swap, exclusive, persistent), "
+            f"got {kind_of(body)}",
+            name,
+        )
     for key in body:
         if key not in GROUP_KEYS:
             _bad(f"unknown key{did_you_mean(str(key), GROUP_KEYS)}", name, str(key))
@@ -217,7 +220,8 @@ class Rule:
             try:
                 return json.loads(text)
             except ValueError:
-                raise RuleError("must be JSON (a mapping), e.g. {\"big\": {\"members\": [\"a\"]}}") from None
+                example = '{"big": {"members": ["a"]}}'
+                raise RuleError(f"must be JSON (a mapping), e.g. {example}") from None
         if self.type is bool:
             lowered = text.strip().lower()
             if lowered in _TRUE or lowered in _FALSE:
