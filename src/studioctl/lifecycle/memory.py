@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from studioctl.gpu import HostGpus
     from studioctl.recipes import Recipe
     from studioctl.settings import Settings
+    from studioctl.store.vram import VramPeak, VramRepo
 
 GIB = 1024**3
 #: The fraction of each GPU an engine takes when the recipe leaves
@@ -100,6 +101,16 @@ def memory_need_gb(recipe: Recipe, *, learned_gb: float | None, gpu_total_gb: fl
         gb, how = found
         return Need(gb, "estimate", n, how)
     return Need(None, "unknown", n, "no vram_gb, no earlier run, no config.json to read")
+
+
+def learned_gb(repo: VramRepo, recipe: Recipe) -> float | None:
+    """The peak of the recipe's last run in GiB (``store.vram``), while the recipe is the one
+    that ran (same hash); None otherwise."""
+    return peak_gb(repo.last_run(recipe.id, recipe.content_hash()))
+
+
+def peak_gb(peak: VramPeak | None) -> float | None:
+    return None if peak is None or peak.vram_bytes <= 0 else peak.vram_bytes / GIB
 
 
 def estimate_gb(recipe: Recipe, *, gpu_total_gb: float | None) -> tuple[float, str] | None:
