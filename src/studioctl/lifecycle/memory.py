@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -276,3 +276,35 @@ def free_gb(host_gpus: HostGpus | None) -> dict[int, float]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) else round(value, 3)
+
+
+def need_by_gpu(need: Need, gpus: Sequence[int], capacity: Mapping[int, float]) -> dict[int, float]:
+    """GiB the engine would take on each GPU: its ranks (``need.gpus``) go on the first GPUs
+    of its list — or of every GPU in ``capacity`` when the recipe names none, as an engine
+    without ``CUDA_VISIBLE_DEVICES`` starts on device 0 — each with an equal share. An
+    unknown need takes those GPUs whole."""
+    devices = sorted(gpus) if gpus else sorted(capacity)
+    used = devices[: max(1, need.gpus)]
+    if not used:
+        return {}
+    if need.gb is None:
+        return {g: capacity.get(g, math.inf) for g in used}
+    return {g: need.gb / len(used) for g in used}
+
+
+def free_after(
+    capacity: Mapping[int, float], taken: Iterable[Mapping[int, float]]
+) -> dict[int, float]:
+    """What each GPU has left once the ``taken`` shares (``need_by_gpu`` of each resident)
+    are counted; never below 0."""
+    left = dict(capacity)
+    for share in taken:
+        for g, gb in share.items():
+            if g in left:
+                left[g] = max(0.0, left[g] - gb)
+    return left
+
+
+def fits(share: Mapping[int, float], free: Mapping[int, float]) -> bool:
+    """Does a ``need_by_gpu`` share fit in ``free`` on every GPU it uses?"""
+    return all(gb <= free.get(g, 0.0) for g, gb in share.items())
