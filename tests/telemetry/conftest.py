@@ -58,6 +58,9 @@ class FakeRecipe:
     id: str
     backend: str = "vllm"
 
+    def content_hash(self) -> str:
+        return f"hash-of-{self.id}"
+
 
 @dataclass
 class FakeInstance:

@@ -226,6 +226,7 @@ def _dry_run(recipe_id: str, *, port: int | None, gpus: list[int] | None, as_jso
                 "shell": cmd.shell(),
                 "gpus": sorted(placement.gpu_set(wanted, visible)),
                 "visible_gpus": visible,
+                "serving": recipe.serving(),
                 "conflicts": [
                     {"instance": c.instance_id, "recipe": c.recipe_id, "gpus": list(c.gpus)}
                     for c in in_the_way

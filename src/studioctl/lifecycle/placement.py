@@ -11,11 +11,13 @@ list means ``0 .. visible-1``; on a host without GPUs (``visible == 0``) it mean
 and such an instance conflicts with nobody (there is no GPU memory to run out of).
 
 The bind address is settled here too: a recipe's own ``host``, else ``engines.host``.
+``GroupRules`` applies the ``scheduler.groups`` setting: which running models loading one
+evicts by rule. Memory (need, capacity, shares per GPU) is ``lifecycle.memory``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,7 @@ from studioctl.errors import ConflictError
 
 if TYPE_CHECKING:
     from studioctl.recipes import Recipe
+    from studioctl.settings import Group
 
 
 @dataclass(frozen=True)
@@ -123,3 +126,46 @@ def refuse_shared_gpus(recipe_id: str, found: Sequence[Conflict]) -> None:
             ]
         },
     )
+
+
+class GroupRules:
+    """The ``scheduler.groups`` setting applied to recipes (llama-swap's group rules).
+
+    A recipe's group is its ``group`` key, else the group listing it under ``members``
+    (``recipes.check_group`` refuses a recipe where the two disagree). Pinned recipes are
+    the caller's business: a rule here may ask for one to leave, and the caller then does
+    not place the new model (a pinned model is never evicted for another).
+    """
+
+    def __init__(self, groups: Sequence[Group], own: Mapping[str, str | None]) -> None:
+        """``groups``: the setting; ``own``: recipe id → its ``group`` key (None: unset)."""
+        self._groups = {g.name: g for g in groups}
+        self._listed = {m: g.name for g in groups for m in g.members}
+        self._own = dict(own)
+
+    def group_of(self, recipe_id: str) -> Group | None:
+        name = self._own.get(recipe_id) or self._listed.get(recipe_id)
+        return self._groups.get(name) if name else None
+
+    def must_leave(self, target: str, running: Iterable[str]) -> list[str]:
+        """The running recipes that loading ``target`` evicts, in the given order:
+
+        - members of its own group when the group swaps;
+        - everything outside its group when the group is exclusive, except members of
+          persistent groups.
+
+        A recipe in no group evicts nothing by rule (memory decides)."""
+        mine = self.group_of(target)
+        if mine is None:
+            return []
+        out: list[str] = []
+        for rid in running:
+            if rid == target or rid in out:
+                continue
+            theirs = self.group_of(rid)
+            if theirs is not None and theirs.name == mine.name:
+                if mine.swap:
+                    out.append(rid)
+            elif mine.exclusive and not (theirs is not None and theirs.persistent):
+                out.append(rid)
+        return out

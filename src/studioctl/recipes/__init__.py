@@ -23,6 +23,7 @@ from studioctl.recipes.catalog import (
 )
 from studioctl.recipes.importers import Imported, read_import
 from studioctl.recipes.load import (
+    check_group,
     kind_of,
     load_recipe_file,
     parse_recipe_text,
@@ -33,6 +34,8 @@ from studioctl.recipes.schema import (
     ID_MAX,
     ID_RE,
     ID_RULE,
+    QUEUE_DEPTH_MAX,
+    SERVING_FIELDS,
     SUFFIXES,
     Recipe,
     file_stem,
@@ -52,11 +55,14 @@ __all__ = [
     "ID_MAX",
     "ID_RE",
     "ID_RULE",
+    "QUEUE_DEPTH_MAX",
+    "SERVING_FIELDS",
     "SUFFIXES",
     "Imported",
     "Recipe",
     "Scan",
     "atomic_write",
+    "check_group",
     "dump_recipe",
     "file_stem",
     "find_recipe_file",

@@ -19,7 +19,9 @@ from studioctl.recipes.schema import SUFFIXES, Recipe, file_stem, id_problem
 from studioctl.suggest import closest
 
 if TYPE_CHECKING:
-    from studioctl.settings import Settings
+    from collections.abc import Sequence
+
+    from studioctl.settings import Group, Settings
 
 
 def recipe_dirs(settings: Settings | None = None) -> list[Path]:
@@ -64,16 +66,36 @@ class Scan:
     errors: list[RecipeError] = field(default_factory=list)
 
 
-def scan_recipes(dirs: list[Path] | None = None, *, check_paths: bool = False) -> Scan:
+def _with_settings(
+    dirs: list[Path] | None, groups: Sequence[Group] | None
+) -> tuple[list[Path], Sequence[Group] | None]:
+    """The folders and groups to use: without folders, both from the effective settings
+    (the recipe's ``group`` is then checked against ``scheduler.groups``)."""
+    if dirs is not None:
+        return dirs, groups
+    from studioctl.settings import load_settings
+
+    settings = load_settings()
+    return recipe_dirs(settings), settings.scheduler.groups if groups is None else groups
+
+
+def scan_recipes(
+    dirs: list[Path] | None = None,
+    *,
+    check_paths: bool = False,
+    groups: Sequence[Group] | None = None,
+) -> Scan:
     """Load every recipe file; keep going past bad files (each becomes an error).
 
     A second file with an id already seen (in an earlier folder) is an error naming both.
+    ``groups``: see ``load_recipe_file`` (default with no ``dirs``: the settings' groups).
     """
     scan = Scan()
     first: dict[str, Path] = {}
+    dirs, groups = _with_settings(dirs, groups)
     for path in recipe_files(dirs):
         try:
-            recipe = load_recipe_file(path, check_paths=check_paths)
+            recipe = load_recipe_file(path, check_paths=check_paths, groups=groups)
         except RecipeError as exc:
             scan.errors.append(exc)
             continue
@@ -144,9 +166,15 @@ def is_path_like(id_or_path: str) -> bool:
 
 
 def get_recipe(
-    id_or_path: str, dirs: list[Path] | None = None, *, check_paths: bool = True
+    id_or_path: str,
+    dirs: list[Path] | None = None,
+    *,
+    check_paths: bool = True,
+    groups: Sequence[Group] | None = None,
 ) -> Recipe:
-    """A recipe by id (searched in the folders) or by file path."""
+    """A recipe by id (searched in the folders) or by file path. ``groups``: see
+    ``load_recipe_file`` (default with no ``dirs``: the settings' groups)."""
+    dirs, groups = _with_settings(dirs, groups)
     if is_path_like(id_or_path):
         path = Path(id_or_path).expanduser()
         try:
@@ -157,5 +185,6 @@ def get_recipe(
             raise NotFoundError(f"no recipe file {str(path)[:200]}: {exc}") from exc
         if not found:
             raise NotFoundError(f"no recipe file {path}")
-        return load_recipe_file(path, check_paths=check_paths)
-    return load_recipe_file(find_recipe_file(id_or_path, dirs), check_paths=check_paths)
+        return load_recipe_file(path, check_paths=check_paths, groups=groups)
+    path = find_recipe_file(id_or_path, dirs)
+    return load_recipe_file(path, check_paths=check_paths, groups=groups)

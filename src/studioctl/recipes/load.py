@@ -9,6 +9,7 @@ are each a ``RecipeError`` naming the file, the line and the key. Nothing is fol
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +17,10 @@ import pydantic
 
 from studioctl.errors import RecipeError
 from studioctl.recipes.schema import ID_RE, ID_RULE, Recipe, file_stem, looks_local
-from studioctl.suggest import closest
+from studioctl.suggest import closest, did_you_mean
 
 if TYPE_CHECKING:
+    from studioctl.settings import Group
     from studioctl.yamlfile import YamlDoc
 
 #: Number and boolean keys: written as ``${VAR:-512}`` their text is read as YAML would.
@@ -37,19 +39,57 @@ _TYPED_FIELDS = frozenset(
         "seed",
         "readiness_timeout_s",
         "idle_unload_s",
+        "on_demand",
+        "pinned",
+        "vram_gb",
+        "queue_depth",
+        "queue_timeout_s",
     }
 )
 
 
-def load_recipe_file(path: Path, *, check_paths: bool = True) -> Recipe:
+def load_recipe_file(
+    path: Path, *, check_paths: bool = True, groups: Sequence[Group] | None = None
+) -> Recipe:
     """Load and validate one recipe file.
 
     ``check_paths``: a ``model`` or ``python`` that looks like a local path must exist.
+    ``groups``: the ``scheduler.groups`` setting; when given, the recipe's ``group`` must be
+    one of them and agree with the group that lists it.
     """
     from studioctl.yamlfile import load_file
 
     doc = load_file(path, error=RecipeError)
-    return recipe_from_doc(doc, path=path, check_paths=check_paths)
+    recipe = recipe_from_doc(doc, path=path, check_paths=check_paths)
+    if groups is not None:
+        check_group(recipe, groups, doc)
+    return recipe
+
+
+def check_group(recipe: Recipe, groups: Sequence[Group], doc: YamlDoc | None = None) -> None:
+    """RecipeError when ``group`` names no group of ``groups``, or a different group lists
+    the recipe under ``members`` (a recipe is in at most one group)."""
+    names = [g.name for g in groups]
+    listed = next((g.name for g in groups if recipe.id in g.members), None)
+    file = doc.path if doc else (str(recipe.source) if recipe.source else None)
+    line = doc.line("group") if doc else None
+    if recipe.group is not None and recipe.group not in names:
+        raise RecipeError(
+            f"unknown group {recipe.group!r}{did_you_mean(recipe.group, names)}",
+            file=file,
+            line=line,
+            key="group",
+            hint="groups are defined by the scheduler.groups setting"
+            + (f": {', '.join(names)}" if names else " (none is)"),
+        )
+    if recipe.group is not None and listed is not None and listed != recipe.group:
+        raise RecipeError(
+            f"group {recipe.group!r}, but scheduler.groups.{listed}.members lists this recipe",
+            file=file,
+            line=line,
+            key="group",
+            hint="a recipe is in at most one group: remove one of the two",
+        )
 
 
 def parse_recipe_text(
@@ -241,6 +281,18 @@ _SPELLINGS = {
     "env_vars": "env",
     "disable_cuda_graph": "enforce_eager",
     "engine": "backend",
+    # llama-swap's and Ollama's words for the serving keys.
+    "ttl": "idle_unload_s",
+    "keep_alive": "idle_unload_s",
+    "pin": "pinned",
+    "persistent": "pinned",
+    "vram": "vram_gb",
+    "memory_gb": "vram_gb",
+    "max_queue": "queue_depth",
+    "queue_size": "queue_depth",
+    "queue_timeout": "queue_timeout_s",
+    "load_on_demand": "on_demand",
+    "groups": "group",
 }
 
 

@@ -76,7 +76,19 @@ FIELD_DOCS: dict[str, str] = {
     "readiness_timeout_s": "seconds a launch may take to become ready",
     "restart": "on-failure | always | never",
     "idle_unload_s": "stop the engine after this many idle seconds (default: never)",
+    "on_demand": "a request naming it loads it (default: the gateway.load_on_demand setting)",
+    "pinned": "never evicted to make room for another model",
+    "vram_gb": "GPU memory it needs in GiB, over all its GPUs (default: learned or estimated)",
+    "queue_depth": "requests that may wait while it loads (default: gateway.queue_depth)",
+    "queue_timeout_s": "seconds a request may wait for it (default: gateway.queue_timeout_s)",
+    "group": "a group of the scheduler.groups setting (which models may run together)",
 }
+
+#: Fields added after recipe hashes were first stored with instances: left out of
+#: ``content_hash`` while at their default, so a recipe that does not set them keeps the hash
+#: it had before (an instance adopted after an upgrade still matches its recipe).
+SERVING_FIELDS = ("on_demand", "pinned", "vram_gb", "queue_depth", "queue_timeout_s", "group")
+QUEUE_DEPTH_MAX = 10000
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -127,6 +139,13 @@ class Recipe(BaseModel):
     readiness_timeout_s: Annotated[float, Field(gt=0)] = 900.0
     restart: Literal["on-failure", "always", "never"] = "on-failure"
     idle_unload_s: Annotated[float, Field(gt=0)] | None = None
+    # Serving on demand and placement (docs/recipes.md, "On demand and placement").
+    on_demand: bool | None = None
+    pinned: bool = False
+    vram_gb: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    queue_depth: Annotated[int, Field(ge=0, le=QUEUE_DEPTH_MAX)] | None = None
+    queue_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    group: Annotated[str, Field(min_length=1, max_length=ID_MAX)] | None = None
     source: Path | None = Field(default=None, exclude=True)
 
     # -- field checks -----------------------------------------------------------------------
@@ -193,6 +212,13 @@ class Recipe(BaseModel):
             _check_arg_value(v, key)
         return value
 
+    @field_validator("group")
+    @classmethod
+    def _check_group(cls, value: str | None) -> str | None:
+        if value is not None and (value != value.strip() or any(c.isspace() for c in value)):
+            _fail(f"invalid group name {value!r}: no spaces")
+        return value
+
     @model_validator(mode="after")
     def _check_across(self) -> Recipe:
         if self.enable_auto_tool_choice and not self.tool_call_parser:
@@ -247,10 +273,18 @@ class Recipe(BaseModel):
         return p
 
     def content_hash(self) -> str:
-        """sha256 of the canonical JSON of every field (``source`` excluded)."""
+        """sha256 of the canonical JSON of every field (``source`` excluded; the
+        ``SERVING_FIELDS`` only when they differ from their default)."""
         data = self.model_dump(mode="json")
+        for key in SERVING_FIELDS:
+            if getattr(self, key) == type(self).model_fields[key].default:
+                del data[key]
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def serving(self) -> dict[str, Any]:
+        """The on-demand and placement fields, as set (None: the setting applies)."""
+        return {key: getattr(self, key) for key in SERVING_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every field, plus ``source`` (the file) and ``served_name``."""

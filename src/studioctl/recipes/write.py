@@ -116,6 +116,12 @@ _EXAMPLES: dict[str, str] = {
     "readiness_timeout_s": "900",
     "restart": "on-failure",
     "idle_unload_s": "3600",
+    "on_demand": "true",
+    "pinned": "false",
+    "vram_gb": "20",
+    "queue_depth": "64",
+    "queue_timeout_s": "300",
+    "group": "big-models",
 }
 
 

@@ -16,12 +16,18 @@ The file lives at ``<config dir>/studioctl.yaml`` (``paths.settings_file()``), o
       admin_token: ${ADMIN_TOKEN}        # unset variable without a default → error
     logs:
       retention_days: 14
+    scheduler:
+      groups:                            # after llama-swap's groups (settings.groups)
+        big: {members: [llama-70b, qwen-72b], swap: true, exclusive: true}
+    host:
+      capacity_gb: 64                    # the pseudo GPU of a host without GPUs
 
 Each key ``section.key`` can also be set with the environment variable
 ``STUDIOCTL_<SECTION>_<KEY>`` (``STUDIOCTL_GATEWAY_PORT=9000``; lists: ``recipes.dirs`` is
-``os.pathsep``-separated, ``gateway.cors_origins`` comma-separated; booleans take
-``true/false/1/0/yes/no/on/off``; an empty value counts as unset). ``STUDIOCTL_ADMIN_TOKEN`` is
-a short alias for ``STUDIOCTL_DAEMON_ADMIN_TOKEN``. ``STUDIOCTL_HOME`` and
+``os.pathsep``-separated, ``gateway.cors_origins`` comma-separated; ``scheduler.groups`` is JSON;
+booleans take ``true/false/1/0/yes/no/on/off``; an empty value counts as unset).
+``STUDIOCTL_ADMIN_TOKEN`` is a short alias for ``STUDIOCTL_DAEMON_ADMIN_TOKEN``.
+``STUDIOCTL_HOME`` and
 ``STUDIOCTL_CONFIG`` pick folders and files; they are not settings.
 
 Unknown sections and keys, wrong types and out-of-range values are ``ConfigError``\\ s naming
@@ -29,11 +35,13 @@ the file, the line and the key (or the environment variable). Nothing is read at
 ``load_settings()`` reads the file and the environment when called.
 
 - ``schema``: the sections as pydantic models (types, bounds) and the ``Settings`` result;
+- ``groups``: ``Group``, one entry of ``scheduler.groups``;
 - ``load``: the three sources, each value validated where it is read.
 """
 
 from __future__ import annotations
 
+from studioctl.settings.groups import GROUP_KEYS, Group
 from studioctl.settings.load import (
     ENV_ALIASES,
     ENV_PREFIX,
@@ -49,8 +57,10 @@ from studioctl.settings.schema import (
     DaemonSettings,
     EngineSettings,
     GatewaySettings,
+    HostSettings,
     LogSettings,
     RecipeSettings,
+    SchedulerSettings,
     Settings,
     all_keys,
     section_keys,
@@ -59,14 +69,18 @@ from studioctl.settings.schema import (
 __all__ = [
     "ENV_ALIASES",
     "ENV_PREFIX",
+    "GROUP_KEYS",
     "NOT_SETTINGS",
     "REDACTED",
     "SECTIONS",
     "DaemonSettings",
     "EngineSettings",
     "GatewaySettings",
+    "Group",
+    "HostSettings",
     "LogSettings",
     "RecipeSettings",
+    "SchedulerSettings",
     "Settings",
     "all_keys",
     "env_var",

@@ -33,6 +33,8 @@ NOT_SETTINGS = frozenset({"STUDIOCTL_HOME", "STUDIOCTL_CONFIG"})
 
 #: How the list settings are written as text: paths the way PATH is, origins with commas.
 _SEPARATORS = {"recipes.dirs": os.pathsep, "gateway.cors_origins": ","}
+#: Mapping settings: written as JSON in the environment and in flags given as text.
+_JSON_TEXT = frozenset({"scheduler.groups"})
 
 
 def env_var(dotted: str) -> str:
@@ -196,7 +198,7 @@ def _read_file_key(
     # A string such as "${PORT:-8000}" stands for a typed value: parse its text like an
     # environment variable. A plain quoted "8000" for an integer stays a type error.
     text = isinstance(raw, str) and "${" in raw
-    parsed = _validated(dotted, value, text=text, base=Path(doc.path).parent, where=where)
+    parsed = _validated(dotted, value, text=text, base=Path(doc.path).parent, where=where, doc=doc)
     layer.set(dotted, parsed, f"file:{doc.path}:{line}", where)
 
 
@@ -259,12 +261,29 @@ def _read_overrides(overrides: Mapping[str, Any], layer: _Layer) -> None:
 
 
 def _validated(
-    dotted: str, value: Any, *, text: bool, base: Path | None, where: dict[str, Any]
+    dotted: str,
+    value: Any,
+    *,
+    text: bool,
+    base: Path | None,
+    where: dict[str, Any],
+    doc: YamlDoc | None = None,
 ) -> Any:
-    """``value`` for key ``dotted``, checked by its rule (``settings.rules``) and typed."""
+    """``value`` for key ``dotted``, checked by its rule (``settings.rules``) and typed.
+    A problem inside a mapping value is pinned to its own line and key when ``doc`` (the
+    file) is given."""
     try:
         return _rule(dotted).validated(value, text=text, base=base)
     except ValueError as exc:
+        subpath = tuple(getattr(exc, "subpath", ()))
+        if doc is not None and subpath:
+            from studioctl.yamlfile import dotted as dotted_path
+
+            where = {
+                **where,
+                "line": doc.line(*dotted.split("."), *subpath),
+                "key": dotted_path((*dotted.split("."), *subpath)),
+            }
         raise _error(str(exc), where) from None
 
 
@@ -275,7 +294,7 @@ def _rule(dotted: str) -> Rule:
 
     section, key = dotted.split(".")
     hints = typing.get_type_hints(SECTIONS[section], localns=vars(rules), include_extras=True)
-    return rules.Rule(hints[key], separator=_SEPARATORS.get(dotted))
+    return rules.Rule(hints[key], separator=_SEPARATORS.get(dotted), json_text=dotted in _JSON_TEXT)
 
 
 def _check_cross(settings: Settings, layer: _Layer) -> None:

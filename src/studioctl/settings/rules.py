@@ -14,10 +14,12 @@ the messages users see.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import annotated_types
 from pydantic import (
@@ -25,12 +27,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
+
+from studioctl.settings.groups import GROUP_KEYS, Group
+from studioctl.suggest import did_you_mean
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -66,6 +72,69 @@ def _recipe_dir(value: Any, info: ValidationInfo) -> Any:
     return Path(os.path.normpath(p))
 
 
+class RuleError(ValueError):
+    """A bad value; ``subpath``: where inside the value (``("big", "members", 0)``)."""
+
+    def __init__(self, message: str, subpath: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.subpath = subpath
+
+
+def _bad(message: str, *subpath: str | int) -> NoReturn:
+    raise PydanticCustomError("setting", "{message}", {"message": message, "subpath": subpath})
+
+
+def _groups(value: Any) -> tuple[Group, ...]:
+    """``{name: {members: [...], swap, exclusive, persistent}}`` → groups, each checked."""
+    if isinstance(value, tuple) and all(isinstance(g, Group) for g in value):
+        return value  # the default, or groups already checked
+    if not isinstance(value, dict):
+        _bad(f"must be a mapping of group names to their rules, got {kind_of(value)}")
+    out: list[Group] = []
+    owner: dict[str, str] = {}
+    for name, body in value.items():
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            _bad(f"invalid group name {name!r}: not empty, no spaces", str(name))
+        out.append(_group(name, body, owner))
+    return tuple(out)
+
+
+def _group(name: str, body: Any, owner: dict[str, str]) -> Group:
+    if not isinstance(body, dict):
+        _bad(
+            f"must be a mapping with members (and swap, exclusive, persistent), "
+            f"got {kind_of(body)}",
+            name,
+        )
+    for key in body:
+        if key not in GROUP_KEYS:
+            _bad(f"unknown key{did_you_mean(str(key), GROUP_KEYS)}", name, str(key))
+    members = body.get("members")
+    if members is None:
+        _bad("members is required: the ids of the recipes in the group", name)
+    if not isinstance(members, list):
+        _bad(f"must be a list of recipe ids, got {kind_of(members)}", name, "members")
+    for i, member in enumerate(members):
+        if not isinstance(member, str) or not member or any(c.isspace() for c in member):
+            _bad(f"item {i} must be a recipe id, got {kind_of(member)}", name, "members", i)
+        if member in owner:
+            _bad(
+                f"recipe {member!r} is already in group {owner[member]!r} "
+                "(a recipe is in at most one group)",
+                name,
+                "members",
+                i,
+            )
+        owner[member] = name
+    flags: dict[str, bool] = {}
+    for key in ("swap", "exclusive", "persistent"):
+        if key in body:
+            if not isinstance(body[key], bool):
+                _bad(f"must be true or false, got {kind_of(body[key])}", name, key)
+            flags[key] = body[key]
+    return Group(name, tuple(members), **flags)
+
+
 # The types schema.py annotates its fields with.
 Host = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -76,6 +145,11 @@ PositiveInt = Annotated[int, Field(gt=0)]
 HeaderBytes = Annotated[int, Field(ge=1024)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 AtLeastZero = Annotated[int, Field(ge=0)]
+QueueDepth = Annotated[int, Field(ge=0, le=10000)]
+#: GiB; None: unlimited.
+CapacityGb = Annotated[float, Field(gt=0, allow_inf_nan=False)] | None
+#: Written as a mapping (in the environment: as JSON); held as a tuple of ``Group``.
+Groups = Annotated[tuple[Group, ...], PlainValidator(_groups)]
 Token = Annotated[str | None, AfterValidator(_none_if_empty)]
 Origins = Annotated[
     tuple[Annotated[str, AfterValidator(_not_blank)], ...], BeforeValidator(_as_tuple)
@@ -89,13 +163,15 @@ class Rule:
     """How one setting is checked: its annotated type (``Annotated[int, Field(ge=1)]``, …)
     and, for a list, the separator of its text form."""
 
-    def __init__(self, hint: Any, *, separator: str | None = None) -> None:
+    def __init__(self, hint: Any, *, separator: str | None = None, json_text: bool = False) -> None:
         self.hint = hint
         self.separator = separator
-        annotated = typing.get_origin(hint) is Annotated
+        self.json_text = json_text  # a mapping: its text form (the environment) is JSON
+        inner = _optional_of(hint)
+        annotated = typing.get_origin(inner) is Annotated
         #: The plain type (``int``, ``float``, ``bool``, …), which picks how text is parsed.
-        self.type: Any = typing.get_args(hint)[0] if annotated else hint
-        self._rules = typing.get_args(hint)[1:] if annotated else ()
+        self.type: Any = typing.get_args(inner)[0] if annotated else inner
+        self._rules = typing.get_args(inner)[1:] if annotated else ()
         self._adapter: TypeAdapter[Any] = TypeAdapter(hint, config=ConfigDict(strict=True))
 
     def validated(self, value: Any, *, text: bool, base: Path | None) -> Any:
@@ -108,7 +184,8 @@ class Rule:
             return self._adapter.validate_python(given, context={"base": base})
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
-            raise ValueError(self._message(err, value)) from None
+            subpath = tuple((err.get("ctx") or {}).get("subpath", ()))
+            raise RuleError(self._message(err, value), subpath) from None
 
     def bounds(self) -> tuple[float | None, float | None, bool]:
         """``(minimum, maximum, minimum is exclusive)`` from the constraints."""
@@ -139,6 +216,12 @@ class Rule:
         for validation to refuse with the key's own message."""
         if self.separator is not None:
             return [part.strip() for part in text.split(self.separator) if part.strip()]
+        if self.json_text:
+            try:
+                return json.loads(text)
+            except ValueError:
+                example = '{"big": {"members": ["a"]}}'
+                raise RuleError(f"must be JSON (a mapping), e.g. {example}") from None
         if self.type is bool:
             lowered = text.strip().lower()
             if lowered in _TRUE or lowered in _FALSE:
@@ -176,6 +259,15 @@ class Rule:
         if kind in ("tuple_type", "list_type"):
             return f"must be a list, got {kind_of(given)}"
         return str(err["msg"])
+
+
+def _optional_of(hint: Any) -> Any:
+    """``X | None`` → ``X`` (the type whose text form is parsed); any other hint as is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
 
 
 def kind_of(value: Any) -> str:

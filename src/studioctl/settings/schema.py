@@ -14,17 +14,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studioctl import paths
+from studioctl.settings.groups import Group
 from studioctl.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from studioctl.settings.rules import (
         AtLeastOne,
         AtLeastZero,
+        CapacityGb,
+        Groups,
         HeaderBytes,
         Host,
         Origins,
         Port,
         PositiveInt,
+        QueueDepth,
         RecipeDirs,
         Seconds,
         SecondsOrZero,
@@ -61,6 +65,14 @@ class GatewaySettings:
     # On stop: seconds in-flight requests get to finish before they are ended (with an error
     # event for streams) and recorded.
     drain_timeout_s: SecondsOrZero = 30.0
+    # On demand (issue 11): a request for a recipe that is not running loads it (a recipe's
+    # on_demand overrides); requests wait for it in a per-model queue of queue_depth, each at
+    # most queue_timeout_s (a recipe's queue_depth / queue_timeout_s override). With
+    # queue_when_busy, a request over max_concurrent waits in the same way instead of 429.
+    load_on_demand: bool = True
+    queue_depth: QueueDepth = 64
+    queue_timeout_s: Seconds = 300.0
+    queue_when_busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,29 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class SchedulerSettings:
+    # A model with queued requests waits at most max_wait_s while the resident one is served
+    # first; a freshly loaded model stays at least min_resident_s before it may be evicted.
+    max_wait_s: Seconds = 30.0
+    min_resident_s: SecondsOrZero = 10.0
+    groups: Groups = ()
+
+    def group(self, name: str) -> Group | None:
+        """The group called ``name``, or None."""
+        return next((g for g in self.groups if g.name == name), None)
+
+    def group_names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    # The memory (GiB) of the one pseudo GPU placement counts on a host without GPUs;
+    # None: unlimited. Ignored where NVML reports GPUs.
+    capacity_gb: CapacityGb = None
+
+
+@dataclass(frozen=True)
 class LogSettings:
     max_bytes: PositiveInt = 50 * 1024 * 1024
     backups: AtLeastZero = 3
@@ -112,6 +147,8 @@ SECTIONS: dict[str, type[Any]] = {
     "recipes": RecipeSettings,
     "daemon": DaemonSettings,
     "logs": LogSettings,
+    "scheduler": SchedulerSettings,
+    "host": HostSettings,
 }
 
 
@@ -128,6 +165,8 @@ class Settings:
     recipes: RecipeSettings = field(default_factory=RecipeSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logs: LogSettings = field(default_factory=LogSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    host: HostSettings = field(default_factory=HostSettings)
     #: ``"gateway.port"`` → ``"default"`` | ``"file:/path/studioctl.yaml:12"`` |
     #: ``"env:STUDIOCTL_GATEWAY_PORT"`` | ``"flag"``
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -148,6 +187,8 @@ class Settings:
         for section in SECTIONS:
             values = getattr(self, section)
             out[section] = {key: _plain(getattr(values, key)) for key in section_keys(section)}
+        # Written as in the file: group name -> its rules.
+        out["scheduler"]["groups"] = {g.name: g.to_dict() for g in self.scheduler.groups}
         if redact and out["daemon"]["admin_token"] is not None:
             out["daemon"]["admin_token"] = REDACTED
         return out

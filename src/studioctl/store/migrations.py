@@ -326,3 +326,19 @@ def m005_instance_api_key(db: Database) -> None:
     """Each engine's own API key, generated at launch: a restarted or adopted engine keeps
     answering to the key the gateway, probes and scrapes send. NULL: started before keys."""
     _run(db, "ALTER TABLE instances ADD COLUMN api_key TEXT")
+
+
+@migration
+def m006_recipe_vram(db: Database) -> None:
+    """The most GPU memory a recipe's processes held during its last run (NVML), and the
+    recipe's hash then: placement's learned memory need, valid while the recipe is unchanged."""
+    _run(
+        db,
+        """CREATE TABLE recipe_vram (
+            recipe_id    TEXT PRIMARY KEY,
+            recipe_hash  TEXT NOT NULL,
+            instance_id  TEXT NOT NULL,
+            vram_bytes   INTEGER NOT NULL,
+            at           REAL NOT NULL
+        )""",
+    )

@@ -34,6 +34,7 @@ from studioctl.engines.metrics import (
 from studioctl.errors import StudioError
 from studioctl.states import ACTIVE, State
 from studioctl.store.stats import StatsDelta
+from studioctl.store.vram import VramPeak
 from studioctl.telemetry import prometheus
 from studioctl.telemetry.energy import EnergyLedger, EnergySplit
 from studioctl.telemetry.figures import (
@@ -95,11 +96,13 @@ class Telemetry:
         clock: Callable[[], float] = time.time,
     ) -> None:
         from studioctl.store.stats import StatsRepo
+        from studioctl.store.vram import VramRepo
 
         self.sup = sup
         self.gpus = gpus
         self.bus = bus
         self.stats = StatsRepo(db) if db is not None else None
+        self.vram = VramRepo(db) if db is not None else None
         self.engine_http = engine_http
         self.gateway_snapshot = gateway_snapshot
         self.gpu_interval_s = gpu_interval_s
@@ -112,6 +115,9 @@ class Telemetry:
         self.unattributed_j = 0.0
         self._last_sample: float | None = None
         self._pending: dict[str, StatsDelta] = {}
+        # Each ready instance's most VRAM so far (its run's peak): placement's learned need.
+        self._vram_peaks: dict[str, VramPeak] = {}
+        self._vram_dirty: set[str] = set()
         self._gateway_rate: GatewayRate | None = None
         self._gateway: dict[str, Any] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -254,6 +260,7 @@ class Telemetry:
             else:
                 it.vram_by_gpu, it.vram_bytes, it.power_w = {}, None, None
             self.sup.record_vram(inst.id, it.vram_bytes)
+            self._offer_vram(inst, it.vram_bytes, now)
             if inst.state == State.READY and dt:
                 self._delta(it.recipe_id).uptime_s += min(dt, _MAX_UPTIME_STEP_S)
             if it.power_w:
@@ -261,6 +268,19 @@ class Telemetry:
                 by_recipe_power[it.recipe_id] = (total + it.power_w, inst.id)
         for recipe_id, (watts, iid) in by_recipe_power.items():
             self._delta(recipe_id).offer("power_w", watts, now, iid)
+
+    def _offer_vram(self, inst: Instance, vram_bytes: int | None, now: float) -> None:
+        """Keep the instance's run peak; only once ready (a loading engine holds less)."""
+        if not vram_bytes or inst.state not in SCRAPED_STATES:
+            return
+        held = self._vram_peaks.get(inst.id)
+        if held is None:
+            held = VramPeak(inst.recipe.id, inst.recipe.content_hash(), inst.id, 0, now)
+        if vram_bytes > held.vram_bytes:
+            self._vram_peaks[inst.id] = VramPeak(
+                held.recipe_id, held.recipe_hash, inst.id, vram_bytes, now
+            )
+            self._vram_dirty.add(inst.id)
 
     def _publish(self) -> None:
         if self.bus is None:
@@ -351,6 +371,7 @@ class Telemetry:
         """Add the pending deltas to the store (one transaction); returns rows written."""
         if self.stats is None:
             return 0
+        self._flush_vram()
         pending, self._pending = self._pending, {}
         try:
             n = self.stats.add(pending.values(), ts=self._clock())
@@ -359,6 +380,19 @@ class Telemetry:
                 self._delta(rid).merge(d)
             raise
         return n
+
+    def _flush_vram(self) -> None:
+        """Record the run peaks that grew since the last flush; ended instances' go."""
+        if self.vram is None:
+            return
+        dirty, self._vram_dirty = self._vram_dirty, set()
+        try:
+            self.vram.record(self._vram_peaks[i] for i in sorted(dirty) if i in self._vram_peaks)
+        except BaseException:
+            self._vram_dirty |= dirty  # kept for the next try
+            raise
+        for iid in [i for i in self._vram_peaks if i not in self.sup.instances]:
+            del self._vram_peaks[iid]
 
     async def _flush_async(self) -> None:
         self.flush()
