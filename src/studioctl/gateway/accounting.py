@@ -34,6 +34,7 @@ from studioctl.gateway.usage import UsageQueue
 from studioctl.store.usage import UsageRecord
 
 if TYPE_CHECKING:
+    from studioctl.gateway.queue import ModelQueues
     from studioctl.gateway.sse import SSERelay
 
 __all__ = [
@@ -82,6 +83,7 @@ def usage_record(
         streamed=ctx.stream,
         disconnected=disconnected,
         error_code=error_code,
+        queue_ms=ctx.queue_s * 1000.0,
     )
 
 
@@ -110,8 +112,11 @@ class Accounting:
         metrics: GatewayMetrics,
         usage: UsageQueue,
         tokenizer: PromptCounter,
+        queues: ModelQueues | None = None,
     ) -> None:
+        """``queues``: told when a slot is given back (requests parked for one)."""
         self.routes = routes
+        self.queues = queues
         self.metrics = metrics
         self.usage = usage
         self.tokenizer = tokenizer
@@ -189,6 +194,9 @@ class Accounting:
         admission = ctx.admission
         if admission is not None:
             admission.finish(actual_tokens=prompt + completion)
+            queues = self.queues
+            if queues is not None and queues.parked.waiters:
+                queues.slot_freed()
         tenant = ctx.tenant
         model = ctx.model
         # Label a model by name only if the route table knows it: invented names would

@@ -326,3 +326,10 @@ def m005_instance_api_key(db: Database) -> None:
     """Each engine's own API key, generated at launch: a restarted or adopted engine keeps
     answering to the key the gateway, probes and scrapes send. NULL: started before keys."""
     _run(db, "ALTER TABLE instances ADD COLUMN api_key TEXT")
+
+
+@migration
+def m006_usage_queue_ms(db: Database) -> None:
+    """Milliseconds each request waited in a gateway queue (for a loading model, or for a
+    slot with gateway.queue_when_busy); 0 for the rows written before."""
+    _run(db, "ALTER TABLE usage ADD COLUMN queue_ms REAL NOT NULL DEFAULT 0")
