@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -82,7 +83,7 @@ class Waiter:
         self.model = model
         self.kind = kind
         self.request_id = "q-" + secrets.token_hex(6)
-        self.since = now  # loop.time()
+        self.since = now  # perf_counter()
         self.woken: asyncio.Future[None] | None = None
 
     def wake(self) -> bool:
@@ -322,7 +323,7 @@ class ModelQueues:
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(_watch_disconnect(receive, ctx))
         try:
-            async with asyncio.timeout_at(waiter.since + self.timeout_s):
+            async with asyncio.timeout(self.timeout_s):
                 while True:
                     waiter.woken = loop.create_future()
                     await waiter.woken
@@ -340,5 +341,5 @@ class ModelQueues:
 
 
 def _now() -> float:
-    """The loop's clock (what ``asyncio.timeout_at`` reads)."""
-    return asyncio.get_running_loop().time()
+    # Not loop.time(): uvloop's is whole milliseconds (a short wait would read 0).
+    return time.perf_counter()
