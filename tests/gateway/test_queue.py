@@ -336,3 +336,15 @@ def test_a_want_hook_that_raises_leaves_nothing_behind() -> None:
         assert queues.rooms == {} and queues.counts() == {}
 
     asyncio.run(main())
+
+
+def test_a_model_swapping_in_waits_for_the_loading_instance_not_the_draining_one() -> None:
+    routes = RouteTable()
+    draining = Upstream("i-old", "r-1", "127.0.0.1", 1, "draining", ("tiny",))
+    starting = Upstream("i-new", "r-1", "127.0.0.1", 2, "starting", ("tiny",))
+    routes.update([draining], KNOWN)
+    assert not routes.loading("tiny")  # draining ends in stopped: nothing to wait for
+    routes.update([draining, starting], KNOWN)
+    assert routes.loading("tiny")
+    routes.update([draining, up("ready")], KNOWN)
+    assert not routes.loading("tiny")  # ready: no wait at all

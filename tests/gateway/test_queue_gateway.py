@@ -234,3 +234,24 @@ def test_queues_endpoints_need_the_admin_token_and_never_show_prompts(
 
 def test_queues_endpoint_without_an_admin_token_is_503(gateway: Gateway) -> None:
     assert_error(httpx.get(gateway.base_url + "/queues"), 503, "admin_unavailable")
+
+
+def test_a_parked_client_that_disconnects_takes_no_slot_and_is_recorded(
+    make_gateway: GatewayFactory,
+) -> None:
+    gw = make_gateway(max_concurrent=1, queue_when_busy=True)
+    gw.engine.hold = threading.Event()
+    t, out = in_thread(lambda: chat(gw, {"model": MODEL, "messages": MESSAGES}))
+    gw.wait_for(lambda: gw.engine.inflight == 1)
+    sock = raw_chat(gw, {"model": MODEL, "messages": MESSAGES})
+    gw.wait_for(lambda: gw.queues.counts().get(MODEL) == 1)
+    sock.close()
+    gw.wait_for(lambda: not gw.queues.counts())
+    gw.wait_for(lambda: len(gw.usage.rows) == 1)
+    row = gw.usage.rows[0]
+    assert (row.status, row.error_code, row.disconnected) == (499, "client_disconnected", True)
+    assert gw.lt.call(gw.limiter.inflight) == 1  # only the first one's slot
+    gw.engine.hold.set()
+    t.join(10)
+    assert out[0].status_code == 200 and len(gw.engine.requests) == 1
+    assert gw.lt.call(gw.limiter.inflight) == 0

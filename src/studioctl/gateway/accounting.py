@@ -69,6 +69,7 @@ def usage_record(
     tenant = ctx.tenant
     assert tenant is not None
     upstream = ctx.upstream
+    queue_s = ctx.queue_s
     return UsageRecord(
         ts=ctx.ts,
         tenant_id=tenant.tenant_id,
@@ -83,7 +84,7 @@ def usage_record(
         streamed=ctx.stream,
         disconnected=disconnected,
         error_code=error_code,
-        queue_ms=ctx.queue_s * 1000.0,
+        queue_ms=queue_s * 1000.0 if queue_s else 0.0,
     )
 
 

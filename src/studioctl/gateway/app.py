@@ -17,7 +17,12 @@ requests get 503 ``shutting_down``; those in flight may finish for ``timeout_s``
 ended by the gateway (a stream with an error event and ``[DONE]``, a request still waiting
 for its head with a 503), each with its row and its slot back.
 
-Other routes: ``GET /v1/models``; ``/livez``, ``/healthz``, ``/version``; ``GET /metrics``
+A request for a model that is loading (or that the orchestrator's ``want`` hook says is
+coming) waits in the model's queue, and with ``queue_when_busy`` one refused by the global
+``max_concurrent`` waits for a slot (``queue.py``); ``drain`` ends every waiter at once.
+
+Other routes: ``GET /v1/models``; ``GET /v1/queues`` and ``/v1/queues/{model}`` (who waits,
+never a prompt; the admin token on TCP); ``/livez``, ``/healthz``, ``/version``; ``GET /metrics``
 (needs the admin token on TCP unless ``gateway.metrics_public``; the route table's lines,
 then ``extra_metrics``); ``/admin/*`` (admin token on TCP, forwarded to ``admin_app``
 without the ``/admin`` prefix). Requests arriving over a Unix socket (ASGI ``server``

@@ -126,7 +126,12 @@ class RouteTable:
                 if up.state == READY:
                     ready.setdefault(name, []).append(up)
                 elif up.state in PENDING_STATES:
-                    pending.setdefault(name, up)
+                    # A loading one wins over a draining one (a swap: requests wait for it).
+                    seen = pending.get(name)
+                    if seen is None or (
+                        seen.state not in LOADING_STATES and up.state in LOADING_STATES
+                    ):
+                        pending[name] = up
         self._ready = {name: tuple(lst) for name, lst in ready.items()}
         self._pending = pending
         self._known = dict(known)
