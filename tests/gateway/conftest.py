@@ -30,6 +30,7 @@ from studioctl.gateway.auth import Authenticator
 from studioctl.gateway.core import GatewayCore, new_pool
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
+from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.tokenize import PromptCounter
 from studioctl.gateway.usage import MemoryUsageQueue
@@ -389,6 +390,7 @@ class Gateway:
     usage: MemoryUsageQueue
     metrics: GatewayMetrics
     auth: Authenticator
+    queues: ModelQueues
     keys: dict[str, TenantContext]  # sha256 → context
     url: str = ""
     key: str = ""  # the default tenant's key
@@ -495,6 +497,10 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
         engine_keepalive_s: float = 75.0,
         anonymous: bool = False,
         health: Callable[[], Awaitable[dict[str, Any]]] = _healthy,
+        queue_depth: int = 64,
+        queue_timeout_s: float = 300.0,
+        queue_when_busy: bool = False,
+        want: Want | None = None,
         **settings: Any,
     ) -> Gateway:
         gs = GatewaySettings(**settings)
@@ -516,8 +522,18 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
             pool=pool,
             tokenizer=PromptCounter(new_pool(), timeout_s=tokenizer_timeout_s),
         )
+        queues = ModelQueues(
+            routes=routes,
+            limiter=limiter,
+            metrics=metrics,
+            depth=queue_depth,
+            timeout_s=queue_timeout_s,
+            when_busy=queue_when_busy,
+        )
         app = GatewayApp(
             core,
+            queues=queues,
+            want=want,
             settings=gs,
             admin_app=_admin_echo,
             admin_token=admin_token,
@@ -526,7 +542,7 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
         )
         engine = StandinEngine()
         engine.keepalive_timeout_s = engine_keepalive_s
-        gw = Gateway(loop_thread, app, engine, routes, limiter, usage, metrics, auth, keys)
+        gw = Gateway(loop_thread, app, engine, routes, limiter, usage, metrics, auth, queues, keys)
         loop_thread.run(_start_gateway(gw))
         started.append(gw)
         gw.key = gw.add_tenant("acme", tenant_limits)

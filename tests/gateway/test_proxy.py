@@ -434,7 +434,10 @@ def test_known_model_not_running_is_503_with_hint(gateway: Gateway) -> None:
 
 
 @pytest.mark.integration
-def test_loading_model_is_503_with_retry_after(gateway: Gateway) -> None:
+def test_loading_model_is_503_with_retry_after(make_gateway: GatewayFactory) -> None:
+    # It waits in the model's queue first (tests/gateway/test_queue_gateway.py); this is
+    # the answer once queue_timeout_s is over.
+    gateway = make_gateway(queue_timeout_s=0.2)
     engine = gateway.engine
     gateway.set_upstreams(
         [Upstream("i-1", "tiny-recipe", engine.host, engine.port, "loading", (MODEL,))],
@@ -442,6 +445,7 @@ def test_loading_model_is_503_with_retry_after(gateway: Gateway) -> None:
     )
     r = chat(gateway, {"model": MODEL, "messages": MESSAGES})
     assert_error(r, 503, "model_loading", retry_after=5)
+    assert gateway.usage.rows[-1].queue_ms >= 199.0
 
 
 # -- limits ------------------------------------------------------------------------------------

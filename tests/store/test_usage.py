@@ -7,6 +7,7 @@ import json
 import random
 import statistics
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -248,3 +249,35 @@ def test_accepts_the_gateways_record_type(db: Database) -> None:
     repo.insert_many([row])
     assert repo.rows()[0].key_prefix == "sk-st-ab"
     assert repo.summary(60, now=121.0).total.completion_tokens == 4
+
+
+def test_queue_ms_is_stored_and_read_back(db: Database) -> None:
+    repo = UsageRepo(db)
+    repo.insert_many([rec(60.0, queue_ms=1234.5), rec(61.0)])
+    by_ts = {r.ts: r for r in repo.rows()}
+    assert by_ts[60.0].queue_ms == 1234.5
+    assert by_ts[61.0].queue_ms == 0.0  # the default: a request that did not wait
+
+
+def test_a_row_with_a_bad_queue_ms_is_refused_alone() -> None:
+    from studioctl.store.usage.record import invalid_reason
+
+    assert invalid_reason(rec(1.0, queue_ms=-1.0)) == "queue_ms=-1.0"
+    assert invalid_reason(rec(1.0, queue_ms=float("nan"))) is not None
+    assert invalid_reason(rec(1.0, queue_ms=5.0)) is None
+
+
+def test_rows_written_before_m007_read_back_with_queue_ms_0(tmp_path: Path) -> None:
+    from studioctl.store import migrations as mig
+
+    path = tmp_path / "old.db"
+    with Database(path) as old:
+        mig.migrate(old, target="m005_instance_api_key")
+        old.execute(
+            "INSERT INTO usage (ts, tenant_id, model, status, duration_ms)"
+            " VALUES (60.0, 't_a', 'tiny', 200, 5.0)"
+        )
+    with Database(path) as db:
+        assert mig.migrate(db) == [m.name for m in mig.MIGRATIONS][5:]
+        (row,) = UsageRepo(db).rows()
+        assert (row.status, row.queue_ms) == (200, 0.0)

@@ -34,6 +34,7 @@ from studioctl.gateway.usage import UsageQueue
 from studioctl.store.usage import UsageRecord
 
 if TYPE_CHECKING:
+    from studioctl.gateway.queue import ModelQueues
     from studioctl.gateway.sse import SSERelay
 
 __all__ = [
@@ -68,6 +69,7 @@ def usage_record(
     tenant = ctx.tenant
     assert tenant is not None
     upstream = ctx.upstream
+    queue_s = ctx.queue_s
     return UsageRecord(
         ts=ctx.ts,
         tenant_id=tenant.tenant_id,
@@ -82,6 +84,7 @@ def usage_record(
         streamed=ctx.stream,
         disconnected=disconnected,
         error_code=error_code,
+        queue_ms=queue_s * 1000.0 if queue_s else 0.0,
     )
 
 
@@ -110,8 +113,11 @@ class Accounting:
         metrics: GatewayMetrics,
         usage: UsageQueue,
         tokenizer: PromptCounter,
+        queues: ModelQueues | None = None,
     ) -> None:
+        """``queues``: told when a slot is given back (requests parked for one)."""
         self.routes = routes
+        self.queues = queues
         self.metrics = metrics
         self.usage = usage
         self.tokenizer = tokenizer
@@ -189,6 +195,9 @@ class Accounting:
         admission = ctx.admission
         if admission is not None:
             admission.finish(actual_tokens=prompt + completion)
+            queues = self.queues
+            if queues is not None and queues.parked.waiters:
+                queues.slot_freed()
         tenant = ctx.tenant
         model = ctx.model
         # Label a model by name only if the route table knows it: invented names would

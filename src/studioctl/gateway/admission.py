@@ -6,11 +6,15 @@ admitted the request (the refusals are raised as ``GatewayError``)::
     body size (read in chunks, never more than max_body_bytes + 1)  → 413 body_too_large
     key → tenant                                                     → 401 / 403
     JSON parse (once; nesting ≤ 254 levels, see body.py)             → 400 invalid_json
-    Limiter.enter: concurrency, then RPM (a slot and 1 RPM token)    → 429 + Retry-After
+    Limiter.enter: tenant concurrency, RPM, then the gateway's
+      concurrency (a slot and 1 RPM token)                           → 429 + Retry-After
+      (the gateway's: with queue_when_busy, parked until a slot frees: :meth:`park`)
     ---- :meth:`AdmissionControl.read_body` and ``enter`` above, ``check`` below ----
     model name (≤ 256 characters)                                    → 400 invalid_request
     model allowed for the tenant                                     → 403 model_not_allowed
     route (RouteTable.resolve)                                       → 404 / 503
+      (a loading model, or one ``want`` says is coming: waits in its
+      queue, ModelQueues.wait_for_model, holding its slot)           → 503 queue_full…
     stream, n (1…128), max output tokens (cap, or clamp when
       gateway.clamp_output)                                          → 400 / output_too_long
     prompt items (≤ 2,048 messages or prompts)                       → 400 invalid_request
@@ -30,7 +34,8 @@ from studioctl.gateway.asgi import Receive
 from studioctl.gateway.auth import Authenticator
 from studioctl.gateway.body import check_n, model_error, parse_body, peek_model, quote
 from studioctl.gateway.context import CHAT, COMPLETIONS, EMBEDDINGS, RequestContext
-from studioctl.gateway.limits import Limiter
+from studioctl.gateway.limits import GatewayBusy, Limiter
+from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.sse import json_dumps, request_usage
 from studioctl.gateway.tokenize import PromptCounter, check_prompt_items
@@ -82,8 +87,14 @@ class AdmissionControl:
         limiter: Limiter,
         routes: RouteTable,
         tokenizer: PromptCounter,
+        queues: ModelQueues,
+        want: Want | None = None,
     ) -> None:
+        """``want``: the orchestrator's hook (see ``queue.Want``); None: only requests for
+        a model already loading wait."""
         self.auth = auth
+        self.queues = queues
+        self.want = want
         self.limiter = limiter
         self.routes = routes
         self.tokenizer = tokenizer
@@ -99,6 +110,13 @@ class AdmissionControl:
         ctx.body = body = parse_body(raw)
         ctx.model = peek_model(body)
         ctx.admission = self.limiter.enter(tenant)  # concurrency, RPM
+
+    async def park(self, ctx: RequestContext, busy: GatewayBusy, receive: Receive) -> None:
+        """:meth:`enter` was refused ``busy`` (every global slot taken): with
+        ``queue_when_busy`` wait for a slot (sets ``ctx.admission``), else raise ``busy``."""
+        if not self.queues.when_busy:
+            raise busy
+        ctx.admission = await self.queues.park(ctx, busy, receive)
 
     async def read_body(self, receive: Receive, length: bytes | None) -> bytes:
         limit = self._max_body
@@ -142,7 +160,9 @@ class AdmissionControl:
             )
         return tenant
 
-    async def check(self, ctx: RequestContext, raw: bytes) -> tuple[Upstream, bytes, bytes]:
+    async def check(
+        self, ctx: RequestContext, raw: bytes, receive: Receive
+    ) -> tuple[Upstream, bytes, bytes]:
         """The checks after :meth:`enter`; sets ``ctx.stream``, ``.prompt``, ``.exact``.
         Returns the instance to send it to (the caller counts it there and sets
         ``ctx.upstream``), the upstream path and the payload."""
@@ -160,7 +180,10 @@ class AdmissionControl:
                 f"tenant {tenant.name!r} may not use model {model!r}",
                 param="model",
             )
-        upstream = self.routes.resolve(model)
+        try:
+            upstream = self.routes.resolve(model)
+        except GatewayError as exc:  # not ready: wait if it is coming (off the fast path)
+            upstream = await self.queues.wait_for_model(ctx, model, exc, receive, self.want)
         ctx.known = True
         dirty = False
         if upstream.engine_names and model not in upstream.engine_names:

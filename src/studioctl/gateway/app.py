@@ -17,7 +17,12 @@ requests get 503 ``shutting_down``; those in flight may finish for ``timeout_s``
 ended by the gateway (a stream with an error event and ``[DONE]``, a request still waiting
 for its head with a 503), each with its row and its slot back.
 
-Other routes: ``GET /v1/models``; ``/livez``, ``/healthz``, ``/version``; ``GET /metrics``
+A request for a model that is loading (or that the orchestrator's ``want`` hook says is
+coming) waits in the model's queue, and with ``queue_when_busy`` one refused by the global
+``max_concurrent`` waits for a slot (``queue.py``); ``drain`` ends every waiter at once.
+
+Other routes: ``GET /v1/models``; ``GET /v1/queues`` and ``/v1/queues/{model}`` (who waits,
+never a prompt; the admin token on TCP); ``/livez``, ``/healthz``, ``/version``; ``GET /metrics``
 (needs the admin token on TCP unless ``gateway.metrics_public``; the route table's lines,
 then ``extra_metrics``); ``/admin/*`` (admin token on TCP, forwarded to ``admin_app``
 without the ``/admin`` prefix). Requests arriving over a Unix socket (ASGI ``server``
@@ -49,8 +54,11 @@ from studioctl.gateway.asgi import (
     send_error,
     send_json,
 )
+from studioctl.gateway.body import clip
 from studioctl.gateway.context import CHAT, COMPLETIONS, EMBEDDINGS, Headers, RequestContext
 from studioctl.gateway.core import GatewayCore
+from studioctl.gateway.limits import GatewayBusy
+from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.relay import Relay, shutting_down
 from studioctl.gateway.sse import json_dumps
 from studioctl.settings import GatewaySettings
@@ -64,7 +72,9 @@ _POST_ROUTES = {
     "/v1/completions": COMPLETIONS,
     "/v1/embeddings": EMBEDDINGS,
 }
-_GET_ROUTES = ("/v1/models", "/livez", "/healthz", "/version", "/metrics")
+_GET_ROUTES = ("/v1/models", "/v1/queues", "/livez", "/healthz", "/version", "/metrics")
+_QUEUES = "/v1/queues"
+_QUEUE_OF = "/v1/queues/"
 # How long drain() waits for the requests it ended to send their last bytes.
 _DRAIN_END_S = 5.0
 
@@ -86,6 +96,8 @@ class GatewayApp:
         health: Callable[[], Awaitable[dict[str, Any]]],
         version: dict[str, Any],
         extra_metrics: Callable[[], str] | None = None,
+        queues: ModelQueues | None = None,
+        want: Want | None = None,
     ) -> None:
         self.core = core
         self.settings = settings
@@ -95,8 +107,15 @@ class GatewayApp:
         self._version_body = json_dumps(version)
         self._extra_metrics = extra_metrics
         self._cors = Cors(settings.cors_origins)
+        if queues is None:  # the defaults: depth 64, 300 s, no parking
+            queues = ModelQueues(routes=core.routes, limiter=core.limiter, metrics=core.metrics)
+        self.queues = queues
         self.accounting = Accounting(
-            routes=core.routes, metrics=core.metrics, usage=core.usage, tokenizer=core.tokenizer
+            routes=core.routes,
+            metrics=core.metrics,
+            usage=core.usage,
+            tokenizer=core.tokenizer,
+            queues=queues,
         )
         self.admission = AdmissionControl(
             settings=settings,
@@ -104,6 +123,8 @@ class GatewayApp:
             limiter=core.limiter,
             routes=core.routes,
             tokenizer=core.tokenizer,
+            queues=queues,
+            want=want,
         )
         if core.auth.anonymous is not None and not self.admission.anonymous_ok:
             _log.warning(
@@ -126,6 +147,7 @@ class GatewayApp:
     async def startup(self) -> None:
         """Ready to serve (again): no drain in progress."""
         self.accounting.start()
+        self.queues.reopen()
         self._draining = False
         self._idle = None
 
@@ -147,6 +169,7 @@ class GatewayApp:
         """
         self._draining = True
         self.accounting.stop_deferring()
+        self.queues.close(shutting_down())  # nothing queued waits for a gateway that stops
         calls = self._calls
         if calls and timeout_s > 0:
             self._idle = asyncio.Event()
@@ -233,13 +256,20 @@ class GatewayApp:
         # Before admission: body size, key, JSON. Nothing is held yet.
         try:
             raw = await admission.read_body(receive, length)
-            admission.enter(ctx, authorization, raw)
+            try:
+                admission.enter(ctx, authorization, raw)
+            except GatewayBusy as busy:  # every global slot taken: parked, or refused
+                await admission.park(ctx, busy, receive)
         except GatewayError as exc:
             await accounting.refuse(send, ctx, exc)
             return
         except ClientGone:
             return
         except asyncio.CancelledError:
+            if ctx.gone:  # left while parked: nothing was taken, nothing sent upstream
+                ctx.task.uncancel()
+                accounting.finish(ctx, 499, "client_disconnected", 0, 0, None, disconnected=True)
+                return
             if not ctx.drained:
                 raise
             ctx.task.uncancel()
@@ -252,7 +282,7 @@ class GatewayApp:
         # Admitted: from here on every path, whatever is raised, writes one usage row and
         # gives the slot (and any TPM reservation, and the route's count) back.
         try:
-            upstream, path, payload = await admission.check(ctx, raw)
+            upstream, path, payload = await admission.check(ctx, raw, receive)
             self.core.routes.begin(upstream.instance_id)
             ctx.upstream = upstream
             if ctx.stream:
@@ -263,6 +293,12 @@ class GatewayApp:
         except GatewayError as exc:  # refused by a check after admission
             await accounting.refuse(send, ctx, exc)
         except asyncio.CancelledError:
+            if ctx.gone and ctx.upstream is None:  # left while queued: nothing sent upstream
+                ctx.task.uncancel()
+                accounting.finish(
+                    ctx, 499, "client_disconnected", ctx.prompt, 0, None, disconnected=True
+                )
+                return
             if not ctx.drained:
                 raise  # not ours (the server is stopping): the finally below accounts
             ctx.task.uncancel()
@@ -321,6 +357,9 @@ class GatewayApp:
     ) -> None:
         if path == "/v1/models":
             await self._models(scope, send, extra)
+        elif path == _QUEUES or path.startswith(_QUEUE_OF):
+            self._admin.check(scope)
+            await send_json(send, 200, json_dumps(self._queues(path)), extra)
         elif path == "/livez":
             await send_json(send, 200, b'{"status":"ok"}', extra)
         elif path == "/healthz":
@@ -342,6 +381,17 @@ class GatewayApp:
             await send({"type": "http.response.body", "body": text, "more_body": False})
         else:
             raise GatewayError(404, "not_found", f"no route {method} {path}")
+
+    def _queues(self, path: str) -> dict[str, Any]:
+        """``GET /v1/queues`` (every model) or ``/v1/queues/{model}`` (names may hold '/')."""
+        if path == _QUEUES:
+            return self.queues.listing()
+        model = path[len(_QUEUE_OF) :]
+        if not self.core.routes.knows(model) and model not in self.queues.counts():
+            raise GatewayError(
+                404, "model_not_found", f"the model {clip(model, 256)!r} does not exist"
+            )
+        return self.queues.listing(model)
 
     def _metrics_text(self) -> str:
         """The gateway's figures, the route table's lines, then ``extra_metrics``."""

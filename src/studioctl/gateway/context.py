@@ -44,6 +44,7 @@ class RequestContext:
         "known",
         "model",
         "prompt",
+        "queue_s",
         "started",
         "stream",
         "t0",
@@ -78,3 +79,4 @@ class RequestContext:
         self.gone = False  # the client went away; ``task`` was cancelled for it
         self.drained = False  # GatewayApp.drain ended it; ``task`` was cancelled for it
         self.accounted = False  # the usage row and metrics are written
+        self.queue_s = 0.0  # seconds waited in a queue (queue.py), the usage row's queue_ms

@@ -14,10 +14,13 @@ Token buckets
     large the numbers a client sends (a float bucket once lost 524,288 tokens to one refund).
 
 Two steps, so that nothing costly happens before the cheap limits are checked
-    1. ``Limiter.enter(tenant)``: concurrency, global then tenant → 429 ``limit_concurrent``
+    1. ``Limiter.enter(tenant)``: the tenant's concurrency → 429 ``limit_concurrent``
        (Retry-After 1 s: a slot frees when some request ends, which cannot be predicted);
-       then the RPM bucket must hold 1 → else 429 ``limit_rpm``. Granted: a slot and one RPM
-       token are taken and an ``Admission`` returned. Nothing is taken by a refusal.
+       the RPM bucket must hold 1 → else 429 ``limit_rpm``; then the gateway's concurrency
+       → 429 ``limit_concurrent`` raised as ``GatewayBusy`` (last, so that a request the
+       tenant's own limits refuse is never parked by ``gateway.queue_when_busy``). Granted:
+       a slot and one RPM token are taken and an ``Admission`` returned. Nothing is taken
+       by a refusal.
     2. ``Admission.reserve(prompt_tokens=…, max_output_tokens=…)`` once the prompt is
        counted: the TPM bucket must hold ``prompt_tokens + max_output_tokens`` → else 429
        ``limit_tpm`` (nothing of TPM taken; the slot stays held until ``finish``).
@@ -49,13 +52,18 @@ from collections.abc import Callable
 from studioctl.errors import GatewayError
 from studioctl.tenants import TenantContext
 
-__all__ = ["CONCURRENCY_RETRY_AFTER_S", "UNIT", "Admission", "Limiter"]
+__all__ = ["CONCURRENCY_RETRY_AFTER_S", "UNIT", "Admission", "GatewayBusy", "Limiter"]
 
 # A concurrency slot frees when another request ends: unknowable, so a short fixed hint.
 CONCURRENCY_RETRY_AFTER_S = 1.0
 # Bucket units per token: nanoseconds per minute, so that ``limit`` tokens/min refill
 # exactly ``limit`` units per nanosecond.
 UNIT = 60_000_000_000
+
+
+class GatewayBusy(GatewayError):
+    """429 ``limit_concurrent`` for the gateway's own limit (every global slot taken): the
+    refusal ``gateway.queue_when_busy`` turns into a wait."""
 
 
 class _TenantState:
@@ -217,15 +225,7 @@ class Limiter:
         if state is None:
             state = self._states[tid] = _TenantState(limits.rpm, limits.tpm, now)
 
-        # Concurrency: nothing is taken yet.
-        if self._inflight >= self.global_max_concurrent:
-            raise GatewayError(
-                429,
-                "limit_concurrent",
-                f"the gateway is at its limit of {self.global_max_concurrent} concurrent "
-                "requests; retry shortly",
-                retry_after=CONCURRENCY_RETRY_AFTER_S,
-            )
+        # Concurrency, RPM, then the gateway's concurrency: nothing is taken yet.
         if state.inflight >= limits.max_concurrent:
             raise GatewayError(
                 429,
@@ -246,6 +246,14 @@ class Limiter:
                 f"tenant {tenant.name!r} exceeded its limit of {rpm} requests per "
                 f"minute; retry in {wait:.1f} s",
                 retry_after=wait,
+            )
+        if self._inflight >= self.global_max_concurrent:
+            raise GatewayBusy(
+                429,
+                "limit_concurrent",
+                f"the gateway is at its limit of {self.global_max_concurrent} concurrent "
+                "requests; retry shortly",
+                retry_after=CONCURRENCY_RETRY_AFTER_S,
             )
 
         state.rpm_level -= UNIT

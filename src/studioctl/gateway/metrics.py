@@ -17,6 +17,7 @@ Families (``tenant`` label only when ``tenant_labels`` is on, i.e.
     studioctl_gateway_request_duration_seconds{model}                  histogram
     studioctl_gateway_time_to_first_token_seconds{model}               histogram
     studioctl_gateway_upstream_latency_seconds                         histogram
+    studioctl_gateway_queue_seconds{model}                             histogram
 
 ``model`` is the name the client asked for; past ``max_models`` distinct names, and for any
 name longer than ``MAX_LABEL_LEN``, it is counted under ``model="__other__"``, so that clients
@@ -133,6 +134,7 @@ class GatewayMetrics:
         "_max_models",
         "_models",
         "_prompt",
+        "_queue",
         "_rejections",
         "_rejections_by_reason",
         "_requests",
@@ -172,6 +174,7 @@ class GatewayMetrics:
         self._latency: dict[str, _Histogram] = {}
         self._ttft: dict[str, _Histogram] = {}
         self._upstream = _Histogram(self._latency_buckets)
+        self._queue: dict[str, _Histogram] = {}
 
     # -- recording (hot path) ------------------------------------------------------------
 
@@ -228,6 +231,18 @@ class GatewayMetrics:
     def upstream_latency(self, s: float) -> None:
         """Seconds from sending a request upstream to its response headers."""
         self._upstream.observe(s)
+
+    def queue_wait(self, model: str | None, s: float) -> None:
+        """Seconds a request waited in a queue (only requests that waited: not the hot
+        path). Models are bounded as for ``request``."""
+        if model is None:
+            model = OTHER_MODEL
+        elif model not in self._models:
+            model = self._admit_model(model)
+        hist = self._queue.get(model)
+        if hist is None:
+            hist = self._queue[model] = _Histogram(self._latency_buckets)
+        hist.observe(s)
 
     def summary(self) -> dict[str, Any]:
         """The totals ``top`` shows: requests answered (rejections included) and rejections
@@ -294,6 +309,11 @@ class GatewayMetrics:
                 "time_to_first_token_seconds",
                 "Time from request to the first token (first chunk of a stream).",
                 self._ttft,
+            ),
+            (
+                "queue_seconds",
+                "Time requests waited in a queue (for a loading model or a gateway slot).",
+                self._queue,
             ),
         ):
             name = PREFIX + family

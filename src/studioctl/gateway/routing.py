@@ -19,7 +19,7 @@ The table also counts requests in flight per instance (``begin``/``end``); evict
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 (READY,) = (s.value for s in ROUTABLE)
 STOPPED = State.STOPPED.value
 PENDING_STATES = frozenset(s.value for s in PENDING)
+# Pending states that end in ready (draining ends in stopped): requests may wait for them.
+LOADING_STATES = frozenset((State.STARTING.value, State.LOADING.value))
 # Seconds a client is told to wait for an instance that is loading or draining.
 LOADING_RETRY_AFTER_S = 5.0
 
@@ -79,6 +81,12 @@ class RouteTable:
         # What instances_changed() and recipes_changed() were last told.
         self._instance_names: dict[str, str] = {}
         self._recipe_names: dict[str, str] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change of the table (the waiting rooms wake on it:
+        a request queued for a loading model is sent the moment it is ready, no polling)."""
+        self._listeners.append(listener)
 
     # -- updates (daemon side) ----------------------------------------------------------
 
@@ -118,12 +126,19 @@ class RouteTable:
                 if up.state == READY:
                     ready.setdefault(name, []).append(up)
                 elif up.state in PENDING_STATES:
-                    pending.setdefault(name, up)
+                    # A loading one wins over a draining one (a swap: requests wait for it).
+                    seen = pending.get(name)
+                    if seen is None or (
+                        seen.state not in LOADING_STATES and up.state in LOADING_STATES
+                    ):
+                        pending[name] = up
         self._ready = {name: tuple(lst) for name, lst in ready.items()}
         self._pending = pending
         self._known = dict(known)
         self._upstreams = ups
         self._created = int(time.time())
+        for listener in self._listeners:
+            listener()
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -152,6 +167,11 @@ class RouteTable:
             f"the model {model!r} does not exist",
             param="model",
         )
+
+    def loading(self, model: str) -> bool:
+        """Whether ``model`` has no ready instance but one starting or loading."""
+        up = self._pending.get(model)
+        return up is not None and up.state in LOADING_STATES and model not in self._ready
 
     def knows(self, model: str) -> bool:
         """Whether ``model`` names an instance or a recipe (else it is an invented name)."""

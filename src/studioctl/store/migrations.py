@@ -342,3 +342,10 @@ def m006_recipe_vram(db: Database) -> None:
             at           REAL NOT NULL
         )""",
     )
+
+
+@migration
+def m007_usage_queue_ms(db: Database) -> None:
+    """Milliseconds each request waited in a gateway queue (for a loading model, or for a
+    slot with gateway.queue_when_busy); 0 for the rows written before."""
+    _run(db, "ALTER TABLE usage ADD COLUMN queue_ms REAL NOT NULL DEFAULT 0")

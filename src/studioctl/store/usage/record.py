@@ -28,6 +28,7 @@ USAGE_COLUMNS = (
     "streamed",
     "disconnected",
     "error_code",
+    "queue_ms",
 )
 
 
@@ -61,6 +62,8 @@ class UsageRow(Protocol):
     def disconnected(self) -> bool: ...
     @property
     def error_code(self) -> str | None: ...
+    @property
+    def queue_ms(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +83,7 @@ class UsageRecord:
     streamed: bool = False
     disconnected: bool = False
     error_code: str | None = None
+    queue_ms: float = 0.0  # time waited in a gateway queue (a loading model, a busy gateway)
 
 
 def row_params(r: UsageRow) -> tuple[Any, ...]:
@@ -98,6 +102,7 @@ def row_params(r: UsageRow) -> tuple[Any, ...]:
         int(r.streamed),
         int(r.disconnected),
         r.error_code,
+        r.queue_ms,
     )
 
 
@@ -113,7 +118,7 @@ def invalid_reason(row: object) -> str | None:
         value = getattr(row, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             return f"{name}={value!r}"
-    for name in ("ts", "duration_ms", "ttft_ms"):
+    for name in ("ts", "duration_ms", "ttft_ms", "queue_ms"):
         value = getattr(row, name)
         if value is None and name == "ttft_ms":
             continue

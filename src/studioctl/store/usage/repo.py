@@ -95,6 +95,7 @@ def _record(row: sqlite3.Row) -> UsageRecord:
         streamed=bool(row["streamed"]),
         disconnected=bool(row["disconnected"]),
         error_code=row["error_code"],
+        queue_ms=row["queue_ms"],
     )
 
 

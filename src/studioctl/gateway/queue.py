@@ -1,0 +1,345 @@
+"""Waiting rooms: requests that wait for their model to load, or for a gateway slot.
+
+Two kinds of wait, both bounded (``depth`` waiters per room, ``timeout_s`` per waiter) and
+both first in, first out:
+
+- **loading** (:meth:`ModelQueues.wait_for_model`): the route table refused a model that is
+  starting or loading, or one the orchestrator is about to load (the ``want(model, ctx)``
+  hook says so). The request waits in its model's room and is sent the moment the route
+  table says the model is ready: the table calls :meth:`ModelQueues.routes_changed` on every
+  change (``RouteTable.subscribe``), which wakes the room; nothing polls.
+  Full → 503 ``queue_full``; timed out → 503 ``model_loading``; both with Retry-After.
+- **busy** (:meth:`ModelQueues.park`, only with ``when_busy``, i.e.
+  ``gateway.queue_when_busy``): every global slot (``gateway.max_concurrent``) is taken. The
+  request parks until one is given back (accounting calls :meth:`ModelQueues.slot_freed`);
+  one waiter is woken per freed slot. Per-tenant limits are checked before and answer 429 at
+  once. Full → 503 ``queue_full``; timed out → the original 429 ``limit_concurrent``.
+
+Who holds what while waiting: a request queued for a loading model was admitted (it holds
+its tenant's and the gateway's concurrency slot and spent its RPM token: a released waiter
+is never refused by a limit it already passed, and one tenant can queue no more than its
+``max_concurrent``); a parked request holds nothing of the limiter yet. Either way the
+caller's ``finally`` gives back whatever was taken, on every path (timeout, disconnect,
+drain, cancellation).
+
+While a request waits, a watcher reads its client's side: a client that goes away leaves
+the room at once (``ctx.gone``, its task cancelled); nothing is sent upstream. Every waiter
+gets a short random request id (the gateway has none otherwise), listed with its tenant,
+model and time waited by :meth:`ModelQueues.listing` (``GET /v1/queues``), never its prompt.
+Time waited goes to ``ctx.queue_s`` (the usage row's ``queue_ms``) and to the
+``studioctl_gateway_queue_seconds`` histogram.
+
+Nothing here runs for a request that does not wait: the fast path costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from studioctl.errors import GatewayError
+from studioctl.gateway.asgi import Receive
+from studioctl.gateway.context import RequestContext
+from studioctl.gateway.limits import Admission, GatewayBusy, Limiter
+from studioctl.gateway.metrics import GatewayMetrics
+from studioctl.gateway.routing import LOADING_RETRY_AFTER_S, RouteTable, Upstream
+
+__all__ = [
+    "BUSY",
+    "DEFAULT_QUEUE_DEPTH",
+    "DEFAULT_QUEUE_TIMEOUT_S",
+    "LOADING",
+    "ModelQueues",
+    "Waiter",
+    "WaitingRoom",
+    "Want",
+]
+
+T = TypeVar("T")
+
+DEFAULT_QUEUE_DEPTH = 64
+DEFAULT_QUEUE_TIMEOUT_S = 300.0
+# What a waiter waits for (``Waiter.kind``, the ``queue`` field of the listing).
+LOADING, BUSY = "loading", "busy"
+# Retry-After of 503 queue_full: the queue drains as fast as the model serves.
+QUEUE_FULL_RETRY_AFTER_S = LOADING_RETRY_AFTER_S
+
+#: The orchestrator's hook: True if it will serve ``model`` (it is about to load it), so the
+#: request waits instead of being refused ``model_not_running``. Called on the event loop;
+#: must not block.
+Want = Callable[[str, RequestContext], bool]
+
+
+class Waiter:
+    """One request in a room."""
+
+    __slots__ = ("ctx", "kind", "model", "request_id", "since", "woken")
+
+    def __init__(self, ctx: RequestContext, model: str | None, kind: str, now: float) -> None:
+        self.ctx = ctx
+        self.model = model
+        self.kind = kind
+        self.request_id = "q-" + secrets.token_hex(6)
+        self.since = now  # perf_counter()
+        self.woken: asyncio.Future[None] | None = None
+
+    def wake(self) -> bool:
+        """Wake the waiter to look again; False if it was already woken."""
+        fut = self.woken
+        if fut is None or fut.done():
+            return False
+        fut.set_result(None)
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        fut = self.woken
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        tenant = self.ctx.tenant
+        return {
+            "request_id": self.request_id,
+            "tenant": tenant.name if tenant is not None else None,
+            "model": self.model,
+            "waited_ms": round((now - self.since) * 1000.0, 1),
+            "queue": self.kind,
+        }
+
+
+class WaitingRoom:
+    """One bounded first-in-first-out room (a model's queue, or the parking lot)."""
+
+    __slots__ = ("depth", "waiters")
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.waiters: dict[Waiter, None] = {}  # insertion-ordered set
+
+    def __len__(self) -> int:
+        return len(self.waiters)
+
+    def enter(self, waiter: Waiter) -> None:
+        if len(self.waiters) >= self.depth:
+            raise GatewayError(
+                503,
+                "queue_full",
+                f"{self.depth} requests already wait"
+                + (f" for model {waiter.model!r}" if waiter.kind == LOADING else " for a slot")
+                + "; retry shortly",
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+            )
+        self.waiters[waiter] = None
+
+    def leave(self, waiter: Waiter) -> None:
+        self.waiters.pop(waiter, None)
+
+    def wake_all(self) -> None:
+        for waiter in self.waiters:
+            waiter.wake()
+
+    def wake_one(self) -> bool:
+        """Wake the first waiter not already woken; False if there is none."""
+        return any(waiter.wake() for waiter in self.waiters)
+
+    def fail_all(self, exc: BaseException) -> None:
+        for waiter in self.waiters:
+            waiter.fail(exc)
+
+
+async def _watch_disconnect(receive: Receive, ctx: RequestContext) -> None:
+    """While a request waits: its client going away cancels its task (``ctx.gone``)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ctx.gone = True
+            ctx.task.cancel()
+            return
+
+
+class ModelQueues:
+    """Per-model rooms and the parking lot (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        routes: RouteTable,
+        limiter: Limiter,
+        metrics: GatewayMetrics,
+        depth: int = DEFAULT_QUEUE_DEPTH,
+        timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+        when_busy: bool = False,
+    ) -> None:
+        if depth < 1 or timeout_s <= 0:
+            raise ValueError("queue depth must be ≥ 1 and its timeout > 0")
+        self.routes = routes
+        self.limiter = limiter
+        self.metrics = metrics
+        self.depth = depth
+        self.timeout_s = timeout_s
+        self.when_busy = when_busy
+        self.rooms: dict[str, WaitingRoom] = {}  # model → its room, while it has waiters
+        self.parked = WaitingRoom(depth)
+        self._closed: GatewayError | None = None
+        routes.subscribe(self.routes_changed)
+
+    # -- what the gateway calls ------------------------------------------------------------
+
+    async def wait_for_model(
+        self,
+        ctx: RequestContext,
+        model: str,
+        refusal: GatewayError,
+        receive: Receive,
+        want: Want | None,
+    ) -> Upstream:
+        """``routes.resolve(model)`` raised ``refusal``: wait for the model if it is loading
+        or wanted, and return its ready instance; else raise ``refusal`` (or queue_full,
+        model_loading on timeout, the error of :meth:`fail` / :meth:`close`)."""
+        if not self._waits_for(model, ctx, want):
+            raise refusal
+        room = self.rooms.get(model)
+        if room is None:
+            room = self.rooms[model] = WaitingRoom(self.depth)
+
+        def attempt() -> Upstream | None:
+            try:
+                return self.routes.resolve(model)
+            except GatewayError:
+                if self._waits_for(model, ctx, want):
+                    return None
+                raise
+
+        timed_out = GatewayError(
+            503,
+            "model_loading",
+            f"model {model!r} did not become ready within {self.timeout_s:g} s; retry later",
+            retry_after=LOADING_RETRY_AFTER_S,
+        )
+        try:
+            return await self._wait(room, Waiter(ctx, model, LOADING, _now()), attempt, receive,
+                                    timed_out)  # fmt: skip
+        finally:
+            if not room.waiters and self.rooms.get(model) is room:
+                del self.rooms[model]
+
+    async def park(self, ctx: RequestContext, busy: GatewayBusy, receive: Receive) -> Admission:
+        """Every global slot is taken (``busy``): wait for one, then return the admission
+        (the tenant's checks run again on each try; their 429 ends the wait)."""
+        tenant = ctx.tenant
+        assert tenant is not None
+        limiter = self.limiter
+
+        def attempt() -> Admission | None:
+            try:
+                return limiter.enter(tenant)
+            except GatewayBusy:
+                return None
+
+        waiter = Waiter(ctx, ctx.model, BUSY, _now())
+        admission: Admission | None = None
+        try:
+            admission = await self._wait(self.parked, waiter, attempt, receive, busy)
+            return admission
+        finally:
+            if admission is None and waiter.woken is not None and waiter.woken.done():
+                self.slot_freed()  # it was woken for a slot it did not take: pass it on
+
+    def slot_freed(self) -> None:
+        """A global slot was given back: wake the first parked request (if any)."""
+        if self.parked.waiters and self.limiter.inflight() < self.limiter.global_max_concurrent:
+            self.parked.wake_one()
+
+    def routes_changed(self) -> None:
+        """The route table changed: every model's waiters look again."""
+        for room in self.rooms.values():
+            room.wake_all()
+
+    # -- what the orchestrator and the daemon call -------------------------------------------
+
+    def fail(self, model: str, error: GatewayError) -> int:
+        """End every request waiting for ``model`` with ``error`` (its load failed);
+        returns how many."""
+        room = self.rooms.get(model)
+        if room is None:
+            return 0
+        room.fail_all(error)
+        return len(room)
+
+    def close(self, error: GatewayError) -> None:
+        """Draining: every waiter, and every request that would wait, ends with ``error``."""
+        self._closed = error
+        self.parked.fail_all(error)
+        for room in self.rooms.values():
+            room.fail_all(error)
+
+    def reopen(self) -> None:
+        self._closed = None
+
+    def counts(self) -> dict[str, int]:
+        """Requests waiting per model (loading and parked alike)."""
+        out = {model: len(room) for model, room in self.rooms.items() if room.waiters}
+        for waiter in self.parked.waiters:
+            key = waiter.model or ""
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def listing(self, model: str | None = None) -> dict[str, Any]:
+        """``GET /v1/queues`` (all models) or ``/v1/queues/{model}``: ids, tenants, models
+        and times waited, oldest first; never a prompt."""
+        now = _now()
+        waiters = [w for room in self.rooms.values() for w in room.waiters]
+        waiters.extend(self.parked.waiters)
+        if model is not None:
+            waiters = [w for w in waiters if w.model == model]
+        waiters.sort(key=lambda w: w.since)
+        counts = self.counts()
+        if model is not None:
+            counts = {model: counts.get(model, 0)}
+        return {"object": "list", "counts": counts, "data": [w.to_dict(now) for w in waiters]}
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _waits_for(self, model: str, ctx: RequestContext, want: Want | None) -> bool:
+        return self.routes.loading(model) or (want is not None and want(model, ctx))
+
+    async def _wait(
+        self,
+        room: WaitingRoom,
+        waiter: Waiter,
+        attempt: Callable[[], T | None],
+        receive: Receive,
+        timed_out: GatewayError,
+    ) -> T:
+        """Wait in ``room`` until ``attempt()`` gives a result; a timeout raises
+        ``timed_out``. Leaves the room, and records the time waited, on every path."""
+        if self._closed is not None:
+            raise self._closed
+        room.enter(waiter)  # queue_full
+        ctx = waiter.ctx
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(_watch_disconnect(receive, ctx))
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    waiter.woken = loop.create_future()
+                    await waiter.woken
+                    result = attempt()
+                    if result is not None:
+                        return result
+        except TimeoutError:
+            raise timed_out from None
+        finally:
+            watcher.cancel()
+            room.leave(waiter)
+            waited = _now() - waiter.since
+            ctx.queue_s += waited
+            self.metrics.queue_wait(waiter.model, waited)
+
+
+def _now() -> float:
+    # Not loop.time(): uvloop's is whole milliseconds (a short wait would read 0).
+    return time.perf_counter()
