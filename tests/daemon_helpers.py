@@ -424,6 +424,10 @@ def running_daemon(
         "STUDIOCTL_DAEMON_RESTART_BACKOFF_S": "0.5",
         "STUDIOCTL_DAEMON_RESTART_BACKOFF_MAX_S": "2",
         "STUDIOCTL_GATEWAY_ENABLED": "true" if gateway else "false",
+        # Requests do not load recipes unless a test asks for it (on-demand tests set it
+        # true): the routing tests expect a known recipe that is not running to answer 503
+        # model_not_running, as with the setting off.
+        "STUDIOCTL_GATEWAY_LOAD_ON_DEMAND": "false",
         # This checkout's code, not whatever copy is installed (worktrees, editable installs).
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
         **(extra_env or {}),

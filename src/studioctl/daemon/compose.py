@@ -8,7 +8,10 @@ what it needs in its constructor (docs/architecture.md, "The composition root").
 4. the supervisor, with hooks answered by the gateway core and the VRAM watch;
 5. telemetry, reading the supervisor and the GPU reader;
 6. the control API, with telemetry's and the tenants' routes and the gateway's status;
-7. the gateway's ASGI app, with the control app under /admin/ and telemetry's /metrics lines.
+7. the gateway's waiting rooms and the on-demand orchestrator (told of instance changes by
+   the hooks of step 4, acting through the supervisor);
+8. the gateway's ASGI app, with the control app under /admin/, the rooms and the
+   orchestrator's ``want`` hook, and telemetry's and the orchestrator's /metrics lines.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from studioctl.gateway.app import GatewayApp
+    from studioctl.gateway.queue import ModelQueues
     from studioctl.gateway.wiring import DaemonGateway, GatewayHooksSource
     from studioctl.httpserver import Server
     from studioctl.lifecycle.engine_http import EngineHttp
     from studioctl.lifecycle.events import EventBus
+    from studioctl.lifecycle.ondemand import OnDemand
     from studioctl.lifecycle.runtime import Instance
     from studioctl.lifecycle.supervisor import Supervisor
     from studioctl.settings import Settings
@@ -60,6 +65,12 @@ class DaemonHooks:
     def __init__(self, gateway: GatewayHooksSource | None, vram: VramWatch) -> None:
         self.gateway = gateway
         self.vram = vram
+        self.listeners: list[Callable[[Sequence[Instance]], None]] = []
+
+    def subscribe(self, listener: Callable[[Sequence[Instance]], None]) -> None:
+        """Also tell ``listener`` every instance change (the on-demand orchestrator, built
+        after the supervisor these hooks are given to)."""
+        self.listeners.append(listener)
 
     def inflight(self, instance_id: str) -> int:
         return self.gateway.inflight(instance_id) if self.gateway is not None else 0
@@ -70,6 +81,8 @@ class DaemonHooks:
     def instances_changed(self, instances: Sequence[Instance]) -> None:
         if self.gateway is not None:
             self.gateway.instances_changed(instances)
+        for listener in self.listeners:
+            listener(instances)
 
     async def vram_released(self, inst: Instance, held: int | None) -> dict[str, Any] | None:
         return await self.vram.released(inst, held)
@@ -88,6 +101,8 @@ class Parts:
     telemetry: Telemetry
     control: ASGIApp
     gateway: DaemonGateway | None = None
+    ondemand: OnDemand | None = None
+    queues: ModelQueues | None = None
     gateway_app: GatewayApp | None = None
     servers: list[Server] = field(default_factory=list)
     gateway_server: Server | None = None
@@ -152,8 +167,50 @@ def build(
     control = build_control_app(sup, bus, info, routes=routes)
     parts = Parts(settings, db, bus, gpus, engine_http, sup, telemetry, control, gateway)
     if gateway is not None:
+        parts.queues, parts.ondemand = _on_demand(settings, gateway, hooks, sup, bus, db, gpus)
         parts.gateway_app = _gateway_app(parts, gateway)
     return parts
+
+
+def _on_demand(
+    settings: Settings,
+    gateway: DaemonGateway,
+    hooks: DaemonHooks,
+    sup: Supervisor,
+    bus: EventBus,
+    db: Database,
+    gpus: GpuReader,
+) -> tuple[ModelQueues, OnDemand]:
+    """The gateway's waiting rooms and the orchestrator that loads what they wait for."""
+    from studioctl.gateway.queue import ModelQueues
+    from studioctl.lifecycle import memory
+    from studioctl.lifecycle.ondemand import OnDemand
+    from studioctl.recipes import recipe_dirs, scan_recipes
+    from studioctl.store.vram import VramRepo
+
+    gs, core = settings.gateway, gateway.core
+    queues = ModelQueues(
+        routes=core.routes,
+        limiter=core.limiter,
+        metrics=core.metrics,
+        depth=gs.queue_depth,
+        timeout_s=gs.queue_timeout_s,
+        when_busy=gs.queue_when_busy,
+    )
+    vram = VramRepo(db)
+    ondemand = OnDemand(
+        settings=settings,
+        engines=sup,
+        queues=queues,
+        bus=bus,
+        recipes=lambda: scan_recipes(recipe_dirs(settings)).recipes,
+        subscribe=hooks.subscribe,
+        inflight=hooks.inflight,
+        last_activity=hooks.last_activity,
+        host_gpus=lambda: gpus.last,
+        learned_gb=lambda r: memory.learned_gb(vram, r),
+    )
+    return queues, ondemand
 
 
 def _restart_policy(settings: Settings) -> Any:
@@ -189,8 +246,18 @@ def _gateway_app(parts: Parts, gateway: DaemonGateway) -> GatewayApp:
         admin_token=parts.settings.daemon.admin_token,
         health=gateway_health(parts.db, parts.sup.list),
         version={"version": __version__, "api_version": API_VERSION},
-        extra_metrics=parts.telemetry.prometheus_lines,
+        extra_metrics=_metrics_lines(parts),
+        queues=parts.queues,
+        want=parts.ondemand.want if parts.ondemand is not None else None,
     )
+
+
+def _metrics_lines(parts: Parts) -> Callable[[], str]:
+    """Telemetry's lines on /metrics, then the on-demand decisions' counters."""
+    telemetry, ondemand = parts.telemetry, parts.ondemand
+    if ondemand is None:
+        return telemetry.prometheus_lines
+    return lambda: telemetry.prometheus_lines() + ondemand.metrics_lines()
 
 
 async def main(settings: Settings) -> int:
@@ -259,6 +326,8 @@ async def _start(parts: Parts) -> list[asyncio.Task[None]]:
     ]
     if parts.gateway is not None and parts.gateway_app is not None:
         await parts.gateway_app.startup()
+        if parts.ondemand is not None:
+            await parts.ondemand.start()
         background.append(asyncio.create_task(parts.gateway.housekeeping(parts.settings)))
     await parts.telemetry.start()
     return background
@@ -277,6 +346,8 @@ async def _stop(
     t0 = time.monotonic()
     for t in background:
         t.cancel()
+    if parts.ondemand is not None:  # nothing new loads while the daemon stops
+        await parts.ondemand.close()
     if parts.gateway_server is not None and parts.gateway_app is not None:
         await _drain_gateway(
             parts.gateway_server, parts.gateway_app, parts.settings.gateway.drain_timeout_s
