@@ -39,6 +39,7 @@ class FakeInstance:
     port: int = 8100
     gpus: list[int] = field(default_factory=list)
     ready_at: float | None = None
+    started_at: float | None = None
     ever_ready: bool = False
     reason: str = ""
     vram_bytes: int | None = None
@@ -47,8 +48,11 @@ class FakeInstance:
 class FakeEngines:
     """A supervisor that records what it is asked and lists what it "started"."""
 
-    def __init__(self, recipes: dict[str, Recipe], fail: Exception | None = None) -> None:
+    def __init__(
+        self, recipes: dict[str, Recipe], clock: Callable[[], float], fail: Exception | None
+    ) -> None:
         self.recipes = recipes
+        self.clock = clock
         self.fail = fail
         self.instances: dict[str, FakeInstance] = {}
         self.launches: list[str] = []
@@ -64,7 +68,8 @@ class FakeEngines:
         await asyncio.sleep(0)  # as the real one: a lock, a thread hop
         if self.fail is not None:
             raise self.fail
-        inst = FakeInstance(f"{recipe_id}-{next(self.ids)}", self.recipes[recipe_id])
+        rid = f"{recipe_id}-{next(self.ids)}"
+        inst = FakeInstance(rid, self.recipes[recipe_id], started_at=self.clock())
         self.instances[inst.id] = inst
         return inst
 
@@ -136,7 +141,8 @@ def world(
     inflight: dict[str, int] | None = None,
 ) -> World:
     settings: Settings = load_settings(env=env or {})
-    engines = FakeEngines({r.id: r for r in recipes}, fail)
+    clock = Clock()
+    engines = FakeEngines({r.id: r for r in recipes}, clock, fail)
     queues = FakeQueues()
     events: list[Event] = []
 
@@ -147,7 +153,6 @@ def world(
             events.append(Event(len(events) + 1, ts, kind, message, *ids, kw.get("data") or {}))
             return len(events)
 
-    clock = Clock()
     listeners: list[Callable[[Sequence[Any]], None]] = []
     busy = inflight if inflight is not None else {}
     od = OnDemand(
@@ -228,9 +233,13 @@ def test_fifty_waiters_for_a_cold_model_make_exactly_one_launch() -> None:
         placed = w.events[2]
         assert placed.instance_id == "a-1" and placed.data["port"] == 8100
         assert "starting" in w.events[1].data["reason"]
-        w.engines.ready("a-1", w.clock.t)
+        w.engines.ready("a-1", w.clock.t + 2.5)
+        w.clock.t += 2.5
         assert [type(a).__name__ for a in w.od.step()] == ["Dispatch"]
         assert w.engines.launches == ["a"]
+        # Its load time is learned: the scheduler's turns start early by it.
+        assert w.od.load_s == {"a": 2.5}
+        assert w.od.state(w.clock.t).catalog["a"].load_s == 2.5
         lines = w.od.metrics_lines()
         assert 'studioctl_ondemand_events_total{kind="load_requested"} 1.0' in lines
         assert 'studioctl_ondemand_events_total{kind="placed"} 1.0' in lines
@@ -260,6 +269,19 @@ def test_a_failed_launch_ends_the_waiters_of_every_name_at_once() -> None:
         # For retry_failed_s, requests are refused at once (no launch loop).
         assert not w.od.want("a")
         w.clock.t += 31
+        assert w.od.want("a")
+
+    asyncio.run(main())
+
+
+def test_a_launch_that_finds_the_model_launched_by_hand_ends_nobody() -> None:
+    async def main() -> None:
+        w = world([recipe("a")], fail=ConflictError("a is already running", code="already_running"))
+        await w.od.rescan()
+        w.queues.add("a", 2)
+        w.od.step()
+        await settle(w.od)
+        assert w.queues.failed == [] and "load_failed" not in w.kinds()
         assert w.od.want("a")
 
     asyncio.run(main())

@@ -34,6 +34,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from studioctl import promtext
@@ -132,6 +133,9 @@ class OnDemand:
         self.loading: dict[str, str] = {}  # instance id → recipe id, launched, not ready yet
         self.failed: dict[str, float] = {}  # recipe id → when its on-demand load failed
         self.swaps: dict[str, list[str]] = {}  # recipe id → instances evicted for it
+        # recipe id → seconds its last on-demand load took (the scheduler starts turns early
+        # by it, so a model starving behind others is still served about max_wait_s late)
+        self.load_s: dict[str, float] = {}
         self.said: dict[str, str] = {}  # model → the last queued reason published
         self.wake_at: float | None = None
         self.scanned_at: float | None = None
@@ -238,9 +242,11 @@ class OnDemand:
                 continue
             found.append(Resident(f"{rid} (launching)", rid, "starting", entry.gpus, entry.vram_gb))
         waiting = demand.waiting(self.queues.listing(), self.catalog.names, now)
-        return SchedulerState(
-            tuple(waiting), tuple(found), self.catalog.loadables, capacity, self.policy
-        )
+        catalog = {
+            rid: replace(entry, load_s=self.load_s[rid]) if rid in self.load_s else entry
+            for rid, entry in self.catalog.loadables.items()
+        }
+        return SchedulerState(tuple(waiting), tuple(found), catalog, capacity, self.policy)
 
     def step(self) -> list[Action]:
         """Plan once and carry the actions out; returns them (for tests and logs)."""
@@ -319,7 +325,8 @@ class OnDemand:
         try:
             inst = await self.engines.launch(rid, wait=False, lock_wait=True)
         except StudioError as exc:
-            self._failed(rid, exc.message)
+            if exc.code != "already_running":  # launched by hand meanwhile: it is coming
+                self._failed(rid, exc.message)
             return
         except Exception as exc:  # the waiters must hear of it whatever it was
             log.exception("on-demand launch of %s failed", rid)
@@ -374,6 +381,8 @@ class OnDemand:
             if inst is not None and inst.ever_ready:
                 del self.loading[iid]
                 self.failed.pop(rid, None)
+                if inst.ready_at is not None and inst.started_at is not None:
+                    self.load_s[rid] = max(0.0, inst.ready_at - inst.started_at)
             elif inst is None or str(inst.state) in ("failed", "stopped"):
                 del self.loading[iid]
                 why = inst.reason if inst is not None and inst.reason else "it stopped"
