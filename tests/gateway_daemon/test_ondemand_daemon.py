@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 RECIPES: dict[str, dict[str, Any]] = {
     "cold": {"env": {"STANDIN_STARTUP_S": "2"}, "aliases": ["cold-alias"]},
     "manual": {"on_demand": False},
+    "napper": {"idle_unload_s": 1.5},
     # 6 + 6 GiB on a 10 GiB host: never both at once.
     "swap-a": {"vram_gb": 6, "env": {"STANDIN_STARTUP_S": "1"}},
     "swap-b": {"vram_gb": 6, "env": {"STANDIN_STARTUP_S": "1"}},
@@ -97,10 +98,26 @@ def test_a_recipe_that_is_not_on_demand_still_answers_model_not_running(
     assert daemon.live("manual") is None
 
 
+def test_a_model_unloaded_when_idle_is_loaded_again_by_the_next_request(
+    daemon: Daemon, key: str
+) -> None:
+    assert chat(daemon, key, "napper").status_code == 200
+    first = daemon.live("napper")
+    assert first is not None
+    daemon.wait_state(first["id"], "stopped", timeout=30)  # idle_unload_s
+    resp = chat(daemon, key, "napper")
+    assert resp.status_code == 200, resp.text
+    again = daemon.live("napper")
+    assert again is not None and again["id"] != first["id"]
+    assert len(events_of(daemon, "launch", "napper")) == 2
+    assert len(events_of(daemon, "load_requested", "napper")) == 2
+    daemon.cli_ok("evict", again["id"], "--json")
+
+
 def test_two_models_that_do_not_fit_take_turns_without_a_failed_request(
     daemon: Daemon, key: str
 ) -> None:
-    daemon.evict_all()  # the cold model would hold memory too (unknown need: unlimited host)
+    daemon.evict_all()  # the others hold memory too (no vram_gb: the whole 10 GiB)
     results: list[tuple[str, int, str]] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + 20.0

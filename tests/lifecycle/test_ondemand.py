@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from studioctl.errors import ConflictError, GatewayError
+from studioctl.gpu import GpuSnapshot, HostGpus
 from studioctl.lifecycle.events import Event, EventBus
 from studioctl.lifecycle.ondemand import EVENT_KINDS, OnDemand
 from studioctl.recipes import Recipe
@@ -56,15 +57,19 @@ class FakeEngines:
         self.fail = fail
         self.instances: dict[str, FakeInstance] = {}
         self.launches: list[str] = []
+        self.gpus: list[list[int] | None] = []
         self.evictions: list[tuple[str, float]] = []
         self.ids = itertools.count(1)
 
     def list(self, *, include_stopped: bool = False) -> list[Any]:
         return [i for i in self.instances.values() if include_stopped or i.state != State.STOPPED]
 
-    async def launch(self, recipe_id: str, *, wait: bool, lock_wait: bool) -> Any:
+    async def launch(
+        self, recipe_id: str, *, gpus: list[int] | None, wait: bool, lock_wait: bool
+    ) -> Any:
         assert wait is False  # the gateway's rooms wait, not the planner
         self.launches.append(recipe_id)
+        self.gpus.append(gpus)
         await asyncio.sleep(0)  # as the real one: a lock, a thread hop
         if self.fail is not None:
             raise self.fail
@@ -139,6 +144,7 @@ def world(
     *,
     fail: Exception | None = None,
     inflight: dict[str, int] | None = None,
+    host_gpus: Callable[[], HostGpus | None] = lambda: None,
 ) -> World:
     settings: Settings = load_settings(env=env or {})
     clock = Clock()
@@ -166,6 +172,7 @@ def world(
         last_activity=lambda iid: None,
         clock=clock,
         retry_failed_s=30.0,
+        host_gpus=host_gpus,
     )
     return World(od, engines, queues, events, clock, listeners)
 
@@ -384,6 +391,53 @@ def test_the_pinned_model_is_never_evicted() -> None:
         await settle(w.od)
         assert w.engines.evictions == [] and w.engines.launches == ["a"]
         assert "does not fit" in w.events[-1].data["reason"]
+
+    asyncio.run(main())
+
+
+# -- GPUs --------------------------------------------------------------------------------
+
+GIB = 1024**3
+
+
+def two_gpus(gb: int = 24) -> HostGpus:
+    gpus = tuple(GpuSnapshot(index=i, mem_total_bytes=gb * GIB) for i in (0, 1))
+    return HostGpus(True, None, "550", "12.4", gpus, 0.0)
+
+
+def test_on_a_gpu_host_the_launch_gets_the_gpus_it_was_fitted_on() -> None:
+    async def main() -> None:
+        reading: list[HostGpus | None] = [None]  # the GPU reader has not read yet
+        w = world(
+            [recipe("a", vram_gb=20), recipe("b", vram_gb=20, gpus=[1])],
+            host_gpus=lambda: reading[0],
+        )
+        await w.od.rescan()
+        assert not w.od.stale()
+        reading[0] = two_gpus()
+        assert w.od.stale()  # the first reading came: needs and capacity read again
+        await w.od.rescan()
+        assert w.od.has_gpus and w.od.catalog.loadables["a"].gpus == (0,)
+        w.queues.add("a")
+        w.queues.add("b")
+        w.od.step()
+        await settle(w.od)
+        assert sorted(zip(w.engines.launches, w.engines.gpus, strict=True)) == [
+            ("a", [0]),
+            ("b", [1]),
+        ]
+
+    asyncio.run(main())
+
+
+def test_without_gpus_the_launch_places_as_the_recipe_says() -> None:
+    async def main() -> None:
+        w = world([recipe("a")])
+        await w.od.rescan()
+        w.queues.add("a")
+        w.od.step()
+        await settle(w.od)
+        assert w.engines.gpus == [None]
 
     asyncio.run(main())
 

@@ -326,10 +326,10 @@ async def _start(parts: Parts) -> list[asyncio.Task[None]]:
     ]
     if parts.gateway is not None and parts.gateway_app is not None:
         await parts.gateway_app.startup()
-        if parts.ondemand is not None:
-            await parts.ondemand.start()
         background.append(asyncio.create_task(parts.gateway.housekeeping(parts.settings)))
     await parts.telemetry.start()
+    if parts.ondemand is not None:  # after telemetry: its GPU reading gives the capacity
+        await parts.ondemand.start()
     return background
 
 

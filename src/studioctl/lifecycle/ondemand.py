@@ -29,6 +29,7 @@ The gateway is above this layer: it is reached only through ``QueueView``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import re
@@ -87,7 +88,9 @@ class Engines(Protocol):
 
     def list(self, *, include_stopped: bool = False) -> list[Instance]: ...
 
-    async def launch(self, recipe_id: str, *, wait: bool, lock_wait: bool) -> Instance: ...
+    async def launch(
+        self, recipe_id: str, *, gpus: builtins.list[int] | None, wait: bool, lock_wait: bool
+    ) -> Instance: ...
 
     async def evict(self, target: str, *, drain_timeout: float, lock_wait: bool) -> EvictReport: ...
 
@@ -139,6 +142,7 @@ class OnDemand:
         self.said: dict[str, str] = {}  # model → the last queued reason published
         self.wake_at: float | None = None
         self.scanned_at: float | None = None
+        self.scanned_for: tuple[dict[int, float], bool] = ({}, False)
         self._kick = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.ops: set[asyncio.Task[None]] = set()
@@ -186,11 +190,17 @@ class OnDemand:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def rescan(self) -> None:
-        recipes = list(await asyncio.to_thread(self.read_recipes))
+    def capacity(self) -> tuple[dict[int, float], bool]:
+        """GiB per GPU (``host.capacity_gb`` on pseudo GPU 0 without GPUs), and whether
+        the host has GPUs."""
         hg = self.host_gpus()
-        capacity = memory.capacity_gb(hg, self.settings)
         has_gpus = hg is not None and hg.available and bool(hg.gpus)
+        return memory.capacity_gb(hg, self.settings), has_gpus
+
+    async def rescan(self) -> None:
+        """Read the recipes and their memory needs again (needs depend on the GPUs)."""
+        recipes = list(await asyncio.to_thread(self.read_recipes))
+        capacity, has_gpus = self.capacity()
         self.catalog = await asyncio.to_thread(
             demand.build_catalog,
             recipes,
@@ -201,6 +211,14 @@ class OnDemand:
         )
         self.policy = demand.policy(self.settings, recipes)
         self.scanned_at = self.clock()
+        self.scanned_for = (capacity, has_gpus)
+
+    def stale(self) -> bool:
+        """The recipes are read again every RESCAN_S, and as soon as the GPUs read differ
+        (the GPU reader's first reading comes after start-up)."""
+        if self.scanned_at is None or self.clock() - self.scanned_at >= RESCAN_S:
+            return True
+        return self.capacity() != self.scanned_for
 
     async def _run(self) -> None:
         while True:
@@ -208,7 +226,7 @@ class OnDemand:
                 await asyncio.wait_for(self._kick.wait(), self._sleep_s())
             self._kick.clear()
             try:
-                if self.scanned_at is None or self.clock() - self.scanned_at >= RESCAN_S:
+                if self.stale():
                     await self.rescan()
                 self.step()
             except Exception:  # one bad plan must not end on-demand loading
@@ -223,9 +241,12 @@ class OnDemand:
 
     # -- one plan -------------------------------------------------------------------------
 
+    @property
+    def has_gpus(self) -> bool:
+        return self.scanned_for[1]
+
     def state(self, now: float) -> SchedulerState:
-        hg = self.host_gpus()
-        capacity = memory.capacity_gb(hg, self.settings)
+        capacity, _ = self.capacity()
         instances = self.engines.list()
         found = demand.residents(
             instances,
@@ -323,7 +344,10 @@ class OnDemand:
     async def _launch(self, load: Load) -> None:
         rid = load.recipe_id
         try:
-            inst = await self.engines.launch(rid, wait=False, lock_wait=True)
+            # On a GPU host the scheduler fitted it on these GPUs (for a recipe naming none:
+            # the first ones), and the launch's own conflict checks must agree.
+            gpus = list(load.gpus) if self.has_gpus else None
+            inst = await self.engines.launch(rid, gpus=gpus, wait=False, lock_wait=True)
         except StudioError as exc:
             if exc.code != "already_running":  # launched by hand meanwhile: it is coming
                 self._failed(rid, exc.message)
