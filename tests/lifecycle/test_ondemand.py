@@ -377,6 +377,20 @@ def test_a_busy_model_drains_only_once_the_other_starves() -> None:
     asyncio.run(main())
 
 
+def test_a_model_larger_than_the_host_ends_its_waiters_at_once() -> None:
+    async def main() -> None:
+        w = world([recipe("huge", vram_gb=12)], SMALL_HOST)
+        await w.od.rescan()
+        w.queues.add("huge", 3)
+        w.od.step()
+        assert w.engines.launches == []
+        assert [m for m, _ in w.queues.failed] == ["huge"]
+        assert "needs 12 GiB on GPU 0, which has 10 GiB" in w.queues.failed[0][1].message
+        assert w.kinds() == ["load_failed"] and not w.od.want("huge")
+
+    asyncio.run(main())
+
+
 def test_the_pinned_model_is_never_evicted() -> None:
     async def main() -> None:
         w = world([recipe("a", vram_gb=6, pinned=True), recipe("b", vram_gb=6)], SMALL_HOST)

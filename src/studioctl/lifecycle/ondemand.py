@@ -290,6 +290,10 @@ class OnDemand:
         elif isinstance(action, Evict):
             self._evict(action)
         elif isinstance(action, Wait):
+            too_big = self.never_fits(action.model)
+            if too_big is not None:  # its requests would wait for nothing until they time out
+                self._failed(action.model, too_big)
+                return
             if action.until is not None:
                 self.wake_at = min(self.wake_at or action.until, action.until)
             key = said_key(action.model, action.reason)
@@ -304,6 +308,19 @@ class OnDemand:
                 )
         elif isinstance(action, Dispatch):
             self.said.pop(action.model, None)  # the route table wakes its requests
+
+    def never_fits(self, rid: str) -> str | None:
+        """Why an on-demand recipe can never load on this host (it needs more than a whole
+        GPU has), or None."""
+        entry = self.catalog.loadables.get(rid)
+        if entry is None or not entry.on_demand:
+            return None
+        capacity, _ = self.capacity()
+        for g in entry.gpus or tuple(capacity):
+            have = capacity.get(g, 0.0)
+            if entry.vram_gb > have + 1e-6:
+                return f"it needs {entry.vram_gb:g} GiB on GPU {g}, which has {have:g} GiB"
+        return None
 
     def _load(self, load: Load) -> None:
         rid = load.recipe_id
