@@ -32,6 +32,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cold": {"env": {"STANDIN_STARTUP_S": "2"}, "aliases": ["cold-alias"]},
     "manual": {"on_demand": False},
     "napper": {"idle_unload_s": 1.5},
+    "broken": {"env": {"STANDIN_MODE": "crash_at_start"}},
     # 6 + 6 GiB on a 10 GiB host: never both at once.
     "swap-a": {"vram_gb": 6, "env": {"STANDIN_STARTUP_S": "1"}},
     "swap-b": {"vram_gb": 6, "env": {"STANDIN_STARTUP_S": "1"}},
@@ -96,6 +97,23 @@ def test_a_recipe_that_is_not_on_demand_still_answers_model_not_running(
     assert "manual" in err["message"]
     assert events_of(daemon, "load_requested", "manual") == []
     assert daemon.live("manual") is None
+
+
+def test_a_load_that_fails_ends_its_waiters_at_once(daemon: Daemon, key: str) -> None:
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        answers = list(pool.map(lambda _: chat(daemon, key, "broken"), range(5)))
+    took = time.monotonic() - t0
+    for r in answers:
+        err = assert_error(r, 503, "model_load_failed")
+        assert "broken" in err["message"]
+    assert took < 30, f"the waiters waited {took:.0f}s for an engine that had crashed"
+    assert len(events_of(daemon, "launch", "broken")) == 1
+    [failed] = events_of(daemon, "load_failed", "broken")
+    assert failed["data"]["ended"] >= 1
+    # Not loaded again at once (no crash loop driven by requests): refused as before.
+    assert_error(chat(daemon, key, "broken"), 503, "model_not_running")
+    assert len(events_of(daemon, "launch", "broken")) == 1
 
 
 def test_a_model_unloaded_when_idle_is_loaded_again_by_the_next_request(

@@ -307,6 +307,10 @@ def test_an_instance_that_fails_before_ready_ends_its_waiters() -> None:
         assert [m for m, _ in w.queues.failed] == ["a"]
         assert "readiness timeout" in w.queues.failed[0][1].message
         assert w.engines.launches == ["a"]  # not launched again for the same requests
+        w.queues.add("a", 2)  # ended requests leave their room a moment later
+        w.od.step()
+        await settle(w.od)
+        assert w.engines.launches == ["a"]
 
     asyncio.run(main())
 

@@ -156,11 +156,15 @@ class OnDemand:
         rid = self.catalog.on_demand(model)
         if rid is None:
             return False
-        failed = self.failed.get(rid)
-        if failed is not None and self.clock() - failed < self.retry_failed_s:
+        if self.cooling(rid):
             return False
         self._kick.set()
         return True
+
+    def cooling(self, rid: str) -> bool:
+        """Whether ``rid``'s on-demand load failed within ``retry_failed_s``."""
+        failed = self.failed.get(rid)
+        return failed is not None and self.clock() - failed < self.retry_failed_s
 
     def instances_changed(self, instances: Sequence[Instance]) -> None:
         self._kick.set()
@@ -262,7 +266,9 @@ class OnDemand:
             if entry is None:
                 continue
             found.append(Resident(f"{rid} (launching)", rid, "starting", entry.gpus, entry.vram_gb))
-        waiting = demand.waiting(self.queues.listing(), self.catalog.names, now)
+        # Requests whose load just failed are being ended: they load nothing again.
+        listed = demand.waiting(self.queues.listing(), self.catalog.names, now)
+        waiting = [q for q in listed if not self.cooling(q.model)]
         catalog = {
             rid: replace(entry, load_s=self.load_s[rid]) if rid in self.load_s else entry
             for rid, entry in self.catalog.loadables.items()
