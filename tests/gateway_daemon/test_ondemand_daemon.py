@@ -88,6 +88,9 @@ def test_fifty_parallel_requests_to_a_cold_model_make_one_launch_and_all_succeed
     assert len(placed) == 1 and placed[0]["instance_id"]
     assert counter(daemon, "load_requested") == before + 1
     assert counter(daemon, "placed") >= 1
+    shown = daemon.cli_ok("events", "-n", "500")  # what an operator sees, with the reasons
+    [line] = [ln for ln in shown.splitlines() if "load_requested" in ln and "cold" in ln]
+    assert "load requested (fits" in line, line
 
 
 def test_a_recipe_that_is_not_on_demand_still_answers_model_not_running(
