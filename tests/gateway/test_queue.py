@@ -149,6 +149,21 @@ def test_full_queue_is_503_queue_full_with_retry_after() -> None:
     asyncio.run(main())
 
 
+def test_depth_zero_waits_for_nothing_queue_full_at_once() -> None:
+    async def main() -> None:
+        routes, _, _, queues = parts(depth=0)
+        routes.update([], KNOWN)  # known, not running: only the want makes it wait
+        wanted: list[str] = []
+        _, _, task = await waiting(queues, routes, want=lambda m, ctx: not wanted.append(m))
+        with pytest.raises(GatewayError) as info:
+            await task
+        assert (info.value.http_status, info.value.code) == (503, "queue_full")
+        assert wanted == ["tiny"]  # the orchestrator heard of it all the same
+        assert queues.rooms == {} and queues.counts() == {}
+
+    asyncio.run(main())
+
+
 def test_timeout_is_503_model_loading_and_leaves_the_room() -> None:
     async def main() -> None:
         routes, _, _, queues = parts(timeout_s=0.05)

@@ -256,6 +256,21 @@ def test_fifty_waiters_for_a_cold_model_make_exactly_one_launch() -> None:
     asyncio.run(main())
 
 
+def test_a_want_with_nobody_waiting_still_loads_a_cold_model() -> None:
+    async def main() -> None:
+        w = world([recipe("a")])
+        await w.od.rescan()
+        assert w.od.want("a")  # queue_depth 0: the request was refused queue_full
+        w.od.step()
+        await settle(w.od)
+        assert w.engines.launches == ["a"]
+        w.clock.t += 5  # the want is old: nothing more is asked for
+        w.od.step()
+        assert w.od.wanted == {} and w.engines.launches == ["a"]
+
+    asyncio.run(main())
+
+
 def test_a_failed_launch_ends_the_waiters_of_every_name_at_once() -> None:
     async def main() -> None:
         w = world(

@@ -173,8 +173,10 @@ class ModelQueues:
         timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         when_busy: bool = False,
     ) -> None:
-        if depth < 1 or timeout_s <= 0:
-            raise ValueError("queue depth must be ≥ 1 and its timeout > 0")
+        # depth 0 (a valid gateway.queue_depth): nobody waits, each such request is
+        # answered 503 queue_full with Retry-After (the orchestrator still hears its want).
+        if depth < 0 or timeout_s <= 0:
+            raise ValueError("queue depth must be ≥ 0 and its timeout > 0")
         self.routes = routes
         self.limiter = limiter
         self.metrics = metrics

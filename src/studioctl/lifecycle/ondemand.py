@@ -47,6 +47,7 @@ from studioctl.scheduler import (
     Evict,
     Load,
     Policy,
+    Queued,
     Resident,
     SchedulerState,
     Wait,
@@ -72,6 +73,9 @@ TICK_S = 1.0
 #: gateway's housekeeping does for its route table.
 RESCAN_S = 60.0
 RETRY_FAILED_S = 30.0
+#: How long a want with no request left waiting still asks for its model (a refused
+#: client retries after the Retry-After of 503 queue_full).
+WANTED_S = 2 * TICK_S
 LOAD_FAILED_RETRY_AFTER_S = 5.0
 
 
@@ -140,6 +144,7 @@ class OnDemand:
         # by it, so a model starving behind others is still served about max_wait_s late)
         self.load_s: dict[str, float] = {}
         self.said: dict[str, str] = {}  # model → the last queued reason published
+        self.wanted: dict[str, float] = {}  # recipe id → its last want (time)
         self.wake_at: float | None = None
         self.scanned_at: float | None = None
         self.scanned_for: tuple[dict[int, float], bool] = ({}, False)
@@ -158,6 +163,7 @@ class OnDemand:
             return False
         if self.cooling(rid):
             return False
+        self.wanted[rid] = self.clock()
         self._kick.set()
         return True
 
@@ -269,6 +275,14 @@ class OnDemand:
         # Requests whose load just failed are being ended: they load nothing again.
         listed = demand.waiting(self.queues.listing(), self.catalog.names, now)
         waiting = [q for q in listed if not self.cooling(q.model)]
+        # A model asked for with nothing waiting (queue_depth 0, or a full room: those
+        # clients retry) and nothing running is wanted all the same, for a short while.
+        asked = {q.model for q in waiting} | live | self.launching
+        for rid, at in list(self.wanted.items()):
+            if now - at > WANTED_S:
+                del self.wanted[rid]
+            elif rid not in asked and not self.cooling(rid):
+                waiting.append(Queued(f"want-{rid}", rid, "", at))
         catalog = {
             rid: replace(entry, load_s=self.load_s[rid]) if rid in self.load_s else entry
             for rid, entry in self.catalog.loadables.items()
