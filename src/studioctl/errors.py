@@ -224,6 +224,12 @@ class GatewayError(StudioError):
         self.retry_after = retry_after
 
 
+class GatewayBusy(GatewayError):
+    """429 ``limit_concurrent`` for the gateway's own limit (every global slot taken): the
+    refusal ``gateway.queue_when_busy`` turns into a wait. Server-side only: on the wire it is
+    a GatewayError, which is what a client rebuilds."""
+
+
 def _type_for_status(status: int) -> str:
     if status == 401:
         return "authentication_error"

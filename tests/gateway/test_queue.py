@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from studioctl.errors import GatewayError
+from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.context import CHAT, RequestContext
-from studioctl.gateway.limits import GatewayBusy, Limiter
+from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.queue import BUSY, LOADING, ModelQueues
 from studioctl.gateway.routing import RouteTable, Upstream

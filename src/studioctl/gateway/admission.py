@@ -29,12 +29,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from studioctl.errors import GatewayError
+from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.asgi import Receive
 from studioctl.gateway.auth import Authenticator
 from studioctl.gateway.body import check_n, model_error, parse_body, peek_model, quote
 from studioctl.gateway.context import CHAT, COMPLETIONS, EMBEDDINGS, RequestContext
-from studioctl.gateway.limits import GatewayBusy, Limiter
+from studioctl.gateway.limits import Limiter
 from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.sse import json_dumps, request_usage

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from studioctl.errors import GatewayError
+from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.accounting import Accounting, internal_error, log_unexpected
 from studioctl.gateway.admission import AdmissionControl, ClientGone
 from studioctl.gateway.asgi import (
@@ -57,7 +57,6 @@ from studioctl.gateway.asgi import (
 from studioctl.gateway.body import clip
 from studioctl.gateway.context import CHAT, COMPLETIONS, EMBEDDINGS, Headers, RequestContext
 from studioctl.gateway.core import GatewayCore
-from studioctl.gateway.limits import GatewayBusy
 from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.relay import Relay, shutting_down
 from studioctl.gateway.sse import json_dumps

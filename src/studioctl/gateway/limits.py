@@ -49,7 +49,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from studioctl.errors import GatewayError
+from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.tenants import TenantContext
 
 __all__ = ["CONCURRENCY_RETRY_AFTER_S", "UNIT", "Admission", "GatewayBusy", "Limiter"]
@@ -59,11 +59,6 @@ CONCURRENCY_RETRY_AFTER_S = 1.0
 # Bucket units per token: nanoseconds per minute, so that ``limit`` tokens/min refill
 # exactly ``limit`` units per nanosecond.
 UNIT = 60_000_000_000
-
-
-class GatewayBusy(GatewayError):
-    """429 ``limit_concurrent`` for the gateway's own limit (every global slot taken): the
-    refusal ``gateway.queue_when_busy`` turns into a wait."""
 
 
 class _TenantState:

@@ -40,10 +40,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from studioctl.errors import GatewayError
+from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.asgi import Receive
 from studioctl.gateway.context import RequestContext
-from studioctl.gateway.limits import Admission, GatewayBusy, Limiter
+from studioctl.gateway.limits import Admission, Limiter
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.routing import LOADING_RETRY_AFTER_S, RouteTable, Upstream
 
