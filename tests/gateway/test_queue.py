@@ -363,3 +363,129 @@ def test_a_model_swapping_in_waits_for_the_loading_instance_not_the_draining_one
     assert routes.loading("tiny")
     routes.update([draining, up("ready")], KNOWN)
     assert not routes.loading("tiny")  # ready: no wait at all
+
+
+# -- in order (scheduler.policy fifo) ------------------------------------------------------
+
+TINY_LOADING = Upstream("i-1", "r-1", "127.0.0.1", 1, "loading", ("tiny",))
+TINY_READY = Upstream("i-1", "r-1", "127.0.0.1", 1, "ready", ("tiny",))
+OTHER_LOADING = Upstream("i-2", "r-2", "127.0.0.1", 2, "loading", ("other",))
+OTHER_READY = Upstream("i-2", "r-2", "127.0.0.1", 2, "ready", ("other",))
+
+
+def in_order_parts(in_order: bool = True, timeout_s: float = 5.0) -> tuple[RouteTable, ModelQueues]:
+    routes = RouteTable()
+    queues = ModelQueues(
+        routes=routes,
+        limiter=Limiter(global_max_concurrent=100),
+        metrics=GatewayMetrics(),
+        timeout_s=timeout_s,
+        in_order=in_order,
+    )
+    return routes, queues
+
+
+async def turn(
+    queues: ModelQueues, routes: RouteTable, model: str
+) -> tuple[RequestContext, Client, asyncio.Task[Upstream]]:
+    """A request for a ready ``model`` that found requests waiting (the gateway's fast path
+    in order: ``queues.in_order and queues.waiting``)."""
+    client = Client()
+    ctxs: list[RequestContext] = []
+
+    async def request() -> Upstream:
+        task = asyncio.current_task()
+        assert task is not None
+        ctx = RequestContext(task, CHAT, 0.0, 0.0, None)
+        ctx.tenant, ctx.model = TENANT, model
+        ctxs.append(ctx)
+        upstream = routes.resolve(model)
+        assert queues.in_order and queues.waiting
+        return await queues.wait_turn(ctx, model, upstream, client.receive, None)
+
+    task = asyncio.get_running_loop().create_task(request())
+    await asyncio.sleep(0)
+    return ctxs[0], client, task
+
+
+def test_in_order_a_ready_models_request_waits_behind_an_older_one_for_another() -> None:
+    async def main() -> None:
+        routes, queues = in_order_parts()
+        routes.update([TINY_LOADING, OTHER_READY], KNOWN)
+        assert not queues.waiting
+        _, _, older = await waiting(queues, routes, "tiny")
+        await asyncio.sleep(0.01)
+        ctx, _, younger = await turn(queues, routes, "other")  # ready, but tiny waits
+        await asyncio.sleep(0.02)
+        assert not younger.done() and queues.counts() == {"tiny": 1, "other": 1}
+        models = [row["model"] for row in queues.listing()["data"]]
+        assert models == ["tiny", "other"]  # oldest first: the scheduler's head is tiny
+        order: list[str] = []
+        older.add_done_callback(lambda _: order.append("tiny"))
+        younger.add_done_callback(lambda _: order.append("other"))
+        routes.update([TINY_READY, OTHER_READY], KNOWN)  # the older one is sent...
+        got = await asyncio.wait_for(asyncio.gather(older, younger), 1.0)
+        assert [u.instance_id for u in got] == ["i-1", "i-2"] and order == ["tiny", "other"]
+        assert ctx.queue_s > 0.01 and queues.rooms == {} and not queues.waiting
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("leaves", ["timeout", "disconnect"])
+def test_in_order_an_older_waiter_leaving_lets_the_ones_behind_it_go(leaves: str) -> None:
+    async def main() -> None:
+        routes, queues = in_order_parts(timeout_s=0.2 if leaves == "timeout" else 5.0)
+        routes.update([TINY_LOADING, OTHER_READY], KNOWN)
+        _, client, older = await waiting(queues, routes, "tiny")
+        await asyncio.sleep(0.01)
+        _, _, younger = await turn(queues, routes, "other")
+        await asyncio.sleep(0.05)
+        assert not younger.done()
+        if leaves == "disconnect":
+            client.leave()
+        with pytest.raises((GatewayError, asyncio.CancelledError)):
+            await older
+        # Nothing changed in the route table: the leaver itself woke the other rooms.
+        assert (await asyncio.wait_for(younger, 1.0)).instance_id == "i-2"
+        assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_model_ready_first_goes_first_only_out_of_order(in_order: bool) -> None:
+    async def main() -> None:
+        routes, queues = in_order_parts(in_order)
+        routes.update([TINY_LOADING, OTHER_LOADING], KNOWN)
+        _, _, older = await waiting(queues, routes, "tiny")
+        await asyncio.sleep(0.01)
+        _, _, younger = await waiting(queues, routes, "other")
+        _, _, same = await waiting(queues, routes, "other")  # no gate between the same model
+        routes.update([TINY_LOADING, OTHER_READY], KNOWN)
+        await asyncio.sleep(0.02)
+        assert younger.done() == same.done() == (not in_order)
+        routes.update([TINY_READY, OTHER_READY], KNOWN)
+        await asyncio.wait_for(asyncio.gather(older, younger, same), 1.0)
+        assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+def test_in_order_a_request_with_nothing_older_for_another_model_goes_at_once() -> None:
+    async def main() -> None:
+        routes, queues = in_order_parts()
+        routes.update([TINY_READY, OTHER_LOADING], KNOWN)
+        _, _, older = await waiting(queues, routes, "other")
+        routes.update([TINY_READY, OTHER_READY], KNOWN)  # wakes it; it has not run yet
+        task = asyncio.current_task()
+        assert task is not None
+        ctx = RequestContext(task, CHAT, 0.0, 0.0, None)
+        ctx.tenant = TENANT
+        # Only requests for the same model wait: this one goes without entering a room.
+        assert queues.waiting and queues.counts() == {"other": 1}
+        got = await queues.wait_turn(ctx, "other", OTHER_READY, Client().receive, None)
+        assert got is OTHER_READY and ctx.queue_s == 0.0 and queues.counts() == {"other": 1}
+        assert (await older).instance_id == "i-2"
+        assert queues.rooms == {}
+
+    asyncio.run(main())

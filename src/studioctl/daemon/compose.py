@@ -196,6 +196,7 @@ def _on_demand(
         depth=gs.queue_depth,
         timeout_s=gs.queue_timeout_s,
         when_busy=gs.queue_when_busy,
+        in_order=settings.scheduler.policy == "fifo",  # strict FIFO: nobody overtakes
     )
     vram = VramRepo(db)
     ondemand = OnDemand(

@@ -15,6 +15,13 @@ both first in, first out:
   one waiter is woken per freed slot. Per-tenant limits are checked before and answer 429 at
   once. Full → 503 ``queue_full``; timed out → the original 429 ``limit_concurrent``.
 
+**In order** (``in_order``, i.e. ``scheduler.policy: fifo``, the strict FIFO baseline): no
+request overtakes an older one for another model. While anything waits in a model room, a
+request for a ready model waits too (:meth:`ModelQueues.wait_turn`; the gateway checks
+``in_order and waiting`` on its fast path, nothing more); a waiter is sent only when no
+older waiter, in any model room, is for another model; and a waiter leaving a room (sent,
+timed out, gone) wakes the other rooms to look again.
+
 Who holds what while waiting: a request queued for a loading model was admitted (it holds
 its tenant's and the gateway's concurrency slot and spent its RPM token: a released waiter
 is never refused by a limit it already passed, and one tenant can queue no more than its
@@ -172,7 +179,10 @@ class ModelQueues:
         depth: int = DEFAULT_QUEUE_DEPTH,
         timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         when_busy: bool = False,
+        in_order: bool = False,
     ) -> None:
+        """``in_order``: strict first in, first out across models (see the module
+        docstring); off, a request for a ready model never waits here."""
         # depth 0 (a valid gateway.queue_depth): nobody waits, each such request is
         # answered 503 queue_full with Retry-After (the orchestrator still hears its want).
         if depth < 0 or timeout_s <= 0:
@@ -183,12 +193,18 @@ class ModelQueues:
         self.depth = depth
         self.timeout_s = timeout_s
         self.when_busy = when_busy
+        self.in_order = in_order
         self.rooms: dict[str, WaitingRoom] = {}  # model → its room, while it has waiters
         self.parked = WaitingRoom(depth)
         self._closed: GatewayError | None = None
         routes.subscribe(self.routes_changed)
 
     # -- what the gateway calls ------------------------------------------------------------
+
+    @property
+    def waiting(self) -> bool:
+        """Whether any request waits in a model room (the parking lot does not count)."""
+        return bool(self.rooms)
 
     async def wait_for_model(
         self,
@@ -203,17 +219,41 @@ class ModelQueues:
         model_loading on timeout, the error of :meth:`fail` / :meth:`close`)."""
         if not self._waits_for(model, ctx, want):
             raise refusal
+        return await self._wait_for_model(ctx, model, receive, want)
+
+    async def wait_turn(
+        self,
+        ctx: RequestContext,
+        model: str,
+        upstream: Upstream,
+        receive: Receive,
+        want: Want | None,
+    ) -> Upstream:
+        """``in_order``: ``model`` is ready (``upstream``), but requests wait in the rooms.
+        Behind an older one for another model it waits its turn in its model's room (as
+        :meth:`wait_for_model`); else it goes now."""
+        if self._first_in_line(model, None):
+            return upstream
+        return await self._wait_for_model(ctx, model, receive, want)
+
+    async def _wait_for_model(
+        self, ctx: RequestContext, model: str, receive: Receive, want: Want | None
+    ) -> Upstream:
         room = self.rooms.get(model)
         if room is None:
             room = self.rooms[model] = WaitingRoom(self.depth)
+        waiter = Waiter(ctx, model, LOADING, _now())
 
         def attempt() -> Upstream | None:
             try:
-                return self.routes.resolve(model)
+                upstream = self.routes.resolve(model)
             except GatewayError:
                 if self._waits_for(model, ctx, want):
                     return None
                 raise
+            if self.in_order and not self._first_in_line(model, waiter.since):
+                return None  # ready, but an older request for another model goes first
+            return upstream
 
         timed_out = GatewayError(
             503,
@@ -222,8 +262,7 @@ class ModelQueues:
             retry_after=LOADING_RETRY_AFTER_S,
         )
         try:
-            return await self._wait(room, Waiter(ctx, model, LOADING, _now()), attempt, receive,
-                                    timed_out)  # fmt: skip
+            return await self._wait(room, waiter, attempt, receive, timed_out)
         finally:
             if not room.waiters and self.rooms.get(model) is room:
                 del self.rooms[model]
@@ -308,6 +347,16 @@ class ModelQueues:
     def _waits_for(self, model: str, ctx: RequestContext, want: Want | None) -> bool:
         return self.routes.loading(model) or (want is not None and want(model, ctx))
 
+    def _first_in_line(self, model: str, since: float | None) -> bool:
+        """Whether no waiter older than ``since`` (None: any waiter) is for another model.
+        A room's first waiter is its oldest (rooms are first in, first out)."""
+        for name, room in self.rooms.items():
+            if name == model or not room.waiters:
+                continue
+            if since is None or next(iter(room.waiters)).since < since:
+                return False
+        return True
+
     async def _wait(
         self,
         room: WaitingRoom,
@@ -337,6 +386,8 @@ class ModelQueues:
         finally:
             watcher.cancel()
             room.leave(waiter)
+            if self.in_order and room is not self.parked:
+                self.routes_changed()  # the waiters it held back look again
             waited = _now() - waiter.since
             ctx.queue_s += waited
             self.metrics.queue_wait(waiter.model, waited)
