@@ -12,8 +12,9 @@ from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.context import CHAT, RequestContext
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
-from studioctl.gateway.queue import BUSY, LOADING, ModelQueues
+from studioctl.gateway.queue import BUSY, LOADING, ModelQueues, QueueRules, RoomRule
 from studioctl.gateway.routing import RouteTable, Upstream
+from studioctl.recipes import Recipe
 from studioctl.tenants import TenantContext, TenantLimits
 
 LIMITS = TenantLimits(
@@ -487,5 +488,119 @@ def test_in_order_a_request_with_nothing_older_for_another_model_goes_at_once() 
         assert got is OTHER_READY and ctx.queue_s == 0.0 and queues.counts() == {"other": 1}
         assert (await older).instance_id == "i-2"
         assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+# -- a recipe's own queue_depth and queue_timeout_s ----------------------------------------
+
+
+def recipe(rid: str, **kw: Any) -> Recipe:
+    return Recipe.model_validate(
+        {"id": rid, "backend": "vllm", "model": "org/none", "served_model_name": rid, **kw}
+    )
+
+
+def rules_parts(rules: QueueRules) -> tuple[RouteTable, ModelQueues]:
+    routes = RouteTable()
+    known = {"tiny": "tiny", "tiny-alias": "tiny", "other": "other"}
+    starting = [
+        Upstream("i-1", "tiny", "127.0.0.1", 1, "starting", ("tiny", "tiny-alias")),
+        Upstream("i-2", "other", "127.0.0.1", 2, "starting", ("other",)),
+    ]
+    routes.update(starting, known)
+    limiter = Limiter(global_max_concurrent=100)
+    queues = ModelQueues(
+        routes=routes, limiter=limiter, metrics=GatewayMetrics(), depth=4, timeout_s=5.0,
+        rules=rules,
+    )  # fmt: skip
+    return routes, queues
+
+
+def test_a_recipes_queue_depth_bounds_its_rooms_and_others_keep_the_gateways() -> None:
+    async def main() -> None:
+        rules = QueueRules([recipe("tiny", aliases=["tiny-alias"], queue_depth=1)])
+        assert rules.get("tiny-alias") == RoomRule("tiny", 1, None) and rules.get("x") is None
+        routes, queues = rules_parts(rules)
+        _, _, first = await waiting(queues, routes, "tiny")
+        _, _, second = await waiting(queues, routes, "tiny")
+        with pytest.raises(GatewayError) as info:
+            await second
+        assert (info.value.http_status, info.value.code) == (503, "queue_full")
+        assert "1 requests already wait for model 'tiny'" in info.value.message
+        assert info.value.retry_after is not None and info.value.retry_after > 0
+        # The alias is the same recipe: its room has the recipe's depth too.
+        _, _, alias = await waiting(queues, routes, "tiny-alias")
+        _, _, alias2 = await waiting(queues, routes, "tiny-alias")
+        with pytest.raises(GatewayError, match="1 requests already wait for model 'tiny-alias'"):
+            await alias2
+        # Another model keeps gateway.queue_depth (4).
+        others = [(await waiting(queues, routes, "other"))[2] for _ in range(4)]
+        _, _, fifth = await waiting(queues, routes, "other")
+        with pytest.raises(GatewayError, match="4 requests already wait"):
+            await fifth
+        assert queues.counts() == {"tiny": 1, "tiny-alias": 1, "other": 4}
+        routes.update(
+            [
+                Upstream("i-1", "tiny", "127.0.0.1", 1, "ready", ("tiny", "tiny-alias")),
+                Upstream("i-2", "other", "127.0.0.1", 2, "ready", ("other",)),
+            ],
+            {},
+        )
+        await asyncio.wait_for(asyncio.gather(first, alias, *others), 1.0)
+        assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+def test_a_recipes_queue_timeout_is_its_waiters_and_recipes_changed_refreshes_it() -> None:
+    async def main() -> None:
+        rules = QueueRules([recipe("tiny", queue_timeout_s=0.1)])
+        routes, queues = rules_parts(rules)
+        ctx, _, short = await waiting(queues, routes, "tiny")
+        _, _, long = await waiting(queues, routes, "other")
+        with pytest.raises(GatewayError) as info:
+            await short
+        assert (info.value.http_status, info.value.code) == (503, "model_loading")
+        assert "within 0.1 s" in info.value.message and info.value.retry_after == 5.0
+        assert 0.08 <= ctx.queue_s < 2.0
+        assert not long.done()  # gateway.queue_timeout_s (5 s) for the other model
+        # The recipes on disk change: a new room takes the new values (none: the gateway's).
+        rules.recipes_changed([recipe("other", queue_timeout_s=0.1), recipe("tiny")])
+        assert rules.get("tiny") == RoomRule("tiny") and rules.get("other") == RoomRule(
+            "other", None, 0.1
+        )
+        _, _, tiny = await waiting(queues, routes, "tiny")
+        await asyncio.sleep(0.2)
+        assert not tiny.done() and not long.done()  # "other"'s room was opened before
+        for t in (tiny, long):
+            t.cancel()
+        await asyncio.gather(tiny, long, return_exceptions=True)
+        _, _, other = await waiting(queues, routes, "other")  # a new room: 0.1 s now
+        with pytest.raises(GatewayError, match=r"within 0\.1 s"):
+            await other
+        assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+def test_in_order_a_served_name_and_its_alias_do_not_hold_each_other_back() -> None:
+    async def main() -> None:
+        rules = QueueRules([recipe("tiny", aliases=["tiny-alias"])])
+        routes, queues = rules_parts(rules)
+        queues = ModelQueues(
+            routes=routes, limiter=Limiter(global_max_concurrent=9), metrics=GatewayMetrics(),
+            in_order=True, rules=rules,
+        )  # fmt: skip
+        _, _, by_name = await waiting(queues, routes, "tiny")
+        _, _, by_alias = await waiting(queues, routes, "tiny-alias")
+        _, _, other = await waiting(queues, routes, "other")
+        ready = Upstream("i-1", "tiny", "127.0.0.1", 1, "ready", ("tiny", "tiny-alias"))
+        routes.update([ready, Upstream("i-2", "other", "127.0.0.1", 2, "starting", ("other",))], {})
+        got = await asyncio.wait_for(asyncio.gather(by_name, by_alias), 1.0)
+        assert {u.instance_id for u in got} == {"i-1"}
+        assert not other.done()
+        other.cancel()
+        await asyncio.gather(other, return_exceptions=True)
 
     asyncio.run(main())
