@@ -3,15 +3,25 @@
     PYTHONPATH=src python benchmarks/swap_sim.py [--requests 400] [--seed 7] [--load-s 4]
                                                  [--service-s 1] [--max-wait-s 40]
                                                  [--gap-s 0.5] [--slots N]
+                                                 [--clients N] [--think-s 1]
 
 Replays a mixed trace (the pattern A B A A C A B C …, arrivals jittered) on a host whose
 memory holds one model at a time. An engine takes ``load_s`` to become ready, serves every
 request it is sent in parallel in ``service_s`` (engines batch), and is gone ``stop_s``
-after its last request. Both policies go through the same loop: after every event the
+after its last request. Every policy goes through the same loop: after every event the
 planner is called with the state and the clock, and its actions are carried out. Prints
 swaps (evictions), loads, drains, p50/p95/max queue wait (arrival to dispatch), p95 latency
-(arrival to answer) and unserved requests side by side. ``--slots`` bounds how many requests
-an engine serves at once (the rest wait in its own backlog, as a GPU-bound engine's do).
+(arrival to answer) and unserved requests side by side, for the scheduler (``plan``), strict
+FIFO (``fifo_plan``: arrival order, a swap whenever the next request names another model,
+as llama-swap serves) and collating FIFO (``batched_fifo_plan``: every ready model's
+requests go at once, the oldest other model loads right away). ``--slots`` bounds how many
+requests an engine serves at once (the rest wait in its own backlog, as a GPU-bound
+engine's do).
+
+``--clients N``: closed-loop clients instead of the open trace, as agents call models: each
+client sends its next request ``--think-s`` after the answer to its previous one, following
+the pattern from its own offset (client c starts at its c-th letter, ``gap_s`` after client
+c-1), ``--requests / N`` requests each.
 
 The tests (tests/scheduler/test_trace.py) import ``simulate`` and the traces from here.
 """
@@ -36,12 +46,19 @@ from studioctl.scheduler import (
     ResidentState,
     SchedulerState,
     Wait,
+    batched_fifo_plan,
     fifo_plan,
     plan,
 )
 
 Planner = Callable[[SchedulerState, float], list[Action]]
 PATTERN = "ABAACABC"
+#: The rows of the table: each policy's name and planner.
+PLANNERS: tuple[tuple[str, Planner], ...] = (
+    ("scheduler", plan),
+    ("fifo", fifo_plan),
+    ("fifo-batched", batched_fifo_plan),
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,16 @@ class SimConfig:
     policy: Policy = field(default_factory=lambda: Policy(max_wait_s=20.0, min_resident_s=5.0))
 
 
+@dataclass(frozen=True)
+class ClosedLoop:
+    """Clients that wait for an answer: client c sends ``scripts[c]`` in order, the first
+    at ``starts[c]``, each next one ``think_s`` after the answer to the previous one."""
+
+    scripts: tuple[tuple[str, ...], ...]
+    starts: tuple[float, ...]
+    think_s: float = 1.0
+
+
 @dataclass
 class Instance:
     instance_id: str
@@ -63,7 +90,7 @@ class Instance:
     state: ResidentState = "starting"
     inflight: int = 0  # sent to it and not finished: running or in its own backlog
     running: int = 0
-    backlog: list[float] = field(default_factory=list)  # arrival times, beyond its slots
+    backlog: list[tuple[float, str]] = field(default_factory=list)  # beyond its slots
     ready_at: float | None = None
     last_used: float | None = None
 
@@ -76,7 +103,7 @@ class Result:
     waits: list[float] = field(default_factory=list)  # arrival -> dispatch, per request
     waits_by_model: dict[str, list[float]] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # arrival -> answered
-    unserved: int = 0
+    unserved: int = 0  # never answered (closed loop: never sent either, counted too)
 
     def quantile(self, q: float, of: str = "waits") -> float:
         values = sorted(getattr(self, of))
@@ -100,23 +127,50 @@ def mixed_trace(n: int, seed: int, mean_gap_s: float = 0.5) -> list[tuple[float,
     return out
 
 
+def closed_loop(
+    clients: int, requests: int, gap_s: float = 0.5, think_s: float = 1.0
+) -> ClosedLoop:
+    """``clients`` agents, ``requests // clients`` requests each, client c following the
+    pattern from its c-th letter and starting ``c * gap_s``."""
+    per = max(1, requests // clients)
+    scripts = tuple(
+        tuple(PATTERN[(c + k) % len(PATTERN)] for k in range(per)) for c in range(clients)
+    )
+    return ClosedLoop(scripts, tuple(c * gap_s for c in range(clients)), think_s)
+
+
 class Sim:
-    def __init__(self, trace: Sequence[tuple[float, str]], planner: Planner, cfg: SimConfig):
+    def __init__(
+        self,
+        trace: Sequence[tuple[float, str]],
+        planner: Planner,
+        cfg: SimConfig,
+        clients: ClosedLoop | None = None,
+    ):
         self.cfg, self.planner, self.result = cfg, planner, Result()
-        self.events: list[tuple[float, int, str, str, float]] = []
+        self.clients = clients
+        self.events: list[tuple[float, int, str, str, float, str]] = []
         self.seq = 0
         self.waiting: dict[str, Queued] = {}
         self.instances: dict[str, Instance] = {}
-        self.catalog = {
-            m: Loadable(m, cfg.model_gb, load_s=cfg.load_s if cfg.known_load else 0.0)
-            for m in sorted({m for _, m in trace})
-        }
+        models = {m for _, m in trace}
         for i, (t, m) in enumerate(trace):
             self.push(t, "arrive", f"r{i}:{m}")
+        self.total = len(trace)
+        if clients is not None:
+            for c, (script, start) in enumerate(zip(clients.scripts, clients.starts, strict=True)):
+                models.update(script)
+                self.total += len(script)
+                if script:
+                    self.push(start, "arrive", f"c{c}.0:{script[0]}")
+        self.catalog = {
+            m: Loadable(m, cfg.model_gb, load_s=cfg.load_s if cfg.known_load else 0.0)
+            for m in sorted(models)
+        }
 
-    def push(self, t: float, kind: str, what: str, arrived: float = 0.0) -> None:
+    def push(self, t: float, kind: str, what: str, arrived: float = 0.0, rid: str = "") -> None:
         self.seq += 1
-        heapq.heappush(self.events, (t, self.seq, kind, what, arrived))
+        heapq.heappush(self.events, (t, self.seq, kind, what, arrived, rid))
 
     def state(self) -> SchedulerState:
         residents = tuple(
@@ -144,13 +198,13 @@ class Sim:
         while self.events:
             now = self.events[0][0]
             while self.events and self.events[0][0] <= now:
-                _, _, kind, what, arrived = heapq.heappop(self.events)
-                self.on_event(now, kind, what, arrived)
+                _, _, kind, what, arrived, rid = heapq.heappop(self.events)
+                self.on_event(now, kind, what, arrived, rid)
             self.settle(now)
-        self.result.unserved = len(self.waiting)
+        self.result.unserved = self.total - len(self.result.latencies)
         return self.result
 
-    def on_event(self, now: float, kind: str, what: str, arrived: float) -> None:
+    def on_event(self, now: float, kind: str, what: str, arrived: float, rid: str) -> None:
         if kind == "arrive":
             request_id, model = what.split(":")
             self.waiting[request_id] = Queued(request_id, model, "t", now)
@@ -163,16 +217,27 @@ class Sim:
             inst.running -= 1
             inst.last_used = now
             self.result.latencies.append(now - arrived)
+            self.answered(now, rid)
             if inst.backlog:
-                self.start(now, inst, inst.backlog.pop(0))
+                self.start(now, inst, *inst.backlog.pop(0))
             if inst.state == "draining" and inst.inflight == 0:
                 self.stop(now, inst)
         elif kind == "gone":
             del self.instances[what]
 
-    def start(self, now: float, inst: Instance, arrived: float) -> None:
+    def answered(self, now: float, rid: str) -> None:
+        """A closed-loop client sends its next request ``think_s`` after an answer."""
+        if self.clients is None or not rid.startswith("c"):
+            return
+        client, _, k = rid[1:].partition(".")
+        script = self.clients.scripts[int(client)]
+        nxt = int(k) + 1
+        if nxt < len(script):
+            self.push(now + self.clients.think_s, "arrive", f"c{client}.{nxt}:{script[nxt]}")
+
+    def start(self, now: float, inst: Instance, arrived: float, rid: str) -> None:
         inst.running += 1
-        self.push(now + self.cfg.service_s, "done", inst.instance_id, arrived)
+        self.push(now + self.cfg.service_s, "done", inst.instance_id, arrived, rid)
 
     def stop(self, now: float, inst: Instance) -> None:
         inst.state = "stopping"
@@ -215,9 +280,9 @@ class Sim:
                 self.result.waits_by_model.setdefault(action.model, []).append(now - arrived)
                 inst.inflight += 1
                 if self.cfg.slots is None or inst.running < self.cfg.slots:
-                    self.start(now, inst, arrived)
+                    self.start(now, inst, arrived, request_id)
                 else:
-                    inst.backlog.append(arrived)
+                    inst.backlog.append((arrived, request_id))
         elif isinstance(action, Wait):
             if action.until is not None and action.until > now:
                 self.push(action.until, "tick", "")
@@ -225,8 +290,13 @@ class Sim:
         return True
 
 
-def simulate(trace: Sequence[tuple[float, str]], planner: Planner, cfg: SimConfig) -> Result:
-    return Sim(trace, planner, cfg).run()
+def simulate(
+    trace: Sequence[tuple[float, str]],
+    planner: Planner,
+    cfg: SimConfig,
+    clients: ClosedLoop | None = None,
+) -> Result:
+    return Sim(trace, planner, cfg, clients).run()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -238,24 +308,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--max-wait-s", type=float, default=40.0)
     ap.add_argument("--gap-s", type=float, default=0.5, help="mean time between requests")
     ap.add_argument("--slots", type=int, default=None, help="requests an engine serves at once")
+    ap.add_argument("--clients", type=int, default=0, help="closed-loop clients (0: open trace)")
+    ap.add_argument("--think-s", type=float, default=1.0, help="a client's pause after an answer")
     args = ap.parse_args(argv)
+    if args.clients < 0 or args.requests < 1:
+        ap.error("--clients must be ≥ 0 and --requests ≥ 1")
     policy = Policy(max_wait_s=args.max_wait_s, min_resident_s=5.0)
     cfg = SimConfig(load_s=args.load_s, service_s=args.service_s, slots=args.slots, policy=policy)
-    trace = mixed_trace(args.requests, args.seed, args.gap_s)
+    trace: list[tuple[float, str]] = []
+    clients = None
+    if args.clients:
+        clients = closed_loop(args.clients, args.requests, args.gap_s, args.think_s)
+        load = (
+            f"{args.clients} clients x {len(clients.scripts[0])} requests, think {args.think_s:g}s"
+        )
+    else:
+        trace = mixed_trace(args.requests, args.seed, args.gap_s)
+        load = f"{len(trace)} requests over {trace[-1][0]:.0f}s"
     print(
-        f"{len(trace)} requests over {trace[-1][0]:.0f}s, load {cfg.load_s:g}s, "
-        f"service {cfg.service_s:g}s x {cfg.slots or 'any'} at once, "
-        f"max_wait {policy.max_wait_s:g}s, one model fits"
+        f"{load}, load {cfg.load_s:g}s, service {cfg.service_s:g}s x {cfg.slots or 'any'} "
+        f"at once, max_wait {policy.max_wait_s:g}s, one model fits"
     )
     print(
-        f"{'policy':<10}{'swaps':>7}{'loads':>7}{'drains':>8}{'p50 wait':>10}"
+        f"{'policy':<14}{'swaps':>7}{'loads':>7}{'drains':>8}{'p50 wait':>10}"
         f"{'p95 wait':>10}{'max wait':>10}{'p95 lat':>10}{'unserved':>10}"
     )
-    for name, planner in (("scheduler", plan), ("fifo", fifo_plan)):
-        r = simulate(trace, planner, cfg)
+    for name, planner in PLANNERS:
+        r = simulate(trace, planner, cfg, clients)
         print(
-            f"{name:<10}{r.swaps:>7}{r.loads:>7}{r.drains:>8}{r.quantile(0.5):>9.1f}s"
-            f"{r.quantile(0.95):>9.1f}s{max(r.waits):>9.1f}s"
+            f"{name:<14}{r.swaps:>7}{r.loads:>7}{r.drains:>8}{r.quantile(0.5):>9.1f}s"
+            f"{r.quantile(0.95):>9.1f}s{max(r.waits, default=0.0):>9.1f}s"
             f"{r.quantile(0.95, 'latencies'):>9.1f}s{r.unserved:>10}"
         )
 

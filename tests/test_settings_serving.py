@@ -42,6 +42,7 @@ def test_defaults() -> None:
         (),
     )
     assert s.host.capacity_gb is None
+    assert s.scheduler.policy == "fair"
     new = {
         "gateway.load_on_demand",
         "gateway.queue_depth",
@@ -50,6 +51,7 @@ def test_defaults() -> None:
         "scheduler.max_wait_s",
         "scheduler.min_resident_s",
         "scheduler.groups",
+        "scheduler.policy",
         "host.capacity_gb",
     }
     assert new <= set(all_keys())
@@ -68,8 +70,11 @@ def test_environment() -> None:
             "STUDIOCTL_SCHEDULER_MIN_RESIDENT_S": "0",
             "STUDIOCTL_SCHEDULER_GROUPS": '{"big": {"members": ["a", "b"], "swap": false}}',
             "STUDIOCTL_HOST_CAPACITY_GB": "24",
+            "STUDIOCTL_SCHEDULER_POLICY": "fifo",
         }
     )
+    assert s.scheduler.policy == "fifo"
+    assert s.sources["scheduler.policy"] == "env:STUDIOCTL_SCHEDULER_POLICY"
     assert (s.gateway.load_on_demand, s.gateway.queue_depth) == (False, 0)
     assert (s.gateway.queue_timeout_s, s.gateway.queue_when_busy) == (2.5, True)
     assert (s.scheduler.max_wait_s, s.scheduler.min_resident_s) == (5.0, 0.0)
@@ -89,6 +94,8 @@ def test_environment() -> None:
         ("STUDIOCTL_HOST_CAPACITY_GB", "lots", "must be a number"),
         ("STUDIOCTL_SCHEDULER_GROUPS", "big", "must be JSON"),
         ("STUDIOCTL_HOST_CAPACITY", "1", "unknown setting variable"),
+        ("STUDIOCTL_SCHEDULER_POLICY", "lru", "must be one of 'fair', 'fifo', got 'lru'"),
+        ("STUDIOCTL_SCHEDULER_POLICY", "FIFO", "must be one of 'fair', 'fifo'"),
     ],
 )
 def test_bad_environment_values(name: str, value: str, words: str) -> None:
@@ -105,6 +112,9 @@ def test_bad_environment_values(name: str, value: str, words: str) -> None:
         ("scheduler:\n  max_wait: 3\n", 2, "scheduler.max_wait", "did you mean 'max_wait_s'"),
         ("host:\n  capacity_gb: '12'\n", 2, "host.capacity_gb", "must be a number"),
         ("hosts:\n  capacity_gb: 1\n", 1, "hosts", "did you mean 'host'"),
+        ("scheduler:\n  policy: lifo\n", 2, "scheduler.policy", "one of 'fair', 'fifo'"),
+        ("scheduler:\n  policy: 1\n", 2, "scheduler.policy", "got a number (1)"),
+        ("scheduler:\n  polcy: fifo\n", 2, "scheduler.polcy", "did you mean 'policy'"),
         ("scheduler:\n  groups: [a, b]\n", 2, "scheduler.groups", "must be a mapping"),
         (
             "scheduler:\n  groups:\n    big:\n      members: [a]\n      exclusiv: true\n",

@@ -12,8 +12,9 @@ from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.context import CHAT, RequestContext
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
-from studioctl.gateway.queue import BUSY, LOADING, ModelQueues
+from studioctl.gateway.queue import BUSY, LOADING, ModelQueues, QueueRules, RoomRule
 from studioctl.gateway.routing import RouteTable, Upstream
+from studioctl.recipes import Recipe
 from studioctl.tenants import TenantContext, TenantLimits
 
 LIMITS = TenantLimits(
@@ -363,3 +364,243 @@ def test_a_model_swapping_in_waits_for_the_loading_instance_not_the_draining_one
     assert routes.loading("tiny")
     routes.update([draining, up("ready")], KNOWN)
     assert not routes.loading("tiny")  # ready: no wait at all
+
+
+# -- in order (scheduler.policy fifo) ------------------------------------------------------
+
+TINY_LOADING = Upstream("i-1", "r-1", "127.0.0.1", 1, "loading", ("tiny",))
+TINY_READY = Upstream("i-1", "r-1", "127.0.0.1", 1, "ready", ("tiny",))
+OTHER_LOADING = Upstream("i-2", "r-2", "127.0.0.1", 2, "loading", ("other",))
+OTHER_READY = Upstream("i-2", "r-2", "127.0.0.1", 2, "ready", ("other",))
+
+
+def in_order_parts(in_order: bool = True, timeout_s: float = 5.0) -> tuple[RouteTable, ModelQueues]:
+    routes = RouteTable()
+    queues = ModelQueues(
+        routes=routes,
+        limiter=Limiter(global_max_concurrent=100),
+        metrics=GatewayMetrics(),
+        timeout_s=timeout_s,
+        in_order=in_order,
+    )
+    return routes, queues
+
+
+async def turn(
+    queues: ModelQueues, routes: RouteTable, model: str
+) -> tuple[RequestContext, Client, asyncio.Task[Upstream]]:
+    """A request for a ready ``model`` that found requests waiting (the gateway's fast path
+    in order: ``queues.in_order and queues.waiting``)."""
+    client = Client()
+    ctxs: list[RequestContext] = []
+
+    async def request() -> Upstream:
+        task = asyncio.current_task()
+        assert task is not None
+        ctx = RequestContext(task, CHAT, 0.0, 0.0, None)
+        ctx.tenant, ctx.model = TENANT, model
+        ctxs.append(ctx)
+        upstream = routes.resolve(model)
+        assert queues.in_order and queues.waiting
+        return await queues.wait_turn(ctx, model, upstream, client.receive, None)
+
+    task = asyncio.get_running_loop().create_task(request())
+    await asyncio.sleep(0)
+    return ctxs[0], client, task
+
+
+def test_in_order_a_ready_models_request_waits_behind_an_older_one_for_another() -> None:
+    async def main() -> None:
+        routes, queues = in_order_parts()
+        routes.update([TINY_LOADING, OTHER_READY], KNOWN)
+        assert not queues.waiting
+        _, _, older = await waiting(queues, routes, "tiny")
+        await asyncio.sleep(0.01)
+        ctx, _, younger = await turn(queues, routes, "other")  # ready, but tiny waits
+        await asyncio.sleep(0.02)
+        assert not younger.done() and queues.counts() == {"tiny": 1, "other": 1}
+        models = [row["model"] for row in queues.listing()["data"]]
+        assert models == ["tiny", "other"]  # oldest first: the scheduler's head is tiny
+        order: list[str] = []
+        older.add_done_callback(lambda _: order.append("tiny"))
+        younger.add_done_callback(lambda _: order.append("other"))
+        routes.update([TINY_READY, OTHER_READY], KNOWN)  # the older one is sent...
+        got = await asyncio.wait_for(asyncio.gather(older, younger), 1.0)
+        assert [u.instance_id for u in got] == ["i-1", "i-2"] and order == ["tiny", "other"]
+        assert ctx.queue_s > 0.01 and queues.rooms == {} and not queues.waiting
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("leaves", ["timeout", "disconnect"])
+def test_in_order_an_older_waiter_leaving_lets_the_ones_behind_it_go(leaves: str) -> None:
+    async def main() -> None:
+        routes, queues = in_order_parts(timeout_s=0.2 if leaves == "timeout" else 5.0)
+        routes.update([TINY_LOADING, OTHER_READY], KNOWN)
+        _, client, older = await waiting(queues, routes, "tiny")
+        await asyncio.sleep(0.01)
+        _, _, younger = await turn(queues, routes, "other")
+        await asyncio.sleep(0.05)
+        assert not younger.done()
+        if leaves == "disconnect":
+            client.leave()
+        with pytest.raises((GatewayError, asyncio.CancelledError)):
+            await older
+        # Nothing changed in the route table: the leaver itself woke the other rooms.
+        assert (await asyncio.wait_for(younger, 1.0)).instance_id == "i-2"
+        assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_model_ready_first_goes_first_only_out_of_order(in_order: bool) -> None:
+    async def main() -> None:
+        routes, queues = in_order_parts(in_order)
+        routes.update([TINY_LOADING, OTHER_LOADING], KNOWN)
+        _, _, older = await waiting(queues, routes, "tiny")
+        await asyncio.sleep(0.01)
+        _, _, younger = await waiting(queues, routes, "other")
+        _, _, same = await waiting(queues, routes, "other")  # no gate between the same model
+        routes.update([TINY_LOADING, OTHER_READY], KNOWN)
+        await asyncio.sleep(0.02)
+        assert younger.done() == same.done() == (not in_order)
+        routes.update([TINY_READY, OTHER_READY], KNOWN)
+        await asyncio.wait_for(asyncio.gather(older, younger, same), 1.0)
+        assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+def test_in_order_a_request_with_nothing_older_for_another_model_goes_at_once() -> None:
+    async def main() -> None:
+        routes, queues = in_order_parts()
+        routes.update([TINY_READY, OTHER_LOADING], KNOWN)
+        _, _, older = await waiting(queues, routes, "other")
+        routes.update([TINY_READY, OTHER_READY], KNOWN)  # wakes it; it has not run yet
+        task = asyncio.current_task()
+        assert task is not None
+        ctx = RequestContext(task, CHAT, 0.0, 0.0, None)
+        ctx.tenant = TENANT
+        # Only requests for the same model wait: this one goes without entering a room.
+        assert queues.waiting and queues.counts() == {"other": 1}
+        got = await queues.wait_turn(ctx, "other", OTHER_READY, Client().receive, None)
+        assert got is OTHER_READY and ctx.queue_s == 0.0 and queues.counts() == {"other": 1}
+        assert (await older).instance_id == "i-2"
+        assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+# -- a recipe's own queue_depth and queue_timeout_s ----------------------------------------
+
+
+def recipe(rid: str, **kw: Any) -> Recipe:
+    return Recipe.model_validate(
+        {"id": rid, "backend": "vllm", "model": "org/none", "served_model_name": rid, **kw}
+    )
+
+
+def rules_parts(rules: QueueRules) -> tuple[RouteTable, ModelQueues]:
+    routes = RouteTable()
+    known = {"tiny": "tiny", "tiny-alias": "tiny", "other": "other"}
+    starting = [
+        Upstream("i-1", "tiny", "127.0.0.1", 1, "starting", ("tiny", "tiny-alias")),
+        Upstream("i-2", "other", "127.0.0.1", 2, "starting", ("other",)),
+    ]
+    routes.update(starting, known)
+    limiter = Limiter(global_max_concurrent=100)
+    queues = ModelQueues(
+        routes=routes, limiter=limiter, metrics=GatewayMetrics(), depth=4, timeout_s=5.0,
+        rules=rules,
+    )  # fmt: skip
+    return routes, queues
+
+
+def test_a_recipes_queue_depth_bounds_its_rooms_and_others_keep_the_gateways() -> None:
+    async def main() -> None:
+        rules = QueueRules([recipe("tiny", aliases=["tiny-alias"], queue_depth=1)])
+        assert rules.get("tiny-alias") == RoomRule("tiny", 1, None) and rules.get("x") is None
+        routes, queues = rules_parts(rules)
+        _, _, first = await waiting(queues, routes, "tiny")
+        _, _, second = await waiting(queues, routes, "tiny")
+        with pytest.raises(GatewayError) as info:
+            await second
+        assert (info.value.http_status, info.value.code) == (503, "queue_full")
+        assert "1 requests already wait for model 'tiny'" in info.value.message
+        assert info.value.retry_after is not None and info.value.retry_after > 0
+        # The alias is the same recipe: its room has the recipe's depth too.
+        _, _, alias = await waiting(queues, routes, "tiny-alias")
+        _, _, alias2 = await waiting(queues, routes, "tiny-alias")
+        with pytest.raises(GatewayError, match="1 requests already wait for model 'tiny-alias'"):
+            await alias2
+        # Another model keeps gateway.queue_depth (4).
+        others = [(await waiting(queues, routes, "other"))[2] for _ in range(4)]
+        _, _, fifth = await waiting(queues, routes, "other")
+        with pytest.raises(GatewayError, match="4 requests already wait"):
+            await fifth
+        assert queues.counts() == {"tiny": 1, "tiny-alias": 1, "other": 4}
+        routes.update(
+            [
+                Upstream("i-1", "tiny", "127.0.0.1", 1, "ready", ("tiny", "tiny-alias")),
+                Upstream("i-2", "other", "127.0.0.1", 2, "ready", ("other",)),
+            ],
+            {},
+        )
+        await asyncio.wait_for(asyncio.gather(first, alias, *others), 1.0)
+        assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+def test_a_recipes_queue_timeout_is_its_waiters_and_recipes_changed_refreshes_it() -> None:
+    async def main() -> None:
+        rules = QueueRules([recipe("tiny", queue_timeout_s=0.1)])
+        routes, queues = rules_parts(rules)
+        ctx, _, short = await waiting(queues, routes, "tiny")
+        _, _, long = await waiting(queues, routes, "other")
+        with pytest.raises(GatewayError) as info:
+            await short
+        assert (info.value.http_status, info.value.code) == (503, "model_loading")
+        assert "within 0.1 s" in info.value.message and info.value.retry_after == 5.0
+        assert 0.08 <= ctx.queue_s < 2.0
+        assert not long.done()  # gateway.queue_timeout_s (5 s) for the other model
+        # The recipes on disk change: a new room takes the new values (none: the gateway's).
+        rules.recipes_changed([recipe("other", queue_timeout_s=0.1), recipe("tiny")])
+        assert rules.get("tiny") == RoomRule("tiny") and rules.get("other") == RoomRule(
+            "other", None, 0.1
+        )
+        _, _, tiny = await waiting(queues, routes, "tiny")
+        await asyncio.sleep(0.2)
+        assert not tiny.done() and not long.done()  # "other"'s room was opened before
+        for t in (tiny, long):
+            t.cancel()
+        await asyncio.gather(tiny, long, return_exceptions=True)
+        _, _, other = await waiting(queues, routes, "other")  # a new room: 0.1 s now
+        with pytest.raises(GatewayError, match=r"within 0\.1 s"):
+            await other
+        assert queues.rooms == {}
+
+    asyncio.run(main())
+
+
+def test_in_order_a_served_name_and_its_alias_do_not_hold_each_other_back() -> None:
+    async def main() -> None:
+        rules = QueueRules([recipe("tiny", aliases=["tiny-alias"])])
+        routes, queues = rules_parts(rules)
+        queues = ModelQueues(
+            routes=routes, limiter=Limiter(global_max_concurrent=9), metrics=GatewayMetrics(),
+            in_order=True, rules=rules,
+        )  # fmt: skip
+        _, _, by_name = await waiting(queues, routes, "tiny")
+        _, _, by_alias = await waiting(queues, routes, "tiny-alias")
+        _, _, other = await waiting(queues, routes, "other")
+        ready = Upstream("i-1", "tiny", "127.0.0.1", 1, "ready", ("tiny", "tiny-alias"))
+        routes.update([ready, Upstream("i-2", "other", "127.0.0.1", 2, "starting", ("other",))], {})
+        got = await asyncio.wait_for(asyncio.gather(by_name, by_alias), 1.0)
+        assert {u.instance_id for u in got} == {"i-1"}
+        assert not other.done()
+        other.cancel()
+        await asyncio.gather(other, return_exceptions=True)
+
+    asyncio.run(main())

@@ -18,6 +18,7 @@ from studioctl.scheduler import (
     Queued,
     Resident,
     SchedulerState,
+    batched_fifo_plan,
     fifo_plan,
     plan,
 )
@@ -143,3 +144,13 @@ def test_plan_keeps_the_safety_rules(state: SchedulerState) -> None:
 @given(states())
 def test_fifo_keeps_the_safety_rules(state: SchedulerState) -> None:
     check(state, fifo_plan(state, NOW))
+    check(state, batched_fifo_plan(state, NOW))
+
+
+@settings(max_examples=150, deadline=None)
+@given(states())
+def test_strict_fifo_sends_only_the_oldest_requests_of_one_model(state: SchedulerState) -> None:
+    ordered = sorted(state.waiting, key=lambda q: (q.enqueued_at, q.request_id))
+    sent = [rid for a in fifo_plan(state, NOW) if isinstance(a, Dispatch) for rid in a.request_ids]
+    head = [q.request_id for q in ordered[: len(sent)]]
+    assert sent == head and len({q.model for q in ordered[: len(sent)]}) <= 1

@@ -15,6 +15,7 @@ from studioctl.scheduler import (
     Resident,
     SchedulerState,
     Wait,
+    batched_fifo_plan,
     fifo_plan,
     plan,
 )
@@ -272,3 +273,55 @@ def test_fifo_swaps_at_once_where_the_scheduler_waits() -> None:
     assert kinds(plan(s, NOW)) == ["Wait"]
     actions = fifo_plan(s, NOW)
     assert kinds(actions) == ["Evict", "Wait"] and actions[0].drain  # type: ignore[union-attr]
+
+
+def test_strict_fifo_serves_the_head_run_only() -> None:
+    # A A B A with A ready: the two oldest As go; the last A waits behind B like B does.
+    waiting = [q("A", NOW - 4, "a1"), q("A", NOW - 3, "a2"), q("B", NOW - 2, "b1")]
+    waiting.append(q("A", NOW - 1, "a3"))
+    actions = fifo_plan(state(waiting, [ready("iA", "A")]), NOW)
+    assert actions == [Dispatch("A", ("a1", "a2"), "iA is ready"), Wait("B", "behind the head")]
+    # The collating FIFO sends every A at once, and evicts A for B in the same plan (a
+    # drain: the As it just sent finish first).
+    go, evict, wait = batched_fifo_plan(state(waiting, [ready("iA", "A")]), NOW)
+    assert isinstance(go, Dispatch) and go.request_ids == ("a1", "a2", "a3")
+    assert isinstance(evict, Evict) and evict.drain and evict.for_recipe == "B"
+    assert isinstance(wait, Wait) and wait.model == "B"
+    assert fifo_plan(state([]), NOW) == []
+
+
+def test_strict_fifo_a_b_a_swaps_at_each_change_of_model() -> None:
+    """A B A where one model fits: A first, then B loads with A evicted, then A again."""
+    a1, b1, a2 = q("A", NOW - 3, "a1"), q("B", NOW - 2, "b1"), q("A", NOW - 1, "a2")
+    # A is ready: only a1 goes (a2 is behind b1).
+    actions = fifo_plan(state([a1, b1, a2], [ready("iA", "A")]), NOW)
+    assert kinds(actions) == ["Dispatch", "Wait"] and actions[0].request_ids == ("a1",)  # type: ignore[union-attr]
+    # a1 is in flight: B is the head and A leaves for it at once, as a drain.
+    busy = ready("iA", "A", inflight=1, ready_at=NOW - 1)
+    actions = fifo_plan(state([b1, a2], [busy]), NOW)
+    assert kinds(actions) == ["Evict", "Wait", "Wait"]
+    evict = actions[0]
+    assert isinstance(evict, Evict) and (evict.instance_id, evict.for_recipe) == ("iA", "B")
+    assert evict.drain and actions[2] == Wait("A", "behind the head")
+    # A is stopping: B waits for its memory; once it is gone B loads.
+    stopping = Resident("iA", "A", "stopping", (), 8.0)
+    assert kinds(fifo_plan(state([b1, a2], [stopping]), NOW)) == ["Wait", "Wait"]
+    load, wait = fifo_plan(state([b1, a2], []), NOW)
+    assert isinstance(load, Load) and load.recipe_id == "B" and wait == Wait("A", "behind the head")
+    # B is ready: b1 goes, then A is the head again and B leaves for it.
+    actions = fifo_plan(state([b1, a2], [ready("iB", "B")]), NOW)
+    assert kinds(actions) == ["Dispatch", "Wait"]
+    actions = fifo_plan(state([a2], [ready("iB", "B", inflight=1)]), NOW)
+    assert kinds(actions) == ["Evict", "Wait"] and actions[0].for_recipe == "A"  # type: ignore[union-attr]
+    # Two swaps for three requests: one per change of model in the order.
+    (load,) = fifo_plan(state([a2], []), NOW)
+    assert isinstance(load, Load) and load.recipe_id == "A"
+
+
+def test_strict_fifo_head_waits_for_its_own_model_and_blocks_the_rest() -> None:
+    loading = Resident("iA", "A", "loading", (), 8.0)
+    other = ready("iB", "B", 1.0)
+    actions = fifo_plan(state([q("A", NOW - 2), q("B", NOW - 1)], [loading, other]), NOW)
+    # B is ready, but its request is younger than the head's: it waits its turn.
+    assert [(type(a).__name__, a.model) for a in actions] == [("Wait", "A"), ("Wait", "B")]  # type: ignore[union-attr]
+    assert actions[1] == Wait("B", "behind the head")

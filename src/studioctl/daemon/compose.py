@@ -196,6 +196,8 @@ def _on_demand(
         depth=gs.queue_depth,
         timeout_s=gs.queue_timeout_s,
         when_busy=gs.queue_when_busy,
+        in_order=settings.scheduler.policy == "fifo",  # strict FIFO: nobody overtakes
+        rules=gateway.queue_rules,  # a recipe's own queue_depth / queue_timeout_s
     )
     vram = VramRepo(db)
     ondemand = OnDemand(

@@ -184,6 +184,9 @@ class AdmissionControl:
             upstream = self.routes.resolve(model)
         except GatewayError as exc:  # not ready: wait if it is coming (off the fast path)
             upstream = await self.queues.wait_for_model(ctx, model, exc, receive, self.want)
+        else:  # scheduler.policy fifo: no request overtakes an older one for another model
+            if self.queues.in_order and self.queues.waiting:
+                upstream = await self.queues.wait_turn(ctx, model, upstream, receive, self.want)
         ctx.known = True
         dirty = False
         if upstream.engine_names and model not in upstream.engine_names:

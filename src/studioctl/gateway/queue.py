@@ -1,7 +1,9 @@
 """Waiting rooms: requests that wait for their model to load, or for a gateway slot.
 
 Two kinds of wait, both bounded (``depth`` waiters per room, ``timeout_s`` per waiter) and
-both first in, first out:
+both first in, first out. A model's room takes its recipe's ``queue_depth`` and
+``queue_timeout_s`` when the recipe sets them (:class:`QueueRules`, by served name and alias,
+refreshed with the recipes on disk), else the gateway's:
 
 - **loading** (:meth:`ModelQueues.wait_for_model`): the route table refused a model that is
   starting or loading, or one the orchestrator is about to load (the ``want(model, ctx)``
@@ -14,6 +16,13 @@ both first in, first out:
   request parks until one is given back (accounting calls :meth:`ModelQueues.slot_freed`);
   one waiter is woken per freed slot. Per-tenant limits are checked before and answer 429 at
   once. Full → 503 ``queue_full``; timed out → the original 429 ``limit_concurrent``.
+
+**In order** (``in_order``, i.e. ``scheduler.policy: fifo``, the strict FIFO baseline): no
+request overtakes an older one for another model. While anything waits in a model room, a
+request for a ready model waits too (:meth:`ModelQueues.wait_turn`; the gateway checks
+``in_order and waiting`` on its fast path, nothing more); a waiter is sent only when no
+older waiter, in any model room, is for another model; and a waiter leaving a room (sent,
+timed out, gone) wakes the other rooms to look again.
 
 Who holds what while waiting: a request queued for a loading model was admitted (it holds
 its tenant's and the gateway's concurrency slot and spent its RPM token: a released waiter
@@ -37,8 +46,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.asgi import Receive
@@ -53,6 +63,9 @@ __all__ = [
     "DEFAULT_QUEUE_TIMEOUT_S",
     "LOADING",
     "ModelQueues",
+    "QueueRecipe",
+    "QueueRules",
+    "RoomRule",
     "Waiter",
     "WaitingRoom",
     "Want",
@@ -71,6 +84,56 @@ QUEUE_FULL_RETRY_AFTER_S = LOADING_RETRY_AFTER_S
 #: request waits instead of being refused ``model_not_running``. Called on the event loop;
 #: must not block.
 Want = Callable[[str, RequestContext], bool]
+
+
+class QueueRecipe(Protocol):
+    """What the rooms read of a recipe (``studioctl.recipes.Recipe`` has it)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def model_names(self) -> Sequence[str]: ...
+
+    @property
+    def queue_depth(self) -> int | None: ...
+
+    @property
+    def queue_timeout_s(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRule:
+    """A model name's recipe and that recipe's own room bounds (None: the gateway's)."""
+
+    recipe: str
+    depth: int | None = None
+    timeout_s: float | None = None
+
+
+class QueueRules:
+    """Model name (served name or alias) → its :class:`RoomRule`, from the recipes on disk.
+
+    Replaced wholesale by :meth:`recipes_changed` (the gateway's housekeeping calls it with
+    the route table's ``recipes_changed``); a room keeps the bounds it was opened with.
+    """
+
+    __slots__ = ("rules",)
+
+    def __init__(self, recipes: Iterable[QueueRecipe] = ()) -> None:
+        self.rules: dict[str, RoomRule] = {}
+        self.recipes_changed(recipes)
+
+    def recipes_changed(self, recipes: Iterable[QueueRecipe]) -> None:
+        rules: dict[str, RoomRule] = {}
+        for r in recipes:
+            rule = RoomRule(r.id, r.queue_depth, r.queue_timeout_s)
+            for name in r.model_names:
+                rules.setdefault(name, rule)  # the first recipe to claim a name routes it
+        self.rules = rules
+
+    def get(self, name: str) -> RoomRule | None:
+        return self.rules.get(name)
 
 
 class Waiter:
@@ -111,12 +174,16 @@ class Waiter:
 
 
 class WaitingRoom:
-    """One bounded first-in-first-out room (a model's queue, or the parking lot)."""
+    """One bounded first-in-first-out room (a model's queue, or the parking lot).
+    ``recipe``: whose requests wait here (in order, rooms of one recipe never hold each
+    other back)."""
 
-    __slots__ = ("depth", "waiters")
+    __slots__ = ("depth", "recipe", "timeout_s", "waiters")
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, timeout_s: float, recipe: str = "") -> None:
         self.depth = depth
+        self.timeout_s = timeout_s
+        self.recipe = recipe
         self.waiters: dict[Waiter, None] = {}  # insertion-ordered set
 
     def __len__(self) -> int:
@@ -172,7 +239,12 @@ class ModelQueues:
         depth: int = DEFAULT_QUEUE_DEPTH,
         timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         when_busy: bool = False,
+        in_order: bool = False,
+        rules: QueueRules | None = None,
     ) -> None:
+        """``depth``, ``timeout_s``: the gateway's bounds (``rules``: a recipe's own);
+        ``in_order``: strict first in, first out across models (see the module docstring);
+        off, a request for a ready model never waits here."""
         # depth 0 (a valid gateway.queue_depth): nobody waits, each such request is
         # answered 503 queue_full with Retry-After (the orchestrator still hears its want).
         if depth < 0 or timeout_s <= 0:
@@ -183,12 +255,19 @@ class ModelQueues:
         self.depth = depth
         self.timeout_s = timeout_s
         self.when_busy = when_busy
+        self.in_order = in_order
+        self.rules = rules if rules is not None else QueueRules()
         self.rooms: dict[str, WaitingRoom] = {}  # model → its room, while it has waiters
-        self.parked = WaitingRoom(depth)
+        self.parked = WaitingRoom(depth, timeout_s)
         self._closed: GatewayError | None = None
         routes.subscribe(self.routes_changed)
 
     # -- what the gateway calls ------------------------------------------------------------
+
+    @property
+    def waiting(self) -> bool:
+        """Whether any request waits in a model room (the parking lot does not count)."""
+        return bool(self.rooms)
 
     async def wait_for_model(
         self,
@@ -203,27 +282,50 @@ class ModelQueues:
         model_loading on timeout, the error of :meth:`fail` / :meth:`close`)."""
         if not self._waits_for(model, ctx, want):
             raise refusal
+        return await self._wait_for_model(ctx, model, receive, want)
+
+    async def wait_turn(
+        self,
+        ctx: RequestContext,
+        model: str,
+        upstream: Upstream,
+        receive: Receive,
+        want: Want | None,
+    ) -> Upstream:
+        """``in_order``: ``model`` is ready (``upstream``), but requests wait in the rooms.
+        Behind an older one for another model it waits its turn in its model's room (as
+        :meth:`wait_for_model`); else it goes now."""
+        if self._first_in_line(model, None):
+            return upstream
+        return await self._wait_for_model(ctx, model, receive, want)
+
+    async def _wait_for_model(
+        self, ctx: RequestContext, model: str, receive: Receive, want: Want | None
+    ) -> Upstream:
         room = self.rooms.get(model)
         if room is None:
-            room = self.rooms[model] = WaitingRoom(self.depth)
+            room = self.rooms[model] = self._room_for(model)
+        waiter = Waiter(ctx, model, LOADING, _now())
 
         def attempt() -> Upstream | None:
             try:
-                return self.routes.resolve(model)
+                upstream = self.routes.resolve(model)
             except GatewayError:
                 if self._waits_for(model, ctx, want):
                     return None
                 raise
+            if self.in_order and not self._first_in_line(model, waiter.since):
+                return None  # ready, but an older request for another model goes first
+            return upstream
 
         timed_out = GatewayError(
             503,
             "model_loading",
-            f"model {model!r} did not become ready within {self.timeout_s:g} s; retry later",
+            f"model {model!r} did not become ready within {room.timeout_s:g} s; retry later",
             retry_after=LOADING_RETRY_AFTER_S,
         )
         try:
-            return await self._wait(room, Waiter(ctx, model, LOADING, _now()), attempt, receive,
-                                    timed_out)  # fmt: skip
+            return await self._wait(room, waiter, attempt, receive, timed_out)
         finally:
             if not room.waiters and self.rooms.get(model) is room:
                 del self.rooms[model]
@@ -308,6 +410,28 @@ class ModelQueues:
     def _waits_for(self, model: str, ctx: RequestContext, want: Want | None) -> bool:
         return self.routes.loading(model) or (want is not None and want(model, ctx))
 
+    def _room_for(self, model: str) -> WaitingRoom:
+        """A new room for ``model``, with its recipe's bounds where the recipe sets them."""
+        rule = self.rules.get(model)
+        if rule is None:
+            return WaitingRoom(self.depth, self.timeout_s, model)
+        depth = rule.depth if rule.depth is not None else self.depth
+        timeout_s = rule.timeout_s if rule.timeout_s is not None else self.timeout_s
+        return WaitingRoom(depth, timeout_s, rule.recipe)
+
+    def _first_in_line(self, model: str, since: float | None) -> bool:
+        """Whether no waiter older than ``since`` (None: any waiter) is for another model
+        (another recipe: a served name and its aliases are one). A room's first waiter is
+        its oldest (rooms are first in, first out)."""
+        rule = self.rules.get(model)
+        recipe = rule.recipe if rule is not None else model
+        for room in self.rooms.values():
+            if room.recipe == recipe or not room.waiters:
+                continue
+            if since is None or next(iter(room.waiters)).since < since:
+                return False
+        return True
+
     async def _wait(
         self,
         room: WaitingRoom,
@@ -325,7 +449,7 @@ class ModelQueues:
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(_watch_disconnect(receive, ctx))
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(room.timeout_s):
                 while True:
                     waiter.woken = loop.create_future()
                     await waiter.woken
@@ -337,6 +461,8 @@ class ModelQueues:
         finally:
             watcher.cancel()
             room.leave(waiter)
+            if self.in_order and room is not self.parked:
+                self.routes_changed()  # the waiters it held back look again
             waited = _now() - waiter.since
             ctx.queue_s += waited
             self.metrics.queue_wait(waiter.model, waited)

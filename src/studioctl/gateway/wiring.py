@@ -22,12 +22,14 @@ from studioctl.gateway.auth import Authenticator
 from studioctl.gateway.core import GatewayCore, new_pool
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
+from studioctl.gateway.queue import QueueRules
 from studioctl.gateway.routing import RouteTable
 from studioctl.gateway.tokenize import PromptCounter
 from studioctl.tenants import TenantService, anonymous_context
 
 if TYPE_CHECKING:
     from studioctl.lifecycle.runtime import Instance
+    from studioctl.recipes import Recipe
     from studioctl.settings import Settings
     from studioctl.store.db import Database
     from studioctl.store.usage import UsageRepo, UsageWriter
@@ -44,6 +46,8 @@ __all__ = [
     "gateway_health",
     "gateway_status",
     "known_models",
+    "model_names",
+    "recipes_on_disk",
 ]
 
 
@@ -76,6 +80,9 @@ class DaemonGateway:
     tenants: TenantService
     usage_repo: UsageRepo
     writer: UsageWriter
+    # Each model name's recipe and its own queue_depth / queue_timeout_s (for the waiting
+    # rooms), read with the route table's known models.
+    queue_rules: QueueRules
 
     def hooks(self) -> GatewayHooksSource:
         return GatewayHooksSource(self.core.routes)
@@ -89,8 +96,9 @@ class DaemonGateway:
             try:
                 await asyncio.to_thread(self.tenants.flush_last_used)
                 self.core.limiter.prune()
-                known = await asyncio.to_thread(known_models, settings)
-                self.core.routes.recipes_changed(known)
+                recipes = await asyncio.to_thread(recipes_on_disk, settings)
+                self.core.routes.recipes_changed(model_names(recipes))
+                self.queue_rules.recipes_changed(recipes)
             except Exception:
                 log.exception("gateway housekeeping failed")
 
@@ -127,7 +135,8 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     usage_repo = UsageRepo(db)
     writer = UsageWriter(usage_repo)
     routes = RouteTable()
-    routes.recipes_changed(known_models(settings))  # re-read from disk by housekeeping
+    recipes = recipes_on_disk(settings)  # read again by housekeeping
+    routes.recipes_changed(model_names(recipes))
     pool = new_pool()
     core = GatewayCore(
         routes=routes,
@@ -140,18 +149,34 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
         tenants=tenants,
     )
     tenants.subscribe(core.forget_tenants)
-    return DaemonGateway(core=core, tenants=tenants, usage_repo=usage_repo, writer=writer)
+    return DaemonGateway(
+        core=core,
+        tenants=tenants,
+        usage_repo=usage_repo,
+        writer=writer,
+        queue_rules=QueueRules(recipes),
+    )
 
 
 def known_models(settings: Settings) -> dict[str, str]:
     """Every recipe's served names and aliases → recipe id (for 503 model_not_running)."""
+    return model_names(recipes_on_disk(settings))
+
+
+def recipes_on_disk(settings: Settings) -> list[Recipe]:
+    """The recipes in the recipe folders; a bad file is logged and skipped."""
     from studioctl.recipes import recipe_dirs, scan_recipes
 
     scan = scan_recipes(recipe_dirs(settings))
     for err in scan.errors:  # a bad file must not take the good ones down with it
         log.warning("recipe skipped by the gateway: %s", err.message)
+    return list(scan.recipes)
+
+
+def model_names(recipes: Sequence[Recipe]) -> dict[str, str]:
+    """Served names and aliases → recipe id (the first recipe to claim a name keeps it)."""
     out: dict[str, str] = {}
-    for r in scan.recipes:
+    for r in recipes:
         for name in r.model_names:
             out.setdefault(name, r.id)
     return out

@@ -51,6 +51,7 @@ from studioctl.scheduler import (
     Resident,
     SchedulerState,
     Wait,
+    fifo_plan,
     plan,
 )
 
@@ -134,6 +135,8 @@ class OnDemand:
         self.retry_failed_s = retry_failed_s
         self.catalog = demand.Catalog.empty()
         self.policy = Policy()
+        # scheduler.policy "fifo": the strict FIFO baseline (benchmarks), else the scheduler.
+        self.planner = fifo_plan if settings.scheduler.policy == "fifo" else plan
         self.counts = dict.fromkeys(EVENT_KINDS, 0)
         self.launching: set[str] = set()  # recipe ids: launch() not returned yet
         self.evicting: set[str] = set()  # instance ids: evict() not returned yet
@@ -294,7 +297,7 @@ class OnDemand:
         now = self.clock()
         self._watch_loads(now)
         state = self.state(now)
-        actions = plan(state, now)
+        actions = self.planner(state, now)
         self.wake_at = None
         waiting_models = {q.model for q in state.waiting}
         for model in list(self.said):

@@ -2,11 +2,13 @@
 the catalog, the capacities and the clock to actions (load, evict, dispatch, wait).
 
 No I/O, no asyncio, no clock reads: the orchestrator gathers the state, calls ``plan`` and
-carries out the actions. ``fifo_plan`` is the naive baseline it is measured against
-(``benchmarks/swap_sim.py``).
+carries out the actions. ``fifo_plan`` (strict first in, first out, as a per-request
+swapping proxy serves) and ``batched_fifo_plan`` (FIFO that collates every ready model's
+requests) are the naive baselines it is measured against (``benchmarks/swap_sim.py``;
+``scheduler.policy: fifo`` runs the daemon on ``fifo_plan``).
 """
 
-from studioctl.scheduler.fifo import fifo_plan
+from studioctl.scheduler.fifo import batched_fifo_plan, fifo_plan
 from studioctl.scheduler.model import (
     Action,
     Dispatch,
@@ -36,6 +38,7 @@ __all__ = [
     "ResidentState",
     "SchedulerState",
     "Wait",
+    "batched_fifo_plan",
     "fifo_plan",
     "plan",
 ]

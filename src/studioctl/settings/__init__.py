@@ -19,6 +19,7 @@ The file lives at ``<config dir>/studioctl.yaml`` (``paths.settings_file()``), o
     scheduler:
       groups:                            # after llama-swap's groups (settings.groups)
         big: {members: [llama-70b, qwen-72b], swap: true, exclusive: true}
+      policy: fair                       # fifo: strict FIFO, a baseline for benchmarks
     host:
       capacity_gb: 64                    # the pseudo GPU of a host without GPUs
 

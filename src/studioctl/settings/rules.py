@@ -19,7 +19,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import annotated_types
 from pydantic import (
@@ -135,6 +135,18 @@ def _group(name: str, body: Any, owner: dict[str, str]) -> Group:
     return Group(name, tuple(members), **flags)
 
 
+#: "fair": the scheduler; "fifo": strict first in, first out (a comparison baseline).
+PolicyName = Literal["fair", "fifo"]
+SCHEDULER_POLICIES: tuple[str, ...] = typing.get_args(PolicyName)
+
+
+def _scheduler_policy(value: Any) -> Any:
+    if value not in SCHEDULER_POLICIES or not isinstance(value, str):
+        allowed = ", ".join(repr(p) for p in SCHEDULER_POLICIES)
+        _bad(f"must be one of {allowed}, got {_shown(value)}")
+    return value
+
+
 # The types schema.py annotates its fields with.
 Host = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -151,6 +163,7 @@ CapacityGb = Annotated[float, Field(gt=0, allow_inf_nan=False)] | None
 #: Written as a mapping (in the environment: as JSON); held as a tuple of ``Group``.
 Groups = Annotated[tuple[Group, ...], PlainValidator(_groups)]
 Token = Annotated[str | None, AfterValidator(_none_if_empty)]
+SchedulerPolicy = Annotated[PolicyName, PlainValidator(_scheduler_policy)]
 Origins = Annotated[
     tuple[Annotated[str, AfterValidator(_not_blank)], ...], BeforeValidator(_as_tuple)
 ]

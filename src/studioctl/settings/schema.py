@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         PositiveInt,
         QueueDepth,
         RecipeDirs,
+        SchedulerPolicy,
         Seconds,
         SecondsOrZero,
         Token,
@@ -117,6 +118,12 @@ class SchedulerSettings:
     max_wait_s: Seconds = 30.0
     min_resident_s: SecondsOrZero = 10.0
     groups: Groups = ()
+    # "fair": the scheduler above. "fifo": strict first in, first out, as a per-request
+    # swapping proxy (llama-swap) serves: requests go in arrival order (a request for a ready
+    # model waits behind an older one for another model) and the engine is swapped whenever
+    # the next request names another model. A baseline to compare the scheduler with
+    # (benchmarks), not a mode to serve with: it swaps at every change of model.
+    policy: SchedulerPolicy = "fair"
 
     def group(self, name: str) -> Group | None:
         """The group called ``name``, or None."""
