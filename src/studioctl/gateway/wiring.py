@@ -40,6 +40,7 @@ __all__ = [
     "HOUSEKEEPING_S",
     "DaemonGateway",
     "GatewayHooksSource",
+    "KnownModels",
     "build_gateway_core",
     "gateway_health",
     "gateway_status",
@@ -90,7 +91,7 @@ class DaemonGateway:
                 await asyncio.to_thread(self.tenants.flush_last_used)
                 self.core.limiter.prune()
                 known = await asyncio.to_thread(known_models, settings)
-                self.core.routes.recipes_changed(known)
+                self.core.routes.recipes_changed(known.names, known.on_demand)
             except Exception:
                 log.exception("gateway housekeeping failed")
 
@@ -127,7 +128,8 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     usage_repo = UsageRepo(db)
     writer = UsageWriter(usage_repo)
     routes = RouteTable()
-    routes.recipes_changed(known_models(settings))  # re-read from disk by housekeeping
+    known = known_models(settings)  # re-read from disk by housekeeping
+    routes.recipes_changed(known.names, known.on_demand)
     pool = new_pool()
     core = GatewayCore(
         routes=routes,
@@ -143,18 +145,35 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     return DaemonGateway(core=core, tenants=tenants, usage_repo=usage_repo, writer=writer)
 
 
-def known_models(settings: Settings) -> dict[str, str]:
-    """Every recipe's served names and aliases → recipe id (for 503 model_not_running)."""
+@dataclass(frozen=True)
+class KnownModels:
+    """The recipes on disk as the route table needs them."""
+
+    names: dict[str, str]  # every served name and alias → recipe id (503 model_not_running)
+    on_demand: frozenset[str]  # the ids a request loads (listed by /v1/models while stopped)
+
+
+def known_models(settings: Settings) -> KnownModels:
+    """Every recipe's served names and aliases, and which recipes load on demand (the
+    recipe's ``on_demand``, else ``gateway.load_on_demand``: ``Recipe.loads_on_demand``)."""
     from studioctl.recipes import recipe_dirs, scan_recipes
 
     scan = scan_recipes(recipe_dirs(settings))
     for err in scan.errors:  # a bad file must not take the good ones down with it
         log.warning("recipe skipped by the gateway: %s", err.message)
-    out: dict[str, str] = {}
+    names: dict[str, str] = {}
+    on_demand: set[str] = set()
+    default = settings.gateway.load_on_demand
+    seen: set[str] = set()
     for r in scan.recipes:
+        if r.id in seen:  # the first of a duplicate id is the one served (recipes.catalog)
+            continue
+        seen.add(r.id)
         for name in r.model_names:
-            out.setdefault(name, r.id)
-    return out
+            names.setdefault(name, r.id)
+        if r.loads_on_demand(default):
+            on_demand.add(r.id)
+    return KnownModels(names, frozenset(on_demand))
 
 
 def gateway_health(
