@@ -72,7 +72,7 @@ def test_preloads_and_requests_at_once_make_one_launch_and_answer_when_ready() -
         for got, name in zip(answers, ("a", "alias-a", "a"), strict=True):
             assert got["model"] == name and got["recipe"] == "a"
             assert (got["state"], got["instance"]) == ("ready", "a-1")
-            assert 0.3 <= got["seconds"] <= time.monotonic() - t0
+            assert 0.3 <= got["seconds"] <= time.monotonic() - t0 + 0.001  # rounded to ms
             assert "already" not in got
         assert [e.kind for e in w.events].count("load_requested") == 1
 
