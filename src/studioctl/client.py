@@ -22,15 +22,18 @@ from studioctl.errors import DaemonUnreachable, StudioError, from_envelope
 if TYPE_CHECKING:
     import socket
 
+    from studioctl.api import models as M
     from studioctl.api.models import AdoptRequest, EvictRequest, LaunchRequest, SwitchRequest
     from studioctl.api.types import (
         InstanceInfo,
         InstanceList,
         JsonObject,
+        PreloadAnswer,
         Report,
         ShutdownAnswer,
         Status,
         StreamMessage,
+        UnloadAnswer,
         VersionInfo,
     )
 
@@ -216,6 +219,16 @@ class Client:
 
         path = f"/instances/{path_segment(target)}/evict"
         return cast("Report", self.request("POST", path, json_body=body(req)))
+
+    def unload(self, req: M.UnloadRequest) -> UnloadAnswer:
+        from studioctl.api.models import body
+
+        return cast("UnloadAnswer", self.request("POST", "/models/unload", json_body=body(req)))
+
+    def preload(self, req: M.PreloadRequest) -> PreloadAnswer:
+        from studioctl.api.models import body
+
+        return cast("PreloadAnswer", self.request("POST", "/models/preload", json_body=body(req)))
 
     def switch_stream(self, req: SwitchRequest) -> Iterator[StreamMessage]:
         return self._operation("/switch", req.model_copy(update={"stream": True}))

@@ -746,8 +746,18 @@ def test_models_needs_a_key_and_lists_ready_and_known(gateway: Gateway) -> None:
     assert_error(httpx.get(gateway.base_url + "/models"), 401, "invalid_api_key")
     with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key, max_retries=0) as client:
         models = {m.id: m.model_extra for m in client.models.list()}
-    assert set(models) == {MODEL, ALIAS, "other"}
-    assert models["other"] is not None and models["other"]["state"] == "not_loaded"
+    # "other" is known but not loaded on demand, nor running: not offered.
+    assert set(models) == {MODEL, ALIAS}
+    assert models[MODEL] is not None
+    assert models[MODEL]["studioctl"] == {
+        "state": "ready",
+        "recipe": "tiny-recipe",
+        "instance": "i-1",
+    }
+    gateway.lt.call(lambda: gateway.routes.recipes_changed({"other": "o-r"}, on_demand={"o-r"}))
+    with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.key, max_retries=0) as client:
+        models = {m.id: m.model_extra for m in client.models.list()}
+    assert models["other"] is not None and models["other"]["studioctl"]["state"] == "available"
     narrow = gateway.add_tenant("narrow", limits(allowed_models=(ALIAS,)))
     r = httpx.get(gateway.base_url + "/models", headers=gateway.headers(narrow))
     assert [m["id"] for m in r.json()["data"]] == [ALIAS]

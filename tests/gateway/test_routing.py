@@ -133,27 +133,62 @@ def test_last_used_is_when_the_last_request_ended() -> None:
     assert used is not None and before <= used <= after
 
 
-def test_models_lists_ready_then_pending_then_not_loaded() -> None:
+def test_models_lists_ready_then_pending_then_on_demand_recipes_available() -> None:
     table = RouteTable()
+    table.recipes_changed(
+        {"llama": "llama-recipe", "qwen": "qwen-recipe", "phi": "phi-recipe", "mix": "mix-r"},
+        on_demand={"phi-recipe", "qwen-recipe"},
+    )
     table.update(
         [up(), up("i-2", state="loading", names=("qwen",), recipe="qwen-recipe")],
-        {"llama": "llama-recipe", "qwen": "qwen-recipe", "phi": "phi-recipe"},
+        {"llama": "llama-recipe", "qwen": "qwen-recipe", "phi": "phi-recipe", "mix": "mix-r"},
     )
     models = table.models()
     by_id = {m["id"]: m for m in models}
+    # mix-r is not loaded on demand and not running: a request for it is refused, so it
+    # is not offered; qwen loads on demand but is loading: its instance's state wins.
     assert [m["id"] for m in models] == ["llama", "llama-alias", "qwen", "phi"]
-    assert by_id["llama"]["state"] == "ready"
-    assert by_id["llama"]["instance"] == "i-1"
-    assert by_id["qwen"]["state"] == "loading"
+    assert by_id["llama"]["studioctl"] == {
+        "state": "ready",
+        "recipe": "llama-recipe",
+        "instance": "i-1",
+    }
+    assert by_id["qwen"]["studioctl"]["state"] == "loading"
     assert by_id["phi"] == {
         "id": "phi",
         "object": "model",
         "created": by_id["phi"]["created"],
         "owned_by": "studioctl",
-        "state": "not_loaded",
-        "recipe": "phi-recipe",
-        "instance": None,
+        "studioctl": {"state": "available", "recipe": "phi-recipe", "instance": None},
     }
+    assert refused(table, "mix").code == "model_not_running"
+
+
+@pytest.mark.parametrize("state", ["starting", "loading", "draining"])
+def test_models_shows_a_pending_instance_state(state: str) -> None:
+    table = RouteTable()
+    table.recipes_changed({"llama": "llama-recipe"}, on_demand={"llama-recipe"})
+    table.instances_changed([_instance("i-9", state, ("llama",))])
+    (entry,) = table.models()
+    assert entry["studioctl"] == {"state": state, "recipe": "i-9-recipe", "instance": "i-9"}
+
+
+def test_models_is_built_on_change_not_per_call() -> None:
+    table = RouteTable()
+    table.recipes_changed({"a": "ra", "b": "rb"}, on_demand={"ra"})
+    first = table.models()
+    assert table.models() is first  # the same list: nothing is built per request
+    assert [m["id"] for m in first] == ["a"]
+    table.update([up("i-1", names=("b",), recipe="rb")], {"a": "ra", "b": "rb"})
+    second = table.models()
+    assert second is not first
+    assert [(m["id"], m["studioctl"]["state"]) for m in second] == [
+        ("b", "ready"),
+        ("a", "available"),
+    ]
+    # An on-demand recipe that is no longer on disk leaves the list with the next scan.
+    table.recipes_changed({"b": "rb"})
+    assert [m["id"] for m in table.models()] == ["b"]
 
 
 def test_metrics_lines_parse_as_prometheus_text() -> None:

@@ -151,7 +151,7 @@ def test_autostart_on_starts_the_daemon() -> None:
         try:
             assert lock_holder(lock_file(d)) is None
             data = d.cli_json("ps", "--json")
-            assert data == {"instances": []}
+            assert data == {"instances": [], "queued": []}
             pid = lock_holder(lock_file(d))
             assert pid is not None and pid > 0
             assert d.cli_json("daemon", "status", "--json")["pid"] == pid

@@ -500,3 +500,22 @@ def test_the_task_plans_on_want_and_on_instance_changes() -> None:
         assert w.od.task is not None and w.od.task.done()
 
     asyncio.run(main())
+
+
+def test_close_ends_the_planner_at_once_even_when_a_kick_comes_with_the_cancel() -> None:
+    """A kick (a launch just ended, a want) set in the same loop turn as close() must not
+    eat the cancel: the planner task would otherwise sleep on for up to RESCAN_S."""
+
+    async def main() -> None:
+        w = world([recipe("a")], {"STUDIOCTL_GATEWAY_LOAD_ON_DEMAND": "true"})
+        w.od.clock = time.time
+        for _ in range(50):
+            await w.od.start()
+            await asyncio.sleep(0)  # the task is waiting for a kick
+            w.od._kick.set()
+            started = time.monotonic()
+            await asyncio.wait_for(w.od.close(), 5.0)
+            assert time.monotonic() - started < 1.0
+            assert w.od.task is not None and w.od.task.done()
+
+    asyncio.run(main())

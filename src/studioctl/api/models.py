@@ -108,6 +108,19 @@ class EvictRequest(_Body):
     stream: Flag = False
 
 
+class UnloadRequest(_Body):
+    model: Name  # a served name, an alias or a recipe id
+    drain_timeout: Seconds = 30.0
+    grace: Seconds = 15.0
+    lock_wait: Flag = True  # behind a launch or evict of the same recipe in progress
+
+
+class PreloadRequest(_Body):
+    model: Name  # a served name, an alias or a recipe id
+    timeout: Seconds | None = None  # None: the recipe's readiness timeout and some slack
+    wait: Flag = True
+
+
 class SwitchRequest(_Body):
     from_: Name = Field(alias="from")
     to: Target | None = None

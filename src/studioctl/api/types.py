@@ -48,6 +48,17 @@ class InstanceInfo(TypedDict, total=False):
     next_restart_at: float | None
     processes: list[dict[str, JsonValue]]
     vram_bytes: int | None
+    queued: int  # gateway requests waiting for one of its model names
+
+
+class QueuedModel(TypedDict):
+    """A model with requests waiting in the gateway; ``instance`` None: none serves it yet
+    (its load is requested)."""
+
+    model: str
+    recipe: str | None
+    instance: str | None
+    queued: int
 
 
 class DaemonStatus(TypedDict):
@@ -68,11 +79,13 @@ class Status(TypedDict):
     daemon: DaemonStatus
     gateway: GatewayStatus
     instances: list[InstanceInfo]
+    queued: list[QueuedModel]
     operations: list[dict[str, JsonValue]]
 
 
 class InstanceList(TypedDict, total=False):
     instances: list[InstanceInfo]
+    queued: list[QueuedModel]
     foreign: list[ForeignServer]
 
 
@@ -109,6 +122,29 @@ class Report(TypedDict, total=False):
     vram_wait_s: float
     vram_still_held: int | None
     vram_pids: list[int]
+
+
+class UnloadAnswer(TypedDict, total=False):
+    """``studioctl unload``: the evict report of each instance that left (none: ``already``
+    is ``"not running"``)."""
+
+    model: str
+    recipe: str
+    unloaded: list[Report]
+    already: str
+
+
+class PreloadAnswer(TypedDict, total=False):
+    """``studioctl preload``: ``state`` is ``ready`` once loaded; with ``wait`` false also
+    ``starting``, ``loading`` or ``requested`` (no instance yet). ``already``: it was
+    ready before the preload."""
+
+    model: str
+    recipe: str
+    state: str
+    instance: str | None
+    seconds: float
+    already: str
 
 
 class ShutdownAnswer(TypedDict):

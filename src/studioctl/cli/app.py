@@ -62,6 +62,7 @@ def _register() -> None:
 # Command modules, in help order. A module that is not there yet is simply skipped.
 _COMMAND_MODULES = [
     "lifecycle_cmds",
+    "serving_cmds",
     "log_cmds",
     "recipe_cmds",
     "config_cmds",

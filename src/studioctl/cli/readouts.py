@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from studioctl.api.types import InstanceInfo
+    from studioctl.api.types import InstanceInfo, QueuedModel
 
 PS_HEADERS = [
     "instance",
@@ -23,6 +23,7 @@ PS_HEADERS = [
     "pid",
     "port",
     "state",
+    "queued",
     "uptime",
     "restarts",
     "gpus",
@@ -38,10 +39,14 @@ def echo_json(data: Any) -> None:
     _echo(json.dumps(data, indent=None, default=str))
 
 
-def instance_rows(instances: Sequence[InstanceInfo]) -> list[list[Any]]:
+def instance_rows(
+    instances: Sequence[InstanceInfo], queued: Sequence[QueuedModel] = ()
+) -> list[list[Any]]:
+    """One row per instance, with the gateway's requests waiting for it (QUEUED); then one
+    per model whose requests wait with no instance yet (its load is requested)."""
     from studioctl.ui import duration, human_bytes
 
-    return [
+    rows: list[list[Any]] = [
         [
             i["id"],
             i["recipe"],
@@ -50,6 +55,7 @@ def instance_rows(instances: Sequence[InstanceInfo]) -> list[list[Any]]:
             i["pid"],
             i["port"],
             i["state"],
+            i.get("queued", 0),
             duration(i.get("uptime_s")),
             i["restarts"],
             ",".join(map(str, i["gpus"])) or "-",
@@ -57,6 +63,13 @@ def instance_rows(instances: Sequence[InstanceInfo]) -> list[list[Any]]:
         ]
         for i in instances
     ]
+    for q in queued:
+        if q["instance"] is None:
+            rows.append(
+                ["-", q["recipe"] or "-", "-", q["model"], "-", "-", "requested", q["queued"]]
+                + ["-"] * 4
+            )
+    return rows
 
 
 def show_ps(*, all_: bool, as_json: bool) -> None:
@@ -68,7 +81,7 @@ def show_ps(*, all_: bool, as_json: bool) -> None:
     if as_json:
         echo_json(data)
         return
-    rows = instance_rows(data["instances"])
+    rows = instance_rows(data["instances"], data.get("queued", ()))
     if not rows and not data.get("foreign"):
         _echo("no instances (launch one: studioctl launch RECIPE)")
         return
@@ -103,8 +116,9 @@ def show_status(*, as_json: bool) -> None:
     _echo(f"daemon:  running (pid {d['pid']}, v{d['version']}, up {duration(d['uptime_s'])})")
     gw = st.get("gateway") or {}
     _echo(f"gateway: {gw.get('url') or 'off'}" + (f" ({gw['health']})" if gw.get("health") else ""))
-    if st["instances"]:
-        table(instance_rows(st["instances"]), PS_HEADERS)
+    rows = instance_rows(st["instances"], st.get("queued", ()))
+    if rows:
+        table(rows, PS_HEADERS)
     else:
         _echo("no instances")
     for op in st.get("operations", []):

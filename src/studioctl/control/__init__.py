@@ -9,6 +9,7 @@ are the models of ``studioctl.api.models``.
     app        DaemonInfo, build_control_app; /version, /status, /daemon/shutdown
     http       the version header, JSON answers, the error envelope, reading bodies
     instances  /instances (list, show, launch, evict), /switch, /adopt; NDJSON progress
+    serving    /models/unload, /models/preload; queued requests per model (ps)
     recipes    a recipe by id, by path, or as a sent file
     logs       /instances/{id}/logs, /events
     tenants    /tenants, /keys, /usage, /limits/profiles (the admin routes)
@@ -16,5 +17,6 @@ are the models of ``studioctl.api.models``.
 """
 
 from studioctl.control.app import DaemonInfo, ExtraStatus, build_control_app
+from studioctl.control.serving import Serving
 
-__all__ = ["DaemonInfo", "ExtraStatus", "build_control_app"]
+__all__ = ["DaemonInfo", "ExtraStatus", "Serving", "build_control_app"]

@@ -1,5 +1,5 @@
-"""The control app: the daemon's own routes (version, status, shutdown), the instance and
-log routes, and the routes the daemon passes in (telemetry, tenants and usage)."""
+"""The control app: the daemon's own routes (version, status, shutdown), the instance,
+serving and log routes, and the routes the daemon passes in (telemetry, tenants and usage)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from studioctl.api import models as M
 from studioctl.control.http import error_response, json_response, read_request
 from studioctl.control.instances import instance_routes
 from studioctl.control.logs import log_routes
+from studioctl.control.serving import Serving, serving_routes, with_queued
 from studioctl.errors import NotFoundError, StudioError
 
 if TYPE_CHECKING:
@@ -44,10 +45,17 @@ class DaemonInfo:
 
 
 def build_control_app(
-    sup: Supervisor, bus: EventBus, info: DaemonInfo, routes: Sequence[BaseRoute] = ()
+    sup: Supervisor,
+    bus: EventBus,
+    info: DaemonInfo,
+    routes: Sequence[BaseRoute] = (),
+    serving: Serving | None = None,
 ) -> Starlette:
     """The control app; ``routes`` are the daemon's extra ones (telemetry's
-    ``control.gpus.telemetry_routes``, the admin ``control.tenants.tenant_routes``)."""
+    ``control.gpus.telemetry_routes``, the admin ``control.tenants.tenant_routes``);
+    ``serving``: the gateway's queued requests and the orchestrator's preload (without it,
+    nothing is queued and preload is refused: the gateway is off)."""
+    serving = serving if serving is not None else Serving()
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, StudioError):
@@ -59,8 +67,9 @@ def build_control_app(
 
     return Starlette(
         routes=[
-            *daemon_routes(sup, info),
-            *instance_routes(sup, bus),
+            *daemon_routes(sup, info, serving),
+            *instance_routes(sup, bus, serving),
+            *serving_routes(sup, serving),
             *log_routes(sup, bus),
             *routes,
         ],
@@ -68,7 +77,7 @@ def build_control_app(
     )
 
 
-def daemon_routes(sup: Supervisor, info: DaemonInfo) -> list[Route]:
+def daemon_routes(sup: Supervisor, info: DaemonInfo, serving: Serving) -> list[Route]:
     async def version(_: Request) -> Response:
         return json_response(
             {
@@ -81,6 +90,7 @@ def daemon_routes(sup: Supervisor, info: DaemonInfo) -> list[Route]:
 
     async def status(_: Request) -> Response:
         now = time.time()
+        instances, queued = with_queued(sup.list(), serving, now)
         out: dict[str, object] = {
             "daemon": {
                 "pid": info.pid,
@@ -90,7 +100,8 @@ def daemon_routes(sup: Supervisor, info: DaemonInfo) -> list[Route]:
                 "socket": info.socket,
             },
             "gateway": {"url": info.gateway_url},
-            "instances": [i.to_dict(now) for i in sup.list()],
+            "instances": instances,
+            "queued": queued,
             "operations": sup.locks.in_progress(),
         }
         if info.extra_status is not None:

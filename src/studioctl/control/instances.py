@@ -17,6 +17,7 @@ from studioctl.api import models as M
 from studioctl.api import params as P
 from studioctl.control.http import api_headers, json_response, ndjson, read_request
 from studioctl.control.recipes import on_control_socket, recipe_id_of, sent_recipe
+from studioctl.control.serving import Serving, with_queued
 from studioctl.errors import StudioError, UsageError
 
 if TYPE_CHECKING:
@@ -79,8 +80,8 @@ def _last_line(task: asyncio.Task[Result]) -> bytes:
     return ndjson({"type": "result", "result": task.result()})
 
 
-def instance_routes(sup: Supervisor, bus: EventBus) -> list[Route]:
-    h = _Instances(sup, bus)
+def instance_routes(sup: Supervisor, bus: EventBus, serving: Serving | None = None) -> list[Route]:
+    h = _Instances(sup, bus, serving if serving is not None else Serving())
     return [
         Route("/instances", h.list_instances),
         Route("/instances", h.launch, methods=["POST"]),
@@ -94,17 +95,18 @@ def instance_routes(sup: Supervisor, bus: EventBus) -> list[Route]:
 class _Instances:
     """The handlers, one method per route."""
 
-    def __init__(self, sup: Supervisor, bus: EventBus) -> None:
+    def __init__(self, sup: Supervisor, bus: EventBus, serving: Serving) -> None:
         self.sup = sup
         self.bus = bus
+        self.serving = serving
 
     async def list_instances(self, request: Request) -> Response:
         include = P.q_bool(request.query_params, "all")
         foreign = P.q_bool(request.query_params, "foreign")
-        now = time.time()
-        out: dict[str, object] = {
-            "instances": [i.to_dict(now) for i in self.sup.list(include_stopped=include)]
-        }
+        instances, queued = with_queued(
+            self.sup.list(include_stopped=include), self.serving, time.time()
+        )
+        out: dict[str, object] = {"instances": instances, "queued": queued}
         if foreign:
             out["foreign"] = await asyncio.to_thread(self.sup.foreign_servers)
         return json_response(out)

@@ -7,9 +7,10 @@ what it needs in its constructor (docs/architecture.md, "The composition root").
    neither the supervisor nor telemetry;
 4. the supervisor, with hooks answered by the gateway core and the VRAM watch;
 5. telemetry, reading the supervisor and the GPU reader;
-6. the control API, with telemetry's and the tenants' routes and the gateway's status;
-7. the gateway's waiting rooms and the on-demand orchestrator (told of instance changes by
+6. the gateway's waiting rooms and the on-demand orchestrator (told of instance changes by
    the hooks of step 4, acting through the supervisor);
+7. the control API, with telemetry's and the tenants' routes, the gateway's status, and
+   the rooms' queued counts and the orchestrator's preload (``control.Serving``);
 8. the gateway's ASGI app, with the control app under /admin/, the rooms and the
    orchestrator's ``want`` hook, and telemetry's and the orchestrator's /metrics lines.
 """
@@ -115,7 +116,7 @@ def build(
     shutdown: Callable[[bool], None],
 ) -> Parts:
     """Build every part (no event loop work yet: nothing is started here)."""
-    from studioctl.control import DaemonInfo, build_control_app
+    from studioctl.control import DaemonInfo, Serving, build_control_app
     from studioctl.control.gpus import telemetry_routes
     from studioctl.control.tenants import tenant_routes
     from studioctl.lifecycle.engine_http import EngineHttp
@@ -164,10 +165,15 @@ def build(
         shutdown=shutdown,
         extra_status=_gateway_status(gateway, url),
     )
-    control = build_control_app(sup, bus, info, routes=routes)
-    parts = Parts(settings, db, bus, gpus, engine_http, sup, telemetry, control, gateway)
+    queues = ondemand = None
+    serving = Serving()
     if gateway is not None:
-        parts.queues, parts.ondemand = _on_demand(settings, gateway, hooks, sup, bus, db, gpus)
+        queues, ondemand = _on_demand(settings, gateway, hooks, sup, bus, db, gpus)
+        serving = Serving(queues.counts, gateway.core.routes.recipe_of, ondemand.preload)
+    control = build_control_app(sup, bus, info, routes=routes, serving=serving)
+    parts = Parts(settings, db, bus, gpus, engine_http, sup, telemetry, control, gateway)
+    parts.queues, parts.ondemand = queues, ondemand
+    if gateway is not None:
         parts.gateway_app = _gateway_app(parts, gateway)
     return parts
 

@@ -14,12 +14,20 @@ recipe's served names, so that a known-but-stopped model answers 503 with a hint
 
 The table also counts requests in flight per instance (``begin``/``end``); eviction drains on
 :meth:`RouteTable.inflight` reaching 0.
+
+``GET /v1/models`` (:meth:`RouteTable.models`) lists what a request may name: every served
+name and alias of a running instance, and of a recipe loaded on demand (``recipes_changed``'s
+``on_demand``), each with ``studioctl.state`` one of ``ready``, ``loading``, ``starting``,
+``draining`` or ``available`` (not running: the first request loads it). A recipe that is not
+loaded on demand and not running is left out (a request for it is refused
+``model_not_running``). The list is built on every change of the table, never per request:
+clients poll it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +46,8 @@ PENDING_STATES = frozenset(s.value for s in PENDING)
 LOADING_STATES = frozenset((State.STARTING.value, State.LOADING.value))
 # Seconds a client is told to wait for an instance that is loading or draining.
 LOADING_RETRY_AFTER_S = 5.0
+# /v1/models' state of a recipe loaded on demand that is not running.
+AVAILABLE = "available"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +91,8 @@ class RouteTable:
         # What instances_changed() and recipes_changed() were last told.
         self._instance_names: dict[str, str] = {}
         self._recipe_names: dict[str, str] = {}
+        self._on_demand: frozenset[str] = frozenset()  # recipe ids a request loads
+        self._models: list[dict[str, Any]] = []  # /v1/models' data, built by update()
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -111,9 +123,11 @@ class RouteTable:
         self._instance_names = {n: i.recipe.id for i in instances for n in i.recipe.model_names}
         self.update(ups, {**self._instance_names, **self._recipe_names})
 
-    def recipes_changed(self, names: Mapping[str, str]) -> None:
-        """Every recipe's served names and aliases → recipe id (the recipes on disk)."""
+    def recipes_changed(self, names: Mapping[str, str], on_demand: Collection[str] = ()) -> None:
+        """Every recipe's served names and aliases → recipe id (the recipes on disk), and the
+        ids of those a request loads on demand (listed by ``/v1/models`` while not running)."""
         self._recipe_names = dict(names)
+        self._on_demand = frozenset(on_demand)
         self.update(self._upstreams, {**self._instance_names, **self._recipe_names})
 
     def update(self, upstreams: Iterable[Upstream], known: Mapping[str, str]) -> None:
@@ -137,6 +151,7 @@ class RouteTable:
         self._known = dict(known)
         self._upstreams = ups
         self._created = int(time.time())
+        self._models = self._listing()
         for listener in self._listeners:
             listener()
 
@@ -177,6 +192,10 @@ class RouteTable:
         """Whether ``model`` names an instance or a recipe (else it is an invented name)."""
         return model in self._ready or model in self._pending or model in self._known
 
+    def recipe_of(self, model: str) -> str | None:
+        """The recipe id a model name belongs to (a recipe on disk, or a running instance's)."""
+        return self._known.get(model)
+
     def begin(self, instance_id: str) -> None:
         self._inflight[instance_id] = self._inflight.get(instance_id, 0) + 1
 
@@ -201,11 +220,13 @@ class RouteTable:
     # -- listings -----------------------------------------------------------------------
 
     def models(self) -> list[dict[str, Any]]:
-        """``/v1/models`` data: served names of ready instances, then everything else known.
+        """``/v1/models`` data, as built at the last change (the caller must not change it)."""
+        return self._models
 
-        Entries carry the OpenAI fields (id, object, created, owned_by) plus ``state``
-        (``ready``, ``loading``… or ``not_loaded``), ``recipe`` and ``instance``.
-        """
+    def _listing(self) -> list[dict[str, Any]]:
+        """Ready names first, then the starting, loading or draining ones, then the names of
+        recipes loaded on demand that are not running (``available``); the OpenAI fields
+        (id, object, created, owned_by) plus ``studioctl``: state, recipe, instance."""
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
         for name, ups in self._ready.items():
@@ -217,8 +238,8 @@ class RouteTable:
                 out.append(self._entry(name, up.recipe_id, up.state, up.instance_id))
                 seen.add(name)
         for name, recipe in self._known.items():
-            if name not in seen:
-                out.append(self._entry(name, recipe, "not_loaded", None))
+            if name not in seen and recipe in self._on_demand:
+                out.append(self._entry(name, recipe, AVAILABLE, None))
                 seen.add(name)
         return out
 
@@ -251,9 +272,7 @@ class RouteTable:
             "object": "model",
             "created": self._created,
             "owned_by": "studioctl",
-            "state": state,
-            "recipe": recipe,
-            "instance": instance,
+            "studioctl": {"state": state, "recipe": recipe, "instance": instance},
         }
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "HOUSEKEEPING_S",
     "DaemonGateway",
     "GatewayHooksSource",
+    "KnownModels",
     "build_gateway_core",
     "gateway_health",
     "gateway_status",
@@ -97,7 +98,8 @@ class DaemonGateway:
                 await asyncio.to_thread(self.tenants.flush_last_used)
                 self.core.limiter.prune()
                 recipes = await asyncio.to_thread(recipes_on_disk, settings)
-                self.core.routes.recipes_changed(model_names(recipes))
+                known = known_models(settings, recipes)
+                self.core.routes.recipes_changed(known.names, known.on_demand)
                 self.queue_rules.recipes_changed(recipes)
             except Exception:
                 log.exception("gateway housekeeping failed")
@@ -136,7 +138,8 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     writer = UsageWriter(usage_repo)
     routes = RouteTable()
     recipes = recipes_on_disk(settings)  # read again by housekeeping
-    routes.recipes_changed(model_names(recipes))
+    known = known_models(settings, recipes)
+    routes.recipes_changed(known.names, known.on_demand)
     pool = new_pool()
     core = GatewayCore(
         routes=routes,
@@ -158,19 +161,40 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     )
 
 
-def known_models(settings: Settings) -> dict[str, str]:
-    """Every recipe's served names and aliases → recipe id (for 503 model_not_running)."""
-    return model_names(recipes_on_disk(settings))
+@dataclass(frozen=True)
+class KnownModels:
+    """The recipes on disk as the route table needs them."""
+
+    names: dict[str, str]  # every served name and alias → recipe id (503 model_not_running)
+    on_demand: frozenset[str]  # the ids a request loads (listed by /v1/models while stopped)
+
+
+def known_models(settings: Settings, recipes: Sequence[Recipe] | None = None) -> KnownModels:
+    """Every recipe's served names and aliases, and which recipes load on demand (the
+    recipe's ``on_demand``, else ``gateway.load_on_demand``: ``Recipe.loads_on_demand``).
+    ``recipes``: as ``recipes_on_disk`` read them (read now when not given)."""
+    if recipes is None:
+        recipes = recipes_on_disk(settings)
+    default = settings.gateway.load_on_demand
+    on_demand = frozenset(r.id for r in recipes if r.loads_on_demand(default))
+    return KnownModels(model_names(recipes), on_demand)
 
 
 def recipes_on_disk(settings: Settings) -> list[Recipe]:
-    """The recipes in the recipe folders; a bad file is logged and skipped."""
+    """The recipes in the recipe folders, the first of a duplicate id only (the one served,
+    as in recipes.catalog); a bad file is logged and skipped."""
     from studioctl.recipes import recipe_dirs, scan_recipes
 
     scan = scan_recipes(recipe_dirs(settings))
     for err in scan.errors:  # a bad file must not take the good ones down with it
         log.warning("recipe skipped by the gateway: %s", err.message)
-    return list(scan.recipes)
+    seen: set[str] = set()
+    out: list[Recipe] = []
+    for r in scan.recipes:
+        if r.id not in seen:
+            seen.add(r.id)
+            out.append(r)
+    return out
 
 
 def model_names(recipes: Sequence[Recipe]) -> dict[str, str]:

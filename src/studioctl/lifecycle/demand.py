@@ -87,7 +87,7 @@ def build_catalog(
             vram_gb=max(share.values(), default=0.0),
             gpus=tuple(sorted(share)),
             pinned=r.pinned,
-            on_demand=load_on_demand if r.on_demand is None else r.on_demand,
+            on_demand=r.loads_on_demand(load_on_demand),
         )
     return Catalog(by_id, names, loadables, needs)
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from studioctl import promtext
 from studioctl.errors import GatewayError, StudioError
-from studioctl.lifecycle import demand, memory
+from studioctl.lifecycle import demand, memory, preload
 from studioctl.scheduler import (
     Action,
     Dispatch,
@@ -235,8 +235,11 @@ class OnDemand:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # arrives together with a kick, and close() would then wait up to RESCAN_S.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self._sleep_s())
+                async with asyncio.timeout(self._sleep_s()):
+                    await self._kick.wait()
             self._kick.clear()
             try:
                 if self.stale():
@@ -478,6 +481,13 @@ class OnDemand:
         recipe_id = data.pop("recipe_id", None)
         with contextlib.suppress(StudioError):  # a full disk must not stop the planner
             self.bus.publish(kind, message, instance_id=instance_id, recipe_id=recipe_id, data=data)
+
+    async def preload(
+        self, model: str, *, timeout: float | None = None, wait: bool = True
+    ) -> dict[str, Any]:
+        """``studioctl preload``: load ``model`` (served name, alias or recipe id) as a
+        request would, and wait until it is ready (``studioctl.lifecycle.preload``)."""
+        return await preload.preload(self, model, timeout=timeout, wait=wait)
 
 
 def said_key(model: str, reason: str) -> str:

@@ -253,6 +253,12 @@ class Recipe(BaseModel):
         """The model name clients use: ``served_model_name`` or the id."""
         return self.served_model_name or self.id
 
+    def loads_on_demand(self, default: bool) -> bool:
+        """Whether a request naming this recipe loads it: ``on_demand``, else ``default``
+        (the ``gateway.load_on_demand`` setting). The one rule, for the orchestrator and
+        the gateway's model list alike."""
+        return default if self.on_demand is None else self.on_demand
+
     @property
     def model_is_local(self) -> bool:
         """Does ``model`` name a local path (rather than a Hugging Face id)?"""
