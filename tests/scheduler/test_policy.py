@@ -141,11 +141,11 @@ def test_busy_instance_stays_until_the_newcomer_starves_then_drains() -> None:
 
 def test_expected_load_times_start_each_turn_early() -> None:
     # B (oldest) and C both need the slot A holds; each load takes 6 s. C's turn, second,
-    # must start 12 s before its max_wait_s; B's comes no later than C's.
+    # must start 6 s (B's load) before its max_wait_s; B's comes no later than C's.
     busy = ready("iA", "A", inflight=1)
     catalog = [Loadable(m, 8.0, load_s=6.0) for m in "ABC"]
     waiting = [q("B", NOW - 20), q("C", NOW - 19)]
-    c_turn = NOW - 19 + 30 - 12
+    c_turn = NOW - 19 + 30 - 6
     b_wait, c_wait = plan(state(waiting, [busy], catalog), c_turn - 3)
     assert b_wait == Wait("B", b_wait.reason, until=c_turn)  # type: ignore[union-attr]
     assert c_wait == Wait("C", c_wait.reason, until=c_turn)  # type: ignore[union-attr]

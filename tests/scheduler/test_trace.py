@@ -42,7 +42,9 @@ def test_scheduler_swaps_three_times_less_than_fifo_and_serves_everyone(
         fifo = simulate(trace, baseline, CFG)
         assert fifo.unserved == 0 and len(fifo.waits) == len(trace)
         assert ours.swaps > 0 and ours.swaps * 3 <= fifo.swaps, (ours.swaps, fifo.swaps)
-    assert max(ours.waits) <= CFG.policy.max_wait_s + TURN, max(ours.waits)
+    # Its own swap, and the drain and stop of the model starving with it whose turn came
+    # first (the scheduler knows loads, not drains).
+    assert max(ours.waits) <= CFG.policy.max_wait_s + TURN + S + STOP, max(ours.waits)
 
 
 def test_without_load_estimates_the_bound_grows_by_one_turn_per_model_starving_with_it() -> None:

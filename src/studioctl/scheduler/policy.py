@@ -18,10 +18,13 @@ The rules, per model with queued requests, oldest first:
   is free.
 
 Bound on queueing: a request is sent about ``max_wait_s`` after it arrived at the latest,
-plus one drain, when the catalog gives each recipe's expected load time (``load_s``): the
-models that need a load take turns oldest first, and each turn starts early by the loads of
-its own and of the turns before it. Without estimates (``load_s`` 0) the bound is
-``max_wait_s`` plus, per model starving at the same time ahead of it, one drain and one load.
+plus one swap (a drain, a stop and its own load), when the catalog gives each recipe's
+expected load time (``load_s``): the models that need a load take turns oldest first, and
+each turn starts early by the loads of the turns before it (their drains and stops, which
+the scheduler cannot know, still add up). Without estimates (``load_s`` 0) the bound is
+``max_wait_s`` plus, per model starving at the same time ahead of it, one more swap. A
+turn does not start early by its own load: under steady demand for two models that do not
+fit together, swaps then come at most once per ``max_wait_s``.
 """
 
 from __future__ import annotations
@@ -105,10 +108,12 @@ def plan(state: SchedulerState, now: float) -> list[Action]:
 def deadlines(state: SchedulerState, waiting: dict[str, list[Queued]]) -> dict[str, float]:
     """When each model that needs a load gets its turn whatever runs (it is "starved").
 
-    Turns go oldest first. Each starts early by the expected loads (``load_s``) of its own
-    and of every turn before it, so the last of several models starving together is still
-    served about ``max_wait_s`` after its request; and no turn is later than a turn after it
-    (else a younger model would take the slot before an older one).
+    Turns go oldest first. Each starts early by the expected loads (``load_s``) of every
+    turn before it, so the last of several models starving together is still served about
+    ``max_wait_s`` plus one load after its request; and no turn is later than a turn after
+    it (else a younger model would take the slot before an older one). A turn does not start
+    early by its own load: that would bring each swap of two busy models ``load_s`` closer
+    to the last, more than one per ``max_wait_s``.
     """
     running = {r.recipe_id for r in state.residents if r.state not in LEAVING}
     lead, raw = 0.0, []
@@ -116,8 +121,8 @@ def deadlines(state: SchedulerState, waiting: dict[str, list[Queued]]) -> dict[s
         entry = state.catalog.get(model)
         if model in running or entry is None or not entry.on_demand:
             continue
-        lead += entry.load_s
         raw.append((model, queue[0].enqueued_at + state.policy.max_wait_s - lead))
+        lead += entry.load_s
     out: dict[str, float] = {}
     soonest = float("inf")
     for model, deadline in reversed(raw):
