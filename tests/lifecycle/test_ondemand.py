@@ -519,3 +519,25 @@ def test_close_ends_the_planner_at_once_even_when_a_kick_comes_with_the_cancel()
             assert w.od.task is not None and w.od.task.done()
 
     asyncio.run(main())
+
+
+def test_a_model_evicted_just_after_its_want_was_met_is_not_loaded_again() -> None:
+    """A want keeps asking for WANTED_S only while its model is not on its way: once loaded,
+    an evict (``unload``, a bench) a second later must not bring it back."""
+
+    async def main() -> None:
+        w = world([recipe("a")])
+        await w.od.rescan()
+        assert w.od.want("a")
+        w.od.step()
+        await settle(w.od)
+        w.engines.ready("a-1", w.clock.t + 0.5)
+        w.clock.t += 0.5
+        w.od.step()  # sees it ready: the want is met
+        await w.engines.evict("a-1", drain_timeout=0, lock_wait=False)
+        w.clock.t += 0.5  # well within WANTED_S of the want
+        assert [type(a).__name__ for a in w.od.step()] == []
+        await settle(w.od)
+        assert w.engines.launches == ["a"]
+
+    asyncio.run(main())

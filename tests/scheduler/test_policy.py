@@ -325,3 +325,17 @@ def test_strict_fifo_head_waits_for_its_own_model_and_blocks_the_rest() -> None:
     # B is ready, but its request is younger than the head's: it waits its turn.
     assert [(type(a).__name__, a.model) for a in actions] == [("Wait", "A"), ("Wait", "B")]  # type: ignore[union-attr]
     assert actions[1] == Wait("B", "behind the head")
+
+
+def test_an_idle_model_is_held_no_longer_than_its_own_load_takes() -> None:
+    # A was used 4 s ago and is idle; B waits. A loads in 3 s: holding it for the whole
+    # min_resident_s (10 s) would cost B more than reloading A would, so A leaves now.
+    idle = ready("iA", "A", last_used=NOW - 4, ready_at=NOW - 20)
+    fast = [Loadable("A", 8.0, load_s=3.0), Loadable("B", 8.0, load_s=3.0)]
+    actions = plan(state([q("B", NOW - 1)], [idle], fast), NOW)
+    assert kinds(actions) == ["Evict", "Wait"] and actions[0].drain is False  # type: ignore[union-attr]
+    # A slow load (60 s), or one not known yet: min_resident_s holds it until 10 s after use.
+    for catalog in ([Loadable("A", 8.0, load_s=60.0), Loadable("B", 8.0)], None):
+        (wait,) = plan(state([q("B", NOW - 1)], [idle], catalog), NOW)
+        assert isinstance(wait, Wait) and wait.until == NOW - 4 + POLICY.min_resident_s
+        assert "min_resident_s" in wait.reason

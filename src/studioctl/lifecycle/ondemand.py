@@ -285,7 +285,8 @@ class OnDemand:
         # clients retry) and nothing running is wanted all the same, for a short while.
         asked = {q.model for q in waiting} | live | self.launching
         for rid, at in list(self.wanted.items()):
-            if now - at > WANTED_S:
+            # A want is met once its model is on its way in: evicted soon after, it stays out.
+            if now - at > WANTED_S or rid in live or rid in self.launching:
                 del self.wanted[rid]
             elif rid not in asked and not self.cooling(rid):
                 waiting.append(Queued(f"want-{rid}", rid, "", at))

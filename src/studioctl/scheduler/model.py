@@ -89,7 +89,7 @@ class Group:
 @dataclass(frozen=True)
 class Policy:
     max_wait_s: float = 30.0  # a model waited this long gets its turn (no starvation)
-    min_resident_s: float = 10.0  # a fresh model stays this long, unless someone starves
+    min_resident_s: float = 10.0  # a fresh model stays this long (idle: at most its load_s)
     drain_timeout_s: float = 30.0  # for the supervisor: how long an evicted instance drains
     groups: tuple[Group, ...] = ()
 

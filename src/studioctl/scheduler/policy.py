@@ -11,7 +11,8 @@ The rules, per model with queued requests, oldest first:
 - otherwise it needs a load. If it fits beside what runs, ``Load``. If not, instances leave
   first: group conflicts, then idle before busy, least recently used first; never a pinned
   one, never one still loading. No thrash: an instance that is busy (requests in flight or
-  queued for it) or was loaded or used within ``min_resident_s`` stays while the newcomer's
+  queued for it) or was loaded or used within ``min_resident_s`` (an idle one: at most its
+  own ``load_s``, see ``idle_hold_s``) stays while the newcomer's
   oldest request has waited less than ``max_wait_s`` (so A A A is served before B); after
   that the newcomer is starved and the busy one is evicted as a drain (in-flight requests
   finish, none is aborted). The load itself comes in a later plan, once the leavers' memory
@@ -140,7 +141,7 @@ def place(
     if room.blocked is not None:
         return [Wait(model, room.blocked)]
     starved = now >= deadline
-    held = [held_back(r, busy, ledger.policy.min_resident_s, now) for r in room.victims]
+    held = [held_back(r, busy, idle_hold_s(ledger, r), now) for r in room.victims]
     if not starved and any(h is not None for h in held):
         reason, until = min((h for h in held if h is not None), key=lambda h: h[1])
         return [Wait(model, reason, until=min(until, deadline))]
@@ -152,6 +153,19 @@ def place(
     if not room.victims:
         return [Wait(model, "waiting for evicted instances to free their memory")]
     return evictions(ledger, room, model, starved)
+
+
+def idle_hold_s(ledger: Ledger, r: Resident) -> float:
+    """How long an idle resident stays after its load or last use while others wait:
+    ``min_resident_s``, or its own expected load time when that is shorter (the ski-rental
+    rule: holding an idle model longer than reloading it would take costs the waiting
+    requests more than a reload costs; agents that all moved on to other models leave it
+    idle, and it would sit out ``min_resident_s`` for nobody)."""
+    entry = ledger.catalog.get(r.recipe_id)
+    load_s = entry.load_s if entry is not None else 0.0
+    if load_s > 0:
+        return min(ledger.policy.min_resident_s, load_s)
+    return ledger.policy.min_resident_s
 
 
 def held_back(

@@ -114,7 +114,8 @@ class DaemonSettings:
 @dataclass(frozen=True)
 class SchedulerSettings:
     # A model with queued requests waits at most max_wait_s while the resident one is served
-    # first; a freshly loaded model stays at least min_resident_s before it may be evicted.
+    # first; a model loaded or used within min_resident_s stays (an idle one at most as long
+    # as its last load took, scheduler.policy.idle_hold_s).
     max_wait_s: Seconds = 30.0
     min_resident_s: SecondsOrZero = 10.0
     groups: Groups = ()
