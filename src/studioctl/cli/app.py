@@ -69,6 +69,7 @@ _COMMAND_MODULES = [
     "gpu_cmds",
     "tenant_cmds",
     "top_cmds",
+    "bench_cmds",
 ]
 
 
