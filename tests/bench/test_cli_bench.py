@@ -208,3 +208,42 @@ def test_a_recipe_is_launched_measured_through_the_gateway_and_evicted(daemon: D
     )
     assert daemon.live("tiny") is not None
     daemon.evict_all()
+
+
+def test_on_a_terminal_live_progress_then_a_rich_table(standin: StandinProcess) -> None:
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC)
+    env.update(COLUMNS="120", LINES="40", TERM="xterm")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "studioctl", "bench", *run_args(standin, "-n", "30")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        assert proc.wait(timeout=60) == EXIT_OK, proc.stderr.read() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        os.close(master)
+    text = out.decode("utf-8", "replace")
+    assert "in flight" in text  # the live progress, drawn while the run went on
+    assert "TTFT" in text and "E2E latency" in text

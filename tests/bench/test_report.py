@@ -53,3 +53,19 @@ def test_progress_lines() -> None:
     first, second = report.progress_lines(p)
     assert first == "requests 5/10  in flight 1  failed 1"
     assert second.endswith("output tok/s")
+
+
+def test_docs_describe_every_field_of_the_document() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "bench.md").read_text()
+    props = report.schema()["properties"]
+    for name in props:
+        assert f"`{name}" in text, name
+    for group in ("target", "workload"):
+        for name in props[group]["properties"]:
+            assert f"`{group}.{name}`" in text, f"{group}.{name}"
+    assert "`metrics.{ttft,itl,tpot,e2e}_{mean,std,p50,p90,p95,p99}`" in text
+    for name in ("requests_ok", "prompt_tokens", "request_rps", "output_tps", "total_tps"):
+        assert name in text
+    assert "`metrics.goodput_rps`" in text
