@@ -2,8 +2,8 @@
 
 Why not httpx or aiohttp: the load generator must not be the bottleneck of what it measures.
 On one core against a fixed-response server with 64 connections, each request timed, this
-client drove about 16,700 requests/s, aiohttp's about 4,400 and httpx's AsyncClient under 100
-(``benchmarks/bench_ceiling.py --compare``). Here a request is one
+client drove 16,700-18,900 requests/s, aiohttp's 2,900-4,400 and httpx's AsyncClient under
+100 (``benchmarks/bench_ceiling.py --compare``, on a shared 2-core machine). Here a request is one
 prebuilt bytes object written to a kept-alive connection, and an answer is parsed by
 httptools (the parser uvicorn uses) in the protocol's ``data_received``, which also takes the
 clock once per network read, so every server-sent event of one read gets the time it arrived.

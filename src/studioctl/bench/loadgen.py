@@ -119,6 +119,11 @@ class StreamSink:
     def body(self, data: bytes, t: float) -> None:
         if self.status != 200:
             return  # an error answer's body: its status is what counts
+        # The common case: one whole one-line event per read or chunk (vLLM, SGLang).
+        one_event = data.endswith(b"\n\n") and data.find(b"\n") == len(data) - 2
+        if one_event and not self.buf and data.startswith(b"data: "):
+            self.data(data[6:-2], t)
+            return
         buf = self.buf + data if self.buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
@@ -132,27 +137,28 @@ class StreamSink:
 
     def event(self, raw: bytes, t: float) -> None:
         for line in raw.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue  # comments (": ping"), event names, ids
-            data = line[5:].strip()
-            if data == b"[DONE]" or not data:
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise RequestFailed("bad_response", "an event that is not JSON") from None
-            if not isinstance(chunk, dict):
-                continue
-            if chunk.get("choices"):
-                if self.first is None:
-                    self.first = t
-                else:
-                    self.gaps.append(t - self.last)
-                self.last = t
-            usage = chunk.get("usage")
-            if isinstance(usage, dict):
-                self.prompt = usage.get("prompt_tokens")
-                self.output = usage.get("completion_tokens")
+            if line.startswith(b"data:"):  # not comments (": ping"), event names, ids
+                self.data(line[5:].strip(), t)
+
+    def data(self, data: bytes, t: float) -> None:
+        if data == b"[DONE]" or not data:
+            return
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise RequestFailed("bad_response", "an event that is not JSON") from None
+        if not isinstance(chunk, dict):
+            return
+        if chunk.get("choices"):
+            if self.first is None:
+                self.first = t
+            else:
+                self.gaps.append(t - self.last)
+            self.last = t
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.prompt = usage.get("prompt_tokens")
+            self.output = usage.get("completion_tokens")
 
     def record(self, start: float) -> RequestRecord:
         if self.status != 200:
