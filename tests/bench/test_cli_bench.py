@@ -127,6 +127,7 @@ def test_a_passing_run_exits_0(standin: StandinProcess) -> None:
         (["--slo", "ttft=soon"], "--slo 'ttft=soon'"),
         (["--no-stream", "--slo", "ttft=1s"], "needs --stream"),
         (["--endpoint", "embeddings"], "chat or completions"),
+        (["--through-gateway"], "go with TARGET"),
     ],
 )
 def test_usage_errors_exit_2_before_any_request(args: list[str], needle: str) -> None:

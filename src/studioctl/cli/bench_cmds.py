@@ -169,6 +169,8 @@ def run(a: BenchArgs) -> None:
     slos = thresholds.parse_slo(a.slo) if a.slo is not None else None
     if (a.target is None) == (a.url is None):
         raise UsageError("give TARGET (an instance or recipe) or --url, one of them")
+    if a.url is not None and (a.through_gateway or a.keep):
+        raise UsageError("--through-gateway and --keep go with TARGET: --url is the server itself")
     if a.endpoint not in ("chat", "completions"):
         raise UsageError(f"--endpoint {a.endpoint[:50]!r}: chat or completions")
     if (a.prompt_tokens is None) == (a.dataset is None):
