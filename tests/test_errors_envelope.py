@@ -26,6 +26,10 @@ CASES: list[E.StudioError] = [
     E.TransitionError("stopped", "draining", allowed=["starting"], instance_id="tiny-1"),
     E.OperationTimeout("not ready within 30s"),
     E.EngineFailed("the engine exited with code 3", log_tail=["Traceback", "OOM"]),
+    E.ThresholdCrossed(
+        "1 threshold crossed: ttft_p95>500ms: ttft_p95 = 731.000ms",
+        details={"crossed": ["ttft_p95>500ms"]},
+    ),
     E.StoreError("cannot open /x/studioctl.db"),
     E.SchemaTooNew("schema 9 is newer than this studioctl's 4"),
     E.GatewayError(413, "body_too_large", "the request body is larger than 1048576 bytes"),

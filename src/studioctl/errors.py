@@ -12,6 +12,7 @@
     │   └── TransitionError                                               a state change refused
     ├── OperationTimeout        exit 6   HTTP 504  timeout
     ├── EngineFailed            exit 7   HTTP 502  engine_failed          (carries the log tail)
+    ├── ThresholdCrossed        exit 8   HTTP 422  threshold_crossed      (bench --fail-if)
     ├── StoreError              exit 1   HTTP 500  internal_error         the database
     │   └── SchemaTooNew
     └── GatewayError            HTTP per code       (the OpenAI envelope's limit and routing codes)
@@ -37,6 +38,7 @@ EXIT_DAEMON_UNREACHABLE = 4
 EXIT_CONFLICT = 5
 EXIT_TIMEOUT = 6
 EXIT_ENGINE_FAILED = 7
+EXIT_THRESHOLD = 8
 
 
 class StudioError(Exception):
@@ -160,6 +162,17 @@ class EngineFailed(StudioError):
         super().__init__(message, **kw)
         self.log_tail = log_tail or []
         self.details.setdefault("log_tail", self.log_tail)
+
+
+class ThresholdCrossed(StudioError):
+    """A benchmark ran and measured a figure past a ``--fail-if`` threshold (its message
+    names each threshold crossed with the measured value). ``details["crossed"]``: the
+    expressions."""
+
+    exit_code = EXIT_THRESHOLD
+    http_status = 422
+    error_type = "threshold_crossed"
+    code = "threshold_crossed"
 
 
 class StoreError(StudioError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -408,6 +408,39 @@ class LiveTop:
     def update(self, snapshot: dict[str, Any]) -> None:
         c = self._console
         self._live.update(render_top(snapshot, c.width, c.height), refresh=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+
+class LiveLines:
+    """A few status lines redrawn in place on a TTY (``bench``'s progress). ``lines`` is
+    called from rich's refresh thread, so it must only read plain values."""
+
+    def __init__(self, lines: Callable[[], list[str]], *, per_second: float = 4.0) -> None:
+        self._lines = lines
+        self._per_second = per_second
+        self._live: Any = None
+
+    def _render(self) -> Any:
+        from rich.text import Text
+
+        return Text("\n".join(self._lines()))
+
+    def __enter__(self) -> LiveLines:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._live = Live(
+            get_renderable=self._render,
+            console=Console(),
+            refresh_per_second=self._per_second,
+            transient=True,
+        )
+        self._live.__enter__()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:

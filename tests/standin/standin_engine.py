@@ -68,6 +68,9 @@ Behaviour switches (environment variables):
 ``STANDIN_TOKEN_DELAY_S``
     Seconds per generated token (default 0), streamed or not: keeps requests in flight for
     drain tests.
+``STANDIN_PREFILL_S``
+    Seconds a request spends before its first chunk (default 0), once it has its place: the
+    prefill, so a benchmark's time to first token differs from its inter-token latency.
 ``STANDIN_STOP_DELAY_S``
     Seconds to linger after SIGTERM before exiting 0 (default 0; real SGLang takes ~7 s).
 ``STANDIN_CHILD``
@@ -187,6 +190,7 @@ class Settings:
     startup_s: float
     token_delay_s: float
     stop_delay_s: float
+    prefill_s: float
     child: str
     access_log: bool
     modes: Modes
@@ -240,6 +244,7 @@ def parse_settings(flavour: str, argv: Sequence[str], environ: Mapping[str, str]
         startup_s=_seconds("STANDIN_STARTUP_S", environ.get("STANDIN_STARTUP_S", "0.2")),
         token_delay_s=_seconds("STANDIN_TOKEN_DELAY_S", environ.get("STANDIN_TOKEN_DELAY_S", "0")),
         stop_delay_s=_seconds("STANDIN_STOP_DELAY_S", environ.get("STANDIN_STOP_DELAY_S", "0")),
+        prefill_s=_seconds("STANDIN_PREFILL_S", environ.get("STANDIN_PREFILL_S", "0")),
         child=child,
         access_log=access_log == "1",
         modes=parse_modes(environ.get("STANDIN_MODE", "")),
@@ -545,6 +550,9 @@ class StandinServer(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, and chunked SSE like uvicorn
+    # TCP_NODELAY, as uvicorn's asyncio transports: without it a small event written after
+    # another waits for the client's delayed ACK (~40 ms), which a benchmark would measure.
+    disable_nagle_algorithm = True
     server_version = "uvicorn"
     sys_version = ""
     server: StandinServer
@@ -784,6 +792,8 @@ class Handler(BaseHTTPRequestHandler):
         finished = "abort"
         try:
             with self.engine.slot(len(tokens), len(tokens) + max_tokens):
+                if self.engine.settings.prefill_s:
+                    time.sleep(self.engine.settings.prefill_s)
                 if stream:
                     self._stream(request, include_usage)
                 else:
