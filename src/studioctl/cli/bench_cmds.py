@@ -154,7 +154,7 @@ Repeat = Annotated[
 ]
 ColdStart = Annotated[
     str | None,
-    typer.Option("--cold-start", metavar="RECIPE", help="Lifecycle: launch → first token."),
+    typer.Option("--cold-start", metavar="RECIPE", help="Lifecycle: launch to first token."),
 ]
 Switch = Annotated[
     tuple[str, str] | None,

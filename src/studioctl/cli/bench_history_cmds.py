@@ -56,7 +56,7 @@ def history(
 
     ui.table(
         [_history_row(r) for r in runs],
-        ["run", "when", "what", "engine", "GPUs", "workload", "×", "out tok/s", "TTFT p95"],
+        ["run", "when", "what", "engine", "GPUs", "workload", "runs", "out tok/s", "TTFT p95"],
     )
 
 
