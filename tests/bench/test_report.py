@@ -62,10 +62,12 @@ def test_docs_describe_every_field_of_the_document() -> None:
     props = report.schema()["properties"]
     for name in props:
         assert f"`{name}" in text, name
-    for group in ("target", "workload"):
+    for group in ("target", "workload", "environment"):
         for name in props[group]["properties"]:
             assert f"`{group}.{name}`" in text, f"{group}.{name}"
     assert "`metrics.{ttft,itl,tpot,e2e}_{mean,std,p50,p90,p95,p99}`" in text
     for name in ("requests_ok", "prompt_tokens", "request_rps", "output_tps", "total_tps"):
         assert name in text
     assert "`metrics.goodput_rps`" in text
+    for name in props["repeat"]["properties"]:
+        assert f"`repeat.{name}" in text, name

@@ -5,5 +5,7 @@
 prompts of exact token length, datasets), ``loadgen`` (arrivals and requests on one event
 loop), ``report`` (the ``studioctl.bench/1`` document and the table), ``target`` (what to
 measure: a URL, a running instance or a recipe, launched and evicted through the control
-client).
+client), ``compare`` (the mean and spread of repeated runs, the comparison of two runs),
+``provenance`` (where a run ran: recipe and hash, engine and version, GPUs and driver).
+Saved runs live in ``studioctl.store.bench``.
 """

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from studioctl.bench.compare import combine
 from studioctl.bench.loadgen import Progress, Workload
-from studioctl.bench.metrics import DISTRIBUTIONS, PERCENTILES, flat
+from studioctl.bench.metrics import DISTRIBUTIONS, PERCENTILES, TIME_METRICS, flat
 from studioctl.bench.runner import Inputs, Outcome
 from studioctl.bench.thresholds import Verdict
 
@@ -46,14 +48,24 @@ def document(
     slo: Mapping[str, float] | None,
     verdicts: Sequence[Verdict],
     started_at: float,
+    repeats: Sequence[Outcome] = (),
+    environment: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The document of one run, or of ``repeats`` (every outcome of ``--repeat K``, K ≥ 2:
+    ``outcome`` is then the first; see ``compare.combine`` for the figures of the whole)."""
     from studioctl import __version__
 
+    repeated = len(repeats) > 1
+    metrics = metrics_of(repeats if repeated else [outcome])
+    errors: Counter[str] = Counter()
+    for o in repeats if repeated else [outcome]:
+        errors.update(o.summary.errors)
     return {
         "schema": SCHEMA,
         "studioctl_version": __version__,
+        "run_id": None,
         "started_at": started_at,
-        "duration_s": outcome.duration_s,
+        "duration_s": sum(o.duration_s for o in repeats) if repeated else outcome.duration_s,
         "target": {
             "kind": target.kind,
             "name": target.name,
@@ -81,9 +93,9 @@ def document(
             "dataset": None if inputs.dataset is None else str(inputs.dataset),
             "prompt_variants": outcome.variants,
         },
-        "metrics": flat(outcome.summary),
+        "metrics": metrics,
         "slo": dict(slo) if slo else None,
-        "errors": dict(outcome.summary.errors),
+        "errors": dict(sorted(errors.items())),
         "thresholds": [
             {
                 "expr": v.threshold.expr,
@@ -96,6 +108,32 @@ def document(
             for v in verdicts
         ],
         "passed": not any(v.crossed for v in verdicts),
+        "environment": {k: (environment or {}).get(k) for k in ENVIRONMENT},
+        "repeat": _repeat(repeats) if repeated else None,
+    }
+
+
+#: What ``environment`` names: where the run ran (null where unknown).
+ENVIRONMENT = ("recipe_id", "recipe_hash", "engine", "engine_version", "gpu_names", "gpu_driver")
+
+
+def metrics_of(outcomes: Sequence[Outcome]) -> dict[str, float | int | None]:
+    """The flat metrics of one run, or of repeated runs (``compare.combine``)."""
+    if len(outcomes) == 1:
+        return flat(outcomes[0].summary)
+    return combine([flat(o.summary) for o in outcomes])[0]
+
+
+def _repeat(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    runs = [flat(o.summary) for o in outcomes]
+    _, spreads = combine(runs)
+    return {
+        "count": len(outcomes),
+        "runs": [
+            {"duration_s": o.duration_s, "metrics": m, "errors": dict(o.summary.errors)}
+            for o, m in zip(outcomes, runs, strict=True)
+        ],
+        "spread": {name: s.to_dict() for name, s in spreads.items()},
     }
 
 
@@ -131,6 +169,24 @@ def table(doc: Mapping[str, Any]) -> tuple[list[list[str]], list[str]]:
     return rows, headers
 
 
+def spread_table(doc: Mapping[str, Any]) -> tuple[list[list[str]], list[str]]:
+    """With ``--repeat``: each metric's mean and spread over the runs (times in ms)."""
+    rep = doc.get("repeat") or {}
+    headers = ["metric", "mean", "min", "max", "std", "spread"]
+    rows = []
+    for name, s in (rep.get("spread") or {}).items():
+        show = _ms if name in TIME_METRICS else _num
+        rel = "-" if s["relative"] is None else f"{s['relative'] * 100:.1f}%"
+        label = f"{name} (ms)" if name in TIME_METRICS else name
+        mean = doc["metrics"][name]
+        rows.append([label, show(mean), show(s["min"]), show(s["max"]), show(s["std"]), rel])
+    return rows, headers
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def summary_lines(doc: Mapping[str, Any]) -> list[str]:
     m, t, w = doc["metrics"], doc["target"], doc["workload"]
     how = f"concurrency {w['concurrency']}" if w["rate"] is None else f"rate {w['rate']:g}/s"
@@ -144,6 +200,12 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
         f"{m['total_tps']:.1f} total tok/s",
         f"tokens: {m['prompt_tokens']} prompt, {m['output_tokens']} output",
     ]
+    rep = doc.get("repeat")
+    if rep:
+        lines.append(
+            f"repeated {rep['count']} times: counts are totals, other figures the mean of the "
+            "runs (spread: (max − min) / mean)"
+        )
     if m["goodput_rps"] is not None:
         slo = ", ".join(f"{k}≤{v * 1000:g}ms" for k, v in (doc["slo"] or {}).items())
         lines.append(f"goodput: {m['goodput_rps']:.2f} req/s ({slo})")

@@ -349,3 +349,43 @@ def m007_usage_queue_ms(db: Database) -> None:
     """Milliseconds each request waited in a gateway queue (for a loading model, or for a
     slot with gateway.queue_when_busy); 0 for the rows written before."""
     _run(db, "ALTER TABLE usage ADD COLUMN queue_ms REAL NOT NULL DEFAULT 0")
+
+
+@migration
+def m008_bench_runs(db: Database) -> None:
+    """Saved benchmark runs (``studioctl bench --save``): the whole versioned document, the
+    columns ``bench history`` filters and shows, and one row per flat metric with its spread
+    over repeated runs (``--repeat``), which ``bench compare`` reads."""
+    _run(
+        db,
+        """CREATE TABLE bench_runs (
+            id             TEXT PRIMARY KEY,   -- short, printed: what history and compare take
+            created_at     REAL NOT NULL,
+            kind           TEXT NOT NULL,      -- serving | cold-start | switch | evict | ...
+            schema         TEXT NOT NULL,      -- the document's version (studioctl.bench/1)
+            recipe_id      TEXT,
+            recipe_hash    TEXT,
+            engine         TEXT,
+            engine_version TEXT,
+            gpu_names      TEXT,               -- JSON list; NULL: no GPU reading
+            gpu_driver     TEXT,
+            target_kind    TEXT,
+            target_url     TEXT,
+            model          TEXT,
+            workload       TEXT NOT NULL DEFAULT '{}',  -- JSON summary of the workload
+            repeat         INTEGER NOT NULL DEFAULT 1,
+            passed         INTEGER,            -- 1/0 with --fail-if, NULL without the field
+            document       TEXT NOT NULL       -- the whole JSON document
+        )""",
+        "CREATE INDEX bench_runs_recipe ON bench_runs (recipe_id, created_at)",
+        "CREATE INDEX bench_runs_created ON bench_runs (created_at)",
+        """CREATE TABLE bench_metrics (
+            run_id  TEXT NOT NULL REFERENCES bench_runs (id) ON DELETE CASCADE,
+            name    TEXT NOT NULL,
+            value   REAL,                      -- NULL: not measured
+            min     REAL,                      -- min, max, std: over --repeat runs, else NULL
+            max     REAL,
+            std     REAL,
+            PRIMARY KEY (run_id, name)
+        ) WITHOUT ROWID""",
+    )
