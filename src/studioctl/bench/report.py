@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from studioctl.bench.loadgen import Progress, Workload
@@ -34,6 +34,8 @@ class TargetInfo:
     through_gateway: bool = False
     launched: bool = False
     evicted: bool = False
+    # The engine's own key when measured directly (``target.direct``): sent, never reported.
+    api_key: str | None = field(default=None, repr=False)
 
 
 def document(

@@ -196,7 +196,7 @@ def run(a: BenchArgs) -> None:
                 "the gateway needs a tenant key: --api-key or STUDIOCTL_API_KEY",
                 hint="studioctl tenant key add TENANT",
             )
-        ep = runner.endpoint_from_url(where.url, where.model, a.api_key, chat=chat)
+        ep = runner.endpoint_from_url(where.url, where.model, where.api_key or a.api_key, chat=chat)
         started = time.time()
         progress = _progress()
         with _live(progress, show=not a.as_json and sys.stdout.isatty()):
