@@ -123,7 +123,7 @@ def theirs(e: Engine, out: Path, n: int) -> dict[str, Any]:
     args = [
         "--backend", "openai", "--endpoint", "/v1/completions", "--base-url", e.url,
         "--model", model, "--tokenizer", model, "--served-model-name", MODEL,
-        "--dataset-name", "random", "--random-input-len", str(PROMPT - 1),
+        "--dataset-name", "random", "--random-input-len", str(PROMPT),
         "--random-output-len", str(OUTPUT), "--random-range-ratio", "0",
         "--num-prompts", str(REQUESTS), "--max-concurrency", str(CONCURRENCY),
         "--num-warmups", str(WARMUP), "--ignore-eos", "--seed", str(n),
