@@ -141,6 +141,16 @@ def test_switch_measures_the_time_without_service(
     assert spread["min"] <= doc["lifecycle"]["metrics"]["gap_s"] <= spread["max"]
     assert here.live("alpha") is None and here.live("beta") is None
 
+    # Through the gateway (a tenant key): B's requests wait in the gateway while B loads.
+    _, key = create_tenant(here, "switcher", "--rpm", "100000", "--max-concurrent", "8")
+    code, doc, _ = run(capsys, "switch", "alpha", "beta", api_key=key)
+    assert code == EXIT_OK and doc["lifecycle"]["through_gateway"] is True
+    (r,) = doc["lifecycle"]["runs"]
+    assert r["from_launched"] is True
+    assert r["from_last_ok_s"] < r["from_refused_s"] <= r["to_first_token_s"]
+    assert 0 < r["ttft_s"] <= r["gap_s"] < 30
+    assert here.live("alpha") is None and here.live("beta") is None
+
 
 def test_evict_waits_for_every_process(here: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     code, doc, _ = run(capsys, "evict", "victim")

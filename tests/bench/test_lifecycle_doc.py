@@ -90,3 +90,31 @@ def test_docs_describe_the_lifecycle_document() -> None:
         assert f"`{kind} " in text
         for name in names:
             assert f"`{name}`" in text, name
+
+
+class FakeTelemetry:
+    """The control client's ``telemetry()`` answers, in turn (the last one repeated)."""
+
+    def __init__(self, used: list[int]) -> None:
+        self.used = used
+        self.calls = 0
+
+    def telemetry(self) -> dict[str, Any]:
+        value = self.used[min(self.calls, len(self.used) - 1)]
+        self.calls += 1
+        gpus = [{"index": 0, "name": "GPU A", "mem_used_bytes": value}]
+        gpus.append({"index": 1, "name": "GPU B", "mem_used_bytes": 99})
+        return {"gpu": {"available": True}, "gpus": gpus}
+
+
+def test_vram_is_free_when_the_instances_gpus_dropped_by_what_it_held() -> None:
+    from studioctl.bench.evict_time import VramWatch
+
+    gib = 1 << 30
+    client = FakeTelemetry([10 * gib, 10 * gib, 7 * gib, 2 * gib])  # before, then falling
+    watch = VramWatch(client, {"gpus": [0], "vram_bytes": 8 * gib})  # type: ignore[arg-type]
+    assert watch.gpu == "GPU A, GPU B"
+    assert watch.wait_free(0.0, iter([0.0, 0.1, 0.2, 0.3, 0.4, 0.5]).__next__) == 0.3
+    assert client.calls == 4
+    no_gpu = VramWatch(FakeTelemetry([0]), {"gpus": [], "vram_bytes": None})  # type: ignore[arg-type]
+    assert (no_gpu.gpu, no_gpu.wait_free(0.0, lambda: 0.0)) == ("no GPU", None)

@@ -63,7 +63,7 @@ def evict(
         info = client.launch(LaunchRequest(recipe=target, wait=True, timeout=timeout_s))
     iid = str(info.get("id"))
     procs = [(int(p["pid"]), float(p["create_time"])) for p in info.get("processes") or []]  # type: ignore[arg-type]
-    vram = _VramWatch(client, info)
+    vram = VramWatch(client, info)
     done: dict[str, Any] = {}
 
     def run() -> None:
@@ -79,7 +79,8 @@ def evict(
     t0 = clock()
     thread = threading.Thread(target=run, name="bench-evict", daemon=True)
     thread.start()
-    gone = _processes_gone(procs, t0 + (timeout_s or 600.0), clock)
+    # A failed evict leaves the processes running: the watch stops with it.
+    gone = _processes_gone(procs, t0 + (timeout_s or 600.0), clock, lambda: "error" in done)
     thread.join()
     if "error" in done:
         raise done["error"]
@@ -98,10 +99,13 @@ def evict(
 
 
 def _processes_gone(
-    procs: list[tuple[int, float]], deadline: float, clock: Callable[[], float]
+    procs: list[tuple[int, float]],
+    deadline: float,
+    clock: Callable[[], float],
+    failed: Callable[[], bool],
 ) -> float | None:
     """When the last of ``procs`` (pid, create time) ended; None when none was seen here
-    (another host's daemon) or at the deadline."""
+    (another host's daemon), at the deadline, or once ``failed``."""
     import psutil
 
     def alive(pid: int, created: float) -> bool:
@@ -114,7 +118,7 @@ def _processes_gone(
     left = [p for p in procs if alive(*p)]
     if not left:
         return None
-    while clock() < deadline:
+    while clock() < deadline and not failed():
         left = [p for p in left if alive(*p)]
         if not left:
             return clock()
@@ -122,7 +126,7 @@ def _processes_gone(
     return None
 
 
-class _VramWatch:
+class VramWatch:
     """The instance's GPUs' used memory before the evict (the daemon's telemetry); after,
     when it fell by what the instance held (90% of it: other processes move too)."""
 

@@ -28,7 +28,6 @@ from studioctl.bench.probe import (
     live,
     probe,
     probe_until_ok,
-    served_name,
 )
 from studioctl.errors import EngineFailed, OperationTimeout, UsageError
 
@@ -151,8 +150,9 @@ def cold_start(
 @dataclass(frozen=True)
 class Switch:
     """``gap_s``: from the end of A's last answered request to B's first token: requests
-    go to A back to back from before the switch until one fails, then to B until one
-    answers (so its resolution is one request's length)."""
+    go to A's engine back to back from before the switch until one fails, then to B (at
+    its engine, or through the gateway) until one answers (so its resolution is one
+    request's length)."""
 
     from_recipe: str
     to_recipe: str
@@ -229,7 +229,9 @@ def switch(
             f"{b[:200]} is already running ({running.get('id')}): nothing to switch to"
         )
     targets = Targets(client, api_key)
-    to_a = targets.of(info_a)
+    # A at its engine, whatever the mode: when A stops answering is what is measured, and
+    # the gateway would hold a request for it (or load it again, on demand).
+    to_a = Targets(client, None).of(info_a)
     before = probe_until_ok(lambda: to_a, clock() + limit, f"{a} before the switch", clock)
     bg = _Background(client, {"from": info_a.get("id"), "to": b, "timeout": timeout_s}, clock)
     t0 = clock()
@@ -281,17 +283,18 @@ def _until_refused(
 
 
 def _access_b(client: Client, targets: Targets, b: str) -> Callable[[], Access | None]:
-    """Where B's requests go: the gateway's name for it at once (the gateway holds them
-    while B loads), or its engine once B is ready."""
-    if targets.through_gateway:
-        fixed = Access(targets.gateway_url(), served_name(b), targets.api_key)
-        return lambda: fixed
+    """Where B's requests go, once the daemon lists B's instance (not before: a request
+    for a model with nothing running may make the gateway load it on demand, racing the
+    switch): through the gateway at once (it holds requests while B loads), or at B's
+    engine once it is ready."""
 
-    def engine() -> Access | None:
+    def reach() -> Access | None:
         info = live(client, b)
-        return targets.of(info) if info is not None and info.get("state") == "ready" else None
+        if info is None or not (targets.through_gateway or info.get("state") == "ready"):
+            return None
+        return targets.of(info)
 
-    return engine
+    return reach
 
 
 # ------------------------------------------------------------------------- cold request

@@ -186,13 +186,3 @@ def follow(stream: Iterator[StreamMessage], on_event: Callable[[StreamMessage], 
                 status if isinstance(status, int) else 500, {"error": msg["error"]}
             )
     raise StudioError("the daemon ended the stream without a result")
-
-
-def served_name(recipe: str) -> str:
-    """The name the gateway serves ``recipe`` under (its own id when it cannot be read)."""
-    try:
-        from studioctl.recipes import get_recipe
-
-        return get_recipe(recipe, check_paths=False).served_name
-    except Exception:  # a name to ask for, no more: the gateway's answer says the rest
-        return recipe

@@ -39,7 +39,11 @@ def run_lifecycle(
 ) -> int:
     """Run lifecycle benchmark ``kind`` ``repeat`` times; print it; the exit code: 0, or 8
     (``EXIT_THRESHOLD``) when a ``--fail-if`` is crossed (checked on each metric's mean over
-    the runs). ``save``: keep the document in the store (``store.bench.save_run``)."""
+    the runs, names of ``lifecycle.METRICS[kind]``). ``api_key``: a tenant key, requests go
+    through the gateway; without one, at the engine with its own key (a cold request needs
+    one). ``timeout_s``: a launch's readiness and a first token's wait (default 600 s).
+    ``save``: keep the document in the store (``store.bench.save_run``). Usage errors
+    (UsageError, exit 2) come before anything runs."""
     from studioctl.bench import lifecycle, thresholds
     from studioctl.client import connect
     from studioctl.errors import EXIT_OK, EXIT_THRESHOLD, UsageError
