@@ -246,3 +246,46 @@ def test_bench_counts_what_the_engine_counts_and_agrees_with_vllms_benchmark(
         assert r["total_input_tokens"] == m["prompt_tokens"] == REQUESTS * PROMPT, r
     assert abs(ours_rps - their_rps) <= TOLERANCE * their_rps, figures
     assert abs(ours_tps - their_tps) <= TOLERANCE * their_tps, figures
+
+
+def test_cold_start_of_the_real_engine_by_its_launch_stages(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lifecycle benchmark on vLLM itself: launch → each stage its log shows → ready →
+    first token, the steps adding up to the whole; evicted after. (Last in the module: it
+    evicts the module's engine first, a cold start needs the recipe not running.)"""
+    import jsonschema
+
+    from studioctl.bench import report
+    from studioctl.cli.bench_lifecycle import run_lifecycle
+
+    engine.d.cli_ok("evict", engine.instance, "--json", timeout=120)
+    for k, v in engine.d.env.items():
+        if k.startswith("STUDIOCTL_"):
+            monkeypatch.setenv(k, v)
+    code = run_lifecycle(
+        "cold-start",
+        (RECIPE,),
+        json_out=True,
+        fail_if=["cold_start_s>600s"],
+        api_key=None,
+        save=False,
+        repeat=1,
+        timeout_s=LAUNCH_TIMEOUT,
+    )
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator(report.schema()).validate(doc)
+    assert code == 0 and doc["passed"] is True
+    (run,) = doc["lifecycle"]["runs"]
+    stages = run["stages"]
+    names = [s["name"] for s in stages]
+    note(
+        "bench e2e: cold start of tiny-cpu: "
+        + ", ".join(f"{s['name']} {s['duration_s']:.2f}s" for s in stages)
+    )
+    record_timing("bench e2e: cold start tiny-cpu (launch → first token)", run["cold_start_s"])
+    assert names[0] == "spawn" and names[-2:] == ["ready", "first_token"]
+    assert len(names) > 3, names  # vLLM's own stages between them
+    assert abs(sum(s["duration_s"] for s in stages) - run["cold_start_s"]) < 0.1
+    assert 0 < run["ttft_s"] < run["cold_start_s"] and run["ready_s"] > 1.0
+    assert engine.d.live(RECIPE) is None  # evicted after
