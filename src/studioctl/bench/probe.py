@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 _LIVE = ("starting", "loading", "ready")
 POLL_S = 0.005  # after a refused probe; between looks at processes
 _MAX_ERROR = 300
+_MAX_LINES = 10_000
 
 
 @dataclass(frozen=True)
@@ -83,15 +84,20 @@ def probe(access: Access, timeout_s: float, clock: Callable[[], float] = time.ti
 
 
 def _first_token(resp: http.client.HTTPResponse, clock: Callable[[], float]) -> float | None:
-    """Read the event stream to its end; the time of its first chunk with choices."""
+    """Read the event stream to its end (a two-token answer: a bounded number of lines);
+    the time of its first chunk with choices."""
     first = None
-    while line := resp.readline(1 << 20):
+    for _ in range(_MAX_LINES):
+        line = resp.readline(1 << 20)
+        if not line:
+            return first
         data = line[5:].strip() if line.startswith(b"data:") else b""
         if not data or data == b"[DONE]":
             continue
-        if first is None and json.loads(data).get("choices"):
+        chunk = json.loads(data)
+        if first is None and isinstance(chunk, dict) and chunk.get("choices"):
             first = clock()
-    return first
+    raise ValueError(f"an answer of two tokens went on for over {_MAX_LINES} lines")
 
 
 def probe_until_ok(
