@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from studioctl.api import models as M
     from studioctl.api.models import AdoptRequest, EvictRequest, LaunchRequest, SwitchRequest
     from studioctl.api.types import (
+        EngineKey,
         InstanceInfo,
         InstanceList,
         JsonObject,
@@ -494,3 +495,12 @@ def connect(*, autostart: bool | None = None) -> Client:
         )
     start_daemon()
     return client
+
+
+def engine_key(client: Client, target: str) -> EngineKey:
+    """An instance's engine URL and its own API key (``GET /instances/{target}/engine-key``:
+    the control socket only, never the admin API over TCP): to talk to the engine directly,
+    without the gateway. A function beside the class, not a method, so that it travels as
+    one separate hunk."""
+    path = f"/instances/{path_segment(target)}/engine-key"
+    return cast("EngineKey", client.request("GET", path))

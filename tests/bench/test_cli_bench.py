@@ -174,7 +174,13 @@ def test_a_recipe_is_launched_measured_through_the_gateway_and_evicted(daemon: D
     r = cli(
         "tiny", "--prompt-tokens", "12", "--output-tokens", "3", "-n", "5", "--json", env=daemon.env
     )
-    assert r.returncode == EXIT_USAGE and "--through-gateway" in r.stderr  # says what is missing
+    # Without --through-gateway: at the engine itself, with its own key (the control socket's
+    # GET /instances/{id}/engine-key); launched and evicted all the same.
+    assert r.returncode == EXIT_OK, r.stderr + daemon.log_text(2000)
+    t = valid(r.stdout)["target"]
+    assert (t["through_gateway"], t["launched"], t["evicted"]) == (False, True, True)
+    assert t["url"] != f"http://127.0.0.1:{daemon.gateway_port}"
+    assert daemon.live("tiny") is None
     args = ["tiny", "--through-gateway", "--prompt-tokens", "12", "--output-tokens", "3"]
     r = cli(*args, "-n", "5", "--json", env=daemon.env)
     assert r.returncode == EXIT_USAGE and "tenant key" in r.stderr

@@ -58,7 +58,10 @@ def test_directions_cover_throughputs_and_latencies_only() -> None:
     assert "ttft_p95" in lower and "e2e_mean" in lower and "itl_p99" in lower
     assert not any(n.endswith("_std") for n in cmp.DIRECTIONS)
     assert not set(cmp.DIRECTIONS) & cmp.COUNTS
-    assert set(cmp.DIRECTIONS) <= set(METRIC_NAMES)
+    from studioctl.bench.lifecycle import METRICS
+
+    lifecycle = {n for names in METRICS.values() for n in names}
+    assert set(cmp.DIRECTIONS) <= set(METRIC_NAMES) | lifecycle
 
 
 def test_relative_change() -> None:
@@ -131,3 +134,11 @@ def test_compare_two_runs() -> None:
     plain = {c.metric: c for c in cmp.compare(a, {}, b, {})}
     assert plain["output_tps"].change == -0.2
     assert plain["output_tps"].verdict == plain["ttft_p95"].verdict == cmp.NO_SPREAD
+
+
+def test_every_lifecycle_metric_has_a_direction() -> None:
+    from studioctl.bench.compare import DIRECTIONS
+    from studioctl.bench.lifecycle import METRICS
+
+    names = {name for kind in METRICS.values() for name in kind}
+    assert {DIRECTIONS.get(n) for n in names} == {"lower"}

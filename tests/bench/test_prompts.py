@@ -99,3 +99,17 @@ def test_synthetic_below_the_template_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="--prompt-tokens 10") as info:
         asyncio.run(prompts.synthetic(count, 10, 4, variants=1, seed=0))
     assert "chat template" in (info.value.hint or "")
+
+
+def test_synthetic_with_words_of_several_tokens_each() -> None:
+    """A small vocabulary (the e2e tier's tiny model: 487 tokens) splits most words into
+    2 to 7 tokens: the search still lands on the exact count, finishing with a word of the
+    right length when the next word would jump over it."""
+    sizes = {w: 1 + len(w) // 3 for w in prompts.WORDS}  # 1 to 3 tokens a word
+
+    async def count(text: str) -> int:
+        return 1 + sum(sizes[w] for w in text.split())
+
+    for target in (64, 65, 66, 67, 300):
+        got = asyncio.run(prompts.synthetic(count, target, 4, variants=3, seed=2))
+        assert [asyncio.run(count(p.text)) for p in got] == [target] * 3

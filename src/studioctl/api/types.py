@@ -156,3 +156,12 @@ class ShutdownAnswer(TypedDict):
 #: One line of a streamed launch or switch: ``{"type": "event", ...}``, then
 #: ``{"type": "result", "result": ...}`` or ``{"type": "error", "status": ..., "error": ...}``.
 StreamMessage: TypeAlias = "dict[str, JsonValue]"
+
+
+class EngineKey(TypedDict):
+    """``GET /instances/{target}/engine-key`` (control socket only): an engine's base URL
+    and the API key the daemon started it with (None: an engine started without one)."""
+
+    id: str
+    url: str
+    api_key: str | None

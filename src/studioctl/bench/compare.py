@@ -41,6 +41,22 @@ DIRECTIONS: dict[str, Direction] = {
         for d in DISTRIBUTIONS
         for s in ("mean", *(f"p{p}" for p in PERCENTILES))
     },
+    # Lifecycle benchmarks (bench.lifecycle.METRICS): every one a duration.
+    **dict.fromkeys(
+        (
+            "cold_start_s",
+            "ready_s",
+            "ttft_s",
+            "gap_s",
+            "switch_s",
+            "evict_s",
+            "processes_gone_s",
+            "vram_free_s",
+            "e2e_s",
+            "queue_s",
+        ),
+        "lower",
+    ),
 }
 
 IMPROVED = "improved"

@@ -62,39 +62,64 @@ async def synthetic(
     no word count gives exactly that: the chat template alone may be longer)."""
     rng = random.Random(seed)
     pool = [rng.choice(WORDS) for _ in range(prompt_tokens + 8)]
-    n = prompt_tokens
-    seen: dict[int, int] = {}
-    for _ in range(_SEARCH_STEPS):
-        if n < 1:
-            break
-        if n > len(pool):
-            pool += [rng.choice(WORDS) for _ in range(n - len(pool))]
-        got = seen.get(n)
-        if got is None:
-            got = seen[n] = await count(" ".join(pool[:n]))
-        if got == prompt_tokens:
-            break
-        step = prompt_tokens - got
-        # Stepping by the difference converges at once for one token per word; a word of
-        # two tokens can make it oscillate: then step by one towards the target.
-        nxt = n + step
-        n = nxt if nxt not in seen else n + (1 if step > 0 else -1)
-    else:
-        n = -1
-    if n < 1 or seen.get(n) != prompt_tokens:
-        near = ", ".join(f"{k} words → {v}" for k, v in sorted(seen.items())[:6])
-        raise UsageError(
-            f"--prompt-tokens {prompt_tokens}: no prompt of that exact length found "
-            f"(the target counted {near})",
-            hint="a chat template has tokens of its own: give a larger --prompt-tokens",
-        )
-    words = pool[:n]
+    words = await _exact(count, pool, prompt_tokens, rng)
     out = [Prompt(" ".join(words), output_tokens)]
     for i in range(1, max(1, variants)):
         tail = words[1:]
         random.Random(f"{seed}:{i}").shuffle(tail)
         out.append(Prompt(" ".join([words[0], *tail]), output_tokens))
     return out
+
+
+async def _exact(count: Counter, pool: list[str], target: int, rng: random.Random) -> list[str]:
+    """Words of ``pool`` (from its start) that ``count`` makes exactly ``target`` tokens.
+
+    The word count is stepped in proportion to the last count, which converges in a few
+    steps whatever the tokens per word (a small vocabulary splits a word into several); near
+    the target, one word at a time. A word of several tokens can jump over the target: then
+    the longest prefix below it is finished with one word of the right length (or its
+    last word is swapped for one)."""
+
+    async def counted(n: int) -> int:
+        if n > len(pool):
+            pool.extend(rng.choice(WORDS) for _ in range(n - len(pool)))
+        if n not in seen:
+            seen[n] = await count(" ".join(pool[:n]))
+        return seen[n]
+
+    seen: dict[int, int] = {}
+    n = target
+    for _ in range(_SEARCH_STEPS):
+        got = await counted(n)
+        if got == target:
+            return pool[:n]
+        nxt = max(1, round(n * target / got)) if got > 0 else n * 2
+        if nxt in seen:
+            nxt = n + (1 if got < target else -1)
+        if nxt < 1 or nxt in seen:
+            break
+        n = nxt
+    below = [k for k, v in seen.items() if v < target]
+    if below:
+        n = max(below)
+        while n + 1 not in seen and len(seen) < 2 * _SEARCH_STEPS:
+            if await counted(n + 1) == target:
+                return pool[: n + 1]
+            if seen[n + 1] > target:
+                break
+            n += 1
+        # One word more, or the last word swapped for a longer one.
+        for keep in (n, n - 1) if n > 1 else (n,):
+            for word in sorted(set(WORDS), key=lambda w: (len(w), w)):
+                words = [*pool[:keep], word]
+                if await count(" ".join(words)) == target:
+                    return words
+    near = ", ".join(f"{k} words → {v}" for k, v in sorted(seen.items())[:6])
+    raise UsageError(
+        f"--prompt-tokens {target}: no prompt of that exact length found "
+        f"(the target counted {near})",
+        hint="a chat template has tokens of its own: give a larger --prompt-tokens",
+    )
 
 
 def load_dataset(path: Path, output_tokens: int, limit: int = MAX_VARIANTS) -> list[Prompt]:

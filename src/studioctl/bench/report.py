@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from studioctl.bench.compare import combine
@@ -36,6 +36,8 @@ class TargetInfo:
     through_gateway: bool = False
     launched: bool = False
     evicted: bool = False
+    # The engine's own key when measured directly (``target.direct``): sent, never reported.
+    api_key: str | None = field(default=None, repr=False)
 
 
 def document(

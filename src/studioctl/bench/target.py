@@ -1,9 +1,9 @@
 """What ``studioctl bench`` measures: a URL, or an instance or recipe of the daemon's.
 
 A recipe that is not running is launched first (through the control client, as
-``studioctl launch`` does) and evicted afterwards unless ``keep``. The control API does not
-give out an engine's own API key (the gateway holds it), so an instance or recipe is
-measured through the gateway, with a tenant key.
+``studioctl launch`` does) and evicted afterwards unless ``keep``. An instance or recipe is
+measured at its engine directly, with the engine's own API key (which the daemon gives out
+on its control socket only: ``client.engine_key``), or through the gateway with a tenant key.
 """
 
 from __future__ import annotations
@@ -62,13 +62,6 @@ def resolved(
 ) -> Iterator[TargetInfo]:
     """The running instance ``name`` (an instance id or a recipe id), launching the recipe
     when nothing of it runs; evicted on the way out when launched here and not ``keep``."""
-    if not through_gateway:
-        raise UsageError(
-            f"bench {name[:200]}: the control API does not give out an engine's API key, so an "
-            "instance is measured through the gateway",
-            hint="add --through-gateway (with a tenant key: --api-key or STUDIOCTL_API_KEY), "
-            "or give --url and --model for a server you can reach directly",
-        )
     from studioctl.api.models import EvictRequest, LaunchRequest
 
     info = _live(client, name)
@@ -77,19 +70,30 @@ def resolved(
         info = client.launch(LaunchRequest(recipe=name, wait=True, timeout=launch_timeout))
     target = TargetInfo(
         kind="recipe" if launched or info.get("recipe") == name else "instance",
-        url=_gateway_url(client),
+        url=_gateway_url(client) if through_gateway else "",
         model=model or info.get("served_name") or info.get("model") or name,
         name=name,
         instance_id=info.get("id"),
-        through_gateway=True,
+        through_gateway=through_gateway,
         launched=launched,
     )
     evict = launched and not keep
     try:
+        if not through_gateway:
+            target = direct(client, target)
         yield target
     finally:
         if evict and target.instance_id:
             client.evict(target.instance_id, EvictRequest())
+
+
+def direct(client: Client, target: TargetInfo) -> TargetInfo:
+    """``target`` measured at its engine: the engine's URL and its own API key."""
+    from studioctl.client import engine_key
+
+    assert target.instance_id is not None
+    key = engine_key(client, target.instance_id)
+    return replace(target, url=base_url(key["url"]), through_gateway=False, api_key=key["api_key"])
 
 
 def evicted(target: TargetInfo, keep: bool) -> TargetInfo:

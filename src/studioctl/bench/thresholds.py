@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from studioctl.bench.metrics import METRIC_NAMES, SLO_NAMES, TIME_METRICS
@@ -83,7 +83,13 @@ class Threshold:
         return bool(_OPS[self.op](measured, self.value))
 
 
-def parse_fail_if(expr: str) -> Threshold:
+def parse_fail_if(
+    expr: str,
+    names: Sequence[str] = METRIC_NAMES,
+    times: Collection[str] = TIME_METRICS,
+) -> Threshold:
+    """One ``--fail-if``; ``names``: the metrics it may name (``times``: those that are
+    times), the serving benchmark's by default (a lifecycle benchmark passes its own)."""
     text = expr.strip()
     what = f"--fail-if {text[:_MAX_EXPR]!r}"
     if len(text) > _MAX_EXPR:
@@ -92,16 +98,20 @@ def parse_fail_if(expr: str) -> Threshold:
     if not m:
         raise UsageError(f"{what}: expected METRIC OP VALUE, OP one of > >= < <= (ttft_p95>500ms)")
     metric, op, value = m.groups()
-    if metric not in METRIC_NAMES:
+    if metric not in names:
         from studioctl.suggest import did_you_mean
 
-        hint = did_you_mean(metric, METRIC_NAMES)
+        hint = did_you_mean(metric, names)
         raise UsageError(f"{what}: unknown metric {metric!r}{hint}")
-    return Threshold(text, metric, op, _value(value, time=metric in TIME_METRICS, what=what))
+    return Threshold(text, metric, op, _value(value, time=metric in times, what=what))
 
 
-def parse_all(exprs: Iterable[str]) -> list[Threshold]:
-    return [parse_fail_if(e) for e in exprs]
+def parse_all(
+    exprs: Iterable[str],
+    names: Sequence[str] = METRIC_NAMES,
+    times: Collection[str] = TIME_METRICS,
+) -> list[Threshold]:
+    return [parse_fail_if(e, names, times) for e in exprs]
 
 
 @dataclass(frozen=True)

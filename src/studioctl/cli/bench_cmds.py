@@ -328,7 +328,7 @@ def run(a: BenchArgs) -> None:
                 "the gateway needs a tenant key: --api-key or STUDIOCTL_API_KEY",
                 hint="studioctl tenant key add TENANT",
             )
-        ep = runner.endpoint_from_url(where.url, where.model, a.api_key, chat=chat)
+        ep = runner.endpoint_from_url(where.url, where.model, where.api_key or a.api_key, chat=chat)
         started = time.time()
         outcomes = []
         for _ in range(a.repeat):

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from studioctl import API_VERSION, __version__
 from studioctl.api import models as M
 from studioctl.control.http import error_response, json_response, read_request
-from studioctl.control.instances import instance_routes
+from studioctl.control.instances import engine_key_routes, instance_routes
 from studioctl.control.logs import log_routes
 from studioctl.control.serving import Serving, serving_routes, with_queued
 from studioctl.errors import NotFoundError, StudioError
@@ -70,6 +70,7 @@ def build_control_app(
             *daemon_routes(sup, info, serving),
             *instance_routes(sup, bus, serving),
             *serving_routes(sup, serving),
+            *engine_key_routes(sup),
             *log_routes(sup, bus),
             *routes,
         ],

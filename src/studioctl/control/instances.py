@@ -208,3 +208,28 @@ class _Instances:
             on_control_socket(request, "a recipe path")
         inst = await self.sup.adopt(req.pid, req.recipe, port=req.port)
         return json_response(inst.to_dict(), status=201)
+
+
+# -- an engine's own API key: control socket only ------------------------------------------
+
+
+def engine_key_routes(sup: Supervisor) -> list[Route]:
+    """``GET /instances/{target}/engine-key`` → ``{"id", "url", "api_key"}``: what talking to
+    an engine directly needs (``studioctl bench INSTANCE``, a scrape of its own /metrics).
+
+    Only on the control socket: its file mode limits it to the daemon's own user, who can
+    read the key from the daemon's store anyway. Over TCP (``/admin/`` on the gateway port)
+    the admin token manages tenants and instances; it must not become every engine's key,
+    which would bypass the gateway's tenants, limits and accounting."""
+
+    async def engine_key(request: Request) -> Response:
+        if request.client is not None:  # uvicorn gives a Unix socket's requests no address
+            raise UsageError(
+                "an engine's API key is given only on the daemon's control socket, not over TCP",
+                hint="send requests through the gateway with a tenant key",
+                details={"param": "target"},
+            )
+        inst = sup.get(request.path_params["target"])
+        return json_response({"id": inst.id, "url": inst.base_url, "api_key": inst.api_key})
+
+    return [Route("/instances/{target}/engine-key", engine_key)]

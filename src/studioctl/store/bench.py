@@ -258,13 +258,17 @@ def _json(value: Any, what: str) -> str:
 
 
 def _metrics(doc: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
-    raw = doc.get("metrics")
+    """The metric rows: a serving run's ``metrics`` with ``repeat.spread``; a lifecycle
+    run's ``lifecycle.metrics`` with ``lifecycle.spread``."""
+    if doc.get("kind") == "lifecycle":
+        where = _object(doc, "lifecycle")
+        raw, spread = where.get("metrics"), where.get("spread") or {}
+    else:
+        raw, spread = doc.get("metrics"), _object(doc, "repeat").get("spread") or {}
     if not isinstance(raw, Mapping):
         raise _bad("metrics is missing or not an object")
     if len(raw) > MAX_METRICS:
         raise _bad(f"more than {MAX_METRICS} metrics")
-    repeat = _object(doc, "repeat")
-    spread = repeat.get("spread") or {}
     if not isinstance(spread, Mapping):
         raise _bad("repeat.spread is not an object")
     out: dict[str, dict[str, float | None]] = {}
@@ -338,7 +342,9 @@ def _peaks(document: Mapping[str, Any], row: Mapping[str, Any]) -> StatsDelta | 
     as generation, prompt tokens/s as prefill, the mean time to first token (telemetry's
     figure is a mean too) as the best TTFT. The better of stored and offered is kept by
     ``recipe_stats``' own upsert."""
-    if document.get("schema") != SERVING_SCHEMA or not row["recipe_id"]:
+    if document.get("schema") != SERVING_SCHEMA or row["kind"] != "serving":
+        return None
+    if not row["recipe_id"]:
         return None
     m = document["metrics"]
     duration = _number(document.get("duration_s"), "duration_s")
