@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 
 from studioctl import API_VERSION, paths
 from studioctl.errors import DaemonUnreachable, StudioError, from_envelope
+from studioctl.httpanswer import HttpAnswer
 
 if TYPE_CHECKING:
-    import socket
-
     from studioctl.api import models as M
     from studioctl.api.models import AdoptRequest, EvictRequest, LaunchRequest, SwitchRequest
     from studioctl.api.types import (
@@ -51,7 +50,7 @@ _MAX_BODY = 64 << 20
 
 
 class Client:
-    """HTTP/1.1 over the daemon's Unix socket, on a plain socket (see ``_Answer``).
+    """HTTP/1.1 over the daemon's Unix socket, on a plain socket (see ``HttpAnswer``).
 
     ``status`` and ``ps`` are typed all day and polled by scripts: httpx (with httpcore,
     anyio and its optional rich/trio imports), and even ``http.client`` (which imports the
@@ -65,7 +64,7 @@ class Client:
         self.timeout = timeout  # connecting and sending; answers may take as long as they take
         self._checked = False
         self._dir_checked = False
-        self._open: _Answer | None = None  # a stream being read
+        self._open: HttpAnswer | None = None  # a stream being read
 
     # -------------------------------------------------------------- transport
 
@@ -80,7 +79,7 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check_version(self, resp: _Answer) -> None:
+    def _check_version(self, resp: HttpAnswer) -> None:
         if self._checked:
             return
         got = resp.headers.get(API_HEADER)
@@ -100,7 +99,7 @@ class Client:
             hint="studioctl daemon start",
         )
 
-    def _send(self, method: str, path: str, json_body: Body, params: Params) -> _Answer:
+    def _send(self, method: str, path: str, json_body: Body, params: Params) -> HttpAnswer:
         """Connect, send one request, read the answer's head; the caller reads the body and
         closes the answer (which closes the connection)."""
         import socket
@@ -125,7 +124,7 @@ class Client:
         except OSError as exc:  # e.g. the socket of another user, a timeout
             sock.close()
             raise self._unreachable(exc.strerror or str(exc)) from exc
-        resp: _Answer | None = None
+        resp: HttpAnswer | None = None
         try:
             body = b"" if json_body is None else json.dumps(json_body).encode()
             head = f"{method} {path} HTTP/1.1\r\nHost: studioctl\r\nConnection: close\r\n"
@@ -135,7 +134,7 @@ class Client:
                 head += f"Content-Length: {len(body)}\r\n"
             sock.sendall(head.encode() + b"\r\n" + body)
             sock.settimeout(None)  # a launch answers when the engine is ready
-            resp = _Answer(sock)
+            resp = HttpAnswer(sock)
             self._check_version(resp)
         except BaseException as exc:
             if resp is not None:
@@ -260,85 +259,6 @@ class Client:
         """Lifetime figures and peaks per recipe (``studioctl stats``)."""
         data = self.request("GET", "/stats", params={"recipe": recipe or None})
         return cast("list[JsonObject]", data.get("recipes") or [])
-
-
-class _Answer:
-    """One HTTP/1.1 answer on a socket whose request said ``Connection: close``: the status
-    line and headers are read at once; the body by Content-Length, chunks, or to the end.
-
-    Just what the daemon (uvicorn) sends; anything else is a ``ConnectionError``, which the
-    client reports as a lost daemon connection.
-    """
-
-    _MAX_HEAD = 64 * 1024
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._file = sock.makefile("rb")
-        line = self._file.readline(self._MAX_HEAD)
-        parts = line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise ConnectionError(f"not an HTTP answer: {line[:80]!r}")
-        self.status = int(parts[1])
-        self.headers: dict[str, str] = {}
-        size = len(line)
-        while True:
-            line = self._file.readline(self._MAX_HEAD)
-            size += len(line)
-            if not line.endswith(b"\n") or size > self._MAX_HEAD:
-                raise ConnectionError("the answer's head is cut or too long")
-            if line in (b"\r\n", b"\n"):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            self.headers[name.strip().lower()] = value.strip()
-        self._chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
-        length = self.headers.get("content-length")
-        self._left: int | None = int(length) if length and length.isdigit() else None
-        self._done = self.status in (204, 304) or self._left == 0
-
-    def read_some(self) -> bytes:
-        """The next piece of the body as it arrives (one chunk); b"" at its end."""
-        if self._done:
-            return b""
-        if self._chunked:
-            line = self._file.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise ConnectionError(f"bad chunk size line {line[:40]!r}") from None
-            if size == 0:
-                self._done = True
-                return b""
-            data = self._file.read(size)
-            if len(data) < size or self._file.read(2) != b"\r\n":
-                raise ConnectionError("the answer ended inside a chunk")
-            return data
-        if self._left is not None:
-            data = self._file.read1(min(self._left, 65536))
-            if not data:
-                raise ConnectionError("the answer ended before its Content-Length")
-            self._left -= len(data)
-            self._done = self._left == 0
-            return data
-        data = self._file.read1(65536)
-        self._done = not data
-        return data
-
-    def read_all(self, limit: int) -> bytes:
-        """The whole body, or its first ``limit`` bytes and a little more (then stops)."""
-        parts: list[bytes] = []
-        size = 0
-        while size <= limit:
-            data = self.read_some()
-            if not data:
-                break
-            parts.append(data)
-            size += len(data)
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self._file.close()
-        self._sock.close()
 
 
 def path_segment(value: str) -> str:
