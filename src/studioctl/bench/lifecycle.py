@@ -459,7 +459,7 @@ def document(
 ) -> dict[str, Any]:
     """The ``"kind": "lifecycle"`` variant of the studioctl.bench/1 document."""
     from studioctl import __version__
-    from studioctl.bench.report import SCHEMA
+    from studioctl.bench.report import SCHEMA, thresholds_json
 
     means, spread = summary(kind, runs)
     return {
@@ -477,16 +477,6 @@ def document(
             "spread": spread,
             "runs": [r.to_dict() for r in runs],
         },
-        "thresholds": [
-            {
-                "expr": v.threshold.expr,
-                "metric": v.threshold.metric,
-                "op": v.threshold.op,
-                "value": v.threshold.value,
-                "measured": v.measured,
-                "crossed": v.crossed,
-            }
-            for v in verdicts
-        ],
+        "thresholds": thresholds_json(verdicts),
         "passed": not any(v.crossed for v in verdicts),
     }

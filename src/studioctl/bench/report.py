@@ -98,17 +98,7 @@ def document(
         "metrics": metrics,
         "slo": dict(slo) if slo else None,
         "errors": dict(sorted(errors.items())),
-        "thresholds": [
-            {
-                "expr": v.threshold.expr,
-                "metric": v.threshold.metric,
-                "op": v.threshold.op,
-                "value": v.threshold.value,
-                "measured": v.measured,
-                "crossed": v.crossed,
-            }
-            for v in verdicts
-        ],
+        "thresholds": thresholds_json(verdicts),
         "passed": not any(v.crossed for v in verdicts),
         "environment": {k: (environment or {}).get(k) for k in ENVIRONMENT},
         "repeat": _repeat(repeats) if repeated else None,
@@ -230,4 +220,19 @@ def progress_lines(p: Progress) -> list[str]:
     return [
         f"requests {done}  in flight {p.sent - p.ok - p.failed}  failed {p.failed}",
         f"{(p.ok + p.failed) / elapsed:.1f} req/s  {p.output_tokens / elapsed:.1f} output tok/s",
+    ]
+
+
+def thresholds_json(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
+    """The document's ``thresholds``: each ``--fail-if`` with what was measured."""
+    return [
+        {
+            "expr": v.threshold.expr,
+            "metric": v.threshold.metric,
+            "op": v.threshold.op,
+            "value": v.threshold.value,
+            "measured": v.measured,
+            "crossed": v.crossed,
+        }
+        for v in verdicts
     ]
