@@ -121,8 +121,9 @@ def test_health_failures_count_as_a_crash() -> None:
         ready_ts = next(e["ts"] for e in crashed if e["kind"] == "ready")
         crash = next(e for e in crashed if e["kind"] == "crash")
         assert crash["message"] == f"{inst['id']}: crashed: health probe failed 3 times in a row"
-        # Unhealthy 0.5 s after ready, then three failed probes 0.3 s apart.
-        assert crash["ts"] - ready_ts >= 0.5 + 2 * 0.3 - 0.05
+        # Three failed probes 0.3 s apart, all after the daemon saw it ready (the engine turns
+        # unhealthy 0.5 s after its own ready, which a loaded daemon may see late: not counted).
+        assert crash["ts"] - ready_ts >= 2 * 0.3 - 0.05
         # The process was still running (only /health failed): the crash handling killed it
         # and the policy (on-failure by default) restarted it.
         restarted = d.wait_instance(inst["id"], lambda i: i["restarts"] >= 1)

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from studioctl.api import models as M
 from studioctl.api import params as P
 from studioctl.control.http import api_headers, json_response, ndjson, read_request
-from studioctl.control.recipes import on_control_socket, recipe_id_of, sent_recipe
+from studioctl.control.recipes import named_recipe
 from studioctl.control.serving import Serving, with_queued
 from studioctl.errors import StudioError, UsageError
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
     from studioctl.lifecycle.events import Event, EventBus
     from studioctl.lifecycle.supervisor import Supervisor
-    from studioctl.recipes import Recipe
 
 #: What an operation returns: an instance's or a report's ``to_dict()``.
 Result = dict[str, object]
@@ -116,22 +115,14 @@ class _Instances:
 
     async def launch(self, request: Request) -> Response:
         req = await read_request(request, M.LaunchRequest)
-        target: str | Recipe
-        if req.recipe_file is not None:
-            on_control_socket(request, "a recipe file")
-            target = await asyncio.to_thread(sent_recipe, req.recipe_file, "recipe_file")
-            if req.recipe not in (None, target.id):
-                raise UsageError(
-                    f"recipe {req.recipe[:200]!r} and recipe_file (id {target.id!r}) differ",
-                    details={"param": "recipe"},
-                )
-            recipe_id = target.id
-        elif req.recipe is None:
-            raise P.bad("recipe", "is required")
-        else:
-            target, recipe_id = req.recipe, recipe_id_of(req.recipe)
-            if recipe_id != req.recipe:
-                on_control_socket(request, "a recipe path")
+        target, recipe_id = await named_recipe(
+            request, req.recipe, req.recipe_file, param="recipe", file_param="recipe_file"
+        )
+        if req.recipe_file is not None and req.recipe not in (None, recipe_id):
+            raise UsageError(
+                f"recipe {req.recipe[:200]!r} and recipe_file (id {recipe_id!r}) differ",
+                details={"param": "recipe"},
+            )
 
         async def op() -> Result:
             inst = await self.sup.launch(
@@ -170,17 +161,9 @@ class _Instances:
 
     async def switch(self, request: Request) -> Response:
         req = await read_request(request, M.SwitchRequest)
-        to_target: str | Recipe
-        if req.to_file is not None:
-            on_control_socket(request, "a recipe file")
-            to_target = await asyncio.to_thread(sent_recipe, req.to_file, "to_file")
-            to = to_target.id
-        elif req.to is None:
-            raise P.bad("to", "is required")
-        else:
-            to_target, to = req.to, recipe_id_of(req.to)
-            if to_target != to:
-                on_control_socket(request, "a recipe path")
+        to_target, to = await named_recipe(
+            request, req.to, req.to_file, param="to", file_param="to_file"
+        )
         src = self.sup.get(req.from_)
 
         async def op() -> Result:
@@ -204,8 +187,8 @@ class _Instances:
 
     async def adopt(self, request: Request) -> Response:
         req = await read_request(request, M.AdoptRequest)
-        if recipe_id_of(req.recipe) != req.recipe:  # a path: absolute, and only on the socket
-            on_control_socket(request, "a recipe path")
+        # A path: absolute, and only on the socket.
+        await named_recipe(request, req.recipe, None, param="recipe", file_param="recipe_file")
         inst = await self.sup.adopt(req.pid, req.recipe, port=req.port)
         return json_response(inst.to_dict(), status=201)
 

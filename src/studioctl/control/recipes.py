@@ -3,6 +3,7 @@ or as a file the client read and sent (control socket only)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,3 +71,23 @@ def recipe_id_of(target: str) -> str:
             details={"param": "recipe"},
         )
     return file_stem(path)
+
+
+async def named_recipe(
+    request: Request, name: str | None, sent: SentFile | None, *, param: str, file_param: str
+) -> tuple[str | Recipe, str]:
+    """What a launch or switch names, and its recipe id: a recipe file the client sent
+    (validated here), else an id or an absolute path (files and paths on the control socket
+    only). ``param`` / ``file_param``: the request's field names, for the error."""
+    if sent is not None:
+        on_control_socket(request, "a recipe file")
+        recipe = await asyncio.to_thread(sent_recipe, sent, file_param)
+        return recipe, recipe.id
+    if name is None:
+        from studioctl.api.params import bad
+
+        raise bad(param, "is required")
+    recipe_id = recipe_id_of(name)
+    if recipe_id != name:
+        on_control_socket(request, "a recipe path")
+    return name, recipe_id
