@@ -43,10 +43,14 @@ MB = 1024 * 1024
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
     env = {"STUDIOCTL_GATEWAY_MAX_BODY_BYTES": str(MAX_BODY)}
-    recipes = {"alpha": {}, "sg": {"backend": "sglang"}}
+    recipes = {
+        "alpha": {},
+        "sg": {"backend": "sglang"},
+        "slow": {"env": {"STANDIN_TOKEN_DELAY_S": "0.05"}},
+    }
     with gateway_daemon(recipes, admin_token=ADMIN_TOKEN, env=env) as d:
-        launch(d, "alpha")
-        launch(d, "sg")
+        for recipe in recipes:
+            launch(d, recipe)
         yield d
 
 
@@ -96,6 +100,44 @@ def test_responses_plain_and_streamed(daemon: Daemon) -> None:
     assert not plain.streamed
     assert (streamed.status, streamed.prompt_tokens, streamed.completion_tokens) == (200, 2, 5)
     assert streamed.streamed and streamed.ttft_ms is not None and not streamed.disconnected
+
+
+def test_responses_stream_left_by_the_client(daemon: Daemon) -> None:
+    """A Responses stream the client leaves: the engine's connection is closed and the row
+    counts the deltas seen, marked disconnected."""
+    tid, key = tenant(daemon, "resp-gone")
+    body = {"model": "slow", "input": "a b", "max_output_tokens": 200, "stream": True}
+    seen = 0
+    with httpx.Client(timeout=30) as client, client.stream(
+        "POST", base_url(daemon) + "/v1/responses", json=body,
+        headers={"Authorization": f"Bearer {key}"},
+    ) as resp:  # fmt: skip
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line == "event: response.output_text.delta":
+                seen += 1
+                if seen == 3:
+                    break
+    (row,) = rows(daemon, tid, 1)
+    assert row.disconnected and row.streamed and row.status == 200
+    assert 3 <= row.completion_tokens < 200, row
+
+
+def test_transcription_streamed(daemon: Daemon) -> None:
+    """A transcription asked to stream (a form field the gateway does not read): relayed as
+    the engine streams it, its usage chunk accounted."""
+    tid, key = tenant(daemon, "audio-stream")
+    data = {"model": "alpha", "stream": "true", "stream_include_usage": "true"}
+    resp = httpx.post(base_url(daemon) + "/v1/audio/transcriptions", data=data,
+                      files={"file": ("a.wav", b"z" * 5000)},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    assert resp.text.endswith("data: [DONE]\n\n")
+    (row,) = rows(daemon, tid, 1)
+    assert (row.status, row.streamed, row.prompt_tokens, row.completion_tokens) == (
+        200, True, 7, 2,
+    )  # fmt: skip
 
 
 def test_responses_output_cap(daemon: Daemon) -> None:
@@ -327,7 +369,12 @@ def test_audio_over_max_body_bytes(daemon: Daemon) -> None:
             f"Authorization: Bearer {key}\r\nContent-Type: {headers['Content-Type']}\r\n"
             f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode()
         )
-        answer = sock.recv(4096)
+        answer = b""
+        while b"}}" not in answer:  # the head, then the JSON error body
+            piece = sock.recv(4096)
+            if not piece:
+                break
+            answer += piece
     assert answer.startswith(b"HTTP/1.1 413"), answer
     assert b"body_too_large" in answer
     (row,) = rows(daemon, tid, 1)

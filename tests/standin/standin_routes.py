@@ -19,7 +19,10 @@ Shapes and usage as the engines answer them (one token per word, as the handler 
   every text the request carries).
 - audio: ``multipart/form-data`` (Content-Length or chunked) with ``model`` and ``file``;
   ``{"text": "bytes=N sha256=H"}`` describing the file received, transcriptions with vLLM's
-  ``usage: {"type": "duration", "seconds": S}``. The file is hashed as it is read.
+  ``usage: {"type": "duration", "seconds": S}``. The file is hashed as it is read. With
+  the form field ``stream=true`` a transcription streams ``transcription.chunk`` events (a
+  word each) and, with ``stream_include_usage=true``, a usage chunk (prompt 7) before
+  ``[DONE]``.
 - ``/detokenize``: ``{"tokens": [...]}`` → ``{"prompt": "tok<id> ..."}``.
 """
 
@@ -286,10 +289,36 @@ class ExtraRoutes:
             raise self.bad_request(
                 "a 'file' part is required",
             )
-        answer: dict[str, Any] = {"text": f"bytes={size} sha256={digest}"}
+        text = f"bytes={size} sha256={digest}"
+        if transcribe and fields.get("stream") == "true":
+            self._audio_stream(text, fields.get("stream_include_usage") == "true")
+            return
+        answer: dict[str, Any] = {"text": text}
         if transcribe:
             answer["usage"] = {"type": "duration", "seconds": max(1, size // 32000)}
         self._json(200, answer)
+
+    def _audio_stream(self, text: str, include_usage: bool) -> None:
+        """vLLM's streamed transcription: ``transcription.chunk`` events, one per word, the
+        usage chunk (``choices: []``) when asked for, then ``[DONE]``."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        model = self.engine.settings.served_names[0]
+        head = {"id": f"trsc-{uuid.uuid4().hex}", "object": "transcription.chunk",
+                "created": int(time.time()), "model": model}  # fmt: skip
+        words = text.split()
+        for word in words:
+            choice = {"delta": {"content": word + " "}, "finish_reason": None}
+            self._chunk(b"data: " + json.dumps({**head, "choices": [choice]}).encode() + b"\n\n")
+        if include_usage:
+            usage = {"prompt_tokens": 7, "completion_tokens": len(words),
+                     "total_tokens": 7 + len(words)}  # fmt: skip
+            chunk = {**head, "choices": [], "usage": usage}
+            self._chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
 
     def _read_form(self) -> tuple[dict[str, str], int, str]:
         """The form's small fields, and the file part's size and SHA-256, read in chunks
