@@ -187,11 +187,7 @@ class AdmissionControl:
             )
         return tenant
 
-    async def route_to(self, ctx: RequestContext, receive: Receive) -> Upstream:
-        """Model allowed, then the instance serving it (waiting for it when it is coming)."""
-        tenant = ctx.tenant
-        model = ctx.model
-        assert tenant is not None and model is not None
+    def _allow(self, tenant: TenantContext, model: str) -> None:
         limits = tenant.limits
         if limits.allowed_models is not None and model not in limits.allowed_models:
             raise GatewayError(
@@ -200,11 +196,19 @@ class AdmissionControl:
                 f"tenant {tenant.name!r} may not use model {model!r}",
                 param="model",
             )
+
+    async def route_to(self, ctx: RequestContext, receive: Receive) -> Upstream:
+        """Model allowed, then the instance serving it (waiting for it when it is coming);
+        what :meth:`check` does first, inlined there (the hot path)."""
+        tenant = ctx.tenant
+        model = ctx.model
+        assert tenant is not None and model is not None
+        self._allow(tenant, model)
         try:
             upstream = self.routes.resolve(model)
-        except GatewayError as exc:  # not ready: wait if it is coming (off the fast path)
+        except GatewayError as exc:
             upstream = await self.queues.wait_for_model(ctx, model, exc, receive, self.want)
-        else:  # scheduler.policy fifo: no request overtakes an older one for another model
+        else:
             if self.queues.in_order and self.queues.waiting:
                 upstream = await self.queues.wait_turn(ctx, model, upstream, receive, self.want)
         ctx.known = True
@@ -222,8 +226,17 @@ class AdmissionControl:
         assert tenant is not None and body is not None and ctx.admission is not None
         if model is None:
             raise model_error(body)
-        upstream = await self.route_to(ctx, receive)
         limits = tenant.limits
+        if limits.allowed_models is not None:
+            self._allow(tenant, model)
+        try:
+            upstream = self.routes.resolve(model)
+        except GatewayError as exc:  # not ready: wait if it is coming (off the fast path)
+            upstream = await self.queues.wait_for_model(ctx, model, exc, receive, self.want)
+        else:  # scheduler.policy fifo: no request overtakes an older one for another model
+            if self.queues.in_order and self.queues.waiting:
+                upstream = await self.queues.wait_turn(ctx, model, upstream, receive, self.want)
+        ctx.known = True
         dirty = False
         if upstream.engine_names and model not in upstream.engine_names and "model" in body:
             body["model"] = upstream.engine_names[0]  # an alias the engine does not know
