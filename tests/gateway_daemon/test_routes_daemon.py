@@ -154,6 +154,21 @@ def test_responses_output_cap(daemon: Daemon) -> None:
     assert absent.json()["usage"]["output_tokens"] == 6
 
 
+def test_responses_tokens_per_minute(daemon: Daemon) -> None:
+    """TPM on /v1/responses: the input estimate plus max_output_tokens is reserved, then
+    settled with the engine's usage; the next request that does not fit is refused."""
+    tid, key = create_tenant(daemon, "resp-tpm", "--tpm", "100", "--rpm", "1000")
+    body = {"model": "alpha", "input": "a b c d", "max_output_tokens": 90}
+    first = request(daemon, "POST", "/v1/responses", key=key, body=body)
+    assert first.status_code == 200, first.text
+    second = request(daemon, "POST", "/v1/responses", key=key, body=body)
+    assert_error(second, 429, "limit_tpm")
+    assert second.headers.get("retry-after", "").isdigit()
+    ok, refused = rows(daemon, str(tid["id"]), 2)
+    assert (ok.prompt_tokens, ok.completion_tokens) == (4, 90)
+    assert (refused.status, refused.error_code) == (429, "limit_tpm")
+
+
 @pytest.mark.parametrize(
     ("path", "body", "prompt"),
     [

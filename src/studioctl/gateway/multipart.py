@@ -21,7 +21,7 @@ an alias the engine does not know is rewritten in the prefix (the length adjuste
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from studioctl.errors import GatewayError
 from studioctl.gateway.asgi import Receive
@@ -158,7 +158,7 @@ class FormUpload:
         self._span = (start, start + len(new))
         return len(new) - (end - start)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The prefix, then each chunk as the client sends it (413 past the limit)."""
         prefix, self._buf = self._buf, b""
         yield prefix

@@ -86,10 +86,17 @@ class FormProxy:
             return
         except ClientGone:
             return
-        except Exception as exc:  # cancellations are the caller's: nothing is held yet
+        except asyncio.CancelledError:
+            if not ctx.drained:
+                raise  # not ours (the server is stopping): nothing is held yet
+            ctx.task.uncancel()
+            await self.accounting.refuse(send, ctx, shutting_down())
+            return
+        except Exception as exc:
             log_unexpected(exc, "reading an upload")
             await self.accounting.refuse(send, ctx, internal_error())
             return
+        chunks = upload.chunks()
         try:
             upstream = await admission.route_to(ctx, _no_disconnect)
             assert ctx.admission is not None and ctx.model is not None
@@ -100,7 +107,7 @@ class FormProxy:
                 declared = None if declared is None else declared + delta
             self.routes.begin(upstream.instance_id)
             ctx.upstream = upstream
-            await self.relay.upload(ctx, ctype, declared, upload.chunks(), send, receive)
+            await self.relay.upload(ctx, ctype, declared, chunks, send, receive)
         except GatewayError as exc:
             await self.accounting.refuse(send, ctx, exc)
         except asyncio.CancelledError:
@@ -112,4 +119,7 @@ class FormProxy:
             log_unexpected(exc, "serving an upload")
             await self.accounting.fail(send, ctx, internal_error())
         finally:
-            self._release(ctx)
+            try:
+                await chunks.aclose()  # an upload cut short by an early answer: end it now
+            finally:
+                self._release(ctx)
