@@ -26,7 +26,9 @@ Standard library only, so it is up in a few tens of milliseconds. What it does, 
 - Socket: vLLM binds its port at start and listens once the engine is up (a probe before that
   is refused); SGLang binds and listens after loading, answers ``/health`` 503 during the
   warm-up and 200 after it.
-- HTTP: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
+- HTTP (and the routes of ``standin_routes.py``: responses, rerank, score, pooling,
+  classify, audio uploads, detokenize, SGLang's ``GET /v1/models/{id}``): ``GET /health``,
+  ``GET /v1/models``, ``POST /v1/chat/completions`` and
   ``POST /v1/completions`` (JSON, or SSE with ``"stream": true``; with
   ``stream_options.include_usage`` the last chunk before ``data: [DONE]`` carries ``usage``),
   ``POST /tokenize`` (``{"model", "messages"|"prompt"}`` → ``{"count", "max_model_len",
@@ -548,7 +550,13 @@ class StandinServer(ThreadingHTTPServer):
         self.engine = engine
 
 
-class Handler(BaseHTTPRequestHandler):
+try:  # run as the engine: tests/standin is on sys.path
+    from standin_routes import ExtraRoutes
+except ImportError:  # imported by the tests as standin.standin_engine
+    from standin.standin_routes import ExtraRoutes
+
+
+class Handler(ExtraRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, and chunked SSE like uvicorn
     # TCP_NODELAY, as uvicorn's asyncio transports: without it a small event written after
     # another waits for the client's delayed ACK (~40 ms), which a benchmark would measure.
@@ -556,6 +564,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "uvicorn"
     sys_version = ""
     server: StandinServer
+    bad_request = BadRequest
 
     # -- plumbing
 
@@ -637,6 +646,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             if handler is None:
+                self.drain_body()  # as uvicorn, which reads it: the connection stays in step
                 raise BadRequest("Not Found", status=404, kind="NotFoundError")
             handler()
         except BadRequest as exc:
@@ -660,6 +670,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             routes["/get_model_info"] = self._model_info
             routes["/health_generate"] = self._health
+            path = self.path.split("?", 1)[0]
+            if path.startswith("/v1/models/"):
+                routes[path] = lambda: self.model_card(path[len("/v1/models/") :])
         self._route(routes)
 
     def do_POST(self) -> None:
@@ -668,6 +681,7 @@ class Handler(BaseHTTPRequestHandler):
             "/v1/completions": lambda: self._generate(chat=False),
             "/tokenize": self._tokenize,
             "/standin/crash": self._crash,
+            **self.extra_post_routes(),
         }
         self._route(routes)
 

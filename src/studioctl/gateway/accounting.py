@@ -27,6 +27,7 @@ from studioctl.gateway.asgi import Send, send_error
 from studioctl.gateway.body import clip
 from studioctl.gateway.context import RequestContext
 from studioctl.gateway.metrics import OTHER_MODEL, GatewayMetrics
+from studioctl.gateway.routes import ROUTES
 from studioctl.gateway.routing import RouteTable, Upstream
 from studioctl.gateway.sse import json_dumps
 from studioctl.gateway.tokenize import PROMPT_FIELDS, PromptCounter
@@ -35,7 +36,7 @@ from studioctl.store.usage import UsageRecord
 
 if TYPE_CHECKING:
     from studioctl.gateway.queue import ModelQueues
-    from studioctl.gateway.sse import SSERelay
+    from studioctl.gateway.sse import ResponsesRelay, SSERelay
 
 __all__ = [
     "DONE_EVENT",
@@ -203,7 +204,9 @@ class Accounting:
         # Label a model by name only if the route table knows it: invented names would
         # otherwise each open a series.
         known = model is not None and (ctx.known or self.routes.knows(model))
-        self.metrics.request(
+        metrics = self.metrics
+        metrics.route(ROUTES[ctx.endpoint].name, status)
+        metrics.request(
             model if known and model is not None else OTHER_MODEL,
             tenant.name if tenant is not None else None,
             status,
@@ -259,7 +262,7 @@ class Accounting:
         send: Send,
         ctx: RequestContext,
         err: GatewayError,
-        relay: SSERelay | None = None,
+        relay: SSERelay | ResponsesRelay | None = None,
         ttft: float | None = None,
         *,
         tail: bytes = b"",

@@ -23,20 +23,32 @@ admitted the request (the refusals are raised as ``GatewayError``)::
 
 Requests without a key are served as the anonymous tenant only when
 :func:`anonymous_allowed` says so (the one place that decides it).
+
+Per route (``routes.py``): the output fields checked are the route's (none for most); the
+prompt is counted by the engine's tokenizer only on the routes whose prompts ``/tokenize``
+takes (chat, completions, embeddings) and only those are held to ``max_context_tokens``
+(the others are the engine's to bound); the rest reserve TPM with a cheap estimate of
+their prompt fields (characters / 4) plus their output cap, reconciled with the engine's
+usage at the end. ``/tokenize`` and ``/detokenize`` without a ``model`` go to the only
+model running (vLLM's own default), else 400. A multipart upload is admitted the same way
+once :class:`~studioctl.gateway.multipart.FormUpload` found its ``model`` field.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.asgi import Receive
 from studioctl.gateway.auth import Authenticator
 from studioctl.gateway.body import check_n, model_error, parse_body, peek_model, quote
-from studioctl.gateway.context import CHAT, COMPLETIONS, EMBEDDINGS, RequestContext
+from studioctl.gateway.context import RequestContext
 from studioctl.gateway.limits import Limiter
+from studioctl.gateway.multipart import ClientGone, too_large
 from studioctl.gateway.queue import ModelQueues, Want
-from studioctl.gateway.routing import RouteTable, Upstream
+from studioctl.gateway.routes import OPENAI, ROUTES, Route
+from studioctl.gateway.routing import READY, RouteTable, Upstream
 from studioctl.gateway.sse import json_dumps, request_usage
 from studioctl.gateway.tokenize import PromptCounter, check_prompt_items
 from studioctl.netaddr import is_loopback
@@ -45,21 +57,8 @@ from studioctl.tenants import ANONYMOUS_TENANT_ID, TenantContext
 
 __all__ = ["AdmissionControl", "ClientGone", "anonymous_allowed"]
 
-_UPSTREAM_PATHS = {
-    CHAT: b"/v1/chat/completions",
-    COMPLETIONS: b"/v1/completions",
-    EMBEDDINGS: b"/v1/embeddings",
-}
-# Output-length fields by endpoint, checked against the tenant's max_output_tokens.
-_OUTPUT_FIELDS: dict[int, tuple[str, ...]] = {
-    CHAT: ("max_completion_tokens", "max_tokens"),
-    COMPLETIONS: ("max_tokens",),
-    EMBEDDINGS: (),
-}
-
-
-class ClientGone(Exception):
-    """The client disconnected while its request body was being read."""
+# Characters per token of the TPM estimate on routes the engine's tokenizer does not count.
+_CHARS_PER_TOKEN = 4
 
 
 def anonymous_allowed(settings: GatewaySettings) -> bool:
@@ -68,12 +67,23 @@ def anonymous_allowed(settings: GatewaySettings) -> bool:
     return settings.allow_anonymous and is_loopback(settings.host)
 
 
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        413,
-        "body_too_large",
-        f"the request body exceeds gateway.max_body_bytes ({limit} bytes)",
-    )
+def _text_chars(value: Any, depth: int = 0) -> int:
+    """Characters of text in a prompt field (strings, lists of them, message contents)."""
+    if isinstance(value, str):
+        return len(value)
+    if depth > 4:
+        return 0
+    if isinstance(value, list):
+        return sum(_text_chars(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return sum(_text_chars(value.get(k), depth + 1) for k in ("content", "text"))
+    return 0
+
+
+def estimate_prompt(route: Route, body: dict[str, Any]) -> int:
+    """The TPM estimate of a prompt the engine's tokenizer does not count."""
+    chars = sum(_text_chars(body.get(k)) for k in route.prompt_fields)
+    return math.ceil(chars / _CHARS_PER_TOKEN)
 
 
 class AdmissionControl:
@@ -108,8 +118,18 @@ class AdmissionControl:
         every path from now on)."""
         ctx.tenant = tenant = self.authenticate(authorization)
         ctx.body = body = parse_body(raw)
-        ctx.model = peek_model(body)
+        ctx.model = model = peek_model(body)
+        if model is None and "model" not in body and ROUTES[ctx.endpoint].default_model:
+            ctx.model = self.only_model()
         ctx.admission = self.limiter.enter(tenant)  # concurrency, RPM
+
+    def only_model(self) -> str | None:
+        """The name of the only ready instance's model (None: none, or several)."""
+        ready = [u for u in self.routes.upstreams() if u.state == READY]
+        if len(ready) != 1:
+            return None
+        up = ready[0]
+        return (up.engine_names or up.model_names or (None,))[0]
 
     async def park(self, ctx: RequestContext, busy: GatewayBusy, receive: Receive) -> None:
         """:meth:`enter` was refused ``busy`` (every global slot taken): with
@@ -118,22 +138,29 @@ class AdmissionControl:
             raise busy
         ctx.admission = await self.queues.park(ctx, busy, receive)
 
+    def declared_length(self, length: bytes | None) -> int | None:
+        """The Content-Length header's value (None: absent), or 400, or 413 above the limit."""
+        if length is None:
+            return None
+        try:
+            declared = int(length)
+        except ValueError:
+            raise GatewayError(400, "invalid_request", "invalid Content-Length") from None
+        if declared > self._max_body:
+            raise too_large(self._max_body)
+        return declared
+
     async def read_body(self, receive: Receive, length: bytes | None) -> bytes:
         limit = self._max_body
         if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                raise GatewayError(400, "invalid_request", "invalid Content-Length") from None
-            if declared > limit:
-                raise _too_large(limit)
+            self.declared_length(length)
         message = await receive()
         chunk: bytes = message.get("body", b"")
         if not message.get("more_body", False):
             if message["type"] == "http.disconnect":
                 raise ClientGone
             if len(chunk) > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
             return chunk
         parts = [chunk]
         size = len(chunk)
@@ -144,7 +171,7 @@ class AdmissionControl:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)
@@ -160,6 +187,33 @@ class AdmissionControl:
             )
         return tenant
 
+    def _allow(self, tenant: TenantContext, model: str) -> None:
+        limits = tenant.limits
+        if limits.allowed_models is not None and model not in limits.allowed_models:
+            raise GatewayError(
+                403,
+                "model_not_allowed",
+                f"tenant {tenant.name!r} may not use model {model!r}",
+                param="model",
+            )
+
+    async def route_to(self, ctx: RequestContext, receive: Receive) -> Upstream:
+        """Model allowed, then the instance serving it (waiting for it when it is coming);
+        what :meth:`check` does first, inlined there (the hot path)."""
+        tenant = ctx.tenant
+        model = ctx.model
+        assert tenant is not None and model is not None
+        self._allow(tenant, model)
+        try:
+            upstream = self.routes.resolve(model)
+        except GatewayError as exc:
+            upstream = await self.queues.wait_for_model(ctx, model, exc, receive, self.want)
+        else:
+            if self.queues.in_order and self.queues.waiting:
+                upstream = await self.queues.wait_turn(ctx, model, upstream, receive, self.want)
+        ctx.known = True
+        return upstream
+
     async def check(
         self, ctx: RequestContext, raw: bytes, receive: Receive
     ) -> tuple[Upstream, bytes, bytes]:
@@ -173,13 +227,8 @@ class AdmissionControl:
         if model is None:
             raise model_error(body)
         limits = tenant.limits
-        if limits.allowed_models is not None and model not in limits.allowed_models:
-            raise GatewayError(
-                403,
-                "model_not_allowed",
-                f"tenant {tenant.name!r} may not use model {model!r}",
-                param="model",
-            )
+        if limits.allowed_models is not None:
+            self._allow(tenant, model)
         try:
             upstream = self.routes.resolve(model)
         except GatewayError as exc:  # not ready: wait if it is coming (off the fast path)
@@ -189,18 +238,27 @@ class AdmissionControl:
                 upstream = await self.queues.wait_turn(ctx, model, upstream, receive, self.want)
         ctx.known = True
         dirty = False
-        if upstream.engine_names and model not in upstream.engine_names:
+        if upstream.engine_names and model not in upstream.engine_names and "model" in body:
             body["model"] = upstream.engine_names[0]  # an alias the engine does not know
             dirty = True
-        endpoint = ctx.endpoint
+        route = ROUTES[ctx.endpoint]
         stream = body.get("stream", False)
         if stream is not True and stream is not False and stream is not None:
             raise GatewayError(
                 400, "invalid_request", "'stream' must be true or false", param="stream"
             )
-        stream = ctx.stream = stream is True and endpoint != EMBEDDINGS
-        max_output, capped = self._cap_output(endpoint, body, limits.max_output_tokens)
+        stream = ctx.stream = stream is True and route.streams
+        max_output, capped = self._cap_output(route, body, limits.max_output_tokens)
         dirty = dirty or capped
+        if not route.count_prompt:  # no /tokenize for it: an estimate, the engine bounds it
+            if stream and route.usage == OPENAI:
+                ctx.client_usage = request_usage(body)
+                dirty = dirty or not ctx.client_usage
+            prompt = estimate_prompt(route, body)
+            ctx.admission.reserve(prompt_tokens=prompt, max_output_tokens=max_output)
+            ctx.prompt = prompt
+            ctx.exact = True  # nothing to count again after a disconnect
+            return upstream, route.upstream_path, json_dumps(body) if dirty else raw
         check_prompt_items(body)
         if stream:
             ctx.client_usage = request_usage(body)
@@ -213,21 +271,22 @@ class AdmissionControl:
                 "context_too_long",
                 f"the prompt has {'' if exact else 'at least '}{prompt} tokens; tenant "
                 f"{tenant.name!r} allows at most {limits.max_context_tokens}",
-                param="messages" if endpoint == CHAT else "prompt",
+                param="messages" if route.name == "chat" else "prompt",
             )
         ctx.admission.reserve(prompt_tokens=prompt, max_output_tokens=max_output)  # TPM
         ctx.prompt = prompt
         ctx.exact = exact
-        return upstream, _UPSTREAM_PATHS[endpoint], json_dumps(body) if dirty else raw
+        return upstream, route.upstream_path, json_dumps(body) if dirty else raw
 
-    def _cap_output(self, endpoint: int, body: dict[str, Any], cap: int) -> tuple[int, bool]:
+    def _cap_output(self, route: Route, body: dict[str, Any], cap: int) -> tuple[int, bool]:
         """Check the output-length fields against ``cap``; returns (tokens to reserve, dirty).
 
-        A request naming none gets ``max_tokens = cap`` (the engine would otherwise use all
-        the context left); with ``clamp_output`` a larger value is lowered to the cap. ``n``
-        (1…MAX_N) multiplies the reservation: every choice may produce max_tokens.
+        A request naming none gets the route's last field (``max_tokens``;
+        ``max_output_tokens`` for responses) set to ``cap`` (the engine would otherwise use
+        all the context left); with ``clamp_output`` a larger value is lowered to the cap.
+        ``n`` (1…MAX_N) multiplies the reservation: every choice may produce max_tokens.
         """
-        fields = _OUTPUT_FIELDS[endpoint]
+        fields = route.output_fields
         if not fields:
             return 0, False
         n = check_n(body)
@@ -256,6 +315,6 @@ class AdmissionControl:
                 dirty = True
             asked = max(asked, value)
         if asked < 0:
-            body["max_tokens"] = asked = cap
+            body[fields[-1]] = asked = cap
             dirty = True
         return asked * n, dirty

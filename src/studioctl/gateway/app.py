@@ -1,10 +1,10 @@
 """The gateway's HTTP front: a raw ASGI app (no framework on the hot path).
 
-Every ``POST /v1/{chat/completions,completions,embeddings}`` gets a ``RequestContext`` and
-goes through admission (``admission.py``: body, key, JSON, concurrency and RPM, then the
-model, route, output and prompt checks and TPM), the relay (``relay.py``) and accounting
-(``accounting.py``). While the gateway drains (:meth:`GatewayApp.drain`), new ones are
-answered 503 ``shutting_down``.
+Every proxied engine route (``routes.py``: ``POST /v1/chat/completions`` and the rest) gets
+a ``RequestContext`` and goes through admission (``admission.py``: body, key, JSON,
+concurrency and RPM, then the model, route, output and prompt checks and TPM), the relay
+(``relay.py``) and accounting (``accounting.py``). While the gateway drains
+(:meth:`GatewayApp.drain`), new ones are answered 503 ``shutting_down``.
 
 Every refusal after the key is known spends the RPM token it took (an invented model name
 costs a request like any other) and writes a usage row. From ``Limiter.enter`` on, one
@@ -21,12 +21,18 @@ A request for a model that is loading (or that the orchestrator's ``want`` hook 
 coming) waits in the model's queue, and with ``queue_when_busy`` one refused by the global
 ``max_concurrent`` waits for a slot (``queue.py``); ``drain`` ends every waiter at once.
 
-Other routes: ``GET /v1/models``; ``GET /v1/queues`` and ``/v1/queues/{model}`` (who waits,
-never a prompt; the admin token on TCP); ``/livez``, ``/healthz``, ``/version``; ``GET /metrics``
-(needs the admin token on TCP unless ``gateway.metrics_public``; the route table's lines,
-then ``extra_metrics``); ``/admin/*`` (admin token on TCP, forwarded to ``admin_app``
-without the ``/admin`` prefix). Requests arriving over a Unix socket (ASGI ``server``
-without a port) need no admin token.
+A multipart upload (``/v1/audio/*``) is authenticated, then read until its ``model`` field
+(``multipart.py``), admitted like the others and streamed to the engine as it arrives
+(``uploads.py``); while it waits for a slot or a loading model its client's
+disconnect is not watched (the body must stay unread until it is sent on).
+
+Other routes: ``GET /v1/models``; ``GET /v1/models/{id}`` (one card of that list, 404
+``model_not_found`` for a name it does not hold); ``GET /v1/queues`` and
+``/v1/queues/{model}`` (who waits, never a prompt; the admin token on TCP); ``/livez``,
+``/healthz``, ``/version``; ``GET /metrics`` (needs the admin token on TCP unless
+``gateway.metrics_public``; the route table's lines, then ``extra_metrics``); ``/admin/*``
+(admin token on TCP, forwarded to ``admin_app`` without the ``/admin`` prefix). Requests
+arriving over a Unix socket (ASGI ``server`` without a port) need no admin token.
 """
 
 from __future__ import annotations
@@ -54,23 +60,20 @@ from studioctl.gateway.asgi import (
     send_error,
     send_json,
 )
-from studioctl.gateway.body import clip
-from studioctl.gateway.context import CHAT, COMPLETIONS, EMBEDDINGS, Headers, RequestContext
+from studioctl.gateway.body import MAX_MODEL_CHARS, clip
+from studioctl.gateway.context import Headers, RequestContext
 from studioctl.gateway.core import GatewayCore
 from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.relay import Relay, shutting_down
+from studioctl.gateway.routes import MODEL_PATH, MULTIPART, POST_ROUTES, Route
 from studioctl.gateway.sse import json_dumps
+from studioctl.gateway.uploads import FormProxy
 from studioctl.settings import GatewaySettings
 
 __all__ = ["GatewayApp"]
 
 _log = logging.getLogger("studioctl.gateway")
 
-_POST_ROUTES = {
-    "/v1/chat/completions": CHAT,
-    "/v1/completions": COMPLETIONS,
-    "/v1/embeddings": EMBEDDINGS,
-}
 _GET_ROUTES = ("/v1/models", "/v1/queues", "/livez", "/healthz", "/version", "/metrics")
 _QUEUES = "/v1/queues"
 _QUEUE_OF = "/v1/queues/"
@@ -137,6 +140,14 @@ class GatewayApp:
             metrics=core.metrics,
             read_timeout_s=settings.upstream_timeout_s,
         )
+        self.uploads = FormProxy(
+            settings=settings,
+            admission=self.admission,
+            accounting=self.accounting,
+            relay=self.relay,
+            routes=core.routes,
+            release=self._release,
+        )
         self._calls: set[RequestContext] = set()  # proxied requests in flight (for drain)
         self._draining = False
         self._idle: asyncio.Event | None = None  # set when the last call ends, once draining
@@ -188,9 +199,12 @@ class GatewayApp:
         if kind == "http":
             path: str = scope["path"]
             method: str = scope["method"]
-            endpoint = _POST_ROUTES.get(path)
-            if endpoint is not None and method == "POST":
-                await self._completion(endpoint, scope, receive, send)
+            route = POST_ROUTES.get(path)
+            if route is not None and method == "POST":
+                if route.kind != MULTIPART:
+                    await self._completion(route.index, scope, receive, send)
+                else:
+                    await self._upload(route, scope, receive, send)
             else:
                 await self._other(path, method, scope, receive, send)
         elif kind == "lifespan":
@@ -309,6 +323,33 @@ class GatewayApp:
         finally:
             self._release(ctx)
 
+    async def _upload(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        ts = time.time()
+        authorization = length = origin = ctype = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"content-type":
+                ctype = value
+            elif name == b"origin":
+                origin = value
+        task = asyncio.current_task()
+        assert task is not None
+        ctx = RequestContext(task, route.index, t0, ts, self._cors.headers(origin))
+        if self._draining:
+            await self.accounting.refuse(send, ctx, shutting_down())
+            return
+        self._calls.add(ctx)
+        try:
+            await self.uploads.serve(ctx, authorization, length, ctype, receive, send)
+        finally:
+            self._calls.discard(ctx)
+            if not self._calls and self._idle is not None:
+                self._idle.set()
+
     def _release(self, ctx: RequestContext) -> None:
         """Whatever the request took, given back (the route's count, the slot, TPM)."""
         try:
@@ -340,7 +381,7 @@ class GatewayApp:
                 await self._forward_admin(path, scope, receive, send)
             elif method == "OPTIONS":
                 await self._cors.preflight(send, extra)
-            elif path in _POST_ROUTES:
+            elif path in POST_ROUTES:
                 raise method_not_allowed(method, path, "POST")
             elif method not in ("GET", "HEAD"):
                 if path in _GET_ROUTES:
@@ -356,6 +397,8 @@ class GatewayApp:
     ) -> None:
         if path == "/v1/models":
             await self._models(scope, send, extra)
+        elif path.startswith(MODEL_PATH):
+            await self._model(path[len(MODEL_PATH) :], scope, send, extra)
         elif path == _QUEUES or path.startswith(_QUEUE_OF):
             self._admin.check(scope)
             await send_json(send, 200, json_dumps(self._queues(path)), extra)
@@ -402,7 +445,8 @@ class GatewayApp:
                 _log.exception("extra /metrics lines failed")
         return self.core.metrics.render(lines)
 
-    async def _models(self, scope: Scope, send: Send, extra: Headers | None) -> None:
+    def _listing(self, scope: Scope) -> list[dict[str, Any]]:
+        """``/v1/models``' data as the request's tenant may see it."""
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -412,7 +456,24 @@ class GatewayApp:
         data = self.core.routes.models()
         if allowed is not None:
             data = [m for m in data if m["id"] in allowed]
+        return data
+
+    async def _models(self, scope: Scope, send: Send, extra: Headers | None) -> None:
+        data = self._listing(scope)
         await send_json(send, 200, json_dumps({"object": "list", "data": data}), extra)
+
+    async def _model(self, model: str, scope: Scope, send: Send, extra: Headers | None) -> None:
+        """``GET /v1/models/{id}``: that model's card (names may hold '/')."""
+        for card in self._listing(scope):
+            if card["id"] == model:
+                await send_json(send, 200, json_dumps(card), extra)
+                return
+        raise GatewayError(
+            404,
+            "model_not_found",
+            f"the model {clip(model, MAX_MODEL_CHARS)!r} does not exist",
+            param="model",
+        )
 
     async def _forward_admin(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         self._admin.check(scope)

@@ -9,6 +9,7 @@ Families (``tenant`` label only when ``tenant_labels`` is on, i.e.
 ``gateway.metrics_tenant_labels``; off bounds the cardinality to models × statuses)::
 
     studioctl_gateway_requests_total{model,status[,tenant]}            counter
+    studioctl_gateway_route_requests_total{route,status}               counter
     studioctl_gateway_streamed_requests_total{model[,tenant]}          counter
     studioctl_gateway_prompt_tokens_total{model[,tenant]}              counter
     studioctl_gateway_completion_tokens_total{model[,tenant]}          counter
@@ -23,6 +24,7 @@ Families (``tenant`` label only when ``tenant_labels`` is on, i.e.
 name longer than ``MAX_LABEL_LEN``, it is counted under ``model="__other__"``, so that clients
 sending random or huge names cannot grow the output without bound. Every other label value
 is cut to ``MAX_LABEL_LEN`` characters when rendered (a hash keeps cut values distinct).
+``route`` is a name of the gateway's routes table (``routes.py``), never the client's path.
 
 :meth:`GatewayMetrics.summary` gives the totals ``top`` shows straight from the counters, at a
 cost independent of the number of series (rendering and re-parsing the text every second
@@ -139,6 +141,7 @@ class GatewayMetrics:
         "_rejections_by_reason",
         "_requests",
         "_requests_total",
+        "_routes",
         "_streamed",
         "_ttft",
         "_ttft_buckets",
@@ -164,6 +167,7 @@ class GatewayMetrics:
         self._max_models = max_models
         self._models: set[str] = set()
         self._requests: dict[tuple[str, str, int], int] = {}
+        self._routes: dict[tuple[str, int], int] = {}
         self._streamed: dict[tuple[str, str], int] = {}
         self._prompt: dict[tuple[str, str], int] = {}
         self._completion: dict[tuple[str, str], int] = {}
@@ -213,6 +217,12 @@ class GatewayMetrics:
             if hist is None:
                 hist = self._ttft[model] = _Histogram(self._ttft_buckets)
             hist.observe(ttft_s)
+
+    def route(self, name: str, status: int) -> None:
+        """Count one answered request on the route ``name`` (a routes-table name)."""
+        key = (name, status)
+        routes = self._routes
+        routes[key] = routes.get(key, 0) + 1
 
     def _admit_model(self, model: str) -> str:
         if len(model) > MAX_LABEL_LEN or len(self._models) >= self._max_models:
@@ -274,6 +284,11 @@ class GatewayMetrics:
         for (model, tenant, status), n in sorted(self._requests.items()):
             labels = f'model="{_esc(model)}",status="{status}"{tenant_part(tenant)}'
             out.append(f"{name}{{{labels}}} {n}")
+
+        name = PREFIX + "route_requests_total"
+        header(out, name, "counter", "Requests answered by the gateway, by route and status.")
+        for (route, status), n in sorted(self._routes.items()):
+            out.append(f'{name}{{route="{_esc(route)}",status="{status}"}} {n}')
 
         for family, help_text, table in (
             ("streamed_requests_total", "Requests answered as a stream.", self._streamed),

@@ -1,19 +1,26 @@
 """Sending an admitted request upstream and relaying the answer to the client.
 
-Non-streamed answers are relayed whole, streams event by event (see ``sse.py``), through
-the lean keep-alive pool of ``upstream.py``. Upstream timeout → 504 ``upstream_timeout``;
+Non-streamed answers are relayed whole, streams event by event (see ``sse.py``), through the
+lean keep-alive pool of ``upstream.py``. Upstream timeout → 504 ``upstream_timeout``;
 connection refused or lost → 502 ``upstream_error``; engine error statuses are passed
-through with their body. While the answer is awaited a watcher reads the client's side: a
-client that disconnects makes the gateway close the upstream connection at once (the engine
-aborts the generation), and the request is accounted as disconnected with the usage seen so
-far. Every path ends in ``Accounting`` (the caller's ``finally`` covers cancellations that
-are not ours).
+through with their body, except a 404 or 405 that is not an OpenAI error envelope (a route
+the engine does not serve: its framework's ``{"detail": "Not Found"}``), which is answered
+in the envelope with code ``route_not_served`` and the engine's status. Usage is read per
+route (``routes.py``): ``usage.prompt_tokens``/``completion_tokens``, or the Responses API's
+``input_tokens``/``output_tokens`` (streams: the terminal event, ``sse.py``). A multipart
+upload (:meth:`Relay.upload`) is sent as it arrives; its answer is relayed as a stream if
+the engine streams it (``text/event-stream``), else whole. While the answer is awaited a
+watcher reads the client's side: a client that disconnects makes the gateway close the
+upstream connection at once (the engine aborts the generation), and the request is accounted
+as disconnected with the usage seen so far. Every path ends in ``Accounting`` (the caller's
+``finally`` covers cancellations that are not ours).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 from studioctl.errors import GatewayError
 from studioctl.gateway.accounting import Accounting, internal_error, log_unexpected
@@ -21,8 +28,10 @@ from studioctl.gateway.asgi import CT_SSE, NO_CACHE, Receive, Send, content_leng
 from studioctl.gateway.body import clip
 from studioctl.gateway.context import RequestContext
 from studioctl.gateway.metrics import GatewayMetrics
+from studioctl.gateway.multipart import ClientGone
+from studioctl.gateway.routes import RESPONSES, ROUTES
 from studioctl.gateway.routing import Upstream
-from studioctl.gateway.sse import DONE_EVENTS, SSERelay, json_loads
+from studioctl.gateway.sse import DONE_EVENTS, ResponsesRelay, SSERelay, answer_usage, json_loads
 from studioctl.gateway.upstream import UpstreamConn, UpstreamConnectError, UpstreamPool
 
 __all__ = ["SHUTDOWN_RETRY_AFTER_S", "Relay", "shutting_down"]
@@ -51,17 +60,29 @@ async def _watch_disconnect(receive: Receive, ctx: RequestContext) -> None:
             return
 
 
-def _usage_of(data: bytes, prompt: int) -> tuple[int, int]:
-    """(prompt, completion) tokens from an engine's JSON answer (prompt: ours if absent)."""
+def not_served(ctx: RequestContext, status: int, data: bytes) -> GatewayError | None:
+    """The OpenAI-envelope answer for an engine's 404/405 that is not one already (a route
+    it does not serve), else None (its answer is relayed as it is)."""
+    if status != 404 and status != 405:
+        return None
+    detail = ""
     try:
-        usage = json_loads(data).get("usage")
-    except (ValueError, AttributeError):
-        return prompt, 0
-    if not isinstance(usage, dict):
-        return prompt, 0
-    p = usage.get("prompt_tokens")
-    c = usage.get("completion_tokens")
-    return (p if isinstance(p, int) else prompt), (c if isinstance(c, int) else 0)
+        obj = json_loads(data)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        if isinstance(obj.get("error"), dict):
+            return None  # already the envelope (an unknown model, say)
+        detail = str(obj.get("detail") or obj.get("message") or "")
+    upstream = ctx.upstream
+    where = f"instance {upstream.instance_id}" if upstream is not None else "the engine"
+    route = ROUTES[ctx.endpoint]
+    return GatewayError(
+        status,
+        "route_not_served",
+        f"{where} (model {ctx.model!r}) does not serve POST {route.path}: it answered "
+        f"{status}{' ' + clip(detail, 100) if detail else ''}",
+    )
 
 
 async def _send_whole(
@@ -144,20 +165,30 @@ class Relay:
             finally:
                 if conn is not None and not conn.complete:
                     conn.close()  # whatever interrupted the read: never reuse it
-            status = conn.status
-            error_code: str | None = None
-            prompt = ctx.prompt
-            completion = 0
-            if status == 200:
-                prompt, completion = _usage_of(data, prompt)
-            else:
-                error_code = f"upstream_{status}"
-            await _send_whole(send, ctx, status, conn.content_type, data)
-            self.accounting.finish(
-                ctx, status, error_code, prompt, completion, None, disconnected=False
-            )
+            await self._answer(ctx, conn.status, conn.content_type, data, send)
         finally:
             watcher.cancel()
+
+    async def _answer(
+        self, ctx: RequestContext, status: int, content_type: bytes, data: bytes, send: Send
+    ) -> None:
+        """Relay a whole answer and account it."""
+        error_code: str | None = None
+        prompt = ctx.prompt
+        completion = 0
+        if status == 200:
+            prompt, completion = answer_usage(data, prompt, ROUTES[ctx.endpoint].usage == RESPONSES)
+        else:
+            err = not_served(ctx, status, data)
+            if err is not None:
+                ctx.prompt = 0
+                await self.accounting.fail(send, ctx, err)
+                return
+            error_code = f"upstream_{status}"
+        await _send_whole(send, ctx, status, content_type, data)
+        self.accounting.finish(
+            ctx, status, error_code, prompt, completion, None, disconnected=False
+        )
 
     async def stream(
         self, ctx: RequestContext, path: bytes, payload: bytes, send: Send, receive: Receive
@@ -168,7 +199,11 @@ class Relay:
         pool = self.pool
         accounting = self.accounting
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, ctx))
-        relay = SSERelay(strip_usage=not ctx.client_usage)
+        relay: SSERelay | ResponsesRelay
+        if ROUTES[ctx.endpoint].usage == RESPONSES:
+            relay = ResponsesRelay()
+        else:
+            relay = SSERelay(strip_usage=not ctx.client_usage)
         conn: UpstreamConn | None = None
         try:
             try:
@@ -179,11 +214,7 @@ class Relay:
                     data = await conn.read_all(self.read_timeout_s)
                     pool.release(conn)
                     status, ctype, conn = conn.status, conn.content_type, None
-                    await _send_whole(send, ctx, status, ctype, data)
-                    accounting.finish(
-                        ctx, status, f"upstream_{status}", ctx.prompt, 0, None,
-                        disconnected=False,
-                    )  # fmt: skip
+                    await self._answer(ctx, status, ctype, data, send)
                     return
                 await self._events(ctx, conn, relay, send)
                 pool.release(conn)
@@ -225,8 +256,75 @@ class Relay:
             if conn is not None:
                 conn.close()
 
+    async def upload(
+        self,
+        ctx: RequestContext,
+        content_type: bytes,
+        length: int | None,
+        chunks: AsyncIterator[bytes],
+        send: Send,
+        receive: Receive,
+    ) -> None:
+        """Send a multipart upload as it arrives, relay the answer (a stream if the engine
+        streams it), account it. A 413 from ``chunks`` is raised (nothing was answered); a
+        client gone mid-upload is accounted as disconnected."""
+        upstream = ctx.upstream
+        assert upstream is not None
+        timeout = self.read_timeout_s
+        path = ROUTES[ctx.endpoint].upstream_path
+        relay = SSERelay(strip_usage=False)
+        watcher: asyncio.Task[None] | None = None
+        conn: UpstreamConn | None = None
+        try:
+            try:
+                conn = await self.pool.request_streamed(
+                    upstream, path, content_type, length, chunks, timeout
+                )
+                watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, ctx))
+                if conn.status == 200 and conn.content_type.startswith(b"text/event-stream"):
+                    ctx.stream = True
+                    await self._events(ctx, conn, relay, send)
+                    self.pool.release(conn)
+                    conn = None
+                    ctx.finished = True
+                    await send({"type": "http.response.body", "body": relay.flush()})
+                    self.accounting.finish(
+                        ctx, 200, None, relay.prompt_tokens or ctx.prompt,
+                        relay.completion_tokens, ctx.ttft, disconnected=False,
+                    )  # fmt: skip
+                    return
+                data = await conn.read_all(timeout)
+                self.pool.release(conn)
+                status, ctype, conn = conn.status, conn.content_type, None
+            except (ClientGone, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    if not ctx.gone:
+                        raise
+                    ctx.task.uncancel()
+                self.accounting.finish(
+                    ctx, 200 if ctx.started else 499, "client_disconnected", ctx.prompt,
+                    relay.completion_tokens, ctx.ttft, disconnected=True,
+                )  # fmt: skip
+                return
+            except GatewayError:
+                raise
+            except Exception as exc:
+                err = self.upstream_error(exc, upstream)
+                await self.accounting.fail(send, ctx, err, relay, ctx.ttft)
+                return
+            await self._answer(ctx, status, ctype, data, send)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if conn is not None:
+                conn.close()
+
     async def _events(
-        self, ctx: RequestContext, conn: UpstreamConn, relay: SSERelay, send: Send
+        self,
+        ctx: RequestContext,
+        conn: UpstreamConn,
+        relay: SSERelay | ResponsesRelay,
+        send: Send,
     ) -> None:
         """Relay a 200 stream until the engine ends it (the last bytes stay in ``relay``)."""
         headers = [CT_SSE, NO_CACHE]
@@ -244,6 +342,6 @@ class Relay:
                 if ctx.ttft is None:
                     ctx.ttft = time.perf_counter() - ctx.t0
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-                if out.endswith(DONE_EVENTS):  # any SSE framing
+                if out.endswith(DONE_EVENTS) or relay.ended:  # any SSE framing
                     # The client has the whole stream: its closing now is no disconnect.
                     ctx.finished = True

@@ -1,4 +1,4 @@
-"""Server-sent-event relay for streamed completions.
+"""Server-sent-event relay for streamed completions (and the Responses API's typed events).
 
 The gateway always asks the engine for a final usage chunk (``stream_options.include_usage``)
 so that streamed requests are accounted exactly. If the client did not ask for it, the relay
@@ -94,6 +94,7 @@ class SSERelay:
     """Feeds upstream bytes through; returns what the client should get, counting as it goes."""
 
     __slots__ = ("_any_eol", "_buf", "_cr_end", "chunks", "strip_usage", "usage")
+    ended = False  # chat streams end with [DONE] (see DONE_EVENTS), not a typed event
 
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
@@ -210,3 +211,95 @@ class SSERelay:
             if isinstance(value, int):
                 return value
         return self.chunks
+
+
+# -- the Responses API: typed events, usage in the terminal event ---------------------------
+
+# The events that end a Responses stream; each carries the whole response with its usage.
+_TERMINAL = (b"event: response.completed", b"event: response.incomplete", b"event: response.failed")
+# Output deltas (text, reasoning, tool arguments): what a stream cut short is counted by.
+_DELTA_MARK = b'.delta"'
+# Bytes of a terminal event kept to read its usage (it holds the whole output once more).
+MAX_TERMINAL_EVENT = 8 << 20
+
+
+class ResponsesRelay:
+    """A ``/v1/responses`` stream relayed verbatim (typed ``event:`` lines, no ``[DONE]``);
+    the usage is read from the terminal event's ``response.usage`` (``input_tokens``,
+    ``output_tokens``). Same interface as :class:`SSERelay` for the relay and accounting."""
+
+    __slots__ = ("_capture", "_tail", "chunks", "ended", "usage")
+
+    def __init__(self) -> None:
+        self.chunks = 0  # output delta events seen
+        self.usage: dict[str, Any] | None = None
+        self.ended = False  # the terminal event went through
+        self._tail = b""  # the last bytes, where a terminal event's name may start
+        self._capture: bytes | None = None  # the terminal event so far, once it started
+
+    def feed(self, data: bytes) -> bytes:
+        self.chunks += data.count(_DELTA_MARK)
+        if self._capture is not None:
+            self._take(self._capture + data)
+            return data
+        seen = self._tail + data
+        for mark in _TERMINAL:
+            pos = seen.find(mark)
+            if pos >= 0:
+                self._take(seen[pos:])
+                return data
+        self._tail = seen[-64:]
+        return data
+
+    def _take(self, event: bytes) -> None:
+        """Hold the terminal event until it is complete, then read its usage."""
+        end = event.find(b"\n\n")
+        if end < 0:
+            end = event.find(b"\r\n\r\n")
+        if end < 0:
+            self._capture = event if len(event) <= MAX_TERMINAL_EVENT else None
+            if self._capture is None:
+                self.ended = True  # too large to read: the deltas stand
+            return
+        self._capture = None
+        self.ended = True
+        for line in event[:end].splitlines():
+            if line.startswith(b"data:"):
+                try:
+                    obj = json_loads(line[5:])
+                except ValueError:
+                    return
+                response = obj.get("response") if isinstance(obj, dict) else None
+                usage = response.get("usage") if isinstance(response, dict) else None
+                if isinstance(usage, dict):
+                    self.usage = usage
+
+    def flush(self) -> bytes:
+        return b""
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        value = self.usage.get("input_tokens") if self.usage is not None else None
+        return value if isinstance(value, int) else None
+
+    @property
+    def completion_tokens(self) -> int:
+        value = self.usage.get("output_tokens") if self.usage is not None else None
+        return value if isinstance(value, int) else self.chunks
+
+
+def answer_usage(data: bytes, prompt: int, responses: bool) -> tuple[int, int]:
+    """(prompt, completion) tokens from an engine's JSON answer (prompt: ours if absent):
+    ``usage.prompt_tokens``/``completion_tokens``, or for the Responses API
+    ``usage.input_tokens``/``output_tokens``."""
+    try:
+        usage = json_loads(data).get("usage")
+    except (ValueError, AttributeError):
+        return prompt, 0
+    if not isinstance(usage, dict):
+        return prompt, 0
+    if responses:
+        p, c = usage.get("input_tokens"), usage.get("output_tokens")
+    else:
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (p if isinstance(p, int) else prompt), (c if isinstance(c, int) else 0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -60,6 +61,9 @@ class UpstreamConn(asyncio.Protocol):
         self._parse_errors = (httptools.HttpParserError, httptools.HttpParserUpgrade)
         self.closed = False
         self.sent = False  # a request is out and its response not yet released
+        # A streamed upload waits here while the engine does not take its bytes.
+        self.write_paused = False
+        self.drained: asyncio.Future[None] | None = None
         self.idle_since = 0.0
         self._reset()
 
@@ -100,6 +104,28 @@ class UpstreamConn(asyncio.Protocol):
                 cause = UpstreamProtocolError(f"invalid HTTP from the engine: {exc!r}")
             self._fail(cause)
             self.close()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        d = self.drained
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    async def writable(self) -> None:
+        """Until the transport's write buffer is below its high-water mark again (a streamed
+        upload sends no faster than the engine reads); raises if the connection fails."""
+        if self.error is not None:
+            raise self.error
+        if not self.write_paused:
+            return
+        self.drained = self.loop.create_future()
+        try:
+            await self.drained
+        finally:
+            self.drained = None
 
     def eof_received(self) -> bool | None:
         self.closed = True  # never reused; connection_lost follows
@@ -172,6 +198,9 @@ class UpstreamConn(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
+        d = self.drained
+        if d is not None and not d.done():
+            d.set_exception(exc)
         w = self.waiter
         if w is not None and not w.done():
             w.set_exception(exc)
@@ -280,6 +309,57 @@ class UpstreamPool:
         conn = await self._connect(key)
         return await self._send(conn, message, timeout)
 
+    async def request_streamed(
+        self,
+        upstream: Upstream,
+        path: bytes,
+        content_type: bytes,
+        length: int | None,
+        chunks: AsyncIterator[bytes],
+        timeout: float,
+    ) -> UpstreamConn:
+        """Send ``POST path`` with a body sent as ``chunks`` arrive (``length``: its
+        Content-Length, None: chunked), on a new connection (a body already partly sent
+        cannot be sent again on another); wait for the response head. An answer that comes
+        before the body is all sent (an engine refusing it) ends the upload: that connection
+        is not reused. Whatever ``chunks`` raises ends the request (the connection closed)."""
+        if not self._bound:
+            self.loop = asyncio.get_running_loop()
+            self._bound = True
+        framing = (
+            b"Content-Length: " + str(length).encode()
+            if length is not None
+            else b"Transfer-Encoding: chunked"
+        )
+        head = b"".join(
+            (b"POST ", path, _base_head(upstream), b"\r\nContent-Type: ", content_type,
+             b"\r\n", framing, b"\r\n\r\n")
+        )  # fmt: skip
+        conn = await self._connect((upstream.host, upstream.port))
+        assert conn.transport is not None
+        conn.sent = True
+        try:
+            conn.transport.write(head)
+            async for chunk in chunks:
+                if conn.head or conn.error is not None:
+                    conn.keep_alive = False  # answered early: the body is cut short
+                    break
+                if chunk:
+                    if length is None:
+                        chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+                    conn.transport.write(chunk)
+                    if conn.write_paused:  # the engine reads no more: wait, within timeout
+                        async with asyncio.timeout(timeout):
+                            await conn.writable()
+            else:
+                if length is None:
+                    conn.transport.write(b"0\r\n\r\n")
+            await conn.read_head(timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     async def _send(self, conn: UpstreamConn, message: bytes, timeout: float) -> UpstreamConn:
         assert conn.transport is not None
         conn.sent = True
@@ -344,13 +424,17 @@ def _request_head(upstream: Upstream) -> bytes:
     """`` HTTP/1.1``, Host, the engine's Authorization if it has a key, Content-Type, and the
     Content-Length name: the fixed part of every request to ``upstream`` (nothing of the
     client's headers is ever forwarded)."""
+    return _base_head(upstream) + b"\r\nContent-Type: application/json\r\nContent-Length: "
+
+
+def _base_head(upstream: Upstream) -> bytes:
+    """`` HTTP/1.1``, Host and the engine's Authorization if it has a key."""
     lines = [b" HTTP/1.1", b"Host: " + upstream.base_url[7:].encode()]
     key = upstream.api_key
     if key is not None:
         if not _TOKEN68.fullmatch(key):  # never let a key break the request's framing
             raise UpstreamConnectError("the engine's API key is not a valid header value")
         lines.append(b"Authorization: Bearer " + key.encode())
-    lines += [b"Content-Type: application/json", b"Content-Length: "]
     return b"\r\n".join(lines)
 
 
