@@ -74,6 +74,8 @@ _POST_ROUTES = {
 _GET_ROUTES = ("/v1/models", "/v1/queues", "/livez", "/healthz", "/version", "/metrics")
 _QUEUES = "/v1/queues"
 _QUEUE_OF = "/v1/queues/"
+# Retry-After of an unhealthy /healthz (the store or an instance: seconds, not minutes).
+_HEALTH_RETRY_AFTER = (b"retry-after", b"5")
 # How long drain() waits for the requests it ended to send their last bytes.
 _DRAIN_END_S = 5.0
 
@@ -219,6 +221,8 @@ class GatewayApp:
         authorization: bytes | None = None
         length: bytes | None = None
         origin: bytes | None = None
+        api_key: bytes | None = None
+        key_header = self.core.auth.key_header  # X-API-Key: found in this same pass
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -226,6 +230,8 @@ class GatewayApp:
                 length = value
             elif name == b"origin":
                 origin = value
+            elif name == key_header:
+                api_key = value
         extra = self._cors.headers(origin) if origin is not None else None
         task = asyncio.current_task()
         assert task is not None
@@ -236,7 +242,7 @@ class GatewayApp:
         calls = self._calls
         calls.add(ctx)
         try:
-            await self._proxy(ctx, authorization, length, receive, send)
+            await self._proxy(ctx, authorization, length, receive, send, api_key)
         finally:
             calls.discard(ctx)
             if not calls and self._idle is not None:
@@ -249,6 +255,7 @@ class GatewayApp:
         length: bytes | None,
         receive: Receive,
         send: Send,
+        api_key: bytes | None = None,
     ) -> None:
         accounting = self.accounting
         admission = self.admission
@@ -256,7 +263,7 @@ class GatewayApp:
         try:
             raw = await admission.read_body(receive, length)
             try:
-                admission.enter(ctx, authorization, raw)
+                admission.enter(ctx, authorization, raw, api_key)
             except GatewayBusy as busy:  # every global slot taken: parked, or refused
                 await admission.park(ctx, busy, receive)
         except GatewayError as exc:
@@ -368,6 +375,8 @@ class GatewayApp:
                 report = {"status": "error", "error": repr(exc)}
             # 503 when the report says so: {"ok": false} or {"status": "<not ok>"}
             ok = bool(report.get("ok", True)) and report.get("status", "ok") == "ok"
+            if not ok:  # every 503 says when to come back
+                extra = [*(extra or ()), _HEALTH_RETRY_AFTER]
             await send_json(send, 200 if ok else 503, json_dumps(report), extra)
         elif path == "/version":
             await send_json(send, 200, self._version_body, extra)
@@ -403,11 +412,14 @@ class GatewayApp:
         return self.core.metrics.render(lines)
 
     async def _models(self, scope: Scope, send: Send, extra: Headers | None) -> None:
-        authorization = None
+        authorization = api_key = None
+        key_header = self.core.auth.key_header
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
-        tenant = self.admission.authenticate(authorization)
+            elif name == key_header:
+                api_key = value
+        tenant = self.admission.authenticate(authorization, api_key)
         allowed = tenant.limits.allowed_models
         data = self.core.routes.models()
         if allowed is not None:

@@ -60,7 +60,8 @@ async def send_error(send: Send, exc: GatewayError, extra: Headers | None) -> No
     body = json_dumps({"error": exc.to_dict()})
     headers = [CT_JSON, content_length(body)]
     if exc.retry_after is not None:
-        headers.append((b"retry-after", str(max(0, math.ceil(exc.retry_after))).encode()))
+        # At least 1: "Retry-After: 0" invites a client to hammer.
+        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
@@ -129,11 +130,12 @@ class AdminGate:
         if server is None or server[1] is None:
             return  # a Unix socket: the file system is the authentication
         if self._token is None:
-            raise GatewayError(
+            raise GatewayError(  # the tenant gateway's error types, beside our codes
                 503,
                 "admin_unavailable",
                 "no admin token is configured (set daemon.admin_token or "
                 "STUDIOCTL_ADMIN_TOKEN); admin routes are served on the Unix socket only",
+                error_type="admin_unavailable",
             )
         presented: bytes | None = None
         for name, value in scope["headers"]:
@@ -147,4 +149,5 @@ class AdminGate:
                 401,
                 "unauthorized",
                 "missing or wrong admin token (send it as the X-Admin-Token header)",
+                error_type="unauthorized",
             )
