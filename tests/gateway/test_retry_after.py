@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import MODEL, Gateway, GatewayFactory
 from retry_after_codes import DAEMON_CODES, HARNESS_CODES, readme_codes, retryable_codes
 from studioctl.errors import FALLBACK_RETRY_AFTER_S, RETRY_AFTER_S, GatewayError, StoreError
 from studioctl.tenants import TenantContext
+
+from .conftest import MODEL, Gateway, GatewayFactory
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
