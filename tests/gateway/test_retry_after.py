@@ -9,6 +9,8 @@ an engine's own 429/503 relayed.
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 
 from retry_after_codes import DAEMON_CODES, HARNESS_CODES, readme_codes, retryable_codes
 from studioctl.errors import FALLBACK_RETRY_AFTER_S, RETRY_AFTER_S, GatewayError, StoreError
+from studioctl.gateway.routing import LOADING_RETRY_AFTER_S, RouteTable
 from studioctl.tenants import TenantContext
 
 from .conftest import MODEL, Gateway, GatewayFactory
@@ -98,3 +101,37 @@ def test_any_gateway_429_or_503_gets_a_retry_after_and_others_none() -> None:
     assert GatewayError(503, "model_loading", "m", retry_after=12.5).retry_after == 12.5
     assert GatewayError(400, "invalid_request", "m").retry_after is None
     assert GatewayError(502, "upstream_error", "m").retry_after is None
+
+
+def _instance(iid: str, state: str, started: float | None, ready: float | None) -> Any:
+    recipe = SimpleNamespace(id="r", model_names=("m",), served_name="m")
+    return SimpleNamespace(
+        id=iid, recipe=recipe, host="127.0.0.1", port=18001, state=state, api_key=None,
+        started_at=started, ready_at=ready,
+    )  # fmt: skip
+
+
+def _loading_retry_after(table: RouteTable) -> float | None:
+    with pytest.raises(GatewayError) as info:
+        table.resolve("m")
+    assert info.value.code == "model_loading"
+    return info.value.retry_after
+
+
+def test_model_loading_says_the_loads_expected_time_left() -> None:
+    table = RouteTable()
+    now = time.time()
+    # Never loaded before: how long it takes is not known.
+    table.instances_changed([_instance("a", "loading", now - 2, None)])
+    assert _loading_retry_after(table) == LOADING_RETRY_AFTER_S
+    # Its last load took 30 s and this one began 10 s ago: about 20 s are left.
+    earlier = _instance("old", "stopped", now - 100, now - 70)
+    table.instances_changed([earlier, _instance("a", "loading", now - 10, None)])
+    left = _loading_retry_after(table)
+    assert left is not None and 19.0 <= left <= 20.5, left
+    # Overdue (40 s into a 30 s load): the constant again, never 0 or negative.
+    table.instances_changed([earlier, _instance("a", "starting", now - 40, None)])
+    assert _loading_retry_after(table) == LOADING_RETRY_AFTER_S
+    # A draining instance is not loading: the constant.
+    table.instances_changed([earlier, _instance("a", "draining", now - 10, None)])
+    assert _loading_retry_after(table) == LOADING_RETRY_AFTER_S
