@@ -512,7 +512,9 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
             tenant_labels=gs.metrics_tenant_labels, inflight_source=limiter.inflight
         )
         auth = Authenticator(  # ``lookup``: instead of the harness's keys (a failing store)
-            lookup or keys.get, anonymous=anonymous_context() if anonymous else None
+            lookup or keys.get,
+            anonymous=anonymous_context() if anonymous else None,
+            api_key_header=gs.api_key_header,
         )
         usage = MemoryUsageQueue()
         pool = new_pool()

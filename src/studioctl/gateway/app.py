@@ -107,7 +107,7 @@ class GatewayApp:
         self._health = health
         self._version_body = json_dumps(version)
         self._extra_metrics = extra_metrics
-        self._cors = Cors(settings.cors_origins)
+        self._cors = Cors(settings.cors_origins, settings.api_key_header)
         if queues is None:  # the defaults: depth 64, 300 s, no parking
             queues = ModelQueues(routes=core.routes, limiter=core.limiter, metrics=core.metrics)
         self.queues = queues

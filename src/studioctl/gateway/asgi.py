@@ -75,10 +75,15 @@ def method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:
 class Cors:
     """The CORS answer headers for the origins of ``gateway.cors_origins`` (``*``: any)."""
 
-    __slots__ = ("_any", "_origins", "enabled")
+    __slots__ = ("_allow_headers", "_any", "_origins", "enabled")
 
-    def __init__(self, origins: Iterable[str]) -> None:
+    def __init__(self, origins: Iterable[str], key_header: str = "") -> None:
+        """``key_header``: the API key header (gateway.api_key_header), which a browser may
+        send only if the preflight allows it."""
         allowed = tuple(origins)
+        self._allow_headers = _CORS_HEADERS + (
+            b", " + key_header.lower().encode() if key_header else b""
+        )
         self._any = "*" in allowed
         self._origins = frozenset(o.encode() for o in allowed)
         self.enabled = bool(self._origins)
@@ -106,7 +111,7 @@ class Cors:
         headers = [
             *extra,
             (b"access-control-allow-methods", _CORS_METHODS),
-            (b"access-control-allow-headers", _CORS_HEADERS),
+            (b"access-control-allow-headers", self._allow_headers),
             (b"access-control-max-age", b"600"),
             (b"content-length", b"0"),
         ]
