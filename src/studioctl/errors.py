@@ -217,8 +217,30 @@ class MetricsParseError(ValidationError):
     code = "invalid_metrics"
 
 
+#: Retry-After (seconds) of the gateway's 429 and 503 answers raised without one of their
+#: own: the codes whose wait cannot be computed. Those that can be (limit_rpm, limit_tpm,
+#: model_loading, ...) pass ``retry_after``; any other 429/503 gets FALLBACK_RETRY_AFTER_S,
+#: so every 429 and 503 carries a Retry-After (the README promises it).
+RETRY_AFTER_S: dict[str, float] = {
+    # A recipe that is not loaded on demand waits for someone to run `studioctl launch`.
+    "model_not_running": 30.0,
+    # An admin token is configured only with a daemon restart.
+    "admin_unavailable": 60.0,
+    "auth_unavailable": 1.0,
+}
+FALLBACK_RETRY_AFTER_S = 5.0
+
+
+def retry_after_for(status: int, code: str | None) -> float | None:
+    """The default Retry-After of an answer: None unless it is a 429 or a 503."""
+    if status != 429 and status != 503:
+        return None
+    return RETRY_AFTER_S.get(code or "", FALLBACK_RETRY_AFTER_S)
+
+
 class GatewayError(StudioError):
-    """An error the gateway answers with: status, OpenAI type and code, optional Retry-After."""
+    """An error the gateway answers with: status, OpenAI type and code, and Retry-After
+    (always on a 429 or 503: ``retry_after_for`` when not given)."""
 
     def __init__(
         self,
@@ -234,7 +256,7 @@ class GatewayError(StudioError):
         super().__init__(message, code=code, hint=hint, details={"param": param})
         self.http_status = status
         self.error_type = error_type or _type_for_status(status)
-        self.retry_after = retry_after
+        self.retry_after = retry_after if retry_after is not None else retry_after_for(status, code)
 
 
 class GatewayBusy(GatewayError):

@@ -59,7 +59,9 @@ def assert_error(
     assert set(err) >= {"message", "type", "param", "code"}
     assert err["code"] == code
     assert err["message"]
-    if retry_after is None:
+    if retry_after is None and status in (429, 503):  # every 429/503 says when to retry
+        assert int(r.headers["retry-after"]) >= 1
+    elif retry_after is None:
         assert "retry-after" not in r.headers
     else:
         assert r.headers["retry-after"] == str(retry_after)

@@ -211,7 +211,10 @@ def test_metrics_lines_parse_as_prometheus_text() -> None:
 
 def _instance(iid: str, state: str, names: tuple[str, ...], host: str = "0.0.0.0") -> Any:
     recipe = SimpleNamespace(id=f"{iid}-recipe", model_names=names, served_name=names[0])
-    return SimpleNamespace(id=iid, recipe=recipe, host=host, port=18001, state=state, api_key="k-1")
+    return SimpleNamespace(
+        id=iid, recipe=recipe, host=host, port=18001, state=state, api_key="k-1",
+        started_at=None, ready_at=None,
+    )  # fmt: skip
 
 
 def test_instances_changed_routes_live_instances_and_keeps_stopped_names_known() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Annotated, TypeVar
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,6 +35,7 @@ from studioctl.api.params import (
     as_seconds,
     as_text,
     bad,
+    shown,
 )
 from studioctl.errors import UsageError
 
@@ -144,17 +146,82 @@ class ShutdownRequest(_Body):
     stop_engines: Flag = False
 
 
-class TenantCreate(_Body):
-    name: Name
-    profile: Name | None = None
+#: The tenant gateway's admin field names (POST/PATCH /admin/tenants) → ours; both are
+#: accepted. ``max_concurrent``, ``max_context_tokens`` and ``max_output_tokens`` are
+#: spelled alike in both.
+TENANT_ALIASES: dict[str, str] = {"tenant_name": "name", "rpm_limit": "rpm", "tpm_limit": "tpm"}
+#: The integer limits a tenant body may give at its top level (beside ``overrides``).
+TENANT_LIMITS: tuple[str, ...] = (
+    "max_concurrent",
+    "rpm",
+    "tpm",
+    "max_context_tokens",
+    "max_output_tokens",
+)
+
+
+def _one_value(data: object) -> object:
+    """A field given in two spellings (``rpm_limit`` and ``rpm``, or at the top level and in
+    ``overrides``) must say the same: else a 400 naming both."""
+    if not isinstance(data, dict):
+        return data
+    given = {k: v for k, v in data.items() if v is not None}
+    for theirs, ours in TENANT_ALIASES.items():
+        if theirs in given and ours in given and given[theirs] != given[ours]:
+            raise _twice(theirs, given[theirs], ours, given[ours])
+    inner = given.get("overrides")
+    if isinstance(inner, dict):
+        spelled = {o: t for t, o in TENANT_ALIASES.items()}  # ours → theirs
+        for ours in TENANT_LIMITS:
+            for top in (ours, spelled.get(ours, ours)):
+                if top in given and inner.get(ours) is not None and inner[ours] != given[top]:
+                    raise _twice(top, given[top], f"overrides.{ours}", inner[ours])
+    return data
+
+
+def _twice(a: str, a_value: object, b: str, b_value: object) -> UsageError:
+    return UsageError(
+        f"{a} ({shown(a_value)}) and {b} ({shown(b_value)}) name the same field with "
+        "different values: give one",
+        details={"param": a},
+    )
+
+
+class _TenantBody(_Body):
+    """The limit fields a tenant body may give at its top level, in either spelling."""
+
+    max_concurrent: JsonValue = None
+    rpm: JsonValue = Field(default=None, validation_alias=AliasChoices("rpm", "rpm_limit"))
+    tpm: JsonValue = Field(default=None, validation_alias=AliasChoices("tpm", "tpm_limit"))
+    max_context_tokens: JsonValue = None
+    max_output_tokens: JsonValue = None
     # Limit fields and model names are checked by the tenant service (its own messages).
     overrides: Annotated[dict[str, JsonValue], BeforeValidator(_overrides)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _same_value(cls, data: object) -> object:
+        return _one_value(data)
+
+    def limit_overrides(self) -> dict[str, JsonValue]:
+        """``overrides`` with the top-level limit fields in (they agree: ``_one_value``)."""
+        out = dict(self.overrides or {})
+        for name in TENANT_LIMITS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+class TenantCreate(_TenantBody):
+    name: Name = Field(validation_alias=AliasChoices("name", "tenant_name"))
+    profile: Name | None = None  # None: the ``default`` profile (tenants.default_* settings)
     allowed_models: JsonValue = None
 
 
-class TenantPatch(_Body):
+class TenantPatch(_TenantBody):
+    name: Name | None = Field(default=None, validation_alias=AliasChoices("name", "tenant_name"))
     profile: Name | None = None
-    overrides: Annotated[dict[str, JsonValue], BeforeValidator(_overrides)] | None = None
     enabled: Flag | None = None
     allowed_models: JsonValue = None
 

@@ -1,5 +1,9 @@
 """Admin routes: tenants, API keys, usage, limit profiles.
 
+The tenant gateway's admin API is accepted too: its field names on create and patch
+(``api.models.TENANT_ALIASES``), a tenant named by id or name, ``window`` 1h/24h/7d on
+``/usage``; a tenant created without a profile gets ``default`` (``tenants.default_*``).
+
 Built by the daemon once the gateway's tenant service exists and passed to
 ``build_control_app(routes=...)``: served on the control socket (no token) and, behind
 ``X-Admin-Token``, on the gateway's TCP port under ``/admin/``.
@@ -15,7 +19,7 @@ from starlette.routing import Route
 from studioctl.api import models as M
 from studioctl.api import params as P
 from studioctl.control.http import json_response, read_request
-from studioctl.tenants import ANONYMOUS_TENANT_ID, profiles_dict
+from studioctl.tenants import ANONYMOUS_TENANT_ID, DEFAULT_PROFILE, profiles_dict
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -44,8 +48,8 @@ def tenant_routes(tenants: TenantService, usage_repo: UsageRepo) -> list[Route]:
         req = await read_request(request, M.TenantCreate)
         info, key = tenants.create(
             req.name,
-            profile=req.profile or "standard",
-            overrides=req.overrides or {},
+            profile=req.profile or DEFAULT_PROFILE,
+            overrides=req.limit_overrides(),
             allowed_models=_models(req.allowed_models),
         )
         return json_response({"tenant": info.to_dict(), "key": key}, status=201)
@@ -59,9 +63,10 @@ def tenant_routes(tenants: TenantService, usage_repo: UsageRepo) -> list[Route]:
         t = tenants.set(
             request.path_params["tenant"],
             profile=req.profile,
-            overrides=req.overrides or {},
+            overrides=req.limit_overrides(),
             enabled=req.enabled,
             allowed_models=_models(req.allowed_models),
+            name=req.name,
         )
         return json_response(t.to_dict())
 
@@ -98,7 +103,7 @@ def tenant_routes(tenants: TenantService, usage_repo: UsageRepo) -> list[Route]:
         return json_response(out)
 
     async def profiles(_: Request) -> Response:
-        return json_response({"profiles": profiles_dict()})
+        return json_response({"profiles": profiles_dict(tenants.profiles)})
 
     return [
         Route("/tenants", list_tenants),

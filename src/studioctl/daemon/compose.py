@@ -244,6 +244,7 @@ def _gateway_status(
 
 
 def _gateway_app(parts: Parts, gateway: DaemonGateway) -> GatewayApp:
+    from studioctl.buildinfo import build_info
     from studioctl.gateway.app import GatewayApp
     from studioctl.gateway.wiring import gateway_health
 
@@ -253,7 +254,7 @@ def _gateway_app(parts: Parts, gateway: DaemonGateway) -> GatewayApp:
         admin_app=parts.control,
         admin_token=parts.settings.daemon.admin_token,
         health=gateway_health(parts.db, parts.sup.list),
-        version={"version": __version__, "api_version": API_VERSION},
+        version={"version": __version__, "api_version": API_VERSION, **build_info()},
         extra_metrics=_metrics_lines(parts),
         queues=parts.queues,
         want=parts.ondemand.want if parts.ondemand is not None else None,

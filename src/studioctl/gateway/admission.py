@@ -112,11 +112,17 @@ class AdmissionControl:
         self._clamp = settings.clamp_output
         self.anonymous_ok = anonymous_allowed(settings)
 
-    def enter(self, ctx: RequestContext, authorization: bytes | None, raw: bytes) -> None:
+    def enter(
+        self,
+        ctx: RequestContext,
+        authorization: bytes | None,
+        raw: bytes,
+        api_key: bytes | None = None,
+    ) -> None:
         """Key, JSON, then a slot and an RPM token (after :meth:`read_body`): sets
         ``ctx.tenant``, ``.body``, ``.model`` (if valid) and ``.admission`` (to finish on
-        every path from now on)."""
-        ctx.tenant = tenant = self.authenticate(authorization)
+        every path from now on). ``api_key``: the key header's value, if sent."""
+        ctx.tenant = tenant = self.authenticate(authorization, api_key)
         ctx.body = body = parse_body(raw)
         ctx.model = model = peek_model(body)
         if model is None and "model" not in body and ROUTES[ctx.endpoint].default_model:
@@ -176,8 +182,10 @@ class AdmissionControl:
             if not message.get("more_body", False):
                 return b"".join(parts)
 
-    def authenticate(self, authorization: bytes | None) -> TenantContext:
-        tenant = self.auth.authenticate(authorization)
+    def authenticate(
+        self, authorization: bytes | None, api_key: bytes | None = None
+    ) -> TenantContext:
+        tenant = self.auth.authenticate(authorization, api_key)
         if tenant.tenant_id == ANONYMOUS_TENANT_ID and not self.anonymous_ok:
             raise GatewayError(
                 401,

@@ -67,7 +67,7 @@ from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.relay import Relay, shutting_down
 from studioctl.gateway.routes import MODEL_PATH, MULTIPART, POST_ROUTES, Route
 from studioctl.gateway.sse import json_dumps
-from studioctl.gateway.uploads import FormProxy
+from studioctl.gateway.uploads import FormProxy, upload_headers
 from studioctl.settings import GatewaySettings
 
 __all__ = ["GatewayApp"]
@@ -77,6 +77,8 @@ _log = logging.getLogger("studioctl.gateway")
 _GET_ROUTES = ("/v1/models", "/v1/queues", "/livez", "/healthz", "/version", "/metrics")
 _QUEUES = "/v1/queues"
 _QUEUE_OF = "/v1/queues/"
+# Retry-After of an unhealthy /healthz (the store or an instance: seconds, not minutes).
+_HEALTH_RETRY_AFTER = (b"retry-after", b"5")
 # How long drain() waits for the requests it ended to send their last bytes.
 _DRAIN_END_S = 5.0
 
@@ -108,7 +110,7 @@ class GatewayApp:
         self._health = health
         self._version_body = json_dumps(version)
         self._extra_metrics = extra_metrics
-        self._cors = Cors(settings.cors_origins)
+        self._cors = Cors(settings.cors_origins, settings.api_key_header)
         if queues is None:  # the defaults: depth 64, 300 s, no parking
             queues = ModelQueues(routes=core.routes, limiter=core.limiter, metrics=core.metrics)
         self.queues = queues
@@ -233,6 +235,8 @@ class GatewayApp:
         authorization: bytes | None = None
         length: bytes | None = None
         origin: bytes | None = None
+        api_key: bytes | None = None
+        key_header = self.core.auth.key_header  # X-API-Key: found in this same pass
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -240,6 +244,8 @@ class GatewayApp:
                 length = value
             elif name == b"origin":
                 origin = value
+            elif name == key_header:
+                api_key = value
         extra = self._cors.headers(origin) if origin is not None else None
         task = asyncio.current_task()
         assert task is not None
@@ -250,7 +256,7 @@ class GatewayApp:
         calls = self._calls
         calls.add(ctx)
         try:
-            await self._proxy(ctx, authorization, length, receive, send)
+            await self._proxy(ctx, authorization, length, receive, send, api_key)
         finally:
             calls.discard(ctx)
             if not calls and self._idle is not None:
@@ -263,6 +269,7 @@ class GatewayApp:
         length: bytes | None,
         receive: Receive,
         send: Send,
+        api_key: bytes | None = None,
     ) -> None:
         accounting = self.accounting
         admission = self.admission
@@ -270,7 +277,7 @@ class GatewayApp:
         try:
             raw = await admission.read_body(receive, length)
             try:
-                admission.enter(ctx, authorization, raw)
+                admission.enter(ctx, authorization, raw, api_key)
             except GatewayBusy as busy:  # every global slot taken: parked, or refused
                 await admission.park(ctx, busy, receive)
         except GatewayError as exc:
@@ -326,16 +333,9 @@ class GatewayApp:
     async def _upload(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
         ts = time.time()
-        authorization = length = origin = ctype = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"content-length":
-                length = value
-            elif name == b"content-type":
-                ctype = value
-            elif name == b"origin":
-                origin = value
+        authorization, api_key, length, ctype, origin = upload_headers(
+            scope["headers"], self.core.auth.key_header
+        )
         task = asyncio.current_task()
         assert task is not None
         ctx = RequestContext(task, route.index, t0, ts, self._cors.headers(origin))
@@ -344,7 +344,7 @@ class GatewayApp:
             return
         self._calls.add(ctx)
         try:
-            await self.uploads.serve(ctx, authorization, length, ctype, receive, send)
+            await self.uploads.serve(ctx, (authorization, api_key), length, ctype, receive, send)
         finally:
             self._calls.discard(ctx)
             if not self._calls and self._idle is not None:
@@ -411,6 +411,8 @@ class GatewayApp:
                 report = {"status": "error", "error": repr(exc)}
             # 503 when the report says so: {"ok": false} or {"status": "<not ok>"}
             ok = bool(report.get("ok", True)) and report.get("status", "ok") == "ok"
+            if not ok:  # every 503 says when to come back
+                extra = [*(extra or ()), _HEALTH_RETRY_AFTER]
             await send_json(send, 200 if ok else 503, json_dumps(report), extra)
         elif path == "/version":
             await send_json(send, 200, self._version_body, extra)
@@ -447,11 +449,14 @@ class GatewayApp:
 
     def _listing(self, scope: Scope) -> list[dict[str, Any]]:
         """``/v1/models``' data as the request's tenant may see it."""
-        authorization = None
+        authorization = api_key = None
+        key_header = self.core.auth.key_header
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
-        tenant = self.admission.authenticate(authorization)
+            elif name == key_header:
+                api_key = value
+        tenant = self.admission.authenticate(authorization, api_key)
         allowed = tenant.limits.allowed_models
         data = self.core.routes.models()
         if allowed is not None:
@@ -459,15 +464,15 @@ class GatewayApp:
         return data
 
     async def _models(self, scope: Scope, send: Send, extra: Headers | None) -> None:
-        data = self._listing(scope)
-        await send_json(send, 200, json_dumps({"object": "list", "data": data}), extra)
+        await send_json(
+            send, 200, json_dumps({"object": "list", "data": self._listing(scope)}), extra
+        )
 
     async def _model(self, model: str, scope: Scope, send: Send, extra: Headers | None) -> None:
         """``GET /v1/models/{id}``: that model's card (names may hold '/')."""
-        for card in self._listing(scope):
-            if card["id"] == model:
-                await send_json(send, 200, json_dumps(card), extra)
-                return
+        card = next((c for c in self._listing(scope) if c["id"] == model), None)
+        if card is not None:
+            return await send_json(send, 200, json_dumps(card), extra)
         raise GatewayError(
             404,
             "model_not_found",

@@ -60,7 +60,8 @@ async def send_error(send: Send, exc: GatewayError, extra: Headers | None) -> No
     body = json_dumps({"error": exc.to_dict()})
     headers = [CT_JSON, content_length(body)]
     if exc.retry_after is not None:
-        headers.append((b"retry-after", str(max(0, math.ceil(exc.retry_after))).encode()))
+        # At least 1: "Retry-After: 0" invites a client to hammer.
+        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
@@ -74,10 +75,15 @@ def method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:
 class Cors:
     """The CORS answer headers for the origins of ``gateway.cors_origins`` (``*``: any)."""
 
-    __slots__ = ("_any", "_origins", "enabled")
+    __slots__ = ("_allow_headers", "_any", "_origins", "enabled")
 
-    def __init__(self, origins: Iterable[str]) -> None:
+    def __init__(self, origins: Iterable[str], key_header: str = "") -> None:
+        """``key_header``: the API key header (gateway.api_key_header), which a browser may
+        send only if the preflight allows it."""
         allowed = tuple(origins)
+        self._allow_headers = _CORS_HEADERS + (
+            b", " + key_header.lower().encode() if key_header else b""
+        )
         self._any = "*" in allowed
         self._origins = frozenset(o.encode() for o in allowed)
         self.enabled = bool(self._origins)
@@ -105,7 +111,7 @@ class Cors:
         headers = [
             *extra,
             (b"access-control-allow-methods", _CORS_METHODS),
-            (b"access-control-allow-headers", _CORS_HEADERS),
+            (b"access-control-allow-headers", self._allow_headers),
             (b"access-control-max-age", b"600"),
             (b"content-length", b"0"),
         ]
@@ -129,11 +135,12 @@ class AdminGate:
         if server is None or server[1] is None:
             return  # a Unix socket: the file system is the authentication
         if self._token is None:
-            raise GatewayError(
+            raise GatewayError(  # the tenant gateway's error types, beside our codes
                 503,
                 "admin_unavailable",
                 "no admin token is configured (set daemon.admin_token or "
                 "STUDIOCTL_ADMIN_TOKEN); admin routes are served on the Unix socket only",
+                error_type="admin_unavailable",
             )
         presented: bytes | None = None
         for name, value in scope["headers"]:
@@ -147,4 +154,5 @@ class AdminGate:
                 401,
                 "unauthorized",
                 "missing or wrong admin token (send it as the X-Admin-Token header)",
+                error_type="unauthorized",
             )

@@ -1,9 +1,12 @@
 """API key → tenant, for every gateway request.
 
-``Authenticator.authenticate`` takes the raw ``Authorization`` header, hashes the bearer
+``Authenticator.authenticate`` takes the raw ``Authorization`` header (and the key header,
+``gateway.api_key_header``, ``X-API-Key: KEY`` as LMServ's clients send it), hashes the bearer
 token with SHA-256 and finds the tenant through a dict cache in front of ``lookup`` (the
 store's unique index on the key hash: ``TenantService.lookup``). A cache hit costs one
-hash and one dict probe; no I/O, no lock (the gateway runs in one asyncio thread).
+hash and one dict probe; no I/O, no lock (the gateway runs in one asyncio thread). The
+caller picks the key header out in the same pass over the headers as ``Authorization``
+(``key_header``: its lower-case name), so accepting it costs no extra lookup.
 
 Freshness: every tenant or key change calls ``invalidate()`` (``TenantService`` does it
 through its ``on_change`` hook), so a revocation, a disabled tenant or new limits apply to
@@ -25,10 +28,12 @@ __all__ = ["Authenticator"]
 
 _SCHEME = KEY_SCHEME.encode("ascii")
 _MISSING = (
-    "missing API key: send it as 'Authorization: Bearer sk-st-…' "
+    "missing API key: send it as 'Authorization: Bearer sk-st-…' (or in the key header, "
+    "gateway.api_key_header) "
     "(create one with `studioctl tenant create NAME`)"
 )
 _INVALID = "invalid API key: unknown, revoked or expired (see `studioctl tenant key list`)"
+_BEARER = b"Bearer "
 
 
 class Authenticator:
@@ -37,10 +42,12 @@ class Authenticator:
         "_bad",
         "_cache",
         "_clock",
+        "_key_name",
         "_lookup",
         "_max_entries",
         "_ttl",
         "_wall",
+        "key_header",
     )
 
     def __init__(
@@ -52,13 +59,20 @@ class Authenticator:
         wall_clock: Callable[[], float] = time.time,
         anonymous: TenantContext | None = None,
         max_entries: int = 10_000,
+        api_key_header: str = "X-API-Key",
     ) -> None:
         """``lookup(sha256_hex)`` returns the tenant of a valid key, else ``None``.
 
         ``anonymous``: the context of requests without any ``Authorization`` header (see
         ``tenants.anonymous_context``); ``None`` (the default) answers them 401. A request
         presenting a wrong key is refused either way.
+
+        ``api_key_header``: the header a key may come in instead of ``Authorization:
+        Bearer`` (``gateway.api_key_header``); "" accepts ``Authorization`` only.
         """
+        #: The key header's lower-case name as ASGI gives it (None: not accepted).
+        self.key_header: bytes | None = api_key_header.lower().encode() or None
+        self._key_name = api_key_header
         self._lookup = lookup
         self._clock = clock
         self._wall = wall_clock
@@ -70,9 +84,13 @@ class Authenticator:
         # key hash → monotonic deadline, for keys the lookup did not know
         self._bad: dict[str, float] = {}
 
-    def authenticate(self, authorization_header: bytes | None) -> TenantContext:
+    def authenticate(
+        self, authorization_header: bytes | None, api_key: bytes | None = None
+    ) -> TenantContext:
         """The tenant of a request, or ``GatewayError`` 401 ``invalid_api_key`` / 403
-        ``tenant_disabled``."""
+        ``tenant_disabled``. ``api_key``: the value of the ``key_header`` header, if sent."""
+        if api_key is not None:
+            authorization_header = self._with_key(authorization_header, api_key)
         if not authorization_header:
             if self._anonymous is not None:
                 return self._anonymous
@@ -94,6 +112,25 @@ class Authenticator:
                 403, "tenant_disabled", f"tenant {ctx.name!r} is disabled; ask an administrator"
             )
         return ctx
+
+    def _with_key(self, authorization: bytes | None, api_key: bytes) -> bytes | None:
+        """The ``Authorization`` value to check, given a key header: the key as a bearer
+        token; when both are sent they must carry the same key."""
+        token = api_key.strip()
+        if not token:
+            return authorization
+        if not authorization:
+            return _BEARER + token
+        scheme = authorization[:7]
+        same = authorization[7:].strip() == token
+        if same and (scheme == _BEARER or scheme.lower() == b"bearer "):
+            return authorization
+        raise GatewayError(
+            401,
+            "invalid_api_key",
+            f"conflicting credentials: the Authorization header and the {self._key_name} "
+            "header carry different keys; send one of them",
+        )
 
     def _fill(self, digest: str, now: float) -> TenantContext:
         bad_until = self._bad.get(digest)

@@ -55,7 +55,12 @@ from studioctl.gateway.asgi import Receive
 from studioctl.gateway.context import RequestContext
 from studioctl.gateway.limits import Admission, Limiter
 from studioctl.gateway.metrics import GatewayMetrics
-from studioctl.gateway.routing import LOADING_RETRY_AFTER_S, RouteTable, Upstream
+from studioctl.gateway.routing import (
+    LOADING_RETRY_AFTER_S,
+    RouteTable,
+    Upstream,
+    loading_retry_after,
+)
 
 __all__ = [
     "BUSY",
@@ -77,6 +82,12 @@ DEFAULT_QUEUE_DEPTH = 64
 DEFAULT_QUEUE_TIMEOUT_S = 300.0
 # What a waiter waits for (``Waiter.kind``, the ``queue`` field of the listing).
 LOADING, BUSY = "loading", "busy"
+
+
+def _minus(left_s: float | None, waited_s: float) -> float | None:
+    return None if left_s is None or left_s <= waited_s else left_s - waited_s
+
+
 # Retry-After of 503 queue_full: the queue drains as fast as the model serves.
 QUEUE_FULL_RETRY_AFTER_S = LOADING_RETRY_AFTER_S
 
@@ -322,7 +333,8 @@ class ModelQueues:
             503,
             "model_loading",
             f"model {model!r} did not become ready within {room.timeout_s:g} s; retry later",
-            retry_after=LOADING_RETRY_AFTER_S,
+            # What is left of the load once this request has waited its whole timeout.
+            retry_after=loading_retry_after(_minus(self.routes.load_left(model), room.timeout_s)),
         )
         try:
             return await self._wait(room, waiter, attempt, receive, timed_out)

@@ -36,6 +36,8 @@ from studioctl.gateway.upstream import UpstreamConn, UpstreamConnectError, Upstr
 
 __all__ = ["SHUTDOWN_RETRY_AFTER_S", "Relay", "shutting_down"]
 
+# Retry-After of an engine's own 429 or 503 relayed to the client (its header is not kept).
+ENGINE_RETRY_AFTER = (b"retry-after", b"1")
 # Retry-After of the 503 shutting_down answers (a restart under systemd takes a few seconds).
 SHUTDOWN_RETRY_AFTER_S = 5.0
 
@@ -90,6 +92,8 @@ async def _send_whole(
 ) -> None:
     """Relay an engine's whole answer (its status, content type and body)."""
     headers = [(b"content-type", content_type), content_length(data)]
+    if status == 429 or status == 503:  # the engine's own refusal: every 429/503 has one
+        headers.append(ENGINE_RETRY_AFTER)
     if ctx.extra:
         headers.extend(ctx.extra)
     ctx.finished = True

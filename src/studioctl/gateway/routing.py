@@ -94,6 +94,10 @@ class RouteTable:
         self._on_demand: frozenset[str] = frozenset()  # recipe ids a request loads
         self._models: list[dict[str, Any]] = []  # /v1/models' data, built by update()
         self._listeners: list[Callable[[], None]] = []
+        # For model_loading's Retry-After: each recipe's last load (start → ready, seconds)
+        # and when each loading instance started (wall clock, as the instances say).
+        self._load_s: dict[str, float] = {}
+        self._loading_since: dict[str, float] = {}
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every change of the table (the waiting rooms wake on it:
@@ -121,6 +125,14 @@ class RouteTable:
             if str(i.state) != STOPPED
         ]
         self._instance_names = {n: i.recipe.id for i in instances for n in i.recipe.model_names}
+        for i in instances:
+            if i.ready_at is not None and i.started_at is not None and i.ready_at >= i.started_at:
+                self._load_s[i.recipe.id] = i.ready_at - i.started_at
+        self._loading_since = {
+            i.id: i.started_at
+            for i in instances
+            if i.started_at is not None and str(i.state) in LOADING_STATES
+        }
         self.update(ups, {**self._instance_names, **self._recipe_names})
 
     def recipes_changed(self, names: Mapping[str, str], on_demand: Collection[str] = ()) -> None:
@@ -167,7 +179,7 @@ class RouteTable:
             return min(candidates, key=lambda u: inflight.get(u.instance_id, 0))
         pending = self._pending.get(model)
         if pending is not None:
-            return _raise_loading(model, pending)
+            return _raise_loading(model, pending, self.load_left(model))
         recipe = self._known.get(model)
         if recipe is not None:
             raise GatewayError(
@@ -182,6 +194,20 @@ class RouteTable:
             f"the model {model!r} does not exist",
             param="model",
         )
+
+    def load_left(self, model: str) -> float | None:
+        """Seconds until ``model``'s loading instance should be ready: its recipe's last
+        load time less how long this one has been loading. None when either is unknown or
+        the load is overdue."""
+        up = self._pending.get(model)
+        if up is None:
+            return None
+        expected = self._load_s.get(up.recipe_id)
+        since = self._loading_since.get(up.instance_id)
+        if expected is None or since is None:
+            return None
+        left = expected - (time.time() - since)
+        return left if left > 0 else None
 
     def loading(self, model: str) -> bool:
         """Whether ``model`` has no ready instance but one starting or loading."""
@@ -276,10 +302,16 @@ class RouteTable:
         }
 
 
-def _raise_loading(model: str, up: Upstream) -> Upstream:
+def loading_retry_after(left_s: float | None) -> float:
+    """model_loading's Retry-After: the load's expected time left (``load_left``), at least
+    1 s; LOADING_RETRY_AFTER_S when it is not known."""
+    return LOADING_RETRY_AFTER_S if left_s is None else max(1.0, left_s)
+
+
+def _raise_loading(model: str, up: Upstream, left_s: float | None) -> Upstream:
     raise GatewayError(
         503,
         "model_loading",
         f"model {model!r} is {up.state} (instance {up.instance_id}); retry shortly",
-        retry_after=LOADING_RETRY_AFTER_S,
+        retry_after=loading_retry_after(left_s),
     )

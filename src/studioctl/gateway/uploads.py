@@ -14,7 +14,7 @@ bounded by the queue's own timeout).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from studioctl.errors import GatewayBusy, GatewayError
@@ -61,7 +61,7 @@ class FormProxy:
     async def serve(
         self,
         ctx: RequestContext,
-        authorization: bytes | None,
+        credentials: tuple[bytes | None, bytes | None],
         length: bytes | None,
         ctype: bytes | None,
         receive: Receive,
@@ -74,7 +74,7 @@ class FormProxy:
             declared = admission.declared_length(length)
             boundary = boundary_of(ctype)
             assert ctype is not None
-            ctx.tenant = tenant = admission.authenticate(authorization)
+            ctx.tenant = tenant = admission.authenticate(*credentials)  # bearer, X-API-Key
             upload = FormUpload(receive, boundary, self.settings.max_body_bytes)
             ctx.model = await upload.find_model()
             try:
@@ -123,3 +123,23 @@ class FormProxy:
                 await chunks.aclose()  # an upload cut short by an early answer: end it now
             finally:
                 self._release(ctx)
+
+
+def upload_headers(
+    headers: Iterable[tuple[bytes, bytes]], key_header: bytes | None
+) -> tuple[bytes | None, ...]:
+    """(Authorization, the API-key header, Content-Length, Content-Type, Origin) of an
+    upload's request head, in one pass."""
+    authorization = api_key = length = ctype = origin = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value
+        elif name == b"content-length":
+            length = value
+        elif name == b"content-type":
+            ctype = value
+        elif name == b"origin":
+            origin = value
+        elif name == key_header:
+            api_key = value
+    return authorization, api_key, length, ctype, origin

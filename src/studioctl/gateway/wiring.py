@@ -25,7 +25,7 @@ from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.queue import QueueRules
 from studioctl.gateway.routing import RouteTable
 from studioctl.gateway.tokenize import PromptCounter
-from studioctl.tenants import TenantService, anonymous_context
+from studioctl.tenants import TenantService, anonymous_context, default_limits
 
 if TYPE_CHECKING:
     from studioctl.lifecycle.runtime import Instance
@@ -118,7 +118,7 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     from studioctl.store.usage import UsageRepo, UsageWriter
 
     gs = settings.gateway
-    tenants = TenantService(db)
+    tenants = TenantService(db, default_limits=default_limits(settings.tenants))
     anonymous = None
     if gs.allow_anonymous:
         if anonymous_allowed(gs):
@@ -128,7 +128,7 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
                 "gateway.allow_anonymous ignored: the gateway binds %s, not a loopback address",
                 gs.host,
             )
-    auth = Authenticator(tenants.lookup, anonymous=anonymous)
+    auth = Authenticator(tenants.lookup, anonymous=anonymous, api_key_header=gs.api_key_header)
     tenants.subscribe(auth.invalidate)
     limiter = Limiter(global_max_concurrent=gs.max_concurrent)
     metrics = GatewayMetrics(

@@ -14,6 +14,8 @@ The file lives at ``<config dir>/studioctl.yaml`` (``paths.settings_file()``), o
     daemon:
       autostart: true
       admin_token: ${ADMIN_TOKEN}        # unset variable without a default → error
+    tenants:
+      default_rpm_limit: 120             # a tenant created without a profile
     logs:
       retention_days: 14
     scheduler:
@@ -63,6 +65,7 @@ from studioctl.settings.schema import (
     RecipeSettings,
     SchedulerSettings,
     Settings,
+    TenantsSettings,
     all_keys,
     section_keys,
 )
@@ -83,6 +86,7 @@ __all__ = [
     "RecipeSettings",
     "SchedulerSettings",
     "Settings",
+    "TenantsSettings",
     "all_keys",
     "env_var",
     "load_settings",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import string
 import types
 import typing
 from pathlib import Path
@@ -50,6 +51,28 @@ def _not_blank(value: str) -> str:
 
 def _none_if_empty(value: str | None) -> str | None:
     return value or None  # an empty admin token means "none", never "matches empty"
+
+
+# RFC 9110's token characters: what a header name may be made of.
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+# Headers with a meaning of their own: a key sent in them would be read twice, or never.
+_RESERVED_HEADERS = frozenset({"authorization", "x-admin-token", "content-length", "host"})
+
+
+def _header_name(value: str) -> str:
+    """An HTTP header name (any case), or "" for none."""
+    value = value.strip()
+    if not value:
+        return ""
+    if len(value) > 64 or not set(value) <= _TOKEN_CHARS:
+        raise PydanticCustomError(
+            "header_name", "must be an HTTP header name (letters, digits, '-'), or empty"
+        )
+    if value.lower() in _RESERVED_HEADERS:
+        raise PydanticCustomError(
+            "header_name", "{name} is a header of its own; pick another (or empty)", {"name": value}
+        )
+    return value
 
 
 def _as_tuple(value: Any) -> Any:
@@ -163,6 +186,8 @@ CapacityGb = Annotated[float, Field(gt=0, allow_inf_nan=False)] | None
 #: Written as a mapping (in the environment: as JSON); held as a tuple of ``Group``.
 Groups = Annotated[tuple[Group, ...], PlainValidator(_groups)]
 Token = Annotated[str | None, AfterValidator(_none_if_empty)]
+#: A header name; "" turns the header off.
+HeaderName = Annotated[str, AfterValidator(_header_name)]
 SchedulerPolicy = Annotated[PolicyName, PlainValidator(_scheduler_policy)]
 Origins = Annotated[
     tuple[Annotated[str, AfterValidator(_not_blank)], ...], BeforeValidator(_as_tuple)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         CapacityGb,
         Groups,
         HeaderBytes,
+        HeaderName,
         Host,
         Origins,
         Port,
@@ -74,6 +75,9 @@ class GatewaySettings:
     queue_depth: QueueDepth = 64
     queue_timeout_s: Seconds = 300.0
     queue_when_busy: bool = False
+    # The header a client may send its API key in instead of ``Authorization: Bearer``
+    # (LMServ's clients send ``X-API-Key: KEY``); "" accepts Authorization only.
+    api_key_header: HeaderName = "X-API-Key"
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,17 @@ class HostSettings:
 
 
 @dataclass(frozen=True)
+class TenantsSettings:
+    # The limits of a tenant created without a profile (the admin API's POST /tenants with
+    # neither ``profile`` nor the field): the tenant gateway's DEFAULT_* values.
+    default_max_concurrent: AtLeastOne = 4
+    default_rpm_limit: AtLeastOne = 120
+    default_tpm_limit: AtLeastOne = 120000
+    default_max_context_tokens: AtLeastOne = 8192
+    default_max_output_tokens: AtLeastOne = 512
+
+
+@dataclass(frozen=True)
 class LogSettings:
     max_bytes: PositiveInt = 50 * 1024 * 1024
     backups: AtLeastZero = 3
@@ -154,6 +169,7 @@ SECTIONS: dict[str, type[Any]] = {
     "engines": EngineSettings,
     "recipes": RecipeSettings,
     "daemon": DaemonSettings,
+    "tenants": TenantsSettings,
     "logs": LogSettings,
     "scheduler": SchedulerSettings,
     "host": HostSettings,
@@ -172,6 +188,7 @@ class Settings:
     engines: EngineSettings = field(default_factory=EngineSettings)
     recipes: RecipeSettings = field(default_factory=RecipeSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    tenants: TenantsSettings = field(default_factory=TenantsSettings)
     logs: LogSettings = field(default_factory=LogSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     host: HostSettings = field(default_factory=HostSettings)

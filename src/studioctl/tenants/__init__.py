@@ -11,10 +11,14 @@ from __future__ import annotations
 from studioctl.tenants.context import ANONYMOUS_TENANT_ID, TenantContext, anonymous_context
 from studioctl.tenants.keys import KEY_SCHEME, generate_key, hash_key, key_prefix
 from studioctl.tenants.limits import (
+    DEFAULT_LIMITS,
+    DEFAULT_PROFILE,
     LIMIT_FIELDS,
     PROFILES,
     TenantLimits,
+    default_limits,
     normalize_allowed_models,
+    profile_table,
     profiles_dict,
     resolve_limits,
 )
@@ -28,6 +32,8 @@ from studioctl.tenants.service import (
 
 __all__ = [
     "ANONYMOUS_TENANT_ID",
+    "DEFAULT_LIMITS",
+    "DEFAULT_PROFILE",
     "DEFAULT_ROTATION_GRACE_S",
     "KEY_SCHEME",
     "LIMIT_FIELDS",
@@ -38,10 +44,12 @@ __all__ = [
     "TenantLimits",
     "TenantService",
     "anonymous_context",
+    "default_limits",
     "generate_key",
     "hash_key",
     "key_prefix",
     "normalize_allowed_models",
+    "profile_table",
     "profiles_dict",
     "resolve_limits",
     "validate_tenant_name",

@@ -6,7 +6,11 @@ Profiles (values of the seed gateway)::
     conservative   1               60   30000    4096                256
     standard       2               180  120000   8192                512
     pro            4               600  400000   16384               1024
+    default        tenants.default_* settings (4, 120, 120000, 8192, 512 unless set)
 
+``default`` is the profile of a tenant created over the admin API without one (the tenant
+gateway's DEFAULT_* limits): its values are the daemon's settings, so ``TenantService``
+holds the profile table (``PROFILES`` plus ``default``) and passes it to ``resolve_limits``.
 A tenant stores its profile name and only the fields it overrides; ``resolve_limits``
 turns both into the ``TenantLimits`` the gateway enforces.
 """
@@ -15,9 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import UsageError
+
+if TYPE_CHECKING:
+    from studioctl.settings import TenantsSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +85,35 @@ PROFILES: dict[str, TenantLimits] = {
 }
 
 
-def resolve_limits(profile: str, overrides: Mapping[str, Any]) -> TenantLimits:
+#: The profile of a tenant created without one; its values come from the settings.
+DEFAULT_PROFILE = "default"
+#: ``default``'s values when the settings do not say otherwise (tenants.default_*).
+DEFAULT_LIMITS = TenantLimits(
+    max_concurrent=4, rpm=120, tpm=120_000, max_context_tokens=8192, max_output_tokens=512
+)
+
+
+def default_limits(settings: TenantsSettings) -> TenantLimits:
+    """The ``default`` profile of the ``tenants`` settings section."""
+    return TenantLimits(
+        max_concurrent=settings.default_max_concurrent,
+        rpm=settings.default_rpm_limit,
+        tpm=settings.default_tpm_limit,
+        max_context_tokens=settings.default_max_context_tokens,
+        max_output_tokens=settings.default_max_output_tokens,
+    )
+
+
+def profile_table(default: TenantLimits | None = None) -> dict[str, TenantLimits]:
+    """``PROFILES`` plus ``default`` (``default``: the configured values, else DEFAULT_LIMITS)."""
+    return {**PROFILES, DEFAULT_PROFILE: default if default is not None else DEFAULT_LIMITS}
+
+
+def resolve_limits(
+    profile: str,
+    overrides: Mapping[str, Any],
+    profiles: Mapping[str, TenantLimits] = PROFILES,
+) -> TenantLimits:
     """The limits of ``profile`` with ``overrides`` applied.
 
     ``overrides`` maps limit names (``LIMIT_FIELDS`` and ``allowed_models``) to values; a
@@ -86,10 +121,10 @@ def resolve_limits(profile: str, overrides: Mapping[str, Any]) -> TenantLimits:
     (from query strings or flags). Unknown profile or field, or a bad value → ``UsageError``
     naming it.
     """
-    base = PROFILES.get(profile)
+    base = profiles.get(profile)
     if base is None:
         raise UsageError(
-            f"unknown limits profile {profile!r}; known: {', '.join(PROFILES)}",
+            f"unknown limits profile {profile!r}; known: {', '.join(profiles)}",
             details={"param": "profile"},
         )
     values: dict[str, Any] = {
@@ -110,9 +145,11 @@ def resolve_limits(profile: str, overrides: Mapping[str, Any]) -> TenantLimits:
     return TenantLimits(**values)
 
 
-def profiles_dict() -> dict[str, dict[str, Any]]:
+def profiles_dict(
+    profiles: Mapping[str, TenantLimits] = PROFILES,
+) -> dict[str, dict[str, Any]]:
     """The profiles as plain data (admin API, ``tenant`` help)."""
-    return {name: limits.to_dict() for name, limits in PROFILES.items()}
+    return {name: limits.to_dict() for name, limits in profiles.items()}
 
 
 def _limit_int(key: str, raw: Any) -> int:

@@ -26,6 +26,7 @@ from studioctl.tenants.limits import (
     LIMIT_FIELDS,
     TenantLimits,
     normalize_allowed_models,
+    profile_table,
     resolve_limits,
 )
 
@@ -127,7 +128,10 @@ class TenantService:
         *,
         on_change: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        default_limits: TenantLimits | None = None,
     ) -> None:
+        """``default_limits``: the ``default`` profile's values (the settings'
+        ``tenants.default_*``; None: ``tenants.DEFAULT_LIMITS``)."""
         from studioctl.store.tenants import KeyRepo, TenantRepo
 
         self.db = db
@@ -136,6 +140,8 @@ class TenantService:
         self._clock = clock
         self._listeners: list[Callable[[], None]] = [on_change] if on_change else []
         self._last_used: dict[str, float] = {}
+        #: Every profile a tenant may have: PROFILES and ``default``.
+        self.profiles: dict[str, TenantLimits] = profile_table(default_limits)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every change (e.g. ``Authenticator.invalidate``)."""
@@ -157,7 +163,7 @@ class TenantService:
         """A new tenant and its first API key: ``(tenant, plaintext key)``. Show the key
         once: only its hash is stored. ConflictError when the name is taken."""
         validate_tenant_name(name)
-        stored, models = _split_overrides(profile, dict(overrides or {}), allowed_models)
+        stored, models = self._split(profile, dict(overrides or {}), allowed_models)
         plaintext, prefix, digest = generate_key()
         ts = self._clock()
         with self.db.transaction():
@@ -170,14 +176,14 @@ class TenantService:
             )
             self.keys.add(tenant.id, digest, prefix, ts=ts)
         self._changed()
-        return _info(tenant), plaintext
+        return self._info(tenant), plaintext
 
     def list(self) -> builtins.list[TenantInfo]:
-        return [_info(t) for t in self.tenants.list()]
+        return [self._info(t) for t in self.tenants.list()]
 
     def get(self, id_or_name: str) -> TenantInfo:
         """NotFoundError naming the tenant when there is none."""
-        return _info(self.tenants.require(id_or_name))
+        return self._info(self.tenants.require(id_or_name))
 
     def set(
         self,
@@ -186,8 +192,9 @@ class TenantService:
         overrides: Mapping[str, Any] | None = None,
         enabled: bool | None = None,
         allowed_models: Sequence[str] | str | None = None,
+        name: str | None = None,
     ) -> TenantInfo:
-        """Change a tenant; ``None`` leaves a field as it is.
+        """Change a tenant; ``None`` leaves a field as it is (``name``: a new name).
 
         ``overrides`` merge into the existing ones; an override set to ``None`` goes back
         to the profile's value. ``allowed_models``: names, or ``[]``/``["*"]`` for all.
@@ -211,8 +218,10 @@ class TenantService:
                 merged.pop(key, None)
             else:
                 merged[key] = value
-        stored, _ = _split_overrides(new_profile, merged, None)
+        stored, _ = self._split(new_profile, merged, None)
         changes: dict[str, Any] = {"profile": new_profile, "limits": stored}
+        if name is not None and name != tenant.name:
+            changes["name"] = validate_tenant_name(name)  # ConflictError when taken
         if enabled is not None:
             changes["enabled"] = bool(enabled)
         if allowed_models is not None:
@@ -220,14 +229,14 @@ class TenantService:
             changes["allowed_models"] = list(models) if models is not None else None
         updated = self.tenants.update(tenant.id, ts=self._clock(), **changes)
         self._changed()
-        return _info(updated)
+        return self._info(updated)
 
     def delete(self, id_or_name: str) -> TenantInfo:
         """Delete a tenant and its keys (its usage rows stay); returns what was deleted."""
         tenant = self.tenants.require(id_or_name)
         self.tenants.delete(tenant.id)
         self._changed()
-        return _info(tenant)
+        return self._info(tenant)
 
     # -- keys --
 
@@ -294,7 +303,7 @@ class TenantService:
             tenant_id=tenant.id,
             name=tenant.name,
             enabled=tenant.enabled,
-            limits=_limits_of(tenant),
+            limits=self._limits_of(tenant),
             key_prefix=key.prefix,
             key_expires_at=key.expires_at,
         )
@@ -315,6 +324,31 @@ class TenantService:
             return tenant.id
         return self.tenants.require(tenant).id
 
+    def _split(
+        self,
+        profile: str,
+        overrides: dict[str, Any],
+        allowed_models: Sequence[str] | str | None,
+    ) -> tuple[dict[str, int], tuple[str, ...] | None]:
+        return _split_overrides(profile, overrides, allowed_models, self.profiles)
+
+    def _limits_of(self, tenant: Tenant) -> TenantLimits:
+        overrides: dict[str, Any] = dict(tenant.limits)
+        overrides["allowed_models"] = tenant.allowed_models
+        return resolve_limits(tenant.profile, overrides, self.profiles)
+
+    def _info(self, tenant: Tenant) -> TenantInfo:
+        return TenantInfo(
+            id=tenant.id,
+            name=tenant.name,
+            enabled=tenant.enabled,
+            profile=tenant.profile,
+            overrides={k: v for k, v in tenant.limits.items() if k in LIMIT_FIELDS},
+            limits=self._limits_of(tenant),
+            created_at=tenant.created_at,
+            updated_at=tenant.updated_at,
+        )
+
     def _key_info(self, key: ApiKey, at: float) -> KeyInfo:
         return KeyInfo(
             id=key.id,
@@ -332,6 +366,7 @@ def _split_overrides(
     profile: str,
     overrides: dict[str, Any],
     allowed_models: Sequence[str] | str | None,
+    profiles: Mapping[str, TenantLimits],
 ) -> tuple[dict[str, int], tuple[str, ...] | None]:
     """Validate against the profile; return the integer overrides to store (normalized,
     ``None`` values dropped) and the allowed models (``None`` = all)."""
@@ -344,26 +379,7 @@ def _split_overrides(
             )
         if allowed_models is None:
             allowed_models = from_overrides
-    limits = resolve_limits(profile, overrides)  # names the unknown profile/field/bad value
+    # names the unknown profile, field or bad value
+    limits = resolve_limits(profile, overrides, profiles)
     stored = {k: getattr(limits, k) for k in LIMIT_FIELDS if overrides.get(k) is not None}
     return stored, normalize_allowed_models(allowed_models)
-
-
-def _limits_of(tenant: Tenant) -> TenantLimits:
-    overrides: dict[str, Any] = dict(tenant.limits)
-    overrides["allowed_models"] = tenant.allowed_models
-    return resolve_limits(tenant.profile, overrides)
-
-
-def _info(tenant: Tenant) -> TenantInfo:
-    limits = _limits_of(tenant)
-    return TenantInfo(
-        id=tenant.id,
-        name=tenant.name,
-        enabled=tenant.enabled,
-        profile=tenant.profile,
-        overrides={k: v for k, v in tenant.limits.items() if k in LIMIT_FIELDS},
-        limits=limits,
-        created_at=tenant.created_at,
-        updated_at=tenant.updated_at,
-    )
