@@ -63,6 +63,7 @@ from studioctl.settings.schema import (
     RecipeSettings,
     SchedulerSettings,
     Settings,
+    UsageSettings,
     all_keys,
     section_keys,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "RecipeSettings",
     "SchedulerSettings",
     "Settings",
+    "UsageSettings",
     "all_keys",
     "env_var",
     "load_settings",
