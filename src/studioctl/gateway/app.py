@@ -219,6 +219,7 @@ class GatewayApp:
         authorization: bytes | None = None
         length: bytes | None = None
         origin: bytes | None = None
+        sent_id: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -226,10 +227,12 @@ class GatewayApp:
                 length = value
             elif name == b"origin":
                 origin = value
+            elif name == b"x-request-id":
+                sent_id = value
         extra = self._cors.headers(origin) if origin is not None else None
         task = asyncio.current_task()
         assert task is not None
-        ctx = RequestContext(task, endpoint, t0, ts, extra)
+        ctx = RequestContext(task, endpoint, t0, ts, extra, sent_id)
         if self._draining:
             await self.accounting.refuse(send, ctx, shutting_down())
             return

@@ -44,7 +44,6 @@ Nothing here runs for a request that does not wait: the fast path costs nothing.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -145,7 +144,7 @@ class Waiter:
         self.ctx = ctx
         self.model = model
         self.kind = kind
-        self.request_id = "q-" + secrets.token_hex(6)
+        self.request_id = ctx.request_id  # one id everywhere (gateway.context)
         self.since = now  # perf_counter()
         self.woken: asyncio.Future[None] | None = None
 

@@ -122,7 +122,7 @@ class Relay:
         try:
             try:
                 t_up = time.perf_counter()
-                conn = await pool.request(upstream, path, payload, timeout)
+                conn = await pool.request(upstream, path, payload, timeout, ctx.rid)
                 self.metrics.upstream_latency(time.perf_counter() - t_up)
                 data = await conn.read_all(timeout)
                 pool.release(conn)
@@ -173,7 +173,7 @@ class Relay:
         try:
             try:
                 t_up = time.perf_counter()
-                conn = await pool.request(upstream, path, payload, self.read_timeout_s)
+                conn = await pool.request(upstream, path, payload, self.read_timeout_s, ctx.rid)
                 self.metrics.upstream_latency(time.perf_counter() - t_up)
                 if conn.status != 200:
                     data = await conn.read_all(self.read_timeout_s)
