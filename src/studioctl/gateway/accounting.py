@@ -70,6 +70,8 @@ def usage_record(
     assert tenant is not None
     upstream = ctx.upstream
     queue_s = ctx.queue_s
+    bodies = ctx.bodies
+    request_body, response_body = bodies.texts(ctx.stream) if bodies else (None, None)
     return UsageRecord(
         ts=ctx.ts,
         tenant_id=tenant.tenant_id,
@@ -86,6 +88,8 @@ def usage_record(
         error_code=error_code,
         queue_ms=queue_s * 1000.0 if queue_s else 0.0,
         request_id=ctx.request_id,
+        request_body=request_body,
+        response_body=response_body,
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.asgi import Receive
 from studioctl.gateway.auth import Authenticator
+from studioctl.gateway.bodies import BodyCapture
 from studioctl.gateway.body import check_n, model_error, parse_body, peek_model, quote
 from studioctl.gateway.context import CHAT, COMPLETIONS, EMBEDDINGS, RequestContext
 from studioctl.gateway.limits import Limiter
@@ -218,7 +219,10 @@ class AdmissionControl:
         ctx.admission.reserve(prompt_tokens=prompt, max_output_tokens=max_output)  # TPM
         ctx.prompt = prompt
         ctx.exact = exact
-        return upstream, _UPSTREAM_PATHS[endpoint], json_dumps(body) if dirty else raw
+        payload = json_dumps(body) if dirty else raw
+        if limits.log_bodies or self.queues.rules.logs_bodies(upstream.recipe_id):
+            ctx.bodies = BodyCapture(payload)  # the request log stores them (debugging)
+        return upstream, _UPSTREAM_PATHS[endpoint], payload
 
     def _cap_output(self, endpoint: int, body: dict[str, Any], cap: int) -> tuple[int, bool]:
         """Check the output-length fields against ``cap``; returns (tokens to reserve, dirty).

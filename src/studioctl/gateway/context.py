@@ -21,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import GatewayError
 from studioctl.gateway.limits import Admission
 from studioctl.gateway.routing import Upstream
 from studioctl.tenants import TenantContext
+
+if TYPE_CHECKING:
+    from studioctl.gateway.bodies import BodyCapture
 
 __all__ = [
     "CHAT",
@@ -65,6 +68,7 @@ class RequestContext:
     __slots__ = (
         "accounted",
         "admission",
+        "bodies",
         "body",
         "client_usage",
         "drained",
@@ -126,6 +130,7 @@ class RequestContext:
         self.drained = False  # GatewayApp.drain ended it; ``task`` was cancelled for it
         self.accounted = False  # the usage row and metrics are written
         self.queue_s = 0.0  # seconds waited in a queue (queue.py), the usage row's queue_ms
+        self.bodies: BodyCapture | None = None  # log_bodies only: what to store (bodies.py)
 
     def tagged(self, exc: GatewayError) -> GatewayError:
         """``exc`` with the request id at the end of its message (a copy: one error may be

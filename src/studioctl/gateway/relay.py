@@ -125,6 +125,8 @@ class Relay:
                 conn = await pool.request(upstream, path, payload, timeout, ctx.rid)
                 self.metrics.upstream_latency(time.perf_counter() - t_up)
                 data = await conn.read_all(timeout)
+                if ctx.bodies is not None:
+                    ctx.bodies.add(data)
                 pool.release(conn)
             except asyncio.CancelledError:
                 if not ctx.gone:
@@ -241,6 +243,8 @@ class Relay:
                 return
             out = relay.feed(data)
             if out:
+                if ctx.bodies is not None:
+                    ctx.bodies.add(out)
                 if ctx.ttft is None:
                     ctx.ttft = time.perf_counter() - ctx.t0
                 await send({"type": "http.response.body", "body": out, "more_body": True})

@@ -11,7 +11,9 @@ from __future__ import annotations
 from studioctl.tenants.context import ANONYMOUS_TENANT_ID, TenantContext, anonymous_context
 from studioctl.tenants.keys import KEY_SCHEME, generate_key, hash_key, key_prefix
 from studioctl.tenants.limits import (
+    FLAG_FIELDS,
     LIMIT_FIELDS,
+    OVERRIDE_FIELDS,
     PROFILES,
     TenantLimits,
     normalize_allowed_models,
@@ -29,8 +31,10 @@ from studioctl.tenants.service import (
 __all__ = [
     "ANONYMOUS_TENANT_ID",
     "DEFAULT_ROTATION_GRACE_S",
+    "FLAG_FIELDS",
     "KEY_SCHEME",
     "LIMIT_FIELDS",
+    "OVERRIDE_FIELDS",
     "PROFILES",
     "KeyInfo",
     "TenantContext",

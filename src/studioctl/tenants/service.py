@@ -23,7 +23,7 @@ from studioctl.errors import UsageError
 from studioctl.tenants.context import ANONYMOUS_TENANT_ID, TenantContext
 from studioctl.tenants.keys import generate_key
 from studioctl.tenants.limits import (
-    LIMIT_FIELDS,
+    OVERRIDE_FIELDS,
     TenantLimits,
     normalize_allowed_models,
     resolve_limits,
@@ -345,7 +345,7 @@ def _split_overrides(
         if allowed_models is None:
             allowed_models = from_overrides
     limits = resolve_limits(profile, overrides)  # names the unknown profile/field/bad value
-    stored = {k: getattr(limits, k) for k in LIMIT_FIELDS if overrides.get(k) is not None}
+    stored = {k: getattr(limits, k) for k in OVERRIDE_FIELDS if overrides.get(k) is not None}
     return stored, normalize_allowed_models(allowed_models)
 
 
@@ -362,7 +362,7 @@ def _info(tenant: Tenant) -> TenantInfo:
         name=tenant.name,
         enabled=tenant.enabled,
         profile=tenant.profile,
-        overrides={k: v for k, v in tenant.limits.items() if k in LIMIT_FIELDS},
+        overrides={k: v for k, v in tenant.limits.items() if k in OVERRIDE_FIELDS},
         limits=limits,
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,
