@@ -115,7 +115,7 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     """Tenants, auth, limits, metrics, usage writer, route table (with the recipes on disk),
     the upstream pool and the prompt counter: everything the gateway needs but the
     supervisor and telemetry. Starts the usage writer's thread; needs no event loop."""
-    from studioctl.store.usage import Pruner, UsageRepo, UsageWriter
+    from studioctl.store.usage import Pruner, Retention, UsageRepo, UsageWriter
 
     gs = settings.gateway
     tenants = TenantService(db)
@@ -135,10 +135,9 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
         tenant_labels=gs.metrics_tenant_labels, inflight_source=limiter.inflight
     )
     us = settings.usage
-    usage_repo = UsageRepo(db, retention_days=us.retention_days, body_max_bytes=us.body_max_bytes)
-    pruner = Pruner(
-        db, retention_days=us.retention_days, body_retention_days=us.body_retention_days
-    )
+    retention = Retention(days=us.retention_days)
+    usage_repo = UsageRepo(db, retention=retention, body_max_bytes=us.body_max_bytes)
+    pruner = Pruner(db, retention=retention, body_retention_days=us.body_retention_days)
     writer = UsageWriter(usage_repo, prune=pruner.step)  # prunes in its thread
     routes = RouteTable()
     recipes = recipes_on_disk(settings)  # read again by housekeeping

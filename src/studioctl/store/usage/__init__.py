@@ -14,7 +14,7 @@ from __future__ import annotations
 from studioctl.store.usage.log import MAX_ROWS, RequestFilter, RequestLog
 from studioctl.store.usage.record import UsageRecord, UsageRow
 from studioctl.store.usage.repo import UsageRepo, UsageSummary
-from studioctl.store.usage.retention import Pruner
+from studioctl.store.usage.retention import Pruner, Retention
 from studioctl.store.usage.rollup import VALUE_COLUMNS, UsageStats
 from studioctl.store.usage.writer import UsageRowStore, UsageWriter
 
@@ -24,6 +24,7 @@ __all__ = [
     "Pruner",
     "RequestFilter",
     "RequestLog",
+    "Retention",
     "UsageRecord",
     "UsageRepo",
     "UsageRow",

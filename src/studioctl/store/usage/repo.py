@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from studioctl.store.db import Database
 from studioctl.store.usage.log import cap_body
 from studioctl.store.usage.record import USAGE_COLUMNS, UsageRecord, UsageRow, row_params
-from studioctl.store.usage.retention import horizons
+from studioctl.store.usage.retention import Retention
 from studioctl.store.usage.rollup import (
     MAX_COLUMNS,
     N_VALUES,
@@ -131,13 +131,12 @@ _INSERT_BODY = (
 
 class UsageRepo:
     def __init__(
-        self, db: Database, *, retention_days: float = 90.0, body_max_bytes: int = 65536
+        self, db: Database, *, retention: Retention | None = None, body_max_bytes: int = 65536
     ) -> None:
-        """``retention_days``: how far back rows and fine rollups are kept (summaries of
-        longer windows round their far edge, see ``retention``); ``body_max_bytes``: the cap
-        on each stored body."""
+        """``retention``: how far back each rollup is kept (summaries of longer windows round
+        their far edge, see ``retention``); ``body_max_bytes``: the cap on each stored body."""
         self.db = db
-        self.retention_days = retention_days
+        self.retention = retention if retention is not None else Retention()
         self.body_max_bytes = body_max_bytes
 
     def _bodies(self, rows: list[UsageRow]) -> list[tuple[Any, ...]]:
@@ -223,7 +222,7 @@ class UsageRepo:
     def _kept_start(self, start_min: int, now: float) -> int:
         """``start_min`` rounded down to the finest resolution still kept at that age."""
         start = start_min * 60
-        for res, keep_s in horizons(self.retention_days).items():
+        for res, keep_s in self.retention.horizons().items():
             if start >= now - keep_s:
                 return start // res * res // 60
         return start // 86400 * 86400 // 60

@@ -22,25 +22,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from studioctl.store.db import Database
 
-__all__ = ["DAY_KEEP_DAYS", "HOUR_KEEP_DAYS", "Pruner", "horizons"]
+__all__ = ["DAY_KEEP_DAYS", "HOUR_KEEP_DAYS", "Pruner", "Retention"]
 
 HOUR_KEEP_DAYS = 400
 DAY_KEEP_DAYS = 3660
 _DAY = 86400.0
 
 
-def horizons(retention_days: float) -> dict[int, float]:
-    """Rollup resolution (s) → how many seconds back its rows are kept."""
-    keep = retention_days * _DAY
-    return {
-        60: keep,
-        600: keep,
-        3600: max(keep, HOUR_KEEP_DAYS * _DAY),
-        86400: max(keep, DAY_KEEP_DAYS * _DAY),
-    }
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How many days each kind of row is kept (see the module docstring)."""
+
+    days: float = 90.0  # request rows, minute and 10-minute rollups (usage.retention_days)
+    hour_days: float = HOUR_KEEP_DAYS
+    day_days: float = DAY_KEEP_DAYS
+
+    def horizons(self) -> dict[int, float]:
+        """Rollup resolution (s) → how many seconds back its rows are kept, finest first."""
+        keep = self.days * _DAY
+        hours = max(keep, self.hour_days * _DAY)
+        return {60: keep, 600: keep, 3600: hours, 86400: max(hours, self.day_days * _DAY)}
 
 
 class Pruner:
@@ -50,13 +55,13 @@ class Pruner:
         self,
         db: Database,
         *,
-        retention_days: float,
+        retention: Retention,
         body_retention_days: float,
         batch: int = 2000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
-        self.retention_days = retention_days
+        self.retention = retention
         self.body_retention_days = body_retention_days
         self.batch = batch
         self.clock = clock
@@ -66,7 +71,7 @@ class Pruner:
         """Delete at most one batch from the first table that has rows past retention;
         the count (0: nothing left to delete)."""
         now = self.clock()
-        n = self._usage(now - self.retention_days * _DAY)
+        n = self._usage(now - self.retention.days * _DAY)
         if not n:
             n = self._bodies(now - self.body_retention_days * _DAY)
         if not n:
@@ -99,7 +104,7 @@ class Pruner:
         )
 
     def _rollup(self, now: float) -> int:
-        for res, keep_s in horizons(self.retention_days).items():
+        for res, keep_s in self.retention.horizons().items():
             first_kept = int((now - keep_s) // res)
             n = self._delete(
                 "DELETE FROM usage_rollup WHERE (res, scope, period, tenant_id, model) IN"
