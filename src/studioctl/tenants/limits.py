@@ -46,7 +46,7 @@ class TenantLimits:
         return allowed is None or model in allowed
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "max_concurrent": self.max_concurrent,
             "rpm": self.rpm,
             "tpm": self.tpm,
@@ -55,8 +55,10 @@ class TenantLimits:
             "allowed_models": list(self.allowed_models)
             if self.allowed_models is not None
             else None,
-            "log_bodies": self.log_bodies,
         }
+        if self.log_bodies:  # shown only when on: the usual answer keeps its shape
+            out["log_bodies"] = True
+        return out
 
 
 # The integer limits, in display order (allowed_models is separate: a list, not a number).
