@@ -260,6 +260,13 @@ class Client:
         data = self.request("GET", "/stats", params={"recipe": recipe or None})
         return cast("list[JsonObject]", data.get("recipes") or [])
 
+    def requests(self, request_id: str | None = None, params: Params = None) -> JsonObject:
+        """The request log (``studioctl requests``): rows by filter (``params``: tenant,
+        model, status, since, limit, after), or one request with its stored bodies."""
+        if request_id is not None:
+            return self.request("GET", f"/requests/{path_segment(request_id)}")
+        return self.request("GET", "/requests", params=params)
+
 
 def path_segment(value: str) -> str:
     """``value`` as one path segment (an id never holds '/', but a typo may)."""

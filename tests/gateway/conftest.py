@@ -142,6 +142,7 @@ class StandinEngine:
         self.max_inflight = 0
         self.requests: list[dict[str, Any]] = []
         self.raw_bodies: list[bytes] = []
+        self.request_ids: list[str | None] = []  # the X-Request-Id of each request
         self.peers: set[int] = set()  # client ports of the connections requests came on
         self.aborted = 0  # requests the client (the gateway) closed before the end
         self.completed = 0
@@ -183,6 +184,7 @@ class StandinEngine:
     async def _enter(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
         self.raw_bodies.append(raw)
+        self.request_ids.append(request.headers.get("X-Request-Id"))
         if request.transport is not None:
             self.peers.add(request.transport.get_extra_info("peername")[1])
         body: dict[str, Any] = orjson.loads(raw)

@@ -122,7 +122,9 @@ def test_usage_record_is_built_by_keyword_from_the_context() -> None:
         )
 
     row = run(main())
+    assert row.request_id is not None and len(row.request_id) == 16  # ours: 8 random bytes
     assert row == UsageRecord(
+        request_id=row.request_id,
         ts=1234.5,
         tenant_id="t_1",
         key_prefix="sk-st-abcdefgh",

@@ -61,10 +61,11 @@ def test_fields_and_defaults(tmp_path: Path) -> None:
         "queue_depth": None,
         "queue_timeout_s": None,
         "group": None,
+        "log_bodies": False,
     }
     text = BASE + (
         "on_demand: false\npinned: true\nvram_gb: 20\nqueue_depth: 0\n"
-        "queue_timeout_s: 2.5\ngroup: big\n"
+        "queue_timeout_s: 2.5\ngroup: big\nlog_bodies: true\n"
     )
     r = parse(text, tmp_path)
     assert r.serving() == {
@@ -74,6 +75,7 @@ def test_fields_and_defaults(tmp_path: Path) -> None:
         "queue_depth": 0,
         "queue_timeout_s": 2.5,
         "group": "big",
+        "log_bodies": True,
     }
     assert list(r.serving()) == list(SERVING_FIELDS)
 

@@ -194,3 +194,32 @@ def parse_window(value: str) -> float:
             details={"param": "window"},
         )
     return float(seconds)
+
+
+# ----------------------------------------------------------------------------- request log
+
+_STATUS = re.compile(r"([1-5])(xx|[0-9]{2})")
+
+
+def parse_status(value: str) -> tuple[int, int]:
+    """A status filter of the request log: ``429``, or a class ``4xx`` → (low, high)."""
+    m = _STATUS.fullmatch(value.strip().lower())
+    if m is None:
+        raise bad(
+            "status", f"must be a status such as 429 or a class such as 4xx, got {shown(value)}"
+        )
+    if m.group(2) == "xx":
+        lo = int(m.group(1)) * 100
+        return lo, lo + 99
+    code = int(m.group(0))
+    return code, code
+
+
+def parse_since(value: str) -> float:
+    """``--since 1h``: how far back, in seconds (``N`` followed by m, h or d)."""
+    try:
+        return parse_window(value.strip())
+    except UsageError:
+        raise bad(
+            "since", f"must be N followed by m, h or d (such as 15m, 1h, 7d), got {shown(value)}"
+        ) from None

@@ -69,6 +69,7 @@ _COMMAND_MODULES = [
     "daemon_cmds",
     "gpu_cmds",
     "tenant_cmds",
+    "request_cmds",
     "top_cmds",
     "bench_cmds",
 ]

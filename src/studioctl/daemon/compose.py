@@ -118,6 +118,7 @@ def build(
     """Build every part (no event loop work yet: nothing is started here)."""
     from studioctl.control import DaemonInfo, Serving, build_control_app
     from studioctl.control.gpus import telemetry_routes
+    from studioctl.control.requests import request_routes
     from studioctl.control.tenants import tenant_routes
     from studioctl.lifecycle.engine_http import EngineHttp
     from studioctl.lifecycle.events import EventBus
@@ -125,6 +126,7 @@ def build(
     from studioctl.store.db import Database
     from studioctl.store.events import EventRepo
     from studioctl.store.migrations import migrate
+    from studioctl.store.usage import RequestLog
     from studioctl.telemetry import GpuReader, Telemetry, VramWatch
 
     db = Database(paths.database_file())
@@ -159,6 +161,7 @@ def build(
     routes = list(telemetry_routes(telemetry))
     if gateway is not None:  # tenants and usage live with the gateway that enforces them
         routes += tenant_routes(gateway.tenants, gateway.usage_repo)
+        routes += request_routes(gateway.tenants, RequestLog(db))
     info = DaemonInfo(
         socket=str(paths.control_socket()),
         gateway_url=url,

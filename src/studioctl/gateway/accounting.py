@@ -71,6 +71,8 @@ def usage_record(
     assert tenant is not None
     upstream = ctx.upstream
     queue_s = ctx.queue_s
+    bodies = ctx.bodies
+    request_body, response_body = bodies.texts(ctx.stream) if bodies else (None, None)
     return UsageRecord(
         ts=ctx.ts,
         tenant_id=tenant.tenant_id,
@@ -86,6 +88,9 @@ def usage_record(
         disconnected=disconnected,
         error_code=error_code,
         queue_ms=queue_s * 1000.0 if queue_s else 0.0,
+        request_id=ctx.request_id,
+        request_body=request_body,
+        response_body=response_body,
     )
 
 
@@ -253,7 +258,7 @@ class Accounting:
         ctx.stream = False  # answered with an error, not a stream
         try:
             ctx.finished = ctx.started = True
-            await send_error(send, exc, ctx.extra)
+            await send_error(send, ctx.tagged(exc), ctx.extra)
         finally:
             self.finish(ctx, exc.http_status, exc.code or "error", 0, 0, None, disconnected=False)
 
@@ -270,16 +275,17 @@ class Accounting:
         """End an admitted request with ``err``: an error answer if its head is not sent,
         else (a stream) an error event and ``[DONE]``, the way vLLM ends a failed stream."""
         status = err.http_status
+        shown = ctx.tagged(err)
         try:
             if not ctx.started:
                 ctx.finished = ctx.started = True
-                await send_error(send, err, ctx.extra)
+                await send_error(send, shown, ctx.extra)
             elif not ctx.finished:
                 ctx.finished = True
                 status = 200  # what the client was told
                 end = b""  # a non-streamed body cannot be amended: it is just ended
                 if ctx.stream:
-                    end = tail + b"data: " + json_dumps({"error": err.to_dict()}) + b"\n\n"
+                    end = tail + b"data: " + json_dumps({"error": shown.to_dict()}) + b"\n\n"
                     end += DONE_EVENT
                 await send({"type": "http.response.body", "body": end, "more_body": False})
         finally:

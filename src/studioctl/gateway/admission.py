@@ -42,6 +42,7 @@ from typing import Any
 from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.asgi import Receive
 from studioctl.gateway.auth import Authenticator
+from studioctl.gateway.bodies import BodyCapture
 from studioctl.gateway.body import check_n, model_error, parse_body, peek_model, quote
 from studioctl.gateway.context import RequestContext
 from studioctl.gateway.limits import Limiter
@@ -284,7 +285,10 @@ class AdmissionControl:
         ctx.admission.reserve(prompt_tokens=prompt, max_output_tokens=max_output)  # TPM
         ctx.prompt = prompt
         ctx.exact = exact
-        return upstream, route.upstream_path, json_dumps(body) if dirty else raw
+        payload = json_dumps(body) if dirty else raw
+        if limits.log_bodies or self.queues.rules.logs_bodies(upstream.recipe_id):
+            ctx.bodies = BodyCapture(payload)  # the request log stores them (debugging)
+        return upstream, route.upstream_path, payload
 
     def _cap_output(self, route: Route, body: dict[str, Any], cap: int) -> tuple[int, bool]:
         """Check the output-length fields against ``cap``; returns (tokens to reserve, dirty).

@@ -237,6 +237,7 @@ class GatewayApp:
         origin: bytes | None = None
         api_key: bytes | None = None
         key_header = self.core.auth.key_header  # X-API-Key: found in this same pass
+        sent_id: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -246,10 +247,12 @@ class GatewayApp:
                 origin = value
             elif name == key_header:
                 api_key = value
+            elif name == b"x-request-id":
+                sent_id = value
         extra = self._cors.headers(origin) if origin is not None else None
         task = asyncio.current_task()
         assert task is not None
-        ctx = RequestContext(task, endpoint, t0, ts, extra)
+        ctx = RequestContext(task, endpoint, t0, ts, extra, sent_id)
         if self._draining:
             await self.accounting.refuse(send, ctx, shutting_down())
             return

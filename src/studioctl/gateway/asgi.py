@@ -96,7 +96,7 @@ class Cors:
             return [
                 (b"access-control-allow-origin", origin),
                 (b"vary", b"Origin"),
-                (b"access-control-expose-headers", b"retry-after"),
+                (b"access-control-expose-headers", b"retry-after, x-request-id"),
             ]
         return None
 

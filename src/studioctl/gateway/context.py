@@ -8,23 +8,65 @@ one metrics record, what was taken given back). The disconnect watcher and
 
 A plain class with ``__slots__`` (no dataclass, no validation): one is built per request on
 the hot path.
+
+Every request has one id, ``request_id``: the client's ``X-Request-Id`` when it is a short
+token (:func:`request_id`), else 16 random hex digits. It is answered in the
+``X-Request-Id`` header of every answer (``extra`` carries it, errors and streams too), sent
+to the engine (vLLM takes it for its own request id), stored in the usage row, named by the
+waiting rooms (``/v1/queues``) and at the end of every error message (:meth:`tagged`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import random
+import re
+from binascii import hexlify
+from typing import TYPE_CHECKING, Any
 
+from studioctl.errors import GatewayError
 from studioctl.gateway.limits import Admission
 from studioctl.gateway.routing import Upstream
 from studioctl.tenants import TenantContext
 
-__all__ = ["CHAT", "COMPLETIONS", "EMBEDDINGS", "Headers", "RequestContext"]
+if TYPE_CHECKING:
+    from studioctl.gateway.bodies import BodyCapture
+
+__all__ = [
+    "CHAT",
+    "COMPLETIONS",
+    "EMBEDDINGS",
+    "MAX_REQUEST_ID",
+    "Headers",
+    "RequestContext",
+    "request_id",
+]
 
 # The proxied endpoints.
 CHAT, COMPLETIONS, EMBEDDINGS = 0, 1, 2
 
 Headers = list[tuple[bytes, bytes]]
+
+#: The longest client-sent X-Request-Id kept (longer: replaced by one of ours).
+MAX_REQUEST_ID = 128
+# An HTTP token (RFC 9110 tchar): nothing that could split a header, a log line or a
+# terminal escape; what UUIDs, ULIDs and the usual tracing ids are made of.
+_TOKEN = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+# Our ids: 64 random bits from a generator seeded by the OS (os.urandom). Not secrets (an
+# id grants nothing), so not secrets.token_hex: its urandom call per request costs a few
+# times more, on the gateway's hot path.
+_randbytes = random.Random().randbytes
+
+
+def request_id(sent: bytes | None) -> bytes:
+    """The request's id: ``sent`` (the client's X-Request-Id) when it is a token of at most
+    ``MAX_REQUEST_ID`` characters, else a new random one (a hostile value is dropped
+    unread, never stored or logged)."""
+    if sent is not None and len(sent) <= MAX_REQUEST_ID and _TOKEN.fullmatch(sent):
+        return sent
+    return hexlify(_randbytes(8))
 
 
 class RequestContext:
@@ -33,6 +75,7 @@ class RequestContext:
     __slots__ = (
         "accounted",
         "admission",
+        "bodies",
         "body",
         "client_usage",
         "drained",
@@ -45,6 +88,8 @@ class RequestContext:
         "model",
         "prompt",
         "queue_s",
+        "request_id",
+        "rid",
         "started",
         "stream",
         "t0",
@@ -56,13 +101,25 @@ class RequestContext:
     )
 
     def __init__(
-        self, task: asyncio.Task[Any], endpoint: int, t0: float, ts: float, extra: Headers | None
+        self,
+        task: asyncio.Task[Any],
+        endpoint: int,
+        t0: float,
+        ts: float,
+        extra: Headers | None,
+        sent_id: bytes | None = None,
     ) -> None:
+        """``sent_id``: the client's X-Request-Id header, if any (see :func:`request_id`)."""
         self.task = task
         self.endpoint = endpoint
         self.t0 = t0  # perf_counter() at arrival: durations and time to first token
         self.ts = ts  # time.time() at arrival: the usage row's time
-        self.extra = extra  # CORS headers for every answer, or None
+        self.rid = rid = request_id(sent_id)  # as sent to the engine
+        self.request_id = rid.decode("ascii")
+        # The headers of every answer: the request id, and CORS's if any.
+        self.extra: Headers = (
+            [(b"x-request-id", rid), *extra] if extra else [(b"x-request-id", rid)]
+        )
         self.tenant: TenantContext | None = None
         self.model: str | None = None  # a valid (bounded) model name, once seen
         self.known = False  # the route table knows the model: it may be a metrics label
@@ -80,3 +137,17 @@ class RequestContext:
         self.drained = False  # GatewayApp.drain ended it; ``task`` was cancelled for it
         self.accounted = False  # the usage row and metrics are written
         self.queue_s = 0.0  # seconds waited in a queue (queue.py), the usage row's queue_ms
+        self.bodies: BodyCapture | None = None  # log_bodies only: what to store (bodies.py)
+
+    def tagged(self, exc: GatewayError) -> GatewayError:
+        """``exc`` with the request id at the end of its message (a copy: one error may be
+        answered to many waiters)."""
+        return GatewayError(
+            exc.http_status,
+            exc.code or "error",
+            f"{exc.message} (request id {self.request_id})",
+            error_type=exc.error_type,
+            retry_after=exc.retry_after,
+            param=exc.details.get("param"),
+            hint=exc.hint,
+        )

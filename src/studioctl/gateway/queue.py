@@ -44,7 +44,6 @@ Nothing here runs for a request that does not wait: the fast path costs nothing.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -129,13 +128,22 @@ class QueueRules:
     the route table's ``recipes_changed``); a room keeps the bounds it was opened with.
     """
 
-    __slots__ = ("rules",)
+    __slots__ = ("log_bodies", "rules")
 
     def __init__(self, recipes: Iterable[QueueRecipe] = ()) -> None:
         self.rules: dict[str, RoomRule] = {}
+        # The recipes with ``log_bodies`` (read with the rules: the same recipes, the same
+        # refresh; admission asks :meth:`logs_bodies`).
+        self.log_bodies: frozenset[str] = frozenset()
         self.recipes_changed(recipes)
 
+    def logs_bodies(self, recipe_id: str) -> bool:
+        """Whether the recipe's requests have their bodies stored (``log_bodies``)."""
+        return recipe_id in self.log_bodies
+
     def recipes_changed(self, recipes: Iterable[QueueRecipe]) -> None:
+        recipes = list(recipes)
+        self.log_bodies = frozenset(r.id for r in recipes if getattr(r, "log_bodies", False))
         rules: dict[str, RoomRule] = {}
         for r in recipes:
             rule = RoomRule(r.id, r.queue_depth, r.queue_timeout_s)
@@ -156,7 +164,7 @@ class Waiter:
         self.ctx = ctx
         self.model = model
         self.kind = kind
-        self.request_id = "q-" + secrets.token_hex(6)
+        self.request_id = ctx.request_id  # one id everywhere (gateway.context)
         self.since = now  # perf_counter()
         self.woken: asyncio.Future[None] | None = None
 

@@ -147,9 +147,11 @@ class Relay:
         try:
             try:
                 t_up = time.perf_counter()
-                conn = await pool.request(upstream, path, payload, timeout)
+                conn = await pool.request(upstream, path, payload, timeout, ctx.rid)
                 self.metrics.upstream_latency(time.perf_counter() - t_up)
                 data = await conn.read_all(timeout)
+                if ctx.bodies is not None:
+                    ctx.bodies.add(data)
                 pool.release(conn)
             except asyncio.CancelledError:
                 if not ctx.gone:
@@ -212,7 +214,7 @@ class Relay:
         try:
             try:
                 t_up = time.perf_counter()
-                conn = await pool.request(upstream, path, payload, self.read_timeout_s)
+                conn = await pool.request(upstream, path, payload, self.read_timeout_s, ctx.rid)
                 self.metrics.upstream_latency(time.perf_counter() - t_up)
                 if conn.status != 200:
                     data = await conn.read_all(self.read_timeout_s)
@@ -343,6 +345,8 @@ class Relay:
                 return
             out = relay.feed(data)
             if out:
+                if ctx.bodies is not None:
+                    ctx.bodies.add(out)
                 if ctx.ttft is None:
                     ctx.ttft = time.perf_counter() - ctx.t0
                 await send({"type": "http.response.body", "body": out, "more_body": True})

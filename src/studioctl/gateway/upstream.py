@@ -285,10 +285,16 @@ class UpstreamPool:
         self._heads: dict[tuple[str, int], tuple[str | None, bytes]] = {}
 
     async def request(
-        self, upstream: Upstream, path: bytes, body: bytes, timeout: float
+        self,
+        upstream: Upstream,
+        path: bytes,
+        body: bytes,
+        timeout: float,
+        request_id: bytes = b"",
     ) -> UpstreamConn:
         """Send ``POST path`` and wait for the response head; the caller reads the body and
-        then calls :meth:`release` (or ``conn.close()`` to abandon it)."""
+        then calls :meth:`release` (or ``conn.close()`` to abandon it). ``request_id``: sent
+        as X-Request-Id (a token, checked by ``context.request_id``)."""
         if not self._bound:
             self.loop = asyncio.get_running_loop()
             self._bound = True
@@ -296,7 +302,10 @@ class UpstreamPool:
         head = self._heads.get(key)
         if head is None or head[0] != upstream.api_key:  # new engine, or a new key on its port
             head = self._heads[key] = (upstream.api_key, _request_head(upstream))
-        message = b"".join((b"POST ", path, head[1], str(len(body)).encode(), b"\r\n\r\n", body))
+        rid = b"\r\nX-Request-Id: " + request_id if request_id else b""
+        message = b"".join(
+            (b"POST ", path, head[1], str(len(body)).encode(), rid, b"\r\n\r\n", body)
+        )
         conn = self._reused(key)
         if conn is not None:
             try:

@@ -115,7 +115,7 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     """Tenants, auth, limits, metrics, usage writer, route table (with the recipes on disk),
     the upstream pool and the prompt counter: everything the gateway needs but the
     supervisor and telemetry. Starts the usage writer's thread; needs no event loop."""
-    from studioctl.store.usage import UsageRepo, UsageWriter
+    from studioctl.store.usage import Pruner, Retention, UsageRepo, UsageWriter
 
     gs = settings.gateway
     tenants = TenantService(db, default_limits=default_limits(settings.tenants))
@@ -134,8 +134,11 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     metrics = GatewayMetrics(
         tenant_labels=gs.metrics_tenant_labels, inflight_source=limiter.inflight
     )
-    usage_repo = UsageRepo(db)
-    writer = UsageWriter(usage_repo)
+    us = settings.usage
+    retention = Retention(days=us.retention_days)
+    usage_repo = UsageRepo(db, retention=retention, body_max_bytes=us.body_max_bytes)
+    pruner = Pruner(db, retention=retention, body_retention_days=us.body_retention_days)
+    writer = UsageWriter(usage_repo, prune=pruner.step)  # prunes in its thread
     routes = RouteTable()
     recipes = recipes_on_disk(settings)  # read again by housekeeping
     known = known_models(settings, recipes)

@@ -82,12 +82,21 @@ FIELD_DOCS: dict[str, str] = {
     "queue_depth": "requests that may wait while it loads (default: gateway.queue_depth)",
     "queue_timeout_s": "seconds a request may wait for it (default: gateway.queue_timeout_s)",
     "group": "a group of the scheduler.groups setting (which models may run together)",
+    "log_bodies": "store its requests' bodies and answers (debugging; see usage.body_max_bytes)",
 }
 
 #: Fields added after recipe hashes were first stored with instances: left out of
 #: ``content_hash`` while at their default, so a recipe that does not set them keeps the hash
 #: it had before (an instance adopted after an upgrade still matches its recipe).
-SERVING_FIELDS = ("on_demand", "pinned", "vram_gb", "queue_depth", "queue_timeout_s", "group")
+SERVING_FIELDS = (
+    "on_demand",
+    "pinned",
+    "vram_gb",
+    "queue_depth",
+    "queue_timeout_s",
+    "group",
+    "log_bodies",
+)
 QUEUE_DEPTH_MAX = 10000
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -146,6 +155,8 @@ class Recipe(BaseModel):
     queue_depth: Annotated[int, Field(ge=0, le=QUEUE_DEPTH_MAX)] | None = None
     queue_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     group: Annotated[str, Field(min_length=1, max_length=ID_MAX)] | None = None
+    # The gateway stores the bodies of its requests (the request log; debugging only).
+    log_bodies: bool = False
     source: Path | None = Field(default=None, exclude=True)
 
     # -- field checks -----------------------------------------------------------------------

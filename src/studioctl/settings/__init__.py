@@ -66,6 +66,7 @@ from studioctl.settings.schema import (
     SchedulerSettings,
     Settings,
     TenantsSettings,
+    UsageSettings,
     all_keys,
     section_keys,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "SchedulerSettings",
     "Settings",
     "TenantsSettings",
+    "UsageSettings",
     "all_keys",
     "env_var",
     "load_settings",

@@ -163,6 +163,17 @@ class LogSettings:
     retention_days: PositiveInt = 14
 
 
+@dataclass(frozen=True)
+class UsageSettings:
+    # Request rows (and the minute rollups) older than retention_days are pruned in the
+    # background; hour and day rollups stay longer, so long windows still answer.
+    retention_days: PositiveInt = 90
+    # Bodies stored for a recipe or tenant with log_bodies: each capped at body_max_bytes
+    # (cut with a marker), all pruned after body_retention_days.
+    body_max_bytes: PositiveInt = 65536
+    body_retention_days: PositiveInt = 1
+
+
 #: Section name → its model, in file/display order.
 SECTIONS: dict[str, type[Any]] = {
     "gateway": GatewaySettings,
@@ -173,6 +184,7 @@ SECTIONS: dict[str, type[Any]] = {
     "logs": LogSettings,
     "scheduler": SchedulerSettings,
     "host": HostSettings,
+    "usage": UsageSettings,
 }
 
 
@@ -192,6 +204,7 @@ class Settings:
     logs: LogSettings = field(default_factory=LogSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     host: HostSettings = field(default_factory=HostSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
     #: ``"gateway.port"`` → ``"default"`` | ``"file:/path/studioctl.yaml:12"`` |
     #: ``"env:STUDIOCTL_GATEWAY_PORT"`` | ``"flag"``
     sources: dict[str, str] = field(default_factory=dict, compare=False)

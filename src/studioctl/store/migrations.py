@@ -389,3 +389,25 @@ def m008_bench_runs(db: Database) -> None:
             PRIMARY KEY (run_id, name)
         ) WITHOUT ROWID""",
     )
+
+
+@migration
+def m009_request_log(db: Database) -> None:
+    """The request log: each usage row's request id (the ``X-Request-Id`` the gateway
+    answered with; NULL for the rows written before), and the bodies of the requests of a
+    recipe or tenant with ``log_bodies`` on (each capped at ``usage.body_max_bytes``, pruned
+    after ``usage.body_retention_days``)."""
+    _run(
+        db,
+        "ALTER TABLE usage ADD COLUMN request_id TEXT",
+        "CREATE INDEX usage_request_id ON usage (request_id)",
+        """CREATE TABLE request_bodies (
+            request_id  TEXT NOT NULL,
+            ts          REAL NOT NULL,     -- the request's time (pruning)
+            request     TEXT,              -- the request body, as sent (capped)
+            response    TEXT,              -- the JSON answer or a stream's assembled text
+            truncated   INTEGER NOT NULL DEFAULT 0  -- 1: a body was cut at the cap
+        )""",
+        "CREATE INDEX request_bodies_id ON request_bodies (request_id)",
+        "CREATE INDEX request_bodies_ts ON request_bodies (ts)",
+    )

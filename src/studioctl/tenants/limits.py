@@ -35,6 +35,8 @@ class TenantLimits:
     max_context_tokens: int
     max_output_tokens: int
     allowed_models: tuple[str, ...] | None = None  # None = all models
+    # Store this tenant's request and response bodies (debugging; usage.body_* bound them).
+    log_bodies: bool = False
 
     def __post_init__(self) -> None:
         for name in LIMIT_FIELDS:
@@ -51,7 +53,7 @@ class TenantLimits:
         return allowed is None or model in allowed
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "max_concurrent": self.max_concurrent,
             "rpm": self.rpm,
             "tpm": self.tpm,
@@ -61,6 +63,9 @@ class TenantLimits:
             if self.allowed_models is not None
             else None,
         }
+        if self.log_bodies:  # shown only when on: the usual answer keeps its shape
+            out["log_bodies"] = True
+        return out
 
 
 # The integer limits, in display order (allowed_models is separate: a list, not a number).
@@ -71,6 +76,11 @@ LIMIT_FIELDS: tuple[str, ...] = (
     "max_context_tokens",
     "max_output_tokens",
 )
+
+# The flags a tenant may set besides its limits (stored with its overrides).
+FLAG_FIELDS: tuple[str, ...] = ("log_bodies",)
+#: Every field a tenant's stored overrides may hold.
+OVERRIDE_FIELDS: tuple[str, ...] = (*LIMIT_FIELDS, *FLAG_FIELDS)
 
 PROFILES: dict[str, TenantLimits] = {
     "conservative": TenantLimits(
@@ -137,9 +147,12 @@ def resolve_limits(
             values[key] = normalize_allowed_models(raw)
         elif key in LIMIT_FIELDS:
             values[key] = _limit_int(key, raw)
+        elif key in FLAG_FIELDS:
+            values[key] = _flag(key, raw)
         else:
+            known = ", ".join((*OVERRIDE_FIELDS, "allowed_models"))
             raise UsageError(
-                f"unknown limit {key!r}; known: {', '.join((*LIMIT_FIELDS, 'allowed_models'))}",
+                f"unknown limit {key!r}; known: {known}",
                 details={"param": key},
             )
     return TenantLimits(**values)
@@ -150,6 +163,17 @@ def profiles_dict(
 ) -> dict[str, dict[str, Any]]:
     """The profiles as plain data (admin API, ``tenant`` help)."""
     return {name: limits.to_dict() for name, limits in profiles.items()}
+
+
+def _flag(key: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = raw.strip().lower() if isinstance(raw, str) else None
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise UsageError(f"{key!r} must be true or false, got {raw!r}", details={"param": key})
 
 
 def _limit_int(key: str, raw: Any) -> int:

@@ -23,7 +23,7 @@ from studioctl.errors import UsageError
 from studioctl.tenants.context import ANONYMOUS_TENANT_ID, TenantContext
 from studioctl.tenants.keys import generate_key
 from studioctl.tenants.limits import (
-    LIMIT_FIELDS,
+    OVERRIDE_FIELDS,
     TenantLimits,
     normalize_allowed_models,
     profile_table,
@@ -343,7 +343,7 @@ class TenantService:
             name=tenant.name,
             enabled=tenant.enabled,
             profile=tenant.profile,
-            overrides={k: v for k, v in tenant.limits.items() if k in LIMIT_FIELDS},
+            overrides={k: v for k, v in tenant.limits.items() if k in OVERRIDE_FIELDS},
             limits=self._limits_of(tenant),
             created_at=tenant.created_at,
             updated_at=tenant.updated_at,
@@ -381,5 +381,5 @@ def _split_overrides(
             allowed_models = from_overrides
     # names the unknown profile, field or bad value
     limits = resolve_limits(profile, overrides, profiles)
-    stored = {k: getattr(limits, k) for k in LIMIT_FIELDS if overrides.get(k) is not None}
+    stored = {k: getattr(limits, k) for k in OVERRIDE_FIELDS if overrides.get(k) is not None}
     return stored, normalize_allowed_models(allowed_models)

@@ -29,7 +29,10 @@ USAGE_COLUMNS = (
     "disconnected",
     "error_code",
     "queue_ms",
+    "request_id",
 )
+#: Columns a row may lack (rows built before they existed): stored as NULL.
+_OPTIONAL = frozenset({"request_id"})
 
 
 class UsageRow(Protocol):
@@ -64,6 +67,8 @@ class UsageRow(Protocol):
     def error_code(self) -> str | None: ...
     @property
     def queue_ms(self) -> float: ...
+    @property
+    def request_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +89,11 @@ class UsageRecord:
     disconnected: bool = False
     error_code: str | None = None
     queue_ms: float = 0.0  # time waited in a gateway queue (a loading model, a busy gateway)
+    request_id: str | None = None  # the X-Request-Id answered (gateway.context)
+    # With log_bodies only (a recipe's or tenant's): what was sent and answered (a stream:
+    # its assembled text), stored apart and capped by the store (usage.body_max_bytes).
+    request_body: str | None = field(default=None, repr=False)
+    response_body: str | None = field(default=None, repr=False)
 
 
 def row_params(r: UsageRow) -> tuple[Any, ...]:
@@ -103,6 +113,7 @@ def row_params(r: UsageRow) -> tuple[Any, ...]:
         int(r.disconnected),
         r.error_code,
         r.queue_ms,
+        getattr(r, "request_id", None),
     )
 
 
@@ -111,7 +122,11 @@ _MISSING = object()
 
 def invalid_reason(row: object) -> str | None:
     """Why ``row`` cannot be stored, or None."""
-    missing = [name for name in USAGE_COLUMNS if getattr(row, name, _MISSING) is _MISSING]
+    missing = [
+        name
+        for name in USAGE_COLUMNS
+        if name not in _OPTIONAL and getattr(row, name, _MISSING) is _MISSING
+    ]
     if missing:
         return f"{type(row).__name__} has no {', '.join(missing)}"
     for name in ("status", "prompt_tokens", "completion_tokens"):
@@ -129,8 +144,8 @@ def invalid_reason(row: object) -> str | None:
             or value < 0
         ):
             return f"{name}={value!r}"
-    for name in ("tenant_id", "key_prefix", "model", "instance_id", "error_code"):
-        value = getattr(row, name)
+    for name in ("tenant_id", "key_prefix", "model", "instance_id", "error_code", "request_id"):
+        value = getattr(row, name, None)
         if value is not None and not isinstance(value, str):
             return f"{name}={value!r}"
     return None

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from studioctl.store.db import Database
+from studioctl.store.usage.log import cap_body
 from studioctl.store.usage.record import USAGE_COLUMNS, UsageRecord, UsageRow, row_params
+from studioctl.store.usage.retention import Retention
 from studioctl.store.usage.rollup import (
     MAX_COLUMNS,
     N_VALUES,
@@ -121,9 +123,38 @@ def _rollup_query(
     return sql + " GROUP BY scope, tenant_id, model", params
 
 
+_INSERT_BODY = (
+    "INSERT INTO request_bodies (request_id, ts, request, response, truncated)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+
+
 class UsageRepo:
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self, db: Database, *, retention: Retention | None = None, body_max_bytes: int = 65536
+    ) -> None:
+        """``retention``: how far back each rollup is kept (summaries of longer windows round
+        their far edge, see ``retention``); ``body_max_bytes``: the cap on each stored body."""
         self.db = db
+        self.retention = retention if retention is not None else Retention()
+        self.body_max_bytes = body_max_bytes
+
+    def _bodies(self, rows: list[UsageRow]) -> list[tuple[Any, ...]]:
+        """The ``request_bodies`` rows of the rows that carry bodies (capped)."""
+        out: list[tuple[Any, ...]] = []
+        cap = self.body_max_bytes
+        for r in rows:
+            req = getattr(r, "request_body", None)
+            resp = getattr(r, "response_body", None)
+            if req is None and resp is None:
+                continue
+            cut_req = cut_resp = False
+            if req is not None:
+                req, cut_req = cap_body(req, cap)
+            if resp is not None:
+                resp, cut_resp = cap_body(resp, cap)
+            out.append((r.request_id, r.ts, req, resp, int(cut_req or cut_resp)))
+        return out
 
     def insert_many(self, rows: Iterable[UsageRow]) -> int:
         """Insert rows and add them into the rollup, in one transaction. Returns the count."""
@@ -132,9 +163,12 @@ class UsageRepo:
             return 0
         raw = [row_params(r) for r in rows]
         upserts = rollup_rows(rows)
+        bodies = self._bodies(rows)
         with self.db.transaction():
             self.db.executemany(_INSERT, raw)
             self.db.executemany(_UPSERT, upserts)
+            if bodies:
+                self.db.executemany(_INSERT_BODY, bodies)
         return len(rows)
 
     def summary(
@@ -148,13 +182,14 @@ class UsageRepo:
         """Totals and per-tenant / per-model stats over the last ``window_s`` seconds.
 
         The window is whole minutes: the current one and the ``ceil(window_s / 60) - 1``
-        before it.
+        before it. A start older than a rollup resolution keeps (``retention.horizons``)
+        is rounded down to the next coarser period: those fine rows are pruned.
         """
         if window_s <= 0:
             raise ValueError(f"usage window must be positive, got {window_s}")
         end = time.time() if now is None else now
         end_min = int(end // 60) + 1
-        start_min = end_min - math.ceil(window_s / 60)
+        start_min = self._kept_start(end_min - math.ceil(window_s / 60), end)
         total = [0.0] * N_VALUES
         by_tenant: dict[str, list[float]] = {}
         by_model: dict[str, list[float]] = {}
@@ -183,6 +218,14 @@ class UsageRepo:
             by_tenant={k: stats_of(v) for k, v in sorted(by_tenant.items())},
             by_model={k: stats_of(v) for k, v in sorted(by_model.items())},
         )
+
+    def _kept_start(self, start_min: int, now: float) -> int:
+        """``start_min`` rounded down to the finest resolution still kept at that age."""
+        start = start_min * 60
+        for res, keep_s in self.retention.horizons().items():
+            if start >= now - keep_s:
+                return start // res * res // 60
+        return start // 86400 * 86400 // 60
 
     def rows(
         self,

@@ -2,7 +2,9 @@
 
 The gateway calls ``submit(row)`` as a request ends; a thread of the writer's own writes
 what has accumulated every ~20 ms, in one transaction, to a ``UsageRowStore`` (the
-``UsageRepo``).
+``UsageRepo``). The same thread prunes what is past retention (``retention.Pruner``), one
+small batch between two writes, every ``prune_every_s``: off the request path, and never
+holding the write lock long enough to delay the next batch of rows.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from studioctl.store.usage.record import UsageRow, invalid_reason
@@ -73,8 +76,15 @@ class UsageWriter:
         interval_s: float = 0.02,
         max_pending: int = 100_000,
         max_batch: int = 20_000,
+        prune: Callable[[], int] | None = None,
+        prune_every_s: float = 600.0,
     ) -> None:
+        """``prune``: deletes one batch past retention, returns the count (0: done)."""
         self._store = store
+        self._prune = prune
+        self.prune_every_s = prune_every_s
+        self._prune_due = time.monotonic() + 1.0  # soon after start: a backlog after a pause
+        self._pruning = False
         self.interval_s = interval_s
         self.max_pending = max_pending
         self.max_batch = max_batch
@@ -155,10 +165,24 @@ class UsageWriter:
                     break
                 if more:
                     self._wake.set()  # a full batch was taken: go again without waiting
+                elif not stopping:
+                    self._prune_step()
         finally:
             for m in markers:
                 m.done.set()  # not ok: those rows were not written
             self._store.close_thread()
+
+    def _prune_step(self) -> None:
+        """One batch of pruning when it is due (or under way); never raises."""
+        if self._prune is None or not (self._pruning or time.monotonic() >= self._prune_due):
+            return
+        try:
+            self._pruning = self._prune() > 0
+        except Exception:
+            self._pruning = False
+            log.exception("usage writer: pruning old rows failed (will retry)")
+        if not self._pruning:
+            self._prune_due = time.monotonic() + self.prune_every_s
 
     def _drain(self, pending: list[UsageRow], markers: list[_Flush]) -> tuple[bool, bool]:
         """Move queued items into ``pending``: (batch full so more may wait, stop seen)."""

@@ -1,0 +1,105 @@
+"""Request ids through the real gateway: one id per request, the client's when it is a valid
+token, in the answer's header (errors and streams too), sent to the engine, in the usage row
+and at the end of every error message; a hostile value is replaced, never echoed."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from studioctl.gateway.context import MAX_REQUEST_ID, request_id
+
+from .conftest import MODEL, Gateway
+
+MESSAGES = [{"role": "user", "content": "hello there engine"}]
+OURS = re.compile(r"[0-9a-f]{16}")
+
+
+def post(gw: Gateway, body: dict[str, object], **headers: str) -> httpx.Response:
+    return httpx.post(
+        gw.base_url + "/chat/completions",
+        json=body,
+        headers={**gw.headers(), **headers},
+        timeout=10,
+    )
+
+
+def test_a_request_gets_its_own_id_everywhere(gateway: Gateway) -> None:
+    r = post(gateway, {"model": MODEL, "messages": MESSAGES})
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-request-id"]
+    assert OURS.fullmatch(rid)
+    assert gateway.engine.request_ids[-1] == rid  # vLLM takes it for its own request id
+    assert gateway.usage.rows[-1].request_id == rid
+    again = post(gateway, {"model": MODEL, "messages": MESSAGES})
+    assert again.headers["x-request-id"] != rid
+
+
+def test_a_valid_client_id_is_kept_on_a_stream(gateway: Gateway) -> None:
+    sent = "trace-2f1c.9a_01"  # a token: letters, digits, - . _
+    with httpx.stream(
+        "POST",
+        gateway.base_url + "/chat/completions",
+        json={"model": MODEL, "messages": MESSAGES, "stream": True},
+        headers={**gateway.headers(), "X-Request-Id": sent},
+        timeout=10,
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["x-request-id"] == sent
+        body = b"".join(r.iter_bytes())
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert gateway.engine.request_ids[-1] == sent
+    gateway.lt.call(lambda: None)  # the row is written on the loop as the stream ends
+    assert gateway.usage.rows[-1].request_id == sent
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "a" * (MAX_REQUEST_ID + 1),  # too long
+        "has space",
+        "semi;colon",
+        'quote"d',
+        "caf\xe9",  # not ASCII (control characters never pass the HTTP parser)
+        "",
+    ],
+)
+def test_a_hostile_client_id_is_replaced(gateway: Gateway, hostile: str) -> None:
+    r = httpx.post(
+        gateway.base_url + "/chat/completions",
+        json={"model": MODEL, "messages": MESSAGES},
+        headers=[
+            ("Authorization", f"Bearer {gateway.key}"),
+            ("X-Request-Id", hostile.encode("latin-1")),  # type: ignore[list-item]
+        ],
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-request-id"]
+    assert OURS.fullmatch(rid) and rid != hostile
+    assert gateway.engine.request_ids[-1] == rid
+    assert gateway.usage.rows[-1].request_id == rid
+    if hostile:
+        assert hostile not in repr(gateway.usage.rows[-1])  # never stored
+
+
+def test_errors_name_the_request_id(gateway: Gateway) -> None:
+    r = post(gateway, {"model": "no-such-model", "messages": MESSAGES}, **{"X-Request-Id": "e-1"})
+    assert r.status_code == 404
+    assert r.headers["x-request-id"] == "e-1"
+    assert r.json()["error"]["message"].endswith("(request id e-1)")
+    # Refused before the tenant is known (no key): still an id, in the header and message.
+    anon = httpx.post(gateway.base_url + "/chat/completions", json={}, timeout=10)
+    assert anon.status_code == 401
+    rid = anon.headers["x-request-id"]
+    assert OURS.fullmatch(rid)
+    assert anon.json()["error"]["message"].endswith(f"(request id {rid})")
+
+
+def test_request_id_rule() -> None:
+    assert request_id(b"abc-DEF_1.2~") == b"abc-DEF_1.2~"
+    assert request_id(b"x" * MAX_REQUEST_ID) == b"x" * MAX_REQUEST_ID
+    for bad in (b"x" * (MAX_REQUEST_ID + 1), b"a b", b"a\r\nb", b"\xff", b"", None):
+        assert OURS.fullmatch(request_id(bad).decode())
