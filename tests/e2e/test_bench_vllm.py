@@ -51,11 +51,12 @@ ENV = engine_env("vllm")
 RECIPE, MODEL = "tiny-cpu", "tiny"
 LAUNCH_TIMEOUT = 360.0
 PROMPT, OUTPUT, REQUESTS, CONCURRENCY, WARMUP, ROUNDS = 256, 32, 128, 4, 4, 4
-# The issue asks for 10 %. Measured ratios ours/vLLM over 4 alternating rounds: 0.98 on a
-# quiet 2-core machine, 0.95 in a CI run beside other work, and 1.07, 0.86, 0.83 with other
-# work loading it (the CPU engine's own throughput then wanders 10-20 % between runs). So
-# 10 % is shown by the figures this test records (NOTE line), and the assertion catches a
-# definition that disagrees (a wrong duration or token count is off by far more).
+# The issue asks for 10 %, which this 2-core machine does not give reliably. Measured ratios
+# ours/vLLM over 4 alternating rounds: 0.98 and 1.17 on a quiet machine (in the second, the
+# first vLLM round gave 8.6 request/s against 12-15 after it), 0.95, 1.07, 0.86 and 0.83
+# with other work loading it (the CPU engine's own throughput then wanders 10-20 % between
+# runs). The figures are recorded (NOTE line); the assertion catches a definition that
+# disagrees (a wrong duration or token count is off by far more).
 TOLERANCE = 0.25
 
 # vLLM's serving benchmark, as its `vllm bench serve` subcommand runs it.
