@@ -68,23 +68,16 @@ class RequestLog:
     def list(self, f: RequestFilter) -> list[dict[str, Any]]:
         """The rows ``f`` keeps (see the module docstring for the order), at most
         ``f.limit`` (capped at ``MAX_ROWS``)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if f.tenant_id is not None:
-            where.append("tenant_id = ?")
-            params.append(f.tenant_id)
-        if f.model is not None:
-            where.append("model = ?")
-            params.append(f.model)
-        if f.status is not None:
-            where.append("status BETWEEN ? AND ?")
-            params.extend(f.status)
-        if f.since is not None:
-            where.append("ts >= ?")
-            params.append(f.since)
-        if f.after_id is not None:
-            where.append("id > ?")
-            params.append(f.after_id)
+        given = (
+            ("tenant_id = ?", (f.tenant_id,)),
+            ("model = ?", (f.model,)),
+            ("status BETWEEN ? AND ?", f.status),
+            ("ts >= ?", (f.since,)),
+            ("id > ?", (f.after_id,)),
+        )
+        kept = [(c, v) for c, v in given if v is not None and v[0] is not None]
+        where = [c for c, _ in kept]
+        params: list[Any] = [x for _, v in kept for x in v]
         sql = f"SELECT {_COLUMNS} FROM usage"
         if where:
             sql += " WHERE " + " AND ".join(where)
