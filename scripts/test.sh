@@ -19,6 +19,23 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   fi
 fi
 
+echo "==> Redis and PostgreSQL (the scale-out tests start private servers of their own)"
+if ! command -v redis-server >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    # A policy-rc.d that refuses service starts, so that installing the packages starts no
+    # system-wide server (on a machine without one already in place); removed after.
+    POLICY=/usr/sbin/policy-rc.d; OWN_POLICY=
+    if [ ! -e "$POLICY" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$POLICY"; chmod +x "$POLICY"; OWN_POLICY=1
+      trap 'rm -f "$POLICY"' EXIT  # also when the install fails
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql >/dev/null
+    if [ -n "$OWN_POLICY" ]; then rm -f "$POLICY"; trap - EXIT; fi
+  else
+    echo "redis-server or PostgreSQL is missing: install them (the scale-out tests fail without them)" >&2
+  fi
+fi
+
 echo "==> installing studioctl[dev]"
 . scripts/lib.sh
 quiet "$PY" -m pip install -e '.[dev]'
