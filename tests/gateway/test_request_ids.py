@@ -11,7 +11,7 @@ import pytest
 
 from studioctl.gateway.context import MAX_REQUEST_ID, request_id
 
-from .conftest import MODEL, Gateway
+from .conftest import MODEL, Gateway, GatewayFactory
 
 MESSAGES = [{"role": "user", "content": "hello there engine"}]
 OURS = re.compile(r"[0-9a-f]{16}")
@@ -103,3 +103,57 @@ def test_request_id_rule() -> None:
     assert request_id(b"x" * MAX_REQUEST_ID) == b"x" * MAX_REQUEST_ID
     for bad in (b"x" * (MAX_REQUEST_ID + 1), b"a b", b"a\r\nb", b"\xff", b"", None):
         assert OURS.fullmatch(request_id(bad).decode())
+
+
+# -- the routes that are not proxied: every answer names its request too -------------------
+
+
+def test_get_routes_and_their_errors_carry_an_id(gateway: Gateway) -> None:
+    models = httpx.get(gateway.base_url + "/models", headers=gateway.headers(), timeout=10)
+    assert models.status_code == 200 and OURS.fullmatch(models.headers["x-request-id"])
+    kept = httpx.get(gateway.url + "/livez", headers={"X-Request-Id": "probe-7"}, timeout=10)
+    assert kept.headers["x-request-id"] == "probe-7"
+    hostile = httpx.get(gateway.url + "/version", headers={"X-Request-Id": "a b"}, timeout=10)
+    assert OURS.fullmatch(hostile.headers["x-request-id"])
+    missing = httpx.get(gateway.url + "/nowhere", headers={"X-Request-Id": "n-1"}, timeout=10)
+    assert missing.status_code == 404 and missing.headers["x-request-id"] == "n-1"
+    assert missing.json()["error"]["message"].endswith("(request id n-1)")
+    unknown = httpx.get(gateway.base_url + "/models/no-such", headers=gateway.headers(), timeout=10)
+    rid = unknown.headers["x-request-id"]
+    assert unknown.status_code == 404 and unknown.json()["error"]["message"].endswith(
+        f"(request id {rid})"
+    )
+    # No admin token is configured here: /metrics (not public) answers 503, with an id.
+    metrics = httpx.get(gateway.url + "/metrics", timeout=10)
+    assert metrics.status_code == 503 and OURS.fullmatch(metrics.headers["x-request-id"])
+
+
+def test_admin_answers_carry_an_id(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(admin_token="s3cret")
+    ok = httpx.get(
+        gw.url + "/admin/tenants",
+        headers={"X-Admin-Token": "s3cret", "X-Request-Id": "adm-1"},
+        timeout=10,
+    )
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "adm-1"
+    metrics = httpx.get(gw.url + "/metrics", headers={"X-Admin-Token": "s3cret"}, timeout=10)
+    assert metrics.status_code == 200 and OURS.fullmatch(metrics.headers["x-request-id"])
+    refused = httpx.get(gw.url + "/admin/tenants", timeout=10)
+    assert refused.status_code == 401
+    rid = refused.headers["x-request-id"]
+    assert OURS.fullmatch(rid) and refused.json()["error"]["message"].endswith(
+        f"(request id {rid})"
+    )
+
+
+def test_an_upload_keeps_the_client_id(make_gateway: GatewayFactory) -> None:
+    gw = make_gateway(max_body_bytes=1 << 20)
+    resp = httpx.post(
+        gw.url + "/v1/audio/transcriptions",
+        data={"model": MODEL},
+        files={"file": ("a.wav", b"RIFF" * 1000)},
+        headers={**gw.headers(), "X-Request-Id": "upload-9"},
+        timeout=30,
+    )
+    assert resp.headers["x-request-id"] == "upload-9", resp.text
+    assert gw.usage.rows[-1].request_id == "upload-9"

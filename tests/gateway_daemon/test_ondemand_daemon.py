@@ -136,7 +136,10 @@ def test_a_model_unloaded_when_idle_is_loaded_again_by_the_next_request(
     assert again is not None and again["id"] != first["id"]
     assert len(events_of(daemon, "launch", "napper")) == 2
     assert len(events_of(daemon, "load_requested", "napper")) == 2
-    daemon.cli_ok("evict", again["id"], "--json")
+    # Idle again 1.5 s after the answer: it unloads by itself (an evict of ours could meet
+    # that one in progress, exit 5), and then it stays unloaded.
+    daemon.wait_state(again["id"], "stopped", timeout=30)
+    assert daemon.live("napper") is None
 
 
 def test_two_models_that_do_not_fit_take_turns_without_a_failed_request(

@@ -180,17 +180,19 @@ def test_bodies_only_with_log_bodies(daemon: Daemon, key: str) -> None:
     assert row["truncated"] is False and row["streamed"] is True
     human = daemon.cli_ok("requests", "show", rid2)
     assert "request body:" in human and "say something" in human
-    # The tenant flag: the same plain recipe, now stored.
-    with daemon.client() as c:
-        c.request("PATCH", "/tenants/acme", json_body={"overrides": {"log_bodies": True}})
+    # The tenant flag (`tenant set --log-bodies`): the same plain recipe, now stored.
+    assert "bodies logged" in daemon.cli_ok("tenant", "set", "acme", "--log-bodies")
     logged = chat_id(daemon, key, "alpha", content="now it is kept")
     rid3 = logged.headers["x-request-id"]
     wait_row(daemon, rid3)
     row3 = daemon.cli_json("requests", "show", rid3, "--json")["data"][0]
     assert "now it is kept" in row3["request_body"]
     assert json.loads(row3["response_body"])["usage"]["completion_tokens"] == 3
-    with daemon.client() as c:
-        c.request("PATCH", "/tenants/acme", json_body={"overrides": {"log_bodies": False}})
+    off = daemon.cli_json("tenant", "set", "acme", "--no-log-bodies", "--json")
+    assert "log_bodies" not in off["limits"]
+    unlogged = chat_id(daemon, key, "alpha", content="not kept again")
+    wait_row(daemon, unlogged.headers["x-request-id"])
+    assert "not stored" in daemon.cli_ok("requests", "show", unlogged.headers["x-request-id"])
     r = daemon.cli("requests", "show", "never-sent")
     assert r.returncode == EXIT_NOT_FOUND and "never-sent" in r.stderr
 

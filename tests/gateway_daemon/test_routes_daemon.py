@@ -220,6 +220,22 @@ def test_tokenize_detokenize(daemon: Daemon) -> None:
                  401, "invalid_api_key")  # fmt: skip
 
 
+def test_sglang_v1_spellings(daemon: Daemon) -> None:
+    """SGLang's /v1/tokenize, /v1/detokenize and /v1/classify reach it; a vLLM answers its
+    own 404 for them (route_not_served), each accounted."""
+    tid, key = tenant(daemon, "v1spell")
+    tok = request(daemon, "POST", "/v1/tokenize", key=key, body={"model": "sg", "prompt": "a b"})
+    assert tok.status_code == 200 and tok.json()["count"] == 2, tok.text
+    detok = request(daemon, "POST", "/v1/detokenize", key=key,
+                    body={"model": "sg", "tokens": tok.json()["tokens"]})  # fmt: skip
+    assert detok.status_code == 200, detok.text
+    cls = request(daemon, "POST", "/v1/classify", key=key, body={"model": "sg", "input": "a"})
+    assert cls.status_code == 200, cls.text
+    vllm = request(daemon, "POST", "/v1/tokenize", key=key, body={"model": "alpha", "prompt": "a"})
+    assert_error(vllm, 404, "route_not_served")
+    assert [r.status for r in rows(daemon, tid, 4)] == [200, 200, 200, 404]
+
+
 def test_model_by_id(daemon: Daemon) -> None:
     _, key = tenant(daemon, "card")
     for model in ("alpha", "sg"):

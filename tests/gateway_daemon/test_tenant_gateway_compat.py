@@ -87,10 +87,13 @@ def test_the_documented_create_read_and_patch_examples(daemon: Daemon) -> None:
         shown = ok(admin(daemon, "GET", f"/tenants/{ref}"))
         assert {k: shown["limits"][k] for k in want} == want, shown
         assert shown["profile"] == "default"
+        # ... and in its own names at the top level, as its scripts read them.
+        assert {k: shown[k] for k in EXAMPLE} == EXAMPLE, shown
 
     # PATCH by name with its names, then by id: each applies to the next request.
     patched = ok(admin(daemon, "PATCH", "/tenants/acme", {"rpm_limit": 90, "tpm_limit": 40000}))
     assert (patched["limits"]["rpm"], patched["limits"]["tpm"]) == (90, 40000)
+    assert (patched["rpm_limit"], patched["tpm_limit"]) == (90, 40000)
     patched = ok(admin(daemon, "PATCH", f"/tenants/{tenant['id']}", {"max_output_tokens": 256}))
     assert patched["limits"]["max_output_tokens"] == 256 and patched["limits"]["rpm"] == 90
     # ... and the new output cap is enforced by the gateway at once.

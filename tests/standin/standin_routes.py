@@ -5,7 +5,8 @@ Per flavour, what the real engines serve (see ``studioctl.gateway.routes``): vLL
 ``/pooling``, ``/classify``, ``/v1/audio/transcriptions``, ``/v1/audio/translations``,
 ``/detokenize`` (``/tokenize`` is the handler's own) and no ``GET /v1/models/{id}``; SGLang
 0.5.23 ``/v1/responses``, ``/v1/rerank``, ``/v1/score``, ``/classify``,
-``/v1/audio/transcriptions``, ``/detokenize`` and ``GET /v1/models/{id}``. Any other path
+``/v1/audio/transcriptions``, ``/detokenize``, its ``/v1/`` spellings of ``classify``,
+``tokenize`` and ``detokenize``, and ``GET /v1/models/{id}``. Any other path
 answers the framework's 404 ``{"detail": "Not Found"}``, its body read first (keep-alive).
 
 Shapes and usage as the engines answer them (one token per word, as the handler counts):
@@ -40,8 +41,8 @@ VLLM_POST = (
     "/classify", "/v1/audio/transcriptions", "/v1/audio/translations", "/detokenize",
 )  # fmt: skip
 SGLANG_POST = (
-    "/v1/responses", "/v1/rerank", "/v1/score", "/classify", "/v1/audio/transcriptions",
-    "/detokenize",
+    "/v1/responses", "/v1/rerank", "/v1/score", "/classify", "/v1/classify",
+    "/v1/audio/transcriptions", "/detokenize", "/v1/detokenize", "/v1/tokenize",
 )  # fmt: skip
 _READ = 64 * 1024
 
@@ -74,6 +75,7 @@ class ExtraRoutes:
     _read_json: Callable[[], dict[str, Any]]
     _check_model: Callable[..., str]
     _chunk: Callable[[bytes], None]
+    _tokenize: Callable[[], None]  # the handler's own /tokenize
     send_response: Callable[..., None]
     send_header: Callable[[str, str], None]
     end_headers: Callable[[], None]
@@ -88,9 +90,12 @@ class ExtraRoutes:
             "/score": self._score,
             "/pooling": lambda: self._per_input("pooling"),
             "/classify": lambda: self._per_input("classify"),
+            "/v1/classify": lambda: self._per_input("classify"),
             "/v1/audio/transcriptions": lambda: self._audio(transcribe=True),
             "/v1/audio/translations": lambda: self._audio(transcribe=False),
             "/detokenize": self._detokenize,
+            "/v1/detokenize": self._detokenize,
+            "/v1/tokenize": self._tokenize,
         }
         served = VLLM_POST if self.engine.settings.flavour == "vllm" else SGLANG_POST
         return {path: handlers[path] for path in served}

@@ -13,6 +13,7 @@ only) or through the gateway with a tenant key. Each benchmark returns a result 
 
 from __future__ import annotations
 
+import logging
 import statistics
 import threading
 import time
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from studioctl.api.types import InstanceInfo, StreamMessage
     from studioctl.bench.thresholds import Verdict
     from studioctl.client import Client
+
+_log = logging.getLogger("studioctl.bench")
 
 KINDS = ("cold-start", "switch", "evict", "cold-request")
 #: The flat metric names of each benchmark (``lifecycle.metrics``, ``--fail-if``): seconds.
@@ -236,6 +239,7 @@ def switch(
     bg = _Background(client, {"from": info_a.get("id"), "to": b, "timeout": timeout_s}, clock)
     t0 = clock()
     bg.thread.start()
+    measured = False
     try:
         last_ok, refused = _until_refused(to_a, before.end, bg, t0 + limit, clock)
         to_b = _access_b(client, targets, b)
@@ -244,8 +248,11 @@ def switch(
         bg.check()
         if bg.done_at is None:
             raise OperationTimeout(f"the switch to {b[:200]} did not end in {limit:g}s")
+        measured = True
     finally:
         bg.thread.join(0 if bg.done_at is None else None)
+        if not measured and not keep:
+            _abandon(client, b, bg, t0 + limit, clock)
     report = dict(bg.result or {})
     new = report.pop("instance", None) or {}
     report.pop("evict", None)
@@ -267,6 +274,21 @@ def switch(
         report=report,
         evicted=not keep,
     )
+
+
+def _abandon(
+    client: Client, b: str, bg: _Background, deadline: float, clock: Callable[[], float]
+) -> None:
+    """A switch benchmark that failed midway: B (not running before, so this switch's)
+    evicted once the switch itself has ended, so that a failed run leaves nothing behind.
+    Best effort: the run's own error is what the user must see, so a failure here is only
+    logged."""
+    bg.thread.join(max(0.0, deadline - clock()))
+    try:
+        if (running := live(client, b)) is not None:
+            evict_instance(client, str(running.get("id")))
+    except Exception:
+        _log.warning("could not evict %s after the failed switch", b[:200], exc_info=True)
 
 
 def _until_refused(

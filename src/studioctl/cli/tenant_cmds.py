@@ -70,6 +70,7 @@ def _print_tenant(t: dict[str, Any]) -> None:
         f"profile {t['profile']}: concurrent {lim['max_concurrent']}, rpm {lim['rpm']}, "
         f"tpm {lim['tpm']}, context {lim['max_context_tokens']}, "
         f"output {lim['max_output_tokens']}, models {models}"
+        + (", bodies logged" if lim.get("log_bodies") else "")
     )
 
 
@@ -174,17 +175,23 @@ def set_(
     max_context: int | None = typer.Option(None, "--max-context"),
     max_output: int | None = typer.Option(None, "--max-output"),
     models: str | None = typer.Option(None, "--models", help="Allowed models (* = all)."),
+    log_bodies: bool | None = typer.Option(
+        None,
+        "--log-bodies/--no-log-bodies",
+        help="Store the tenant's request and answer bodies (debugging; capped, pruned).",
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Change a tenant's profile or limits; applies to its very next request."""
+    overrides: dict[str, int | bool] = {
+        **_limit_options(max_concurrent, rpm, tpm, max_context, max_output)
+    }
+    if log_bodies is not None:
+        overrides["log_bodies"] = log_bodies
     out = _call(
         "PATCH",
         f"/tenants/{tenant}",
-        {
-            "profile": profile,
-            "overrides": _limit_options(max_concurrent, rpm, tpm, max_context, max_output),
-            "allowed_models": _models(models),
-        },
+        {"profile": profile, "overrides": overrides, "allowed_models": _models(models)},
     )
     if as_json:
         _echo(out)

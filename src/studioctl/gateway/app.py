@@ -59,9 +59,10 @@ from studioctl.gateway.asgi import (
     method_not_allowed,
     send_error,
     send_json,
+    with_header,
 )
 from studioctl.gateway.body import MAX_MODEL_CHARS, clip
-from studioctl.gateway.context import Headers, RequestContext
+from studioctl.gateway.context import Headers, RequestContext, request_id, tagged
 from studioctl.gateway.core import GatewayCore
 from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.relay import Relay, shutting_down
@@ -336,12 +337,12 @@ class GatewayApp:
     async def _upload(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
         ts = time.time()
-        authorization, api_key, length, ctype, origin = upload_headers(
+        authorization, api_key, length, ctype, origin, sent_id = upload_headers(
             scope["headers"], self.core.auth.key_header
         )
         task = asyncio.current_task()
         assert task is not None
-        ctx = RequestContext(task, route.index, t0, ts, self._cors.headers(origin))
+        ctx = RequestContext(task, route.index, t0, ts, self._cors.headers(origin), sent_id)
         if self._draining:
             await self.accounting.refuse(send, ctx, shutting_down())
             return
@@ -373,17 +374,22 @@ class GatewayApp:
     async def _other(
         self, path: str, method: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        origin: bytes | None = None
-        if self._cors.enabled:
-            for name, value in scope["headers"]:
-                if name == b"origin":
-                    origin = value
-        extra = self._cors.headers(origin)
+        origin = sent_id = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value
+            elif name == b"x-request-id":
+                sent_id = value
+        # Every answer names its request, as the proxied ones do (gateway.context).
+        rid = request_id(sent_id)
+        tag = (b"x-request-id", rid)
+        cors = self._cors.headers(origin) if self._cors.enabled else None
+        extra: Headers = [tag, *cors] if cors else [tag]
         try:
             if path.startswith("/admin/") or path == "/admin":
-                await self._forward_admin(path, scope, receive, send)
+                await self._forward_admin(path, scope, receive, with_header(send, tag))
             elif method == "OPTIONS":
-                await self._cors.preflight(send, extra)
+                await self._cors.preflight(send, [*cors, tag] if cors else None)
             elif path in POST_ROUTES:
                 raise method_not_allowed(method, path, "POST")
             elif method not in ("GET", "HEAD"):
@@ -393,7 +399,7 @@ class GatewayApp:
             else:
                 await self._get(path, method, scope, send, extra)
         except GatewayError as exc:
-            await send_error(send, exc, extra)
+            await send_error(send, tagged(exc, rid.decode("ascii")), extra)
 
     async def _get(
         self, path: str, method: str, scope: Scope, send: Send, extra: Headers | None
@@ -423,7 +429,7 @@ class GatewayApp:
             if not self.settings.metrics_public:
                 self._admin.check(scope)
             text = self._metrics_text().encode()
-            headers = [CT_TEXT, content_length(text)]
+            headers = [CT_TEXT, content_length(text), *(extra or ())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": text, "more_body": False})
         else:

@@ -27,6 +27,7 @@ __all__ = [
     "method_not_allowed",
     "send_error",
     "send_json",
+    "with_header",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -66,6 +67,18 @@ async def send_error(send: Send, exc: GatewayError, extra: Headers | None) -> No
         headers.extend(extra)
     await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def with_header(send: Send, header: tuple[bytes, bytes]) -> Send:
+    """``send`` adding ``header`` to the response head (an answer made elsewhere: the
+    admin API's)."""
+
+    async def tagged_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return tagged_send
 
 
 def method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:

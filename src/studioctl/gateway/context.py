@@ -40,6 +40,7 @@ __all__ = [
     "Headers",
     "RequestContext",
     "request_id",
+    "tagged",
 ]
 
 # The proxied endpoints.
@@ -142,12 +143,17 @@ class RequestContext:
     def tagged(self, exc: GatewayError) -> GatewayError:
         """``exc`` with the request id at the end of its message (a copy: one error may be
         answered to many waiters)."""
-        return GatewayError(
-            exc.http_status,
-            exc.code or "error",
-            f"{exc.message} (request id {self.request_id})",
-            error_type=exc.error_type,
-            retry_after=exc.retry_after,
-            param=exc.details.get("param"),
-            hint=exc.hint,
-        )
+        return tagged(exc, self.request_id)
+
+
+def tagged(exc: GatewayError, rid: str) -> GatewayError:
+    """A copy of ``exc`` with the request id ``rid`` at the end of its message."""
+    return GatewayError(
+        exc.http_status,
+        exc.code or "error",
+        f"{exc.message} (request id {rid})",
+        error_type=exc.error_type,
+        retry_after=exc.retry_after,
+        param=exc.details.get("param"),
+        hint=exc.hint,
+    )

@@ -114,8 +114,12 @@ _TABLE = (
     Route("classify", "/classify", JSON, prompt_fields=("input", "messages")),
     Route("transcriptions", "/v1/audio/transcriptions", MULTIPART, model_from=FORM),
     Route("translations", "/v1/audio/translations", MULTIPART, model_from=FORM),
+    Route("classify", "/v1/classify", JSON, prompt_fields=("input", "messages")),
     Route("tokenize", "/tokenize", JSON, usage=USAGE_NONE, default_model=True),
     Route("detokenize", "/detokenize", JSON, usage=USAGE_NONE, default_model=True),
+    # SGLang's spellings; a vLLM answers its own 404 for them (route_not_served)
+    Route("tokenize", "/v1/tokenize", JSON, usage=USAGE_NONE, default_model=True),
+    Route("detokenize", "/v1/detokenize", JSON, usage=USAGE_NONE, default_model=True),
 )  # fmt: skip
 
 # Built once at import: the request path picks its route with one dictionary lookup.

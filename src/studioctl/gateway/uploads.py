@@ -128,9 +128,9 @@ class FormProxy:
 def upload_headers(
     headers: Iterable[tuple[bytes, bytes]], key_header: bytes | None
 ) -> tuple[bytes | None, ...]:
-    """(Authorization, the API-key header, Content-Length, Content-Type, Origin) of an
-    upload's request head, in one pass."""
-    authorization = api_key = length = ctype = origin = None
+    """(Authorization, the API-key header, Content-Length, Content-Type, Origin,
+    X-Request-Id) of an upload's request head, in one pass."""
+    authorization = api_key = length = ctype = origin = sent_id = None
     for name, value in headers:
         if name == b"authorization":
             authorization = value
@@ -142,4 +142,6 @@ def upload_headers(
             origin = value
         elif name == key_header:
             api_key = value
-    return authorization, api_key, length, ctype, origin
+        elif name == b"x-request-id":
+            sent_id = value
+    return authorization, api_key, length, ctype, origin, sent_id

@@ -83,6 +83,13 @@ class TenantInfo:
             "limits": self.limits.to_dict(),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            # The combined vLLM + tenant gateway's names, so its scripts read our answers too.
+            "tenant_name": self.name,
+            "max_concurrent": self.limits.max_concurrent,
+            "rpm_limit": self.limits.rpm,
+            "tpm_limit": self.limits.tpm,
+            "max_context_tokens": self.limits.max_context_tokens,
+            "max_output_tokens": self.limits.max_output_tokens,
         }
 
 
