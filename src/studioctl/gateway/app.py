@@ -56,6 +56,7 @@ from studioctl.gateway.asgi import (
     Scope,
     Send,
     content_length,
+    lifespan,
     method_not_allowed,
     send_error,
     send_json,
@@ -211,22 +212,7 @@ class GatewayApp:
             else:
                 await self._other(path, method, scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            await lifespan(receive, send, self.startup, self.shutdown)
 
     # -- the proxied endpoints --------------------------------------------------------------
 

@@ -24,6 +24,7 @@ __all__ = [
     "Scope",
     "Send",
     "content_length",
+    "lifespan",
     "method_not_allowed",
     "send_error",
     "send_json",
@@ -79,6 +80,29 @@ def with_header(send: Send, header: tuple[bytes, bytes]) -> Send:
         await send(message)
 
     return tagged_send
+
+
+async def lifespan(
+    receive: Receive,
+    send: Send,
+    startup: Callable[[], Awaitable[None]],
+    shutdown: Callable[[], Awaitable[None]],
+) -> None:
+    """The ASGI lifespan protocol: ``startup`` when the server starts (a failure is
+    reported, and the server does not start), ``shutdown`` when it stops."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await startup()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:
