@@ -45,6 +45,22 @@ def _limit_options(
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _webhook_flags(webhooks: bool | None, url_override: bool | None) -> dict[str, bool]:
+    """The tenant's webhook flags given on the command line (None: not given)."""
+    flags = {"webhooks": webhooks, "webhook_url_override": url_override}
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+_WEBHOOKS = typer.Option(
+    None, "--webhooks/--no-webhooks", help="May its requests ask for webhooks (default yes)."
+)
+_URL_OVERRIDE = typer.Option(
+    None,
+    "--webhook-url-override/--no-webhook-url-override",
+    help="May its requests name their own webhook URL (X-Webhook-URL; default no).",
+)
+
+
 def _models(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -83,6 +99,8 @@ def create(
     max_context: int | None = typer.Option(None, "--max-context", help="Prompt token cap."),
     max_output: int | None = typer.Option(None, "--max-output", help="max_tokens cap."),
     models: str | None = typer.Option(None, "--models", help="Allowed models, a,b (default all)."),
+    webhooks: bool | None = _WEBHOOKS,
+    url_override: bool | None = _URL_OVERRIDE,
     as_json: bool = _JSON,
 ) -> None:
     """Create a tenant and print its first API key (shown once: only its hash is kept).
@@ -95,7 +113,10 @@ def create(
         {
             "name": name,
             "profile": profile,
-            "overrides": _limit_options(max_concurrent, rpm, tpm, max_context, max_output),
+            "overrides": {
+                **_limit_options(max_concurrent, rpm, tpm, max_context, max_output),
+                **_webhook_flags(webhooks, url_override),
+            },
             "allowed_models": _models(models),
         },
     )
@@ -174,6 +195,8 @@ def set_(
     max_context: int | None = typer.Option(None, "--max-context"),
     max_output: int | None = typer.Option(None, "--max-output"),
     models: str | None = typer.Option(None, "--models", help="Allowed models (* = all)."),
+    webhooks: bool | None = _WEBHOOKS,
+    url_override: bool | None = _URL_OVERRIDE,
     as_json: bool = _JSON,
 ) -> None:
     """Change a tenant's profile or limits; applies to its very next request."""
@@ -182,7 +205,10 @@ def set_(
         f"/tenants/{tenant}",
         {
             "profile": profile,
-            "overrides": _limit_options(max_concurrent, rpm, tpm, max_context, max_output),
+            "overrides": {
+                **_limit_options(max_concurrent, rpm, tpm, max_context, max_output),
+                **_webhook_flags(webhooks, url_override),
+            },
             "allowed_models": _models(models),
         },
     )

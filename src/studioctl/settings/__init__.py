@@ -54,6 +54,7 @@ from studioctl.settings.load import (
     settings_path,
     validate_settings_file,
 )
+from studioctl.settings.webhook import MailboxSettings, WebhookAuth, WebhookSettings
 from studioctl.settings.schema import (
     REDACTED,
     SECTIONS,
@@ -84,11 +85,14 @@ __all__ = [
     "Group",
     "HostSettings",
     "LogSettings",
+    "MailboxSettings",
     "RecipeSettings",
     "SchedulerSettings",
     "Settings",
     "TenantsSettings",
     "UsageSettings",
+    "WebhookAuth",
+    "WebhookSettings",
     "all_keys",
     "env_var",
     "load_settings",
