@@ -54,7 +54,6 @@ from studioctl.settings.load import (
     settings_path,
     validate_settings_file,
 )
-from studioctl.settings.webhook import MailboxSettings, WebhookAuth, WebhookSettings
 from studioctl.settings.schema import (
     REDACTED,
     SECTIONS,
@@ -71,6 +70,7 @@ from studioctl.settings.schema import (
     all_keys,
     section_keys,
 )
+from studioctl.settings.webhook import MailboxSettings, WebhookAuth, WebhookSettings
 
 __all__ = [
     "ENV_ALIASES",
