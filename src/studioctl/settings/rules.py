@@ -37,7 +37,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from studioctl.settings.groups import GROUP_KEYS, Group
-from studioctl.settings.webhook import check_auth, check_headers
+from studioctl.settings.webhook_checks import check_auth, check_headers
 from studioctl.suggest import did_you_mean
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
