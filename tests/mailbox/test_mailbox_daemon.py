@@ -142,6 +142,61 @@ def test_a_url_override_needs_the_tenant_flag(daemon: Daemon, keys: dict[str, st
         assert_error(bad_mode, 400, "invalid_webhook_mode")
 
 
+def test_always_mode_keeps_and_delivers_with_the_requests_bearer(
+    daemon: Daemon, keys: dict[str, str]
+) -> None:
+    """A tenant with the override flag names its receiver and bearer; in ``always`` mode a
+    whole (non-stream) answer its client received is kept and delivered too."""
+    bearer = "receiver-bearer-7d1e"
+    body = {"model": "slow", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+    with receiver() as own, httpx.Client(base_url=base_url(daemon), timeout=30) as c:
+        resp = c.post(
+            "/v1/chat/completions",
+            json=body,
+            headers={
+                "Authorization": f"Bearer {keys['hooky']}",
+                "X-Webhook-URL": own.url,
+                "X-Webhook-Mode": "always",
+                "X-Webhook-Bearer": bearer,
+            },
+        )
+        assert resp.status_code == 200, resp.text
+        rid = resp.headers["x-request-id"]
+        wait_for(lambda: own.count() >= 1, timeout=15, what="the delivery")
+        hit = own.hits[0]
+    assert hit.headers["authorization"] == f"Bearer {bearer}"
+    payload = json.loads(hit.body)
+    assert payload["client_disconnected"] is False
+    assert payload["response"] == resp.json()  # the answer the client got, kept as it was
+    record = wait_record(daemon, keys["hooky"], rid)
+    assert record["response"]["usage"]["completion_tokens"] == 3
+    shown = daemon.cli_ok("mailbox", "show", rid, "--json")
+    assert bearer not in shown and bearer not in daemon.log_text(200_000)
+
+
+def test_a_whole_answer_and_a_completions_stream_are_kept_when_the_client_leaves(
+    daemon: Daemon, keys: dict[str, str]
+) -> None:
+    key = keys["acme"]
+    body = {"model": "slow", "max_tokens": 30, "messages": [{"role": "user", "content": "hi"}]}
+    h = {"Authorization": f"Bearer {key}", "X-Mailbox": "keep", "X-Request-Id": "whole-1"}
+    with (
+        httpx.Client(base_url=base_url(daemon), timeout=0.5) as c,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        c.post("/v1/chat/completions", json=body, headers=h)  # 30 × 50 ms: it gives up
+    record = wait_record(daemon, key, "whole-1")
+    assert record["response"]["object"] == "chat.completion"
+    assert record["response"]["usage"]["completion_tokens"] == 30
+    rid = leave_after_first_chunk(
+        daemon, key, "slow", max_tokens=12, headers={"X-Mailbox": "keep"}, path="/v1/completions"
+    )
+    text = wait_record(daemon, key, rid)["response"]
+    assert text["object"] == "text_completion"
+    assert text["choices"][0]["text"].split() == [f"tok{i}" for i in range(12)]
+    assert text["usage"]["completion_tokens"] == 12
+
+
 def test_the_mailbox_cli_lists_shows_redelivers_and_removes(
     daemon: Daemon, keys: dict[str, str]
 ) -> None:
