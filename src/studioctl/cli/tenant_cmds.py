@@ -86,6 +86,8 @@ def _print_tenant(t: dict[str, Any]) -> None:
         f"profile {t['profile']}: concurrent {lim['max_concurrent']}, rpm {lim['rpm']}, "
         f"tpm {lim['tpm']}, context {lim['max_context_tokens']}, "
         f"output {lim['max_output_tokens']}, models {models}"
+        + (", webhooks refused" if lim.get("webhooks") is False else "")
+        + (", webhook URL override" if lim.get("webhook_url_override") else "")
     )
 
 
