@@ -26,6 +26,9 @@ def leave_after_first_chunk(
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True}
     if path == "/v1/chat/completions":
         body["messages"] = [{"role": "user", "content": "tell me a long story"}]
+    elif path == "/v1/responses":
+        body["input"] = "tell me a long story"
+        body["max_output_tokens"] = body.pop("max_tokens")
     else:
         body["prompt"] = "tell me a long story"
     h = {"Authorization": f"Bearer {key}", **(headers or {})}
@@ -36,7 +39,7 @@ def leave_after_first_chunk(
         assert r.status_code == 200, r.read()
         rid = r.headers["x-request-id"]
         first = next(r.iter_bytes())
-        assert first.startswith(b"data:"), first
+        assert first.startswith((b"data:", b"event:")), first
     return rid
 
 

@@ -195,6 +195,32 @@ def test_a_whole_answer_and_a_completions_stream_are_kept_when_the_client_leaves
     assert text["object"] == "text_completion"
     assert text["choices"][0]["text"].split() == [f"tok{i}" for i in range(12)]
     assert text["usage"]["completion_tokens"] == 12
+    rid = leave_after_first_chunk(
+        daemon, key, "slow", max_tokens=10, headers={"X-Mailbox": "keep"}, path="/v1/responses"
+    )
+    response = wait_record(daemon, key, rid)["response"]
+    assert response["object"] == "response" and response["usage"]["output_tokens"] == 10
+
+
+def test_a_tenant_redelivers_its_record_to_its_own_receiver(
+    daemon: Daemon, keys: dict[str, str]
+) -> None:
+    rid = kept(daemon, keys["hooky"])
+    h = {"Authorization": f"Bearer {keys['hooky']}"}
+    with receiver() as own, httpx.Client(base_url=base_url(daemon), timeout=30) as c:
+        body = {"url": own.url, "bearer_token": "b-42", "headers": {"X-Tag": "t"}}
+        out = c.post(f"/v1/mailbox/{rid}/webhook", json=body, headers=h)
+        assert out.status_code == 200, out.text
+        assert out.json() == {"status": "delivered", "request_id": rid, "url": own.url}
+        hit = own.hits[0]
+        assert hit.headers["authorization"] == "Bearer b-42" and hit.headers["x-tag"] == "t"
+        assert json.loads(hit.body)["request_id"] == rid
+        other = {"Authorization": f"Bearer {keys['acme']}"}
+        assert_error(c.post(f"/v1/mailbox/{rid}/webhook", headers=other), 404, "not_found")
+        # An override is refused for what the tenant may do, before any record is looked up.
+        refused = c.post(f"/v1/mailbox/{rid}/webhook", json={"url": own.url}, headers=other)
+        assert_error(refused, 403, "webhook_url_override_forbidden")
+        assert own.count() == 1
 
 
 def test_the_mailbox_cli_lists_shows_redelivers_and_removes(

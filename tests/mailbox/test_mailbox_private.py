@@ -84,3 +84,21 @@ def test_the_configured_loopback_receiver_is_refused_at_delivery(
     assert "not a public address" in attempts[0]["error"]
     assert "webhook.allow_private" in attempts[0]["error"]
     assert rx.count() == 0
+
+
+def test_a_redelivery_to_a_refused_receiver_answers_502_and_an_override_403(
+    daemon: Daemon,
+) -> None:
+    _, key = create_tenant(daemon, "redo")
+    rid = leave_after_first_chunk(daemon, key, "slow", max_tokens=6, headers={"X-Mailbox": "keep"})
+    wait_record(daemon, key, rid)
+    h = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base_url(daemon), timeout=30) as c:
+        failed = assert_error(
+            c.post(f"/v1/mailbox/{rid}/webhook", headers=h), 502, "webhook_failed"
+        )
+        assert "not a public address" in failed["message"]
+        override = c.post(
+            f"/v1/mailbox/{rid}/webhook", json={"url": "https://example.com/x"}, headers=h
+        )
+        assert_error(override, 403, "webhook_url_override_forbidden")

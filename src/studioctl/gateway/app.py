@@ -400,10 +400,10 @@ class GatewayApp:
         try:
             if path.startswith("/admin/") or path == "/admin":
                 await self._forward_admin(path, scope, receive, send)
-            elif self.mailbox is not None and path.startswith(MAILBOX_PATH):  # and "/..."
-                await self.mailbox.serve(path, method, scope, receive, send, extra)
             elif method == "OPTIONS":
                 await self._cors.preflight(send, extra)
+            elif self.mailbox is not None and path.startswith(MAILBOX_PATH):  # and "/..."
+                await self.mailbox.serve(path, method, scope, receive, send, extra)
             elif path in POST_ROUTES:
                 raise method_not_allowed(method, path, "POST")
             elif method not in ("GET", "HEAD"):
