@@ -197,7 +197,8 @@ def test_webhook_settings_from_the_file_and_the_environment(tmp_path: Path) -> N
     s = load_settings(file=f, env={"HOOK": "https://h/x", "STUDIOCTL_WEBHOOK_ENABLED": "yes"})
     assert s.webhook.url == "https://h/x" and s.webhook.enabled and s.mailbox.retention_secs == 60
     assert s.webhook.headers == (("X-Team", "blue"),)
-    assert s.webhook.auth.hmac_algorithm == "sha512" and s.webhook.auth.hmac_header == "X-Sig"
+    auth = s.webhook.auth
+    assert auth is not None and auth.hmac_algorithm == "sha512" and auth.hmac_header == "X-Sig"
     shown_ = s.to_dict()["webhook"]
     assert shown_["auth"]["hmac"]["secret"] == "***" and shown_["auth"]["bearer"] == "***"
     env = load_settings(file=f, env={"HOOK": "h", "STUDIOCTL_WEBHOOK_HEADERS": '{"X-A": "1"}'})

@@ -210,7 +210,7 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 WebhookHeaders = Annotated[
     tuple[tuple[str, str], ...], PlainValidator(_mapping_rule(check_headers))
 ]
-WebhookAuthRule = Annotated[Any, PlainValidator(_mapping_rule(check_auth))]
+WebhookAuthRule = Annotated[Any, PlainValidator(_mapping_rule(check_auth))] | None
 MailboxBackend = Annotated[Literal["sqlite", "postgres"], PlainValidator(_mailbox_backend)]
 SchedulerPolicy = Annotated[PolicyName, PlainValidator(_scheduler_policy)]
 Origins = Annotated[

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from studioctl import paths
 from studioctl.settings.groups import Group
-from studioctl.settings.webhook import MailboxSettings, WebhookSettings
+from studioctl.settings.webhook import MailboxSettings, WebhookAuth, WebhookSettings
 from studioctl.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ def _webhook_dict(out: dict[str, Any], webhook: WebhookSettings, redact: bool) -
     often hold one) redacted."""
     hide = REDACTED if redact else None
     out["headers"] = {k: hide or v for k, v in webhook.headers}
-    out["auth"] = webhook.auth.to_dict(hide)
+    out["auth"] = webhook.auth.to_dict(hide) if webhook.auth is not None else None
     if redact and webhook.signing_secret is not None:
         out["signing_secret"] = REDACTED
 
@@ -263,4 +263,6 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, WebhookAuth):  # as written in the file, its secrets never shown
+        return value.to_dict(REDACTED)
     return value

@@ -6,7 +6,7 @@ checked by ``settings.webhook_checks``; their secrets are redacted by ``Settings
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from studioctl.settings.webhook_checks import MAX_HEADER_VALUE, WebhookAuth, check_headers
@@ -44,7 +44,7 @@ class WebhookSettings:
     retry_count: AtLeastZero = 3  # tries after the first
     retry_delay_ms: PositiveInt = 1000  # doubled per try, with jitter
     headers: WebhookHeaders = ()
-    auth: WebhookAuthRule = field(default_factory=WebhookAuth)
+    auth: WebhookAuthRule = None  # a WebhookAuth once set; None: no authentication
     sign_payload: bool = False  # X-Webhook-Signature: HMAC over "<timestamp>.<body>"
     signing_secret: Token = None
     # Receivers on loopback, private, link-local or otherwise non-public addresses: refused

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from studioctl.settings.webhook import WebhookSettings
+from studioctl.settings.webhook import WebhookAuth, WebhookSettings
 from studioctl.store.mailbox import Attempt, MailboxRepo, OutboxEntry
 from studioctl.webhooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from studioctl.webhooks.target import TargetRefused, resolve, shown
@@ -48,7 +48,7 @@ def delivery_headers(
     """The headers of one try: the configured ones, the configured auth, the request's own
     (its bearer), then ours (content type, request id, timestamp, signatures)."""
     out = dict(settings.headers)
-    auth = settings.auth
+    auth = settings.auth or WebhookAuth()
     if auth.bearer is not None:
         out["Authorization"] = f"Bearer {auth.bearer}"
     if auth.api_key is not None and auth.api_key_header is not None:
