@@ -267,6 +267,23 @@ class Client:
             return self.request("GET", f"/requests/{path_segment(request_id)}")
         return self.request("GET", "/requests", params=params)
 
+    def mailbox(self, request_id: str | None = None, params: Params = None) -> JsonObject:
+        """The mailbox (``studioctl mailbox``): every tenant's records (``params``: tenant,
+        limit), or one record with its response, delivery state and attempts."""
+        if request_id is not None:
+            return self.request("GET", f"/mailbox/{path_segment(request_id)}")
+        return self.request("GET", "/mailbox", params=params)
+
+    def mailbox_delete(self, request_id: str) -> JsonObject:
+        """Delete one record (``studioctl mailbox rm``); NotFoundError if there is none."""
+        return self.request("DELETE", f"/mailbox/{path_segment(request_id)}")
+
+    def mailbox_redeliver(self, request_id: str, body: JsonObject | None = None) -> JsonObject:
+        """Deliver a record's webhook again now (``studioctl mailbox redeliver``); ``body``:
+        optional ``url``, ``bearer_token`` and ``headers`` overrides."""
+        path = f"/mailbox/{path_segment(request_id)}/webhook"
+        return self.request("POST", path, json_body=body or {})
+
 
 def path_segment(value: str) -> str:
     """``value`` as one path segment (an id never holds '/', but a typo may)."""

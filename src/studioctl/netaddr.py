@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["is_loopback"]
+__all__ = ["is_loopback", "is_public"]
 
 
 def is_loopback(host: str) -> bool:
@@ -21,3 +21,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_public(address: str) -> bool:
+    """Whether the IP ``address`` is a global unicast address anyone may be sent to.
+
+    False for loopback, private (RFC 1918, fc00::/7), link-local (169.254/16 and its cloud
+    metadata address, fe80::/10), carrier-grade NAT, multicast, reserved and unspecified
+    addresses, and for an IPv4-mapped IPv6 address of any of those; a webhook receiver on one
+    of them needs ``webhook.allow_private``. ``address`` must be an IP, not a name: the
+    caller resolves the name and checks every address it will connect to.
+    """
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bool(ip.is_global) and not ip.is_multicast

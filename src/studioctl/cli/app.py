@@ -70,6 +70,7 @@ _COMMAND_MODULES = [
     "gpu_cmds",
     "tenant_cmds",
     "request_cmds",
+    "mailbox_cmds",
     "top_cmds",
     "bench_cmds",
 ]

@@ -45,6 +45,22 @@ def _limit_options(
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _webhook_flags(webhooks: bool | None, url_override: bool | None) -> dict[str, bool]:
+    """The tenant's webhook flags given on the command line (None: not given)."""
+    flags = {"webhooks": webhooks, "webhook_url_override": url_override}
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+_WEBHOOKS = typer.Option(
+    None, "--webhooks/--no-webhooks", help="May its requests ask for webhooks (default yes)."
+)
+_URL_OVERRIDE = typer.Option(
+    None,
+    "--webhook-url-override/--no-webhook-url-override",
+    help="May its requests name their own webhook URL (X-Webhook-URL; default no).",
+)
+
+
 def _models(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -71,6 +87,8 @@ def _print_tenant(t: dict[str, Any]) -> None:
         f"tpm {lim['tpm']}, context {lim['max_context_tokens']}, "
         f"output {lim['max_output_tokens']}, models {models}"
         + (", bodies logged" if lim.get("log_bodies") else "")
+        + (", webhooks refused" if lim.get("webhooks") is False else "")
+        + (", webhook URL override" if lim.get("webhook_url_override") else "")
     )
 
 
@@ -84,6 +102,8 @@ def create(
     max_context: int | None = typer.Option(None, "--max-context", help="Prompt token cap."),
     max_output: int | None = typer.Option(None, "--max-output", help="max_tokens cap."),
     models: str | None = typer.Option(None, "--models", help="Allowed models, a,b (default all)."),
+    webhooks: bool | None = _WEBHOOKS,
+    url_override: bool | None = _URL_OVERRIDE,
     as_json: bool = _JSON,
 ) -> None:
     """Create a tenant and print its first API key (shown once: only its hash is kept).
@@ -96,7 +116,10 @@ def create(
         {
             "name": name,
             "profile": profile,
-            "overrides": _limit_options(max_concurrent, rpm, tpm, max_context, max_output),
+            "overrides": {
+                **_limit_options(max_concurrent, rpm, tpm, max_context, max_output),
+                **_webhook_flags(webhooks, url_override),
+            },
             "allowed_models": _models(models),
         },
     )
@@ -180,11 +203,14 @@ def set_(
         "--log-bodies/--no-log-bodies",
         help="Store the tenant's request and answer bodies (debugging; capped, pruned).",
     ),
+    webhooks: bool | None = _WEBHOOKS,
+    url_override: bool | None = _URL_OVERRIDE,
     as_json: bool = _JSON,
 ) -> None:
     """Change a tenant's profile or limits; applies to its very next request."""
     overrides: dict[str, int | bool] = {
-        **_limit_options(max_concurrent, rpm, tpm, max_context, max_output)
+        **_limit_options(max_concurrent, rpm, tpm, max_context, max_output),
+        **_webhook_flags(webhooks, url_override),
     }
     if log_bodies is not None:
         overrides["log_bodies"] = log_bodies

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from studioctl.settings import Settings
     from studioctl.store.db import Database
     from studioctl.telemetry import GpuReader, Telemetry, VramWatch
+    from studioctl.webhooks.service import Mailbox
 
 log = logging.getLogger("studioctl.daemon")
 
@@ -105,6 +106,7 @@ class Parts:
     ondemand: OnDemand | None = None
     queues: ModelQueues | None = None
     gateway_app: GatewayApp | None = None
+    mailbox: Mailbox | None = None
     servers: list[Server] = field(default_factory=list)
     gateway_server: Server | None = None
 
@@ -118,6 +120,7 @@ def build(
     """Build every part (no event loop work yet: nothing is started here)."""
     from studioctl.control import DaemonInfo, Serving, build_control_app
     from studioctl.control.gpus import telemetry_routes
+    from studioctl.control.mailbox import mailbox_routes
     from studioctl.control.requests import request_routes
     from studioctl.control.tenants import tenant_routes
     from studioctl.lifecycle.engine_http import EngineHttp
@@ -134,7 +137,7 @@ def build(
     bus = EventBus(EventRepo(db))
     gpus = GpuReader()
     engine_http = EngineHttp()  # probes, drains and telemetry's scrapes: one session
-    gateway = None
+    gateway = mailbox = None
     if tcp is not None:
         from studioctl.gateway.wiring import build_gateway_core
 
@@ -162,6 +165,8 @@ def build(
     if gateway is not None:  # tenants and usage live with the gateway that enforces them
         routes += tenant_routes(gateway.tenants, gateway.usage_repo)
         routes += request_routes(gateway.tenants, RequestLog(db))
+        mailbox = _mailbox(settings, db)
+        routes += mailbox_routes(mailbox, gateway.tenants)
     info = DaemonInfo(
         socket=str(paths.control_socket()),
         gateway_url=url,
@@ -175,10 +180,29 @@ def build(
         serving = Serving(queues.counts, gateway.core.routes.recipe_of, ondemand.preload)
     control = build_control_app(sup, bus, info, routes=routes, serving=serving)
     parts = Parts(settings, db, bus, gpus, engine_http, sup, telemetry, control, gateway)
-    parts.queues, parts.ondemand = queues, ondemand
+    parts.queues, parts.ondemand, parts.mailbox = queues, ondemand, mailbox
     if gateway is not None:
         parts.gateway_app = _gateway_app(parts, gateway)
     return parts
+
+
+def _mailbox(settings: Settings, db: Database) -> Mailbox:
+    """The mailbox over the store's database, with its delivery worker (started later)."""
+    from studioctl.store.mailbox import MailboxRepo
+    from studioctl.webhooks.service import Mailbox
+    from studioctl.webhooks.worker import DeliveryWorker
+
+    if settings.mailbox.backend == "postgres":
+        log.warning("mailbox.backend postgres: the mailbox is kept in the store's database")
+    repo = MailboxRepo(db)
+    worker = DeliveryWorker(repo=repo, settings=settings.webhook)
+    return Mailbox(
+        repo=repo,
+        webhook=settings.webhook,
+        mailbox=settings.mailbox,
+        worker=worker,
+        clock=time.time,
+    )
 
 
 def _on_demand(
@@ -261,6 +285,7 @@ def _gateway_app(parts: Parts, gateway: DaemonGateway) -> GatewayApp:
         extra_metrics=_metrics_lines(parts),
         queues=parts.queues,
         want=parts.ondemand.want if parts.ondemand is not None else None,
+        mailbox=parts.mailbox,
     )
 
 
@@ -338,6 +363,8 @@ async def _start(parts: Parts) -> list[asyncio.Task[None]]:
     ]
     if parts.gateway is not None and parts.gateway_app is not None:
         await parts.gateway_app.startup()
+        if parts.mailbox is not None:
+            parts.mailbox.worker.start()
         background.append(asyncio.create_task(parts.gateway.housekeeping(parts.settings)))
     await parts.telemetry.start()
     if parts.ondemand is not None:  # after telemetry: its GPU reading gives the capacity
@@ -376,6 +403,8 @@ async def _stop(
         await parts.gpus.close()
         if parts.gateway_app is not None:
             await parts.gateway_app.shutdown()
+        if parts.mailbox is not None:  # after the drain: kept requests stored their records
+            await parts.mailbox.worker.close()
         if parts.gateway is not None:
             parts.gateway.close()
         parts.bus.publish("daemon", f"daemon stopped (pid {pid})", data={"pid": pid})

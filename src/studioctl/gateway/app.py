@@ -26,8 +26,8 @@ A multipart upload (``/v1/audio/*``) is authenticated, then read until its ``mod
 (``uploads.py``); while it waits for a slot or a loading model its client's
 disconnect is not watched (the body must stay unread until it is sent on).
 
-Other routes: ``GET /v1/models``; ``GET /v1/models/{id}`` (one card of that list, 404
-``model_not_found`` for a name it does not hold); ``GET /v1/queues`` and
+Other routes: ``/v1/mailbox*`` (``mailbox_routes.py``); ``GET /v1/models``; ``GET
+/v1/models/{id}`` (one card, 404 ``model_not_found`` for a name not listed); ``GET /v1/queues`` and
 ``/v1/queues/{model}`` (who waits, never a prompt; the admin token on TCP); ``/livez``,
 ``/healthz``, ``/version``; ``GET /metrics`` (needs the admin token on TCP unless
 ``gateway.metrics_public``; the route table's lines, then ``extra_metrics``); ``/admin/*``
@@ -62,15 +62,19 @@ from studioctl.gateway.asgi import (
     send_json,
     with_header,
 )
-from studioctl.gateway.body import MAX_MODEL_CHARS, clip
+from studioctl.gateway.body import clip
+from studioctl.gateway.cards import ModelCards
 from studioctl.gateway.context import Headers, RequestContext, request_id, tagged
 from studioctl.gateway.core import GatewayCore
+from studioctl.gateway.mailbox import MAILBOX_HEADERS, MailboxKeeper, webhook_headers
+from studioctl.gateway.mailbox_routes import MAILBOX_PATH, MailboxRoutes
 from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.relay import Relay, shutting_down
 from studioctl.gateway.routes import MODEL_PATH, MULTIPART, POST_ROUTES, Route
 from studioctl.gateway.sse import json_dumps
 from studioctl.gateway.uploads import FormProxy, upload_headers
 from studioctl.settings import GatewaySettings
+from studioctl.webhooks.service import Mailbox
 
 __all__ = ["GatewayApp"]
 
@@ -104,7 +108,9 @@ class GatewayApp:
         extra_metrics: Callable[[], str] | None = None,
         queues: ModelQueues | None = None,
         want: Want | None = None,
+        mailbox: Mailbox | None = None,
     ) -> None:
+        """``mailbox``: kept results and webhooks (issue 15); None: no mailbox mode."""
         self.core = core
         self.settings = settings
         self.admin_app = admin_app
@@ -138,11 +144,17 @@ class GatewayApp:
                 "loopback gateway.host (is %r)",
                 settings.host,
             )
+        self.cards = ModelCards(core.routes, self.admission.authenticate, core.auth.key_header)
+        self.keeper = MailboxKeeper(mailbox) if mailbox is not None else None
+        self.mailbox = None
+        if mailbox is not None and self.keeper is not None:
+            self.mailbox = MailboxRoutes(mailbox, self.keeper, self.cards.tenant)
         self.relay = Relay(
             pool=core.pool,
             accounting=self.accounting,
             metrics=core.metrics,
             read_timeout_s=settings.upstream_timeout_s,
+            keeper=self.keeper,
         )
         self.uploads = FormProxy(
             settings=settings,
@@ -225,6 +237,7 @@ class GatewayApp:
         api_key: bytes | None = None
         key_header = self.core.auth.key_header  # X-API-Key: found in this same pass
         sent_id: bytes | None = None
+        mail: Headers | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -236,10 +249,13 @@ class GatewayApp:
                 api_key = value
             elif name == b"x-request-id":
                 sent_id = value
+            elif name in MAILBOX_HEADERS:
+                mail = webhook_headers(name, value, mail)
         extra = self._cors.headers(origin) if origin is not None else None
         task = asyncio.current_task()
         assert task is not None
         ctx = RequestContext(task, endpoint, t0, ts, extra, sent_id)
+        ctx.webhook_headers = mail
         if self._draining:
             await self.accounting.refuse(send, ctx, shutting_down())
             return
@@ -292,6 +308,8 @@ class GatewayApp:
         # Admitted: from here on every path, whatever is raised, writes one usage row and
         # gives the slot (and any TPM reservation, and the route's count) back.
         try:
+            if self.keeper is not None:  # mailbox mode, or 400/403 for what was asked
+                self.keeper.plan(ctx)
             upstream, path, payload = await admission.check(ctx, raw, receive)
             self.core.routes.begin(upstream.instance_id)
             ctx.upstream = upstream
@@ -376,6 +394,8 @@ class GatewayApp:
                 await self._forward_admin(path, scope, receive, with_header(send, tag))
             elif method == "OPTIONS":
                 await self._cors.preflight(send, [*cors, tag] if cors else None)
+            elif self.mailbox is not None and path.startswith(MAILBOX_PATH):  # and "/..."
+                await self.mailbox.serve(path, method, scope, receive, send, extra)
             elif path in POST_ROUTES:
                 raise method_not_allowed(method, path, "POST")
             elif method not in ("GET", "HEAD"):
@@ -391,9 +411,9 @@ class GatewayApp:
         self, path: str, method: str, scope: Scope, send: Send, extra: Headers | None
     ) -> None:
         if path == "/v1/models":
-            await self._models(scope, send, extra)
+            await self.cards.models(scope, send, extra)
         elif path.startswith(MODEL_PATH):
-            await self._model(path[len(MODEL_PATH) :], scope, send, extra)
+            await self.cards.model(path[len(MODEL_PATH) :], scope, send, extra)
         elif path == _QUEUES or path.startswith(_QUEUE_OF):
             self._admin.check(scope)
             await send_json(send, 200, json_dumps(self._queues(path)), extra)
@@ -441,39 +461,6 @@ class GatewayApp:
             except Exception:  # a telemetry fault must not take the gateway's /metrics down
                 _log.exception("extra /metrics lines failed")
         return self.core.metrics.render(lines)
-
-    def _listing(self, scope: Scope) -> list[dict[str, Any]]:
-        """``/v1/models``' data as the request's tenant may see it."""
-        authorization = api_key = None
-        key_header = self.core.auth.key_header
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-            elif name == key_header:
-                api_key = value
-        tenant = self.admission.authenticate(authorization, api_key)
-        allowed = tenant.limits.allowed_models
-        data = self.core.routes.models()
-        if allowed is not None:
-            data = [m for m in data if m["id"] in allowed]
-        return data
-
-    async def _models(self, scope: Scope, send: Send, extra: Headers | None) -> None:
-        await send_json(
-            send, 200, json_dumps({"object": "list", "data": self._listing(scope)}), extra
-        )
-
-    async def _model(self, model: str, scope: Scope, send: Send, extra: Headers | None) -> None:
-        """``GET /v1/models/{id}``: that model's card (names may hold '/')."""
-        card = next((c for c in self._listing(scope) if c["id"] == model), None)
-        if card is not None:
-            return await send_json(send, 200, json_dumps(card), extra)
-        raise GatewayError(
-            404,
-            "model_not_found",
-            f"the model {clip(model, MAX_MODEL_CHARS)!r} does not exist",
-            param="model",
-        )
 
     async def _forward_admin(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         self._admin.check(scope)

@@ -31,6 +31,7 @@ from studioctl.tenants import TenantContext
 
 if TYPE_CHECKING:
     from studioctl.gateway.bodies import BodyCapture
+    from studioctl.gateway.mailbox_kept import KeptRequest
 
 __all__ = [
     "CHAT",
@@ -85,6 +86,7 @@ class RequestContext:
         "extra",
         "finished",
         "gone",
+        "keep",
         "known",
         "model",
         "prompt",
@@ -99,6 +101,7 @@ class RequestContext:
         "ts",
         "ttft",
         "upstream",
+        "webhook_headers",
     )
 
     def __init__(
@@ -139,6 +142,8 @@ class RequestContext:
         self.accounted = False  # the usage row and metrics are written
         self.queue_s = 0.0  # seconds waited in a queue (queue.py), the usage row's queue_ms
         self.bodies: BodyCapture | None = None  # log_bodies only: what to store (bodies.py)
+        self.webhook_headers: Headers | None = None  # X-Webhook-*, X-Mailbox as sent
+        self.keep: KeptRequest | None = None  # mailbox mode (mailbox.py): kept if the client goes
 
     def tagged(self, exc: GatewayError) -> GatewayError:
         """``exc`` with the request id at the end of its message (a copy: one error may be

@@ -12,7 +12,9 @@ upload (:meth:`Relay.upload`) is sent as it arrives; its answer is relayed as a 
 the engine streams it (``text/event-stream``), else whole. While the answer is awaited a
 watcher reads the client's side: a client that disconnects makes the gateway close the
 upstream connection at once (the engine aborts the generation), and the request is accounted
-as disconnected with the usage seen so far. Every path ends in ``Accounting`` (the caller's
+as disconnected with the usage seen so far, unless the request is in mailbox mode
+(``mailbox.py``): then it runs to its end, is accounted with every token, and its result is
+kept. Every path ends in ``Accounting`` (the caller's
 ``finally`` covers cancellations that are not ours).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import GatewayError
 from studioctl.gateway.accounting import Accounting, internal_error, log_unexpected
@@ -33,6 +36,9 @@ from studioctl.gateway.routes import RESPONSES, ROUTES
 from studioctl.gateway.routing import Upstream
 from studioctl.gateway.sse import DONE_EVENTS, ResponsesRelay, SSERelay, answer_usage, json_loads
 from studioctl.gateway.upstream import UpstreamConn, UpstreamConnectError, UpstreamPool
+
+if TYPE_CHECKING:
+    from studioctl.gateway.mailbox import MailboxKeeper
 
 __all__ = ["SHUTDOWN_RETRY_AFTER_S", "Relay", "shutting_down"]
 
@@ -52,13 +58,15 @@ def shutting_down() -> GatewayError:
 
 
 async def _watch_disconnect(receive: Receive, ctx: RequestContext) -> None:
-    """Wait for the client to go away; then cancel the request's task (unless it is done)."""
+    """Wait for the client to go away; then cancel the request's task (unless it is done).
+    In mailbox mode the request goes on to its end (its result is kept): only marked gone."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             if not ctx.finished:
                 ctx.gone = True
-                ctx.task.cancel()
+                if ctx.keep is None:
+                    ctx.task.cancel()
             return
 
 
@@ -112,11 +120,14 @@ class Relay:
         accounting: Accounting,
         metrics: GatewayMetrics,
         read_timeout_s: float,
+        keeper: MailboxKeeper | None = None,
     ) -> None:
+        """``keeper``: keeps the results of requests in mailbox mode (``mailbox.py``)."""
         self.pool = pool
         self.accounting = accounting
         self.metrics = metrics
         self.read_timeout_s = read_timeout_s
+        self.keeper = keeper
 
     def upstream_error(self, exc: BaseException, upstream: Upstream) -> GatewayError:
         """The answer for a failure talking to ``upstream`` (504, 502, else 500)."""
@@ -166,12 +177,14 @@ class Relay:
             except Exception as exc:
                 if conn is not None:
                     conn.close()
-                await self.accounting.fail(send, ctx, self.upstream_error(exc, upstream))
+                await self._fail(send, ctx, self.upstream_error(exc, upstream))
                 return
             finally:
                 if conn is not None and not conn.complete:
                     conn.close()  # whatever interrupted the read: never reuse it
             await self._answer(ctx, conn.status, conn.content_type, data, send)
+            if ctx.keep is not None and self.keeper is not None:
+                await self.keeper.finish_whole(ctx, conn.status, data)
         finally:
             watcher.cancel()
 
@@ -193,8 +206,14 @@ class Relay:
             error_code = f"upstream_{status}"
         await _send_whole(send, ctx, status, content_type, data)
         self.accounting.finish(
-            ctx, status, error_code, prompt, completion, None, disconnected=False
+            ctx, status, error_code, prompt, completion, None, disconnected=ctx.gone
         )
+
+    async def _fail(self, send: Send, ctx: RequestContext, err: GatewayError, *args: Any) -> None:
+        """``Accounting.fail``; a request in mailbox mode keeps its error as its record."""
+        await self.accounting.fail(send, ctx, err, *args)
+        if ctx.keep is not None and self.keeper is not None:
+            await self.keeper.failed(ctx, err)
 
     async def stream(
         self, ctx: RequestContext, path: bytes, payload: bytes, send: Send, receive: Receive
@@ -221,11 +240,15 @@ class Relay:
                     pool.release(conn)
                     status, ctype, conn = conn.status, conn.content_type, None
                     await self._answer(ctx, status, ctype, data, send)
+                    if ctx.keep is not None and self.keeper is not None:
+                        await self.keeper.finish_whole(ctx, status, data)
                     return
                 await self._events(ctx, conn, relay, send)
                 pool.release(conn)
                 conn = None
                 tail = relay.flush()
+                if ctx.keep is not None:
+                    ctx.keep.add(tail)
             except asyncio.CancelledError:
                 if conn is not None:
                     conn.close()  # the engine sees the connection drop and aborts the request
@@ -249,14 +272,18 @@ class Relay:
                     conn = None
                 err = self.upstream_error(exc, upstream)
                 await accounting.fail(send, ctx, err, relay, ctx.ttft, tail=relay.flush())
+                if ctx.keep is not None and self.keeper is not None:
+                    await self.keeper.failed(ctx, err)
                 return
             ctx.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             # No usage chunk (an engine without include_usage): the chunks seen are counted.
             accounting.finish(
                 ctx, 200, None, relay.prompt_tokens or ctx.prompt, relay.completion_tokens,
-                ctx.ttft, disconnected=False,
+                ctx.ttft, disconnected=ctx.gone,
             )  # fmt: skip
+            if ctx.keep is not None and self.keeper is not None:
+                await self.keeper.finish_stream(ctx, relay)
         finally:
             watcher.cancel()
             if conn is not None:
@@ -347,6 +374,8 @@ class Relay:
             if out:
                 if ctx.bodies is not None:
                     ctx.bodies.add(out)
+                if ctx.keep is not None:
+                    ctx.keep.add(out)
                 if ctx.ttft is None:
                     ctx.ttft = time.perf_counter() - ctx.t0
                 await send({"type": "http.response.body", "body": out, "more_body": True})

@@ -70,6 +70,7 @@ from studioctl.settings.schema import (
     all_keys,
     section_keys,
 )
+from studioctl.settings.webhook import MailboxSettings, WebhookAuth, WebhookSettings
 
 __all__ = [
     "ENV_ALIASES",
@@ -84,11 +85,14 @@ __all__ = [
     "Group",
     "HostSettings",
     "LogSettings",
+    "MailboxSettings",
     "RecipeSettings",
     "SchedulerSettings",
     "Settings",
     "TenantsSettings",
     "UsageSettings",
+    "WebhookAuth",
+    "WebhookSettings",
     "all_keys",
     "env_var",
     "load_settings",

@@ -34,7 +34,7 @@ NOT_SETTINGS = frozenset({"STUDIOCTL_HOME", "STUDIOCTL_CONFIG"})
 #: How the list settings are written as text: paths the way PATH is, origins with commas.
 _SEPARATORS = {"recipes.dirs": os.pathsep, "gateway.cors_origins": ","}
 #: Mapping settings: written as JSON in the environment and in flags given as text.
-_JSON_TEXT = frozenset({"scheduler.groups"})
+_JSON_TEXT = frozenset({"scheduler.groups", "webhook.headers", "webhook.auth"})
 
 
 def env_var(dotted: str) -> str:

@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from studioctl.settings.groups import GROUP_KEYS, Group
+from studioctl.settings.webhook_checks import check_auth, check_headers
 from studioctl.suggest import did_you_mean
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -159,6 +160,24 @@ def _group(name: str, body: Any, owner: dict[str, str]) -> Group:
 
 
 #: "fair": the scheduler; "fifo": strict first in, first out (a comparison baseline).
+def _mapping_rule(check: Any) -> Any:
+    """A check of ``settings.webhook`` as a validator (its ValueError → the setting's)."""
+
+    def validate(value: Any) -> Any:
+        try:
+            return check(value)
+        except ValueError as exc:
+            _bad(str(exc), *getattr(exc, "subpath", ()))
+
+    return validate
+
+
+def _mailbox_backend(value: Any) -> Any:
+    if value not in ("sqlite", "postgres"):
+        _bad(f"must be sqlite or postgres, got {kind_of(value)}")
+    return value
+
+
 PolicyName = Literal["fair", "fifo"]
 SCHEDULER_POLICIES: tuple[str, ...] = typing.get_args(PolicyName)
 
@@ -188,6 +207,11 @@ Groups = Annotated[tuple[Group, ...], PlainValidator(_groups)]
 Token = Annotated[str | None, AfterValidator(_none_if_empty)]
 #: A header name; "" turns the header off.
 HeaderName = Annotated[str, AfterValidator(_header_name)]
+WebhookHeaders = Annotated[
+    tuple[tuple[str, str], ...], PlainValidator(_mapping_rule(check_headers))
+]
+WebhookAuthRule = Annotated[Any, PlainValidator(_mapping_rule(check_auth))] | None
+MailboxBackend = Annotated[Literal["sqlite", "postgres"], PlainValidator(_mailbox_backend)]
 SchedulerPolicy = Annotated[PolicyName, PlainValidator(_scheduler_policy)]
 Origins = Annotated[
     tuple[Annotated[str, AfterValidator(_not_blank)], ...], BeforeValidator(_as_tuple)

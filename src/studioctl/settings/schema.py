@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from studioctl import paths
 from studioctl.settings.groups import Group
+from studioctl.settings.webhook import MailboxSettings, WebhookAuth, WebhookSettings
 from studioctl.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -185,6 +186,8 @@ SECTIONS: dict[str, type[Any]] = {
     "scheduler": SchedulerSettings,
     "host": HostSettings,
     "usage": UsageSettings,
+    "webhook": WebhookSettings,
+    "mailbox": MailboxSettings,
 }
 
 
@@ -205,6 +208,8 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     host: HostSettings = field(default_factory=HostSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    mailbox: MailboxSettings = field(default_factory=MailboxSettings)
     #: ``"gateway.port"`` → ``"default"`` | ``"file:/path/studioctl.yaml:12"`` |
     #: ``"env:STUDIOCTL_GATEWAY_PORT"`` | ``"flag"``
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -229,7 +234,18 @@ class Settings:
         out["scheduler"]["groups"] = {g.name: g.to_dict() for g in self.scheduler.groups}
         if redact and out["daemon"]["admin_token"] is not None:
             out["daemon"]["admin_token"] = REDACTED
+        _webhook_dict(out["webhook"], self.webhook, redact)
         return out
+
+
+def _webhook_dict(out: dict[str, Any], webhook: WebhookSettings, redact: bool) -> None:
+    """The webhook section as written in the file, its secrets (and header values, which
+    often hold one) redacted."""
+    hide = REDACTED if redact else None
+    out["headers"] = {k: hide or v for k, v in webhook.headers}
+    out["auth"] = webhook.auth.to_dict(hide) if webhook.auth is not None else None
+    if redact and webhook.signing_secret is not None:
+        out["signing_secret"] = REDACTED
 
 
 def section_keys(section: str) -> list[str]:
@@ -247,4 +263,6 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, WebhookAuth):  # as written in the file, its secrets never shown
+        return value.to_dict(REDACTED)
     return value

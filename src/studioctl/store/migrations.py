@@ -411,3 +411,53 @@ def m009_request_log(db: Database) -> None:
         "CREATE INDEX request_bodies_id ON request_bodies (request_id)",
         "CREATE INDEX request_bodies_ts ON request_bodies (ts)",
     )
+
+
+@migration
+def m010_reserved(db: Database) -> None:
+    """Nothing: the number of the store-backends migration built beside this branch (the
+    runner wants contiguous numbers); the merge keeps that one in its place."""
+
+
+@migration
+def m011_mailbox(db: Database) -> None:
+    """The mailbox (issue 15): the kept results of requests whose client went away, keyed by
+    request id and readable by their tenant only; the webhook outbox (one delivery per
+    record, which survives a restart) and the log of every delivery attempt. Portable SQL:
+    times are computed by the daemon, ids are the request ids."""
+    _run(
+        db,
+        """CREATE TABLE mailbox (
+            request_id  TEXT PRIMARY KEY,
+            tenant_id   TEXT NOT NULL,
+            model       TEXT,
+            created     REAL NOT NULL,     -- time.time() when the request arrived
+            status      TEXT NOT NULL,     -- completed | failed | incomplete
+            response    TEXT NOT NULL,     -- the JSON answer (a stream: assembled)
+            expires_at  REAL NOT NULL      -- pruned after mailbox.retention_secs
+        )""",
+        "CREATE INDEX mailbox_tenant ON mailbox (tenant_id, created)",
+        "CREATE INDEX mailbox_expires ON mailbox (expires_at)",
+        """CREATE TABLE webhook_outbox (
+            request_id  TEXT PRIMARY KEY,
+            url         TEXT NOT NULL,
+            headers     TEXT NOT NULL DEFAULT '{}',  -- JSON: the request's own (bearer)
+            payload     TEXT NOT NULL,     -- the exact bytes every try sends (and signs)
+            state       TEXT NOT NULL,     -- pending | delivered | failed
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL,
+            next_at     REAL NOT NULL,     -- when the next try is due
+            updated_at  REAL NOT NULL
+        )""",
+        "CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_at)",
+        """CREATE TABLE webhook_attempts (
+            request_id  TEXT NOT NULL,
+            attempt     INTEGER NOT NULL,
+            at          REAL NOT NULL,
+            url         TEXT NOT NULL,     -- scheme, host and path only (no query: secrets)
+            status_code INTEGER,           -- NULL: no answer (refused, timeout)
+            error       TEXT,              -- bounded, never a header or the body
+            duration_ms REAL NOT NULL,
+            PRIMARY KEY (request_id, attempt)
+        )""",
+    )

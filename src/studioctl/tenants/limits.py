@@ -37,6 +37,11 @@ class TenantLimits:
     allowed_models: tuple[str, ...] | None = None  # None = all models
     # Store this tenant's request and response bodies (debugging; usage.body_* bound them).
     log_bodies: bool = False
+    # Webhooks (issue 15): whether the tenant's requests may ask for one (X-Webhook-Mode,
+    # X-Webhook-URL), and whether they may name their own receiver: an open URL override
+    # lets a client make the daemon call any address (server-side request forgery).
+    webhooks: bool = True
+    webhook_url_override: bool = False
 
     def __post_init__(self) -> None:
         for name in LIMIT_FIELDS:
@@ -65,6 +70,10 @@ class TenantLimits:
         }
         if self.log_bodies:  # shown only when on: the usual answer keeps its shape
             out["log_bodies"] = True
+        if not self.webhooks:  # the flags too, only when not their default
+            out["webhooks"] = False
+        if self.webhook_url_override:
+            out["webhook_url_override"] = True
         return out
 
 
@@ -78,7 +87,7 @@ LIMIT_FIELDS: tuple[str, ...] = (
 )
 
 # The flags a tenant may set besides its limits (stored with its overrides).
-FLAG_FIELDS: tuple[str, ...] = ("log_bodies",)
+FLAG_FIELDS: tuple[str, ...] = ("log_bodies", "webhooks", "webhook_url_override")
 #: Every field a tenant's stored overrides may hold.
 OVERRIDE_FIELDS: tuple[str, ...] = (*LIMIT_FIELDS, *FLAG_FIELDS)
 
