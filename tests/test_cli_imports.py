@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,22 +185,32 @@ def test_fast_path_prints_what_typer_prints(
 
     from studioctl.cli.app import app
 
-    fast = daemon.cli(*args)  # a real process: main() serves it without typer
     monkeypatch.setenv("STUDIOCTL_HOME", str(daemon.home))
-    slow = CliRunner().invoke(app, args)  # typer's own parsing and invocation
-    assert fast.returncode == slow.exit_code == 0, (fast.stderr, slow.output)
-    if "--json" in args:
+
+    def both() -> tuple[Any, Any]:
+        fast = daemon.cli(*args)  # a real process: main() serves it without typer
+        slow = CliRunner().invoke(app, args)  # typer's own parsing and invocation
+        assert fast.returncode == slow.exit_code == 0, (fast.stderr, slow.output)
+        if "--json" not in args:
+            return (
+                [ln.split()[:2] for ln in fast.stdout.splitlines()],
+                [ln.split()[:2] for ln in slow.stdout.splitlines()],
+            )
         a, b = json.loads(fast.stdout), json.loads(slow.stdout)
         drop = ("uptime_s", "vram_bytes")  # moving figures
         for data in (a, b):
             for inst in data["instances"]:
                 for key in drop:
                     inst.pop(key, None)
-        assert a == b
-    else:
-        assert [ln.split()[:2] for ln in fast.stdout.splitlines()] == [
-            ln.split()[:2] for ln in slow.stdout.splitlines()
-        ]
+        return a, b
+
+    # `foreign` lists every engine process of the machine: one that another program starts
+    # or ends between the two calls differs them, so a difference must persist to count.
+    for _ in range(3):
+        a, b = both()
+        if a == b:
+            break
+    assert a == b
 
 
 @pytest.mark.integration

@@ -1,6 +1,7 @@
-"""The README's settings examples are real: every ``yaml`` block under "## Settings" and
-"## Requests drive the engines" loads as a settings file, and each plain value it shows is
-the default (a block that shows a stale default, or a key that no longer exists, fails)."""
+"""The README's settings examples are real: every ``yaml`` block under "## Settings",
+"## Requests drive the engines" and "## Results that outlive their clients" loads as a
+settings file, and each plain value it shows is the default (a block that shows a stale
+default, or a key that no longer exists, fails)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 from studioctl.settings.load import validate_settings_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## Settings", "## Requests drive the engines")
+SECTIONS = ("## Settings", "## Requests drive the engines", "## Results that outlive their clients")
 # Values the README shows as an example, not as the default.
 EXAMPLES = {"scheduler.groups", "daemon.admin_token"}
 

@@ -156,4 +156,5 @@ def test_an_upload_keeps_the_client_id(make_gateway: GatewayFactory) -> None:
         timeout=30,
     )
     assert resp.headers["x-request-id"] == "upload-9", resp.text
+    gw.wait_for(lambda: bool(gw.usage.rows))  # accounted once the upload's rest is drained
     assert gw.usage.rows[-1].request_id == "upload-9"
