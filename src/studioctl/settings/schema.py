@@ -26,11 +26,15 @@ if TYPE_CHECKING:
         HeaderBytes,
         HeaderName,
         Host,
+        LeaseSeconds,
+        LimitsBackendName,
+        Namespace,
         Origins,
         Port,
         PositiveInt,
         QueueDepth,
         RecipeDirs,
+        RedisUrl,
         SchedulerPolicy,
         Seconds,
         SecondsOrZero,
@@ -174,6 +178,23 @@ class UsageSettings:
     body_retention_days: PositiveInt = 1
 
 
+@dataclass(frozen=True)
+class LimitsSettings:
+    # Where tenant limits (concurrency slots, requests/min, tokens/min) live: "memory" (this
+    # process alone) or "redis" (shared by every gateway replica using the same redis_url and
+    # namespace). gateway.max_concurrent always stays per process.
+    backend: LimitsBackendName = "memory"
+    redis_url: RedisUrl = None  # redis://[:password@]host:port/db (rediss:// for TLS)
+    # Redis unreachable: false answers 503 limits_unavailable; true admits with this
+    # process's own in-memory limits until Redis is back.
+    fail_open: bool = False
+    # A request's concurrency slot is a lease renewed every lease_s/3 while it runs: a
+    # replica that dies gives its slots back within lease_s.
+    lease_s: LeaseSeconds = 30.0
+    # Keys are studioctl:<namespace>:...; two deployments sharing one Redis use two names.
+    namespace: Namespace = "default"
+
+
 #: Section name → its model, in file/display order.
 SECTIONS: dict[str, type[Any]] = {
     "gateway": GatewaySettings,
@@ -185,6 +206,7 @@ SECTIONS: dict[str, type[Any]] = {
     "scheduler": SchedulerSettings,
     "host": HostSettings,
     "usage": UsageSettings,
+    "limits": LimitsSettings,
 }
 
 
@@ -205,6 +227,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     host: HostSettings = field(default_factory=HostSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     #: ``"gateway.port"`` → ``"default"`` | ``"file:/path/studioctl.yaml:12"`` |
     #: ``"env:STUDIOCTL_GATEWAY_PORT"`` | ``"flag"``
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -229,7 +252,19 @@ class Settings:
         out["scheduler"]["groups"] = {g.name: g.to_dict() for g in self.scheduler.groups}
         if redact and out["daemon"]["admin_token"] is not None:
             out["daemon"]["admin_token"] = REDACTED
+        if redact and self.limits.redis_url is not None:
+            out["limits"]["redis_url"] = redact_url(self.limits.redis_url)
         return out
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``: for messages and ``config show``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{REDACTED}@{hostpart}"
 
 
 def section_keys(section: str) -> list[str]:

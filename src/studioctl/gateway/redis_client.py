@@ -1,0 +1,132 @@
+"""The one home of the ``redis`` package (redis-py ≥ 5, asyncio): connections, scripts, PING.
+
+Imported only when ``limits.backend`` is ``redis`` (``config validate`` imports it for its
+PING too); nothing else in studioctl imports ``redis`` (an import-linter contract).
+
+Bounded: connecting and every command time out after ``timeout_s``, and at most
+``max_connections`` connections are open (a caller waits at most ``timeout_s`` for one).
+Every failure to reach Redis — refused, reset, timed out, no connection free — is raised as
+the builtin ``ConnectionError`` naming the URL without its password; script errors (a bug)
+pass as they are.
+
+Cancellation safety: a cancelled caller must never leave a connection with an unread reply
+in the pool (the next command on it would read the previous one's answer; redis-py had such
+a bug). So every call runs in a task of its own that the caller awaits through
+``asyncio.shield``: cancelling the caller does not interrupt the read, the reply is read off
+the connection before it goes back to the pool, and ``orphan`` (when given) receives the
+reply the caller will never see — so that what the call took can be given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from redis.commands.core import AsyncScript
+
+from studioctl.errors import ConfigError
+from studioctl.settings import redact_url
+
+__all__ = ["DEFAULT_TIMEOUT_S", "RedisClient", "Script", "ping"]
+
+log = logging.getLogger("studioctl.gateway")
+
+#: Connect and command timeout: a request never waits longer than this on Redis.
+DEFAULT_TIMEOUT_S = 0.5
+_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+Script = AsyncScript
+
+
+class RedisClient:
+    """A bounded pool of connections to one Redis, with its scripts."""
+
+    def __init__(
+        self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_connections: int = 64
+    ) -> None:
+        self.shown = redact_url(url)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,  # waiting for a free connection
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+        self._orphans: set[asyncio.Task[Any]] = set()
+
+    def script(self, lua: str) -> Script:
+        """A script run by EVALSHA, loaded again on NOSCRIPT (a restarted Redis)."""
+        return self._redis.register_script(lua)
+
+    async def run(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        orphan: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """One script call (one round trip; two after a NOSCRIPT)."""
+        return await self._shielded(script(keys=list(keys), args=list(args)), orphan)
+
+    async def execute(self, *args: str | int) -> Any:
+        """One plain command (``PING``, …), as safe to cancel as :meth:`run`."""
+        command = self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
+        return await self._shielded(command, None)
+
+    async def _shielded(self, call: Any, orphan: Callable[[Any], None] | None) -> Any:
+        task = asyncio.ensure_future(self._mapped(call))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # the call goes on; its reply is read, then handed over
+                self._orphans.add(task)
+                task.add_done_callback(lambda t: self._adopt(t, orphan))
+            elif orphan is not None and not task.cancelled() and task.exception() is None:
+                orphan(task.result())
+            raise
+
+    def _adopt(self, task: asyncio.Task[Any], orphan: Callable[[Any], None] | None) -> None:
+        self._orphans.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            return  # nothing was answered: nothing to give back (a lease expires anyway)
+        if orphan is not None:
+            try:
+                orphan(task.result())
+            except Exception:
+                log.exception("giving back what a cancelled Redis call took failed")
+
+    async def _mapped(self, call: Any) -> Any:
+        try:
+            return await call
+        except _UNREACHABLE as exc:
+            raise ConnectionError(f"redis at {self.shown}: {exc or type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        """Wait (briefly) for calls whose callers were cancelled, then close every connection."""
+        if self._orphans:
+            await asyncio.wait(set(self._orphans), timeout=1.0)
+        await self._redis.aclose()
+
+
+def ping(url: str, timeout_s: float = 2.0) -> None:
+    """``config validate``: PING ``url`` once, or ``ConfigError`` naming it (no password)."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+    )
+    try:
+        client.ping()
+    except redis_errors.RedisError as exc:
+        raise ConfigError(
+            f"limits.redis_url: Redis at {redact_url(url)} does not answer PING: {exc}",
+            key="limits.redis_url",
+            hint="start Redis there, or fix limits.redis_url (limits.backend: memory needs none)",
+        ) from None
+    finally:
+        client.close()
