@@ -11,7 +11,9 @@ Slots are leases: each admitted request is a member of its tenant's slot ZSET wi
 ``lease_s`` ahead; this process pushes all its live leases forward in one round trip every
 ``lease_s / 3``, so a long request keeps its slot, and a replica killed with -9 loses its
 slots within ``lease_s`` (the admission script purges expired members). A release that
-cannot be sent (Redis down) is left to the lease.
+cannot be sent (Redis down), and the release of an admission that timed out (a paused Redis
+still runs what waits in its socket when it resumes), are kept (up to ``MAX_UNSETTLED``) and
+sent once Redis answers again; beyond that bound the lease reclaims the slot.
 
 ``gateway.max_concurrent`` stays per process: counted here, in memory. It is checked first
 without taking anything from Redis; when it is full the tenant's own limits are still
@@ -28,7 +30,6 @@ PINGs it with backoff (0.1 s doubling to 2 s) and Redis is used again once it an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
@@ -54,6 +55,8 @@ log = logging.getLogger("studioctl.gateway")
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
 UNAVAILABLE_RETRY_AFTER_S = 1.0
+#: Releases kept while Redis is away, sent once it answers (beyond: left to the leases).
+MAX_UNSETTLED = 10_000
 
 
 def limits_unavailable(where: str) -> GatewayError:
@@ -173,6 +176,9 @@ class RedisLimiter:
         # fail_open's stand-in: this process's own tenant limits (the global one is ours).
         self._local = Limiter(global_max_concurrent=2**62)
         self._pending: set[asyncio.Task[Any]] = set()  # releases on their way
+        # Releases Redis did not get (down, or a timed-out admission it may still apply once
+        # it reads it: a paused server executes what is in its socket when it resumes).
+        self._unsettled: list[tuple[TenantContext, str, int]] = []
         self._probe: asyncio.Task[None] | None = None  # while Redis is unreachable
         self._renewer: asyncio.Task[None] | None = None
 
@@ -252,14 +258,12 @@ class RedisLimiter:
     def send_finish(self, tenant: TenantContext, member: str, back: int) -> None:
         """Release ``member``'s slot and give ``back`` TPM tokens (negative: a debit), in
         the background. Redis away: left to the lease (a refund is lost, never a slot)."""
-        if self._probe is not None or (not member and not back):
+        if not member and not back:
             return
-        rpm, tpm = self.rates(tenant)
-        tid = tenant.tenant_id
-        keys = [self.key(tid, "slots"), self.key(tid, "bucket")]
-        task = asyncio.get_running_loop().create_task(
-            self._quietly(self._finish, keys, [member, rpm, tpm, back])
-        )
+        if self._probe is not None:
+            self._keep(tenant, member, back)
+            return
+        task = asyncio.get_running_loop().create_task(self._release(tenant, member, back))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -279,6 +283,9 @@ class RedisLimiter:
         try:
             result = await self.call(self._enter, [slots, self.key(tid, "bucket")], args, orphan)
         except ConnectionError:
+            # Timed out, the script may still run once Redis reads it: release it then
+            # (ZREM of a member never added changes nothing).
+            self._keep(tenant, member, 0)
             if not self.fail_open:
                 raise limits_unavailable(self.where) from None
             return RedisGrant(self, tenant, "", self._local.enter(tenant))
@@ -306,10 +313,18 @@ class RedisLimiter:
         if result[0] == 2:
             raise rpm_refused(tenant, _wait_s(result[1], rpm))
 
-    async def _quietly(self, script: Any, keys: list[str], args: list[str | int]) -> None:
-        # Unreachable: marked down by call(); the lease reclaims the slot.
-        with contextlib.suppress(ConnectionError):
-            await self.call(script, keys, args)
+    async def _release(self, tenant: TenantContext, member: str, back: int) -> None:
+        rpm, tpm = self.rates(tenant)
+        tid = tenant.tenant_id
+        keys = [self.key(tid, "slots"), self.key(tid, "bucket")]
+        try:
+            await self.call(self._finish, keys, [member, rpm, tpm, back])
+        except ConnectionError:  # marked down by call(): sent again once Redis answers
+            self._keep(tenant, member, back)
+
+    def _keep(self, tenant: TenantContext, member: str, back: int) -> None:
+        if len(self._unsettled) < MAX_UNSETTLED:
+            self._unsettled.append((tenant, member, back))
 
     def _went_down(self, exc: BaseException) -> None:
         if self._probe is None:
@@ -334,6 +349,9 @@ class RedisLimiter:
                 continue
             log.warning("limits: Redis at %s answers again", self.where)
             self._probe = None
+            unsettled, self._unsettled = self._unsettled, []
+            for tenant, member, back in unsettled:
+                self.send_finish(tenant, member, back)
             return
 
     async def _renew_forever(self) -> None:

@@ -56,6 +56,7 @@ class RedisClient:
             socket_connect_timeout=timeout_s,
             socket_timeout=timeout_s,
         )
+        self._pool = pool
         self._redis = aioredis.Redis(connection_pool=pool)
         self._orphans: set[asyncio.Task[Any]] = set()
 
@@ -111,6 +112,7 @@ class RedisClient:
         if self._orphans:
             await asyncio.wait(set(self._orphans), timeout=1.0)
         await self._redis.aclose()
+        await self._pool.disconnect()  # a pool given to Redis() is not closed by it
 
 
 def ping(url: str, timeout_s: float = 2.0) -> None:
