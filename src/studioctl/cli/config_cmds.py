@@ -94,7 +94,8 @@ def validate(
         False, "--json", help='Print {"ok", "file", "line", "key", "error"} on stdout.'
     ),
 ) -> None:
-    """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation.
+    """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation, and
+    that limits.redis_url answers PING when limits.backend is redis.
 
     Prints "ok: FILE" and exits 0, or prints the error (file, line, key) and exits 1.
     With --json, one object on stdout either way (same exit codes).
@@ -104,11 +105,11 @@ def validate(
 
     target = (file if file is not None else settings_path()).expanduser().absolute()
     if not as_json:
-        validate_settings_file(target)
+        _check_connections(validate_settings_file(target))
         typer.echo(f"ok: {target}")
         return
     try:
-        validate_settings_file(target)
+        _check_connections(validate_settings_file(target))
     except ConfigError as exc:
         _echo_json(
             {
@@ -121,6 +122,15 @@ def validate(
         )
         raise typer.Exit(exc.exit_code) from None
     _echo_json({"ok": True, "file": str(target), "line": None, "key": None, "error": None})
+
+
+def _check_connections(settings: Any) -> None:
+    """The servers the settings name answer (ConfigError naming the URL, no password)."""
+    limits = settings.limits
+    if limits.backend == "redis" and limits.redis_url is not None:
+        from studioctl.gateway.redis_client import ping  # only for a redis deployment
+
+        ping(limits.redis_url)
 
 
 def _text(value: Any) -> str:
