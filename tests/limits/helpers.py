@@ -87,19 +87,19 @@ async def acquire(backend: LimitsBackend, ctx: TenantContext) -> tuple[str, Gran
         return exc.code, None
 
 
-def bucket(url: str, namespace: str, tenant_id: str) -> dict[str, int]:
+def bucket(url: str, namespace: str, name: str) -> dict[str, int]:
     """The tenant's bucket hash as Redis holds it (empty: both buckets full)."""
     client = redis.Redis.from_url(url)
     try:
-        raw = client.hgetall(f"studioctl:{namespace}:limits:{{{tenant_id}}}:bucket")
+        raw = client.hgetall(f"studioctl:{namespace}:limits:{{{name}}}:bucket")
     finally:
         client.close()
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-def slots(url: str, namespace: str, tenant_id: str) -> int:
+def slots(url: str, namespace: str, name: str) -> int:
     client = redis.Redis.from_url(url)
     try:
-        return int(client.zcard(f"studioctl:{namespace}:limits:{{{tenant_id}}}:slots"))
+        return int(client.zcard(f"studioctl:{namespace}:limits:{{{name}}}:slots"))
     finally:
         client.close()

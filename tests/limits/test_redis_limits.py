@@ -39,12 +39,12 @@ def test_three_limiters_share_one_tenants_concurrency_and_rpm(redis_server: Redi
                     held.append(g)  # type: ignore[arg-type]
             assert codes == ["ok"] * 4 + ["limit_concurrent"] * 2
             assert sum(r.inflight(ctx.tenant_id) for r in replicas) == 4
-            assert slots(redis_server.url, space, ctx.tenant_id) == 4
+            assert slots(redis_server.url, space, ctx.name) == 4
             for g in held:
                 g.finish(actual_tokens=0)
             for r in replicas:
                 await r.flush()
-            assert slots(redis_server.url, space, ctx.tenant_id) == 0
+            assert slots(redis_server.url, space, ctx.name) == 0
             admitted = 0
             for i in range(30):  # 10 a minute: 4 spent, 6 left, whichever replica asks
                 code, g = await acquire(replicas[i % 3], ctx)
@@ -137,20 +137,20 @@ def test_tpm_reserve_refund_and_debit_are_exact_at_large_numbers(
         try:
             g = await lim.acquire(ctx)
             await g.reserve_tokens(prompt_tokens=tpm - 7, max_output_tokens=0)
-            b1 = bucket(redis_server.url, space, ctx.tenant_id)
+            b1 = bucket(redis_server.url, space, ctx.name)
             # the first reservation starts from a full bucket (absent: full)
             assert b1["t"] == cap - (tpm - 7) * UNIT_PER_TOKEN
             g.finish(actual_tokens=1_234_567_891)  # refund of tpm - 7 - 1,234,567,891
             await lim.flush()
-            b2 = bucket(redis_server.url, space, ctx.tenant_id)
+            b2 = bucket(redis_server.url, space, ctx.name)
             assert b2["t"] == expected(b1, b2["at"], tpm - 7 - 1_234_567_891)
             g = await lim.acquire(ctx)
             await g.reserve_tokens(prompt_tokens=5, max_output_tokens=0)
-            b3 = bucket(redis_server.url, space, ctx.tenant_id)
+            b3 = bucket(redis_server.url, space, ctx.name)
             assert b3["t"] == expected(b2, b3["at"], -5)
             g.finish(actual_tokens=9_999_999_995)  # a debit far beyond the reservation
             await lim.flush()
-            b4 = bucket(redis_server.url, space, ctx.tenant_id)
+            b4 = bucket(redis_server.url, space, ctx.name)
             assert b4["t"] == expected(b3, b4["at"], 5 - 9_999_999_995)
             assert b2["t"] > 10**14 and b4["t"] < 0  # exact above %.14g, and in debt
         finally:
@@ -199,9 +199,9 @@ def test_a_cancelled_admission_gives_its_slot_back(redis_server: RedisServer) ->
             assert lim.inflight() == 0
             await sleeping
             deadline = time.monotonic() + 2
-            while slots(redis_server.url, space, ctx.tenant_id) and time.monotonic() < deadline:
+            while slots(redis_server.url, space, ctx.name) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert slots(redis_server.url, space, ctx.tenant_id) == 0
+            assert slots(redis_server.url, space, ctx.name) == 0
             code, g = await acquire(lim, ctx)
             assert code == "ok" and g is not None
             g.finish(actual_tokens=0)

@@ -1,6 +1,6 @@
 """The Redis limits' server-side scripts: each call one atomic round trip (see limits_redis).
 
-Keys of one tenant (``P`` = ``studioctl:<namespace>:limits:{<tenant id>}``; the braces keep
+Keys of one tenant (``P`` = ``studioctl:<namespace>:limits:{<tenant name>}``; the braces keep
 both in one cluster slot):
 
 - ``P:slots``, a ZSET: one member per request holding a slot, scored with its lease's expiry

@@ -111,7 +111,7 @@ class RedisGrant:
         need = _clamp(prompt_tokens + max_output_tokens, MAX_TOKENS)
         limiter = self._limiter
         rpm, tpm = limiter.rates(tenant)
-        bucket = limiter.key(tenant.tenant_id, "bucket")
+        bucket = limiter.key(tenant, "bucket")
 
         def orphan(result: Any) -> None:  # cancelled after Redis reserved: give it back
             if result[0] == 0:
@@ -225,8 +225,10 @@ class RedisLimiter:
 
     # -- what the grants call ---------------------------------------------------------------
 
-    def key(self, tenant_id: str, kind: str) -> str:
-        return f"{self._prefix}{{{tenant_id}}}:{kind}"
+    def key(self, tenant: TenantContext, kind: str) -> str:
+        """A tenant's key, by name: replicas with stores of their own (each its own id for
+        the tenant) share its limits; names are unique and bounded (1-64 of [A-Za-z0-9._-])."""
+        return f"{self._prefix}{{{tenant.name}}}:{kind}"
 
     @staticmethod
     def rates(tenant: TenantContext) -> tuple[int, int]:
@@ -270,9 +272,8 @@ class RedisLimiter:
     # -- inside -----------------------------------------------------------------------------
 
     async def _enter_remote(self, tenant: TenantContext) -> RedisGrant:
-        tid = tenant.tenant_id
         member = f"{self._token}:{next(self._ids)}"
-        slots = self.key(tid, "slots")
+        slots = self.key(tenant, "slots")
         rpm, tpm = self.rates(tenant)
         args: list[str | int] = [tenant.limits.max_concurrent, rpm, tpm, self.lease_ms, member, 0]
 
@@ -281,7 +282,7 @@ class RedisLimiter:
                 self.send_finish(tenant, member, 0)
 
         try:
-            result = await self.call(self._enter, [slots, self.key(tid, "bucket")], args, orphan)
+            result = await self.call(self._enter, [slots, self.key(tenant, "bucket")], args, orphan)
         except ConnectionError:
             # Timed out, the script may still run once Redis reads it: release it then
             # (ZREM of a member never added changes nothing).
@@ -299,12 +300,11 @@ class RedisLimiter:
 
     async def _check_only(self, tenant: TenantContext) -> None:
         """The admission script's verdict without taking anything (the gateway is full)."""
-        tid = tenant.tenant_id
         rpm, tpm = self.rates(tenant)
         args: list[str | int] = [tenant.limits.max_concurrent, rpm, tpm, self.lease_ms, "", 1]
         try:
             result = await self.call(
-                self._enter, [self.key(tid, "slots"), self.key(tid, "bucket")], args
+                self._enter, [self.key(tenant, "slots"), self.key(tenant, "bucket")], args
             )
         except ConnectionError:
             return  # the gateway's own refusal stands
@@ -315,8 +315,7 @@ class RedisLimiter:
 
     async def _release(self, tenant: TenantContext, member: str, back: int) -> None:
         rpm, tpm = self.rates(tenant)
-        tid = tenant.tenant_id
-        keys = [self.key(tid, "slots"), self.key(tid, "bucket")]
+        keys = [self.key(tenant, "slots"), self.key(tenant, "bucket")]
         try:
             await self.call(self._finish, keys, [member, rpm, tpm, back])
         except ConnectionError:  # marked down by call(): sent again once Redis answers
