@@ -4,7 +4,8 @@ The same contract as the memory backend (``limits``: the order of the checks, th
 Retry-After, refusals take nothing, refunds and debits on every path, limit changes), with
 the state in Redis and every step one atomic server-side script (``limits_lua``; exactness
 of the numbers is explained there): ``acquire`` one round trip (tenant slot + RPM token),
-``Grant.reserve_tokens`` one (TPM), ``finish`` one, sent in the background. Time is Redis's
+``Grant.reserve_tokens`` one (TPM; none when the tenant's TPM is ``MAX_LIMIT`` or more, no
+limit in practice), ``finish`` one, sent in the background. Time is Redis's
 own (``TIME`` inside the scripts): replicas' clocks may differ.
 
 Slots are leases: each admitted request is a member of its tenant's slot ZSET with an expiry
@@ -111,6 +112,8 @@ class RedisGrant:
         need = _clamp(prompt_tokens + max_output_tokens, MAX_TOKENS)
         limiter = self._limiter
         rpm, tpm = limiter.rates(tenant)
+        if tpm >= MAX_LIMIT:
+            return  # no TPM limit to speak of: no round trip (and nothing to give back)
         bucket = limiter.key(tenant, "bucket")
 
         def orphan(result: Any) -> None:  # cancelled after Redis reserved: give it back

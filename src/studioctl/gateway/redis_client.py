@@ -20,18 +20,18 @@ reply the caller will never see — so that what the call took can be given back
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from redis.commands.core import AsyncScript
 
 from studioctl.errors import ConfigError
 from studioctl.settings import redact_url
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RedisClient", "Script", "ping"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RedisClient", "Script", "pack", "ping"]
 
 log = logging.getLogger("studioctl.gateway")
 
@@ -39,7 +39,15 @@ log = logging.getLogger("studioctl.gateway")
 DEFAULT_TIMEOUT_S = 0.5
 _UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
-Script = AsyncScript
+
+class Script:
+    """A Lua script and its SHA1 (what EVALSHA names it by)."""
+
+    __slots__ = ("lua", "sha")
+
+    def __init__(self, lua: str) -> None:
+        self.lua = lua
+        self.sha = hashlib.sha1(lua.encode()).hexdigest()
 
 
 class RedisClient:
@@ -49,20 +57,19 @@ class RedisClient:
         self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_connections: int = 64
     ) -> None:
         self.shown = redact_url(url)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,  # waiting for a free connection
-            socket_connect_timeout=timeout_s,
-            socket_timeout=timeout_s,
+        self.timeout_s = timeout_s
+        # redis-py's pool only as the factory of its connections (URL, timeouts, AUTH,
+        # SELECT, TLS); the pool itself is this list: its get/release cost ~5x a round trip.
+        self._factory = aioredis.ConnectionPool.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
         )
-        self._pool = pool
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._idle: list[Any] = []
+        self._free = asyncio.Semaphore(max_connections)
         self._orphans: set[asyncio.Task[Any]] = set()
 
     def script(self, lua: str) -> Script:
-        """A script run by EVALSHA, loaded again on NOSCRIPT (a restarted Redis)."""
-        return self._redis.register_script(lua)
+        """A script run by EVALSHA, loaded (SCRIPT LOAD) on NOSCRIPT: a new or restarted Redis."""
+        return Script(lua)
 
     async def run(
         self,
@@ -72,12 +79,46 @@ class RedisClient:
         orphan: Callable[[Any], None] | None = None,
     ) -> Any:
         """One script call (one round trip; two after a NOSCRIPT)."""
-        return await self._shielded(script(keys=list(keys), args=list(args)), orphan)
+        return await self._shielded(self._evalsha(script, keys, args), orphan)
 
     async def execute(self, *args: str | int) -> Any:
         """One plain command (``PING``, …), as safe to cancel as :meth:`run`."""
-        command = self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
-        return await self._shielded(command, None)
+        return await self._shielded(self._command(args), None)
+
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await self._command(command)
+        except redis_errors.NoScriptError:
+            await self._command(("SCRIPT", "LOAD", script.lua))
+            return await self._command(command)
+
+    async def _command(self, args: Sequence[str | int]) -> Any:
+        """One command on a pooled connection (packed here in one buffer: redis-py's
+        packer is pure Python and costs more than the round trip)."""
+        free = self._free
+        if free.locked():  # every connection busy: wait at most timeout_s for one
+            try:
+                await asyncio.wait_for(free.acquire(), self.timeout_s)
+            except TimeoutError:
+                raise ConnectionError(f"redis at {self.shown}: no connection free") from None
+        else:
+            await free.acquire()
+        factory = self._factory
+        conn = self._idle.pop() if self._idle else factory.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(pack(args), check_health=False)
+            return await conn.read_response()
+        except redis_errors.ResponseError:
+            raise  # an error reply (NOSCRIPT, a script's error): read whole, the connection is fine
+        except BaseException:
+            # Whatever was cut short (a timeout, an error): this connection's state is
+            # unknown; it is closed, never reused with a reply left unread.
+            await conn.disconnect()
+            raise
+        finally:
+            self._idle.append(conn)
+            free.release()
 
     async def _shielded(self, call: Any, orphan: Callable[[Any], None] | None) -> Any:
         task = asyncio.ensure_future(self._mapped(call))
@@ -111,8 +152,18 @@ class RedisClient:
         """Wait (briefly) for calls whose callers were cancelled, then close every connection."""
         if self._orphans:
             await asyncio.wait(set(self._orphans), timeout=1.0)
-        await self._redis.aclose()
-        await self._pool.disconnect()  # a pool given to Redis() is not closed by it
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
+
+
+def pack(args: Sequence[str | int]) -> bytes:
+    """A command in RESP (an array of bulk strings), in one buffer."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else b"%d" % arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def ping(url: str, timeout_s: float = 2.0) -> None:
