@@ -11,10 +11,10 @@ pass as they are.
 
 Cancellation safety: a cancelled caller must never leave a connection with an unread reply
 in the pool (the next command on it would read the previous one's answer; redis-py had such
-a bug). So every call runs in a task of its own that the caller awaits through
-``asyncio.shield``: cancelling the caller does not interrupt the read, the reply is read off
-the connection before it goes back to the pool, and ``orphan`` (when given) receives the
-reply the caller will never see — so that what the call took can be given back.
+a bug). A call cancelled while it waits for its reply hands its connection to a background
+task that reads the reply (bounded by the socket timeout) before the connection goes back
+to the pool, and gives ``orphan`` (when given) the reply the caller will never see — so that
+what the call took in Redis can be given back. Any other interruption closes the connection.
 """
 
 from __future__ import annotations
@@ -79,21 +79,20 @@ class RedisClient:
         orphan: Callable[[Any], None] | None = None,
     ) -> Any:
         """One script call (one round trip; two after a NOSCRIPT)."""
-        return await self._shielded(self._evalsha(script, keys, args), orphan)
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await self._command(command, orphan)
+        except redis_errors.NoScriptError:
+            await self._command(("SCRIPT", "LOAD", script.lua), None)
+            return await self._command(command, orphan)
 
     async def execute(self, *args: str | int) -> Any:
         """One plain command (``PING``, …), as safe to cancel as :meth:`run`."""
-        return await self._shielded(self._command(args), None)
+        return await self._command(args, None)
 
-    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            return await self._command(command)
-        except redis_errors.NoScriptError:
-            await self._command(("SCRIPT", "LOAD", script.lua))
-            return await self._command(command)
-
-    async def _command(self, args: Sequence[str | int]) -> Any:
+    async def _command(
+        self, args: Sequence[str | int], orphan: Callable[[Any], None] | None
+    ) -> Any:
         """One command on a pooled connection (packed here in one buffer: redis-py's
         packer is pure Python and costs more than the round trip)."""
         free = self._free
@@ -108,45 +107,48 @@ class RedisClient:
         conn = self._idle.pop() if self._idle else factory.make_connection()  # type: ignore[no-untyped-call]
         try:
             await conn.send_packed_command(pack(args), check_health=False)
-            return await conn.read_response()
-        except redis_errors.ResponseError:
-            raise  # an error reply (NOSCRIPT, a script's error): read whole, the connection is fine
-        except BaseException:
-            # Whatever was cut short (a timeout, an error): this connection's state is
-            # unknown; it is closed, never reused with a reply left unread.
-            await conn.disconnect()
-            raise
-        finally:
-            self._idle.append(conn)
-            free.release()
-
-    async def _shielded(self, call: Any, orphan: Callable[[Any], None] | None) -> Any:
-        task = asyncio.ensure_future(self._mapped(call))
-        try:
-            return await asyncio.shield(task)
+            reply = await conn.read_response()
         except asyncio.CancelledError:
-            if not task.done():  # the call goes on; its reply is read, then handed over
-                self._orphans.add(task)
-                task.add_done_callback(lambda t: self._adopt(t, orphan))
-            elif orphan is not None and not task.cancelled() and task.exception() is None:
-                orphan(task.result())
+            # The reply may still come: it is read off this connection in the background,
+            # so the connection goes back clean and ``orphan`` learns what the call took.
+            task = asyncio.get_running_loop().create_task(self._drain(conn, orphan))
+            self._orphans.add(task)
+            task.add_done_callback(self._orphans.discard)
             raise
+        except redis_errors.ResponseError:
+            self._give(conn)  # an error reply (NOSCRIPT, a script's error), read whole
+            raise
+        except BaseException as exc:
+            # Cut short (a timeout, a reset): the connection's state is unknown; it is
+            # closed, never reused with a reply left unread.
+            await conn.disconnect(nowait=True)
+            self._give(conn)
+            if isinstance(exc, _UNREACHABLE):
+                raise ConnectionError(
+                    f"redis at {self.shown}: {exc or type(exc).__name__}"
+                ) from None
+            raise
+        self._give(conn)
+        return reply
 
-    def _adopt(self, task: asyncio.Task[Any], orphan: Callable[[Any], None] | None) -> None:
-        self._orphans.discard(task)
-        if task.cancelled() or task.exception() is not None:
+    def _give(self, conn: Any) -> None:
+        self._idle.append(conn)
+        self._free.release()
+
+    async def _drain(self, conn: Any, orphan: Callable[[Any], None] | None) -> None:
+        """A cancelled caller's reply: read (bounded by the socket timeout), handed over."""
+        try:
+            reply = await conn.read_response()
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            self._give(conn)
             return  # nothing was answered: nothing to give back (a lease expires anyway)
-        if orphan is not None:
+        self._give(conn)
+        if orphan is not None and not isinstance(reply, redis_errors.ResponseError):
             try:
-                orphan(task.result())
+                orphan(reply)
             except Exception:
                 log.exception("giving back what a cancelled Redis call took failed")
-
-    async def _mapped(self, call: Any) -> Any:
-        try:
-            return await call
-        except _UNREACHABLE as exc:
-            raise ConnectionError(f"redis at {self.shown}: {exc or type(exc).__name__}") from None
 
     async def close(self) -> None:
         """Wait (briefly) for calls whose callers were cancelled, then close every connection."""
