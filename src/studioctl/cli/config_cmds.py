@@ -94,8 +94,7 @@ def validate(
         False, "--json", help='Print {"ok", "file", "line", "key", "error"} on stdout.'
     ),
 ) -> None:
-    """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation, and
-    that limits.redis_url answers PING when limits.backend is redis.
+    """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation.
 
     Prints "ok: FILE" and exits 0, or prints the error (file, line, key) and exits 1.
     With --json, one object on stdout either way (same exit codes).
