@@ -52,7 +52,7 @@ def test_fail_closed_answers_503_fast_and_recovers(own_redis: RedisServer, outag
             g.finish(actual_tokens=0)  # sent into the outage: never waits, never raises
             first = await _refused_fast(lim, ctx)
             assert first < TIMEOUT_S + 0.4
-            assert lim.health() == "redis unreachable"
+            assert lim.health() == "redis unreachable" and not lim.serving()
             assert await _refused_fast(lim, ctx) < 0.05  # known down: no wait at all
             assert lim.inflight() == 0  # nothing held by the refusals
             await asyncio.sleep(1.0)
@@ -88,7 +88,7 @@ def test_fail_open_admits_with_local_limits(own_redis: RedisServer) -> None:
                     grants.append(g)
             # admitted by this process's own buckets: 3 a minute
             assert codes == ["ok", "ok", "ok", "limit_rpm", "limit_rpm"]
-            assert lim.health() == "redis unreachable"
+            assert lim.health() == "redis unreachable" and lim.serving()
             await grants[0].reserve_tokens(prompt_tokens=90, max_output_tokens=0)
             with pytest.raises(GatewayError) as info:
                 await grants[1].reserve_tokens(prompt_tokens=20, max_output_tokens=0)

@@ -214,6 +214,7 @@ def test_a_redis_outage_is_answered_fast_and_recovered_from(engine: SharedEngine
                 paused = time.monotonic()
                 time.sleep(2.0)
                 health = httpx.get(base_url(closed) + "/healthz", timeout=10)
+                health_open = httpx.get(base_url(open_) + "/healthz", timeout=10)
                 time.sleep(3.0)
                 server.resume()
                 resumed = time.monotonic()
@@ -225,6 +226,9 @@ def test_a_redis_outage_is_answered_fast_and_recovered_from(engine: SharedEngine
                     w.join(60)
     engine.hold_s = 0.02
     assert health.status_code == 503 and health.json()["limits"] == "redis unreachable"
+    # failing open it still serves: healthy for a load balancer, the outage named
+    assert health_open.status_code == 200
+    assert health_open.json()["limits"] == "redis unreachable"
     assert max(duration for _, _, duration, _ in log) < 2.0  # none hung
     during = [(w, c) for w, t0, _, c in log if paused + 1.0 < t0 < resumed]
     assert {c for w, c in during if w == "closed"} == {"limits_unavailable"}

@@ -59,6 +59,10 @@ class LimitsBackend(Protocol):
         """``"ok"``, or what ``/healthz`` reports (``"redis unreachable"``)."""
         ...
 
+    def serving(self) -> bool:
+        """Whether requests can be admitted now (false: every one gets a 503)."""
+        ...
+
     async def close(self) -> None:
         """At shutdown: stop background work, release what can be, close connections."""
         ...

@@ -301,6 +301,9 @@ class Limiter:
         """``/healthz``'s word for the limits: memory is always there."""
         return "ok"
 
+    def serving(self) -> bool:
+        return True
+
     async def close(self) -> None:
         """Nothing to close (the backend interface's shutdown hook)."""
 

@@ -213,6 +213,10 @@ class RedisLimiter:
     def health(self) -> str:
         return "redis unreachable" if self._probe is not None else "ok"
 
+    def serving(self) -> bool:
+        """Failing open, requests are still admitted (by the local limits) meanwhile."""
+        return self._probe is None or self.fail_open
+
     async def close(self) -> None:
         for task in (self._renewer, self._probe):
             if task is not None:

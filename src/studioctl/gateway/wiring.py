@@ -231,18 +231,18 @@ def model_names(recipes: Sequence[Recipe]) -> dict[str, str]:
 def gateway_health(
     db: Database,
     instances: Callable[[], Sequence[Instance]],
-    limits: Callable[[], str] = lambda: "ok",
+    limiter: LimitsBackend | None = None,
 ) -> Callable[[], Awaitable[dict[str, Any]]]:
-    """``GET /healthz``'s report: the store reachable, the limits backend (``limits``:
-    ``LimitsBackend.health``, e.g. ``redis unreachable``), and every instance's state."""
+    """``GET /healthz``'s report: the store reachable, the limits backend (``redis
+    unreachable``: unhealthy unless ``limits.fail_open`` keeps admitting), and every
+    instance's state."""
 
     async def health() -> dict[str, Any]:
         ok_store = await asyncio.to_thread(db.check)
-        ok_limits = limits()
         return {
-            "ok": ok_store and ok_limits == "ok",
+            "ok": ok_store and (limiter is None or limiter.serving()),
             "store": "ok" if ok_store else "unreachable",
-            "limits": ok_limits,
+            "limits": "ok" if limiter is None else limiter.health(),
             "instances": {i.id: str(i.state) for i in instances()},
         }
 
