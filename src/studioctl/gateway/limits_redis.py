@@ -184,6 +184,7 @@ class RedisLimiter:
         self._unsettled: list[tuple[TenantContext, str, int]] = []
         self._probe: asyncio.Task[None] | None = None  # while Redis is unreachable
         self._renewer: asyncio.Task[None] | None = None
+        self._closed = False
 
     # -- the backend interface ------------------------------------------------------------
 
@@ -218,6 +219,7 @@ class RedisLimiter:
         return self._probe is None or self.fail_open
 
     async def close(self) -> None:
+        self._closed = True
         for task in (self._renewer, self._probe):
             if task is not None:
                 task.cancel()
@@ -289,11 +291,18 @@ class RedisLimiter:
                 self.send_finish(tenant, member, 0)
 
         try:
-            result = await self.call(self._enter, [slots, self.key(tenant, "bucket")], args, orphan)
+            if self._probe is not None:  # known down: not even tried
+                raise ConnectionError(self.where)
+            try:
+                result = await self.call(
+                    self._enter, [slots, self.key(tenant, "bucket")], args, orphan
+                )
+            except ConnectionError:
+                # Timed out, the script may still run once Redis reads it: release it then
+                # (ZREM of a member never added changes nothing).
+                self._keep(tenant, member, 0)
+                raise
         except ConnectionError:
-            # Timed out, the script may still run once Redis reads it: release it then
-            # (ZREM of a member never added changes nothing).
-            self._keep(tenant, member, 0)
             if not self.fail_open:
                 raise limits_unavailable(self.where) from None
             return RedisGrant(self, tenant, "", self._local.enter(tenant))
@@ -333,7 +342,7 @@ class RedisLimiter:
             self._unsettled.append((tenant, member, back))
 
     def _went_down(self, exc: BaseException) -> None:
-        if self._probe is None:
+        if self._probe is None and not self._closed:
             log.warning("limits: %s; %s until it answers", exc, self._mode())
             self._probe = asyncio.get_running_loop().create_task(self._reconnect())
 
@@ -355,10 +364,20 @@ class RedisLimiter:
                 continue
             log.warning("limits: Redis at %s answers again", self.where)
             self._probe = None
-            unsettled, self._unsettled = self._unsettled, []
-            for tenant, member, back in unsettled:
-                self.send_finish(tenant, member, back)
+            task = asyncio.get_running_loop().create_task(self._settle())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
             return
+
+    async def _settle(self) -> None:
+        """The releases kept through an outage, one after the other (not thousands of
+        calls at once competing with the requests for connections)."""
+        unsettled, self._unsettled = self._unsettled, []
+        for i, (tenant, member, back) in enumerate(unsettled):
+            if self._probe is not None:  # down again: keep the rest for next time
+                self._unsettled.extend(unsettled[i:])
+                return
+            await self._release(tenant, member, back)
 
     async def _renew_forever(self) -> None:
         """Every lease_s / 3: all this process's live leases pushed forward, one round trip."""

@@ -175,7 +175,9 @@ def build_limiter(settings: Settings) -> LimitsBackend:
     from studioctl.gateway.redis_client import RedisClient
 
     return RedisLimiter(
-        RedisClient(ls.redis_url, max_connections=max(8, min(gs.max_concurrent, 256))),
+        # A connection per admitted request and some for releases and renewals: requests
+        # never wait for a connection unless Redis itself is slow.
+        RedisClient(ls.redis_url, max_connections=gs.max_concurrent + 32),
         global_max_concurrent=gs.max_concurrent,
         lease_s=ls.lease_s,
         namespace=ls.namespace,
