@@ -88,7 +88,17 @@ def serve_gateway(args: argparse.Namespace) -> None:
         [Upstream("i-bench", "bench", HOST, args.upstream_port, "ready", (MODEL,))],
         {MODEL: "bench"},
     )
-    limiter = Limiter(global_max_concurrent=settings.max_concurrent)
+    limiter: Any = Limiter(global_max_concurrent=settings.max_concurrent)
+    if args.redis_url:  # limits.backend: redis (benchmarks/limits_backends.py)
+        from studioctl.gateway.limits_redis import RedisLimiter
+        from studioctl.gateway.redis_client import RedisClient
+
+        limiter = RedisLimiter(
+            RedisClient(args.redis_url),
+            global_max_concurrent=settings.max_concurrent,
+            lease_s=30.0,
+            namespace=f"bench{os.getpid()}",
+        )
     metrics = GatewayMetrics(tenant_labels=True, inflight_source=limiter.inflight)
 
     writer: Any = None
@@ -489,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--cpu", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--home", default="", help=argparse.SUPPRESS)
+    p.add_argument("--redis-url", default="", help="tenant limits in this Redis (else memory)")
     args = p.parse_args(argv)
     if args.serve_gateway:
         serve_gateway(args)
@@ -538,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.usage,
                     "--switch-interval",
                     str(args.switch_interval),
+                    "--redis-url",
+                    args.redis_url,
                 ]
             ) as gateway:
                 key = read_line(gateway, "KEY ")

@@ -29,8 +29,8 @@ DAEMON_CODES = frozenset(
         "too_many_connections",
     }
 )
-#: Provoked through the gateway's unit harness (a failing store, a drain).
-HARNESS_CODES = frozenset({"auth_unavailable", "shutting_down"})
+#: Provoked through the gateway's unit harness (a failing store, a drain, Redis unreachable).
+HARNESS_CODES = frozenset({"auth_unavailable", "shutting_down", "limits_unavailable"})
 
 
 def readme_codes() -> dict[str, int]:

@@ -227,6 +227,8 @@ RETRY_AFTER_S: dict[str, float] = {
     # An admin token is configured only with a daemon restart.
     "admin_unavailable": 60.0,
     "auth_unavailable": 1.0,
+    # The shared limits' Redis did not answer: it is retried with backoff from 0.1 s.
+    "limits_unavailable": 1.0,
 }
 FALLBACK_RETRY_AFTER_S = 5.0
 

@@ -28,6 +28,7 @@ from aiohttp import web
 from studioctl.gateway.app import GatewayApp
 from studioctl.gateway.auth import Authenticator
 from studioctl.gateway.core import GatewayCore, new_pool
+from studioctl.gateway.limiting import LimitsBackend
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.queue import ModelQueues, Want
@@ -388,7 +389,7 @@ class Gateway:
     app: GatewayApp
     engine: StandinEngine
     routes: RouteTable
-    limiter: Limiter
+    limiter: LimitsBackend
     usage: MemoryUsageQueue
     metrics: GatewayMetrics
     auth: Authenticator
@@ -504,12 +505,14 @@ def make_gateway(loop_thread: LoopThread) -> Iterator[GatewayFactory]:
         queue_when_busy: bool = False,
         want: Want | None = None,
         lookup: Callable[[str], TenantContext | None] | None = None,
+        limiter: LimitsBackend | None = None,
         **settings: Any,
     ) -> Gateway:
         gs = GatewaySettings(**settings)
         keys: dict[str, TenantContext] = {}
         routes = RouteTable()
-        limiter = Limiter(global_max_concurrent=gs.max_concurrent)
+        if limiter is None:  # ``limiter``: another backend (the Redis one)
+            limiter = Limiter(global_max_concurrent=gs.max_concurrent)
         metrics = GatewayMetrics(
             tenant_labels=gs.metrics_tenant_labels, inflight_source=limiter.inflight
         )

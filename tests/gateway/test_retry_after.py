@@ -9,6 +9,7 @@ an engine's own 429/503 relayed.
 
 from __future__ import annotations
 
+import socket
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -59,6 +60,25 @@ def test_auth_unavailable_when_the_store_fails(make_gateway: GatewayFactory) -> 
     resp = chat(gw, "sk-st-" + "a" * 40)
     assert retry_after(resp, 503, "auth_unavailable") == 1
     assert "database is locked" in resp.json()["error"]["message"]
+
+
+def test_limits_unavailable_when_redis_does_not_answer(make_gateway: GatewayFactory) -> None:
+    """limits.backend redis, nothing listening at its URL: 503 at once, /healthz says so."""
+    from studioctl.gateway.limits_redis import RedisLimiter
+    from studioctl.gateway.redis_client import RedisClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = RedisClient(f"redis://127.0.0.1:{port}/0", timeout_s=0.3)
+    limiter = RedisLimiter(client, global_max_concurrent=8, lease_s=30)
+    gw = make_gateway(limiter=limiter)
+    t0 = time.monotonic()
+    resp = chat(gw)
+    assert retry_after(resp, 503, "limits_unavailable") == RETRY_AFTER_S["limits_unavailable"]
+    assert time.monotonic() - t0 < 2.0
+    assert gw.lt.call(limiter.health) == "redis unreachable"
+    assert gw.lt.call(lambda: limiter.inflight()) == 0
 
 
 def test_shutting_down_while_draining(gateway: Gateway) -> None:

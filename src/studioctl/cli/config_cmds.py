@@ -104,11 +104,11 @@ def validate(
 
     target = (file if file is not None else settings_path()).expanduser().absolute()
     if not as_json:
-        validate_settings_file(target)
+        _check_connections(validate_settings_file(target))
         typer.echo(f"ok: {target}")
         return
     try:
-        validate_settings_file(target)
+        _check_connections(validate_settings_file(target))
     except ConfigError as exc:
         _echo_json(
             {
@@ -121,6 +121,15 @@ def validate(
         )
         raise typer.Exit(exc.exit_code) from None
     _echo_json({"ok": True, "file": str(target), "line": None, "key": None, "error": None})
+
+
+def _check_connections(settings: Any) -> None:
+    """The servers the settings name answer (ConfigError naming the URL, no password)."""
+    limits = settings.limits
+    if limits.backend == "redis" and limits.redis_url is not None:
+        from studioctl.gateway.redis_client import ping  # only for a redis deployment
+
+        ping(limits.redis_url)
 
 
 def _text(value: Any) -> str:

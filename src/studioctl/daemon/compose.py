@@ -280,7 +280,7 @@ def _gateway_app(parts: Parts, gateway: DaemonGateway) -> GatewayApp:
         settings=parts.settings.gateway,
         admin_app=parts.control,
         admin_token=parts.settings.daemon.admin_token,
-        health=gateway_health(parts.db, parts.sup.list),
+        health=gateway_health(parts.db, parts.sup.list, gateway.core.limiter),
         version={"version": __version__, "api_version": API_VERSION, **build_info()},
         extra_metrics=_metrics_lines(parts),
         queues=parts.queues,

@@ -6,7 +6,7 @@ admitted the request (the refusals are raised as ``GatewayError``)::
     body size (read in chunks, never more than max_body_bytes + 1)  → 413 body_too_large
     key → tenant                                                     → 401 / 403
     JSON parse (once; nesting ≤ 254 levels, see body.py)             → 400 invalid_json
-    Limiter.enter: tenant concurrency, RPM, then the gateway's
+    LimitsBackend.acquire: tenant concurrency, RPM, then the gateway's
       concurrency (a slot and 1 RPM token)                           → 429 + Retry-After
       (the gateway's: with queue_when_busy, parked until a slot frees: :meth:`park`)
     ---- :meth:`AdmissionControl.read_body` and ``enter`` above, ``check`` below ----
@@ -19,7 +19,8 @@ admitted the request (the refusals are raised as ``GatewayError``)::
       gateway.clamp_output)                                          → 400 / output_too_long
     prompt items (≤ 2,048 messages or prompts)                       → 400 invalid_request
     prompt tokens (PromptCounter; the engine's tokenizer if needed)  → 400 context_too_long
-    Admission.reserve: TPM                                           → 429 + Retry-After
+    Grant.reserve_tokens: TPM                                        → 429 + Retry-After
+    (limits.backend redis and Redis unreachable: either step         → 503 limits_unavailable)
 
 Requests without a key are served as the anonymous tenant only when
 :func:`anonymous_allowed` says so (the one place that decides it).
@@ -45,7 +46,7 @@ from studioctl.gateway.auth import Authenticator
 from studioctl.gateway.bodies import BodyCapture
 from studioctl.gateway.body import check_n, model_error, parse_body, peek_model, quote
 from studioctl.gateway.context import RequestContext
-from studioctl.gateway.limits import Limiter
+from studioctl.gateway.limiting import LimitsBackend
 from studioctl.gateway.multipart import ClientGone, too_large
 from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.routes import OPENAI, ROUTES, Route
@@ -95,7 +96,7 @@ class AdmissionControl:
         *,
         settings: GatewaySettings,
         auth: Authenticator,
-        limiter: Limiter,
+        limiter: LimitsBackend,
         routes: RouteTable,
         tokenizer: PromptCounter,
         queues: ModelQueues,
@@ -113,7 +114,7 @@ class AdmissionControl:
         self._clamp = settings.clamp_output
         self.anonymous_ok = anonymous_allowed(settings)
 
-    def enter(
+    async def enter(
         self,
         ctx: RequestContext,
         authorization: bytes | None,
@@ -128,7 +129,7 @@ class AdmissionControl:
         ctx.model = model = peek_model(body)
         if model is None and "model" not in body and ROUTES[ctx.endpoint].default_model:
             ctx.model = self.only_model()
-        ctx.admission = self.limiter.enter(tenant)  # concurrency, RPM
+        ctx.admission = await self.limiter.acquire(tenant)  # concurrency, RPM
 
     def only_model(self) -> str | None:
         """The name of the only ready instance's model (None: none, or several)."""
@@ -264,7 +265,7 @@ class AdmissionControl:
                 ctx.client_usage = request_usage(body)
                 dirty = dirty or not ctx.client_usage
             prompt = estimate_prompt(route, body)
-            ctx.admission.reserve(prompt_tokens=prompt, max_output_tokens=max_output)
+            await ctx.admission.reserve_tokens(prompt_tokens=prompt, max_output_tokens=max_output)
             ctx.prompt = prompt
             ctx.exact = True  # nothing to count again after a disconnect
             return upstream, route.upstream_path, json_dumps(body) if dirty else raw
@@ -282,7 +283,7 @@ class AdmissionControl:
                 f"{tenant.name!r} allows at most {limits.max_context_tokens}",
                 param="messages" if route.name == "chat" else "prompt",
             )
-        ctx.admission.reserve(prompt_tokens=prompt, max_output_tokens=max_output)  # TPM
+        await ctx.admission.reserve_tokens(prompt_tokens=prompt, max_output_tokens=max_output)
         ctx.prompt = prompt
         ctx.exact = exact
         payload = json_dumps(body) if dirty else raw

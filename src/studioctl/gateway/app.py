@@ -180,6 +180,7 @@ class GatewayApp:
     async def shutdown(self) -> None:
         """Finish background work (usage of disconnected streams), close the connections."""
         await self.accounting.close()
+        await self.core.limiter.close()
         self.core.pool.close()
         self.core.tokenizer.close()
 
@@ -283,7 +284,7 @@ class GatewayApp:
         try:
             raw = await admission.read_body(receive, length)
             try:
-                admission.enter(ctx, authorization, raw, api_key)
+                await admission.enter(ctx, authorization, raw, api_key)
             except GatewayBusy as busy:  # every global slot taken: parked, or refused
                 await admission.park(ctx, busy, receive)
         except GatewayError as exc:

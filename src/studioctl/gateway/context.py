@@ -25,7 +25,7 @@ from binascii import hexlify
 from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import GatewayError
-from studioctl.gateway.limits import Admission
+from studioctl.gateway.limiting import Grant
 from studioctl.gateway.routing import Upstream
 from studioctl.tenants import TenantContext
 
@@ -127,7 +127,7 @@ class RequestContext:
         self.tenant: TenantContext | None = None
         self.model: str | None = None  # a valid (bounded) model name, once seen
         self.known = False  # the route table knows the model: it may be a metrics label
-        self.admission: Admission | None = None
+        self.admission: Grant | None = None
         self.upstream: Upstream | None = None  # set once the request is sent upstream
         self.body: dict[str, Any] | None = None  # the parsed body (a stream's exact count)
         self.prompt = 0  # prompt tokens as measured before sending

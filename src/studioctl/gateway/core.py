@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from studioctl.gateway.auth import Authenticator
-from studioctl.gateway.limits import Limiter
+from studioctl.gateway.limiting import LimitsBackend
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.routing import RouteTable
 from studioctl.gateway.tokenize import PromptCounter
@@ -47,7 +47,7 @@ class GatewayCore:
 
     routes: RouteTable
     auth: Authenticator
-    limiter: Limiter
+    limiter: LimitsBackend
     metrics: GatewayMetrics
     usage: UsageQueue
     pool: UpstreamPool

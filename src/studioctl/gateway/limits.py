@@ -1,7 +1,11 @@
 """Per-tenant admission: concurrency (global and per tenant), requests/min and tokens/min.
 
-All state lives in memory and is touched only from the gateway's asyncio thread: no locks,
-no I/O, O(1) per call. After a daemon restart buckets start full and concurrency at 0.
+The memory backend of ``limiting.LimitsBackend`` (``limits.backend: memory``, the default;
+``limits_redis`` is the shared one): the gateway awaits :meth:`Limiter.acquire` and
+:meth:`Admission.reserve_tokens`, which here run the synchronous :meth:`Limiter.enter` and
+:meth:`Admission.reserve` without ever suspending. All state lives in memory and is touched
+only from the gateway's asyncio thread: no locks, no I/O, O(1) per call. After a daemon
+restart buckets start full and concurrency at 0.
 
 Token buckets
     A bucket's capacity is the per-minute limit and it refills continuously at
@@ -52,7 +56,17 @@ from collections.abc import Callable
 from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.tenants import TenantContext
 
-__all__ = ["CONCURRENCY_RETRY_AFTER_S", "UNIT", "Admission", "GatewayBusy", "Limiter"]
+__all__ = [
+    "CONCURRENCY_RETRY_AFTER_S",
+    "UNIT",
+    "Admission",
+    "GatewayBusy",
+    "Limiter",
+    "concurrency_refused",
+    "gateway_busy",
+    "rpm_refused",
+    "tpm_refused",
+]
 
 # A concurrency slot frees when another request ends: unknowable, so a short fixed hint.
 CONCURRENCY_RETRY_AFTER_S = 1.0
@@ -116,6 +130,50 @@ class _TenantState:
             self.tpm, self.tpm_cap = tpm, cap
 
 
+def concurrency_refused(tenant: TenantContext) -> GatewayError:
+    """429 ``limit_concurrent``: the tenant's own concurrency (every backend's words)."""
+    return GatewayError(
+        429,
+        "limit_concurrent",
+        f"tenant {tenant.name!r} is at its limit of {tenant.limits.max_concurrent} "
+        "concurrent requests; retry when one finishes",
+        retry_after=CONCURRENCY_RETRY_AFTER_S,
+    )
+
+
+def rpm_refused(tenant: TenantContext, wait: float) -> GatewayError:
+    """429 ``limit_rpm``, to retry in ``wait`` seconds."""
+    return GatewayError(
+        429,
+        "limit_rpm",
+        f"tenant {tenant.name!r} exceeded its limit of {tenant.limits.rpm} requests per "
+        f"minute; retry in {wait:.1f} s",
+        retry_after=wait,
+    )
+
+
+def tpm_refused(tenant: TenantContext, need: int, wait: float) -> GatewayError:
+    """429 ``limit_tpm`` for a request reserving ``need`` tokens, to retry in ``wait`` s."""
+    return GatewayError(
+        429,
+        "limit_tpm",
+        f"tenant {tenant.name!r} exceeded its limit of {tenant.limits.tpm} tokens per minute "
+        f"(this request reserves {need}); retry in {wait:.1f} s",
+        retry_after=wait,
+    )
+
+
+def gateway_busy(global_max_concurrent: int) -> GatewayBusy:
+    """429 ``limit_concurrent`` for the gateway's own (per-process) limit."""
+    return GatewayBusy(
+        429,
+        "limit_concurrent",
+        f"the gateway is at its limit of {global_max_concurrent} concurrent "
+        "requests; retry shortly",
+        retry_after=CONCURRENCY_RETRY_AFTER_S,
+    )
+
+
 def _seconds(missing_units: int, per_ns: int) -> float:
     """Seconds until a bucket gaining ``per_ns`` units per ns has ``missing_units`` more."""
     return -(-missing_units // per_ns) / 1e9  # ceil to the nanosecond
@@ -152,16 +210,13 @@ class Admission:
         # A request larger than the whole bucket is let through when the bucket is full.
         fit = (need if need < tpm else tpm) * UNIT
         if state.tpm_level < fit:
-            wait = _seconds(fit - state.tpm_level, tpm)
-            raise GatewayError(
-                429,
-                "limit_tpm",
-                f"tenant {tenant.name!r} exceeded its limit of {tpm} tokens per minute "
-                f"(this request reserves {need}); retry in {wait:.1f} s",
-                retry_after=wait,
-            )
+            raise tpm_refused(tenant, need, _seconds(fit - state.tpm_level, tpm))
         state.tpm_level -= need * UNIT
         self.reserved_tokens = need
+
+    async def reserve_tokens(self, *, prompt_tokens: int, max_output_tokens: int) -> None:
+        """The backend interface (``limiting.Grant``): :meth:`reserve`, awaited."""
+        self.reserve(prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
 
     def finish(self, *, actual_tokens: int) -> None:
         """Release the slot and reconcile TPM with the tokens really used. Idempotent.
@@ -222,39 +277,35 @@ class Limiter:
 
         # Concurrency, RPM, then the gateway's concurrency: nothing is taken yet.
         if state.inflight >= limits.max_concurrent:
-            raise GatewayError(
-                429,
-                "limit_concurrent",
-                f"tenant {tenant.name!r} is at its limit of {limits.max_concurrent} "
-                "concurrent requests; retry when one finishes",
-                retry_after=CONCURRENCY_RETRY_AFTER_S,
-            )
+            raise concurrency_refused(tenant)
 
         rpm = limits.rpm
         state.refill(now, rpm, limits.tpm)
         # RPM: one token per request.
         if state.rpm_level < UNIT:
-            wait = _seconds(UNIT - state.rpm_level, rpm)
-            raise GatewayError(
-                429,
-                "limit_rpm",
-                f"tenant {tenant.name!r} exceeded its limit of {rpm} requests per "
-                f"minute; retry in {wait:.1f} s",
-                retry_after=wait,
-            )
+            raise rpm_refused(tenant, _seconds(UNIT - state.rpm_level, rpm))
         if self._inflight >= self.global_max_concurrent:
-            raise GatewayBusy(
-                429,
-                "limit_concurrent",
-                f"the gateway is at its limit of {self.global_max_concurrent} concurrent "
-                "requests; retry shortly",
-                retry_after=CONCURRENCY_RETRY_AFTER_S,
-            )
+            raise gateway_busy(self.global_max_concurrent)
 
         state.rpm_level -= UNIT
         state.inflight += 1
         self._inflight += 1
         return Admission(self, state, tenant)
+
+    async def acquire(self, tenant: TenantContext) -> Admission:
+        """The backend interface (``limiting.LimitsBackend``): :meth:`enter`, awaited (it
+        never suspends: the memory backend's speed is the synchronous path's)."""
+        return self.enter(tenant)
+
+    def health(self) -> str:
+        """``/healthz``'s word for the limits: memory is always there."""
+        return "ok"
+
+    def serving(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        """Nothing to close (the backend interface's shutdown hook)."""
 
     def admit(
         self, tenant: TenantContext, *, prompt_tokens: int, max_output_tokens: int

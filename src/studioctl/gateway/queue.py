@@ -52,7 +52,7 @@ from typing import Any, Protocol, TypeVar
 from studioctl.errors import GatewayBusy, GatewayError
 from studioctl.gateway.asgi import Receive
 from studioctl.gateway.context import RequestContext
-from studioctl.gateway.limits import Admission, Limiter
+from studioctl.gateway.limiting import Grant, LimitsBackend
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.routing import (
     LOADING_RETRY_AFTER_S,
@@ -253,7 +253,7 @@ class ModelQueues:
         self,
         *,
         routes: RouteTable,
-        limiter: Limiter,
+        limiter: LimitsBackend,
         metrics: GatewayMetrics,
         depth: int = DEFAULT_QUEUE_DEPTH,
         timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
@@ -350,23 +350,22 @@ class ModelQueues:
             if not room.waiters and self.rooms.get(model) is room:
                 del self.rooms[model]
 
-    async def park(self, ctx: RequestContext, busy: GatewayBusy, receive: Receive) -> Admission:
+    async def park(self, ctx: RequestContext, busy: GatewayBusy, receive: Receive) -> Grant:
         """Every global slot is taken (``busy``): wait for one, then return the admission
-        (the tenant's checks run again on each try; their 429 ends the wait)."""
+        (the tenant's checks run again then; their 429 ends the wait)."""
         tenant = ctx.tenant
         assert tenant is not None
         limiter = self.limiter
 
-        def attempt() -> Admission | None:
-            try:
-                return limiter.enter(tenant)
-            except GatewayBusy:
-                return None
+        def attempt() -> bool | None:
+            # A free global slot: ``acquire`` takes it before anything else runs.
+            return True if limiter.inflight() < limiter.global_max_concurrent else None
 
         waiter = Waiter(ctx, ctx.model, BUSY, _now())
-        admission: Admission | None = None
+        admission: Grant | None = None
         try:
-            admission = await self._wait(self.parked, waiter, attempt, receive, busy)
+            await self._wait(self.parked, waiter, attempt, receive, busy)
+            admission = await limiter.acquire(tenant)
             return admission
         finally:
             if admission is None and waiter.woken is not None and waiter.woken.done():

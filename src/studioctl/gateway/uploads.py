@@ -78,7 +78,7 @@ class FormProxy:
             upload = FormUpload(receive, boundary, self.settings.max_body_bytes)
             ctx.model = await upload.find_model()
             try:
-                ctx.admission = admission.limiter.enter(tenant)
+                ctx.admission = await admission.limiter.acquire(tenant)
             except GatewayBusy as busy:
                 await admission.park(ctx, busy, _no_disconnect)
         except GatewayError as exc:
@@ -100,7 +100,7 @@ class FormProxy:
         try:
             upstream = await admission.route_to(ctx, _no_disconnect)
             assert ctx.admission is not None and ctx.model is not None
-            ctx.admission.reserve(prompt_tokens=0, max_output_tokens=0)  # refused in TPM debt
+            await ctx.admission.reserve_tokens(prompt_tokens=0, max_output_tokens=0)  # TPM debt
             ctx.exact = True
             if upstream.engine_names and ctx.model not in upstream.engine_names:
                 delta = upload.rename(upstream.engine_names[0])

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from studioctl.gateway.admission import anonymous_allowed
 from studioctl.gateway.auth import Authenticator
 from studioctl.gateway.core import GatewayCore, new_pool
+from studioctl.gateway.limiting import LimitsBackend
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import GatewayMetrics
 from studioctl.gateway.queue import QueueRules
@@ -44,6 +45,7 @@ __all__ = [
     "GatewayHooksSource",
     "KnownModels",
     "build_gateway_core",
+    "build_limiter",
     "gateway_health",
     "gateway_status",
     "known_models",
@@ -130,7 +132,7 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
             )
     auth = Authenticator(tenants.lookup, anonymous=anonymous, api_key_header=gs.api_key_header)
     tenants.subscribe(auth.invalidate)
-    limiter = Limiter(global_max_concurrent=gs.max_concurrent)
+    limiter = build_limiter(settings)
     metrics = GatewayMetrics(
         tenant_labels=gs.metrics_tenant_labels, inflight_source=limiter.inflight
     )
@@ -161,6 +163,25 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
         usage_repo=usage_repo,
         writer=writer,
         queue_rules=QueueRules(recipes),
+    )
+
+
+def build_limiter(settings: Settings) -> LimitsBackend:
+    """``limits.backend``: this process's memory, or Redis (imported only then)."""
+    gs, ls = settings.gateway, settings.limits
+    if ls.backend != "redis" or ls.redis_url is None:
+        return Limiter(global_max_concurrent=gs.max_concurrent)
+    from studioctl.gateway.limits_redis import RedisLimiter
+    from studioctl.gateway.redis_client import RedisClient
+
+    return RedisLimiter(
+        # A connection per admitted request and some for releases and renewals: requests
+        # never wait for a connection unless Redis itself is slow.
+        RedisClient(ls.redis_url, max_connections=gs.max_concurrent + 32),
+        global_max_concurrent=gs.max_concurrent,
+        lease_s=ls.lease_s,
+        namespace=ls.namespace,
+        fail_open=ls.fail_open,
     )
 
 
@@ -210,22 +231,29 @@ def model_names(recipes: Sequence[Recipe]) -> dict[str, str]:
 
 
 def gateway_health(
-    db: Database, instances: Callable[[], Sequence[Instance]]
+    db: Database,
+    instances: Callable[[], Sequence[Instance]],
+    limiter: LimitsBackend | None = None,
 ) -> Callable[[], Awaitable[dict[str, Any]]]:
-    """``GET /healthz``'s report: the store reachable, and the state of every instance."""
+    """``GET /healthz``'s report: the store reachable, the limits backend (``redis
+    unreachable``: unhealthy unless ``limits.fail_open`` keeps admitting), and every
+    instance's state."""
 
     async def health() -> dict[str, Any]:
         ok_store = await asyncio.to_thread(db.check)
         return {
-            "ok": ok_store,
+            "ok": ok_store and (limiter is None or limiter.serving()),
             "store": "ok" if ok_store else "unreachable",
+            "limits": "ok" if limiter is None else limiter.health(),
             "instances": {i.id: str(i.state) for i in instances()},
         }
 
     return health
 
 
-def gateway_status(limiter: Limiter, url: str | None) -> Callable[[], Awaitable[dict[str, Any]]]:
+def gateway_status(
+    limiter: LimitsBackend, url: str | None
+) -> Callable[[], Awaitable[dict[str, Any]]]:
     """The gateway's part of the daemon's status (``DaemonInfo.extra_status``)."""
 
     async def status() -> dict[str, Any]:

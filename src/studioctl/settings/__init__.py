@@ -24,6 +24,9 @@ The file lives at ``<config dir>/studioctl.yaml`` (``paths.settings_file()``), o
       policy: fair                       # fifo: strict FIFO, a baseline for benchmarks
     host:
       capacity_gb: 64                    # the pseudo GPU of a host without GPUs
+    limits:
+      backend: redis                     # shared by every gateway replica (default memory)
+      redis_url: redis://:${REDIS_PASSWORD}@10.0.0.5:6379/0
 
 Each key ``section.key`` can also be set with the environment variable
 ``STUDIOCTL_<SECTION>_<KEY>`` (``STUDIOCTL_GATEWAY_PORT=9000``; lists: ``recipes.dirs`` is
@@ -61,6 +64,7 @@ from studioctl.settings.schema import (
     EngineSettings,
     GatewaySettings,
     HostSettings,
+    LimitsSettings,
     LogSettings,
     RecipeSettings,
     SchedulerSettings,
@@ -68,6 +72,7 @@ from studioctl.settings.schema import (
     TenantsSettings,
     UsageSettings,
     all_keys,
+    redact_url,
     section_keys,
 )
 from studioctl.settings.webhook import MailboxSettings, WebhookAuth, WebhookSettings
@@ -84,6 +89,7 @@ __all__ = [
     "GatewaySettings",
     "Group",
     "HostSettings",
+    "LimitsSettings",
     "LogSettings",
     "MailboxSettings",
     "RecipeSettings",
@@ -96,6 +102,7 @@ __all__ = [
     "all_keys",
     "env_var",
     "load_settings",
+    "redact_url",
     "section_keys",
     "settings_path",
     "validate_settings_file",

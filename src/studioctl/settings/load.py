@@ -298,6 +298,14 @@ def _rule(dotted: str) -> Rule:
 
 
 def _check_cross(settings: Settings, layer: _Layer) -> None:
+    limits = settings.limits
+    if limits.backend == "redis" and limits.redis_url is None:
+        key = "limits.backend"
+        raise _error(
+            "limits.backend is redis but limits.redis_url is not set "
+            "(e.g. redis://127.0.0.1:6379/0)",
+            layer.where.get(key, {"key": key}),
+        )
     lo, hi = settings.engines.port_min, settings.engines.port_max
     if lo > hi:
         # Blame whichever end was set explicitly (port_max if both were).

@@ -189,6 +189,56 @@ def _scheduler_policy(value: Any) -> Any:
     return value
 
 
+#: Where tenant limits live (``limits.backend``).
+LimitsBackendKind = Literal["memory", "redis"]
+LIMITS_BACKENDS: tuple[str, ...] = typing.get_args(LimitsBackendKind)
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_NAMESPACE_CHARS = frozenset(string.ascii_letters + string.digits + "_-.")
+
+
+def _limits_backend(value: Any) -> Any:
+    if value not in LIMITS_BACKENDS or not isinstance(value, str):
+        allowed = ", ".join(repr(p) for p in LIMITS_BACKENDS)
+        _bad(f"must be one of {allowed}, got {_shown(value)}")
+    return value
+
+
+def _redis_url(value: str | None) -> str | None:
+    """``redis://[user:password@]host[:port][/db]`` (``rediss://`` TLS, ``unix://`` a
+    socket); empty means none. Checked here so a typo fails at load, not at the first request."""
+    if not value:
+        return None
+    value = value.strip()
+    if not value.startswith(_REDIS_SCHEMES) or len(value) > 1024:
+        raise PydanticCustomError(
+            "redis_url", "must be a URL such as redis://host:6379/0 (redis://, rediss://, unix://)"
+        )
+    from urllib.parse import urlsplit  # an error path and a redis deployment only
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise PydanticCustomError("redis_url", "invalid URL: {why}", {"why": str(exc)}) from None
+    if parts.scheme != "unix":
+        if not parts.hostname:
+            raise PydanticCustomError("redis_url", "needs a host: redis://host:6379/0")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise PydanticCustomError(
+                "redis_url", "the path is the database number (redis://host:6379/0), got '{db}'",
+                {"db": db},
+            )  # fmt: skip
+    del port  # parsed only to be checked
+    return value
+
+
+def _namespace(value: str) -> str:
+    if not value or len(value) > 64 or not set(value) <= _NAMESPACE_CHARS:
+        raise PydanticCustomError("namespace", "must be 1 to 64 letters, digits, '_', '-' or '.'")
+    return value
+
+
 # The types schema.py annotates its fields with.
 Host = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -213,6 +263,11 @@ WebhookHeaders = Annotated[
 WebhookAuthRule = Annotated[Any, PlainValidator(_mapping_rule(check_auth))] | None
 MailboxBackend = Annotated[Literal["sqlite", "postgres"], PlainValidator(_mailbox_backend)]
 SchedulerPolicy = Annotated[PolicyName, PlainValidator(_scheduler_policy)]
+LimitsBackendName = Annotated[LimitsBackendKind, PlainValidator(_limits_backend)]
+RedisUrl = Annotated[str | None, AfterValidator(_redis_url)]
+#: A slot lease: long enough to renew (every third of it), short enough to recover.
+LeaseSeconds = Annotated[float, Field(ge=0.5, le=3600, allow_inf_nan=False)]
+Namespace = Annotated[str, AfterValidator(_namespace)]
 Origins = Annotated[
     tuple[Annotated[str, AfterValidator(_not_blank)], ...], BeforeValidator(_as_tuple)
 ]

@@ -27,11 +27,15 @@ if TYPE_CHECKING:
         HeaderBytes,
         HeaderName,
         Host,
+        LeaseSeconds,
+        LimitsBackendName,
+        Namespace,
         Origins,
         Port,
         PositiveInt,
         QueueDepth,
         RecipeDirs,
+        RedisUrl,
         SchedulerPolicy,
         Seconds,
         SecondsOrZero,
@@ -175,6 +179,23 @@ class UsageSettings:
     body_retention_days: PositiveInt = 1
 
 
+@dataclass(frozen=True)
+class LimitsSettings:
+    # Where tenant limits (concurrency slots, requests/min, tokens/min) live: "memory" (this
+    # process alone) or "redis" (shared by every gateway replica using the same redis_url and
+    # namespace). gateway.max_concurrent always stays per process.
+    backend: LimitsBackendName = "memory"
+    redis_url: RedisUrl = None  # redis://[:password@]host:port/db (rediss:// for TLS)
+    # Redis unreachable: false answers 503 limits_unavailable; true admits with this
+    # process's own in-memory limits until Redis is back.
+    fail_open: bool = False
+    # A request's concurrency slot is a lease renewed every lease_s/3 while it runs: a
+    # replica that dies gives its slots back within lease_s.
+    lease_s: LeaseSeconds = 30.0
+    # Keys are studioctl:<namespace>:...; two deployments sharing one Redis use two names.
+    namespace: Namespace = "default"
+
+
 #: Section name → its model, in file/display order.
 SECTIONS: dict[str, type[Any]] = {
     "gateway": GatewaySettings,
@@ -188,6 +209,7 @@ SECTIONS: dict[str, type[Any]] = {
     "usage": UsageSettings,
     "webhook": WebhookSettings,
     "mailbox": MailboxSettings,
+    "limits": LimitsSettings,
 }
 
 
@@ -210,6 +232,7 @@ class Settings:
     usage: UsageSettings = field(default_factory=UsageSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     mailbox: MailboxSettings = field(default_factory=MailboxSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     #: ``"gateway.port"`` → ``"default"`` | ``"file:/path/studioctl.yaml:12"`` |
     #: ``"env:STUDIOCTL_GATEWAY_PORT"`` | ``"flag"``
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -235,6 +258,8 @@ class Settings:
         if redact and out["daemon"]["admin_token"] is not None:
             out["daemon"]["admin_token"] = REDACTED
         _webhook_dict(out["webhook"], self.webhook, redact)
+        if redact and self.limits.redis_url is not None:
+            out["limits"]["redis_url"] = redact_url(self.limits.redis_url)
         return out
 
 
@@ -246,6 +271,16 @@ def _webhook_dict(out: dict[str, Any], webhook: WebhookSettings, redact: bool) -
     out["auth"] = webhook.auth.to_dict(hide) if webhook.auth is not None else None
     if redact and webhook.signing_secret is not None:
         out["signing_secret"] = REDACTED
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``: for messages and ``config show``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{REDACTED}@{hostpart}"
 
 
 def section_keys(section: str) -> list[str]:
