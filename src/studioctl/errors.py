@@ -187,6 +187,13 @@ class SchemaTooNew(StoreError):
     code = "schema_too_new"
 
 
+class StoreUnavailable(StoreError):
+    """The shared database (PostgreSQL) cannot be reached right now: a retryable 503."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
 class TransitionError(ConflictError):
     """A state change the lifecycle does not allow (exit code 5 / HTTP 409: the instance
     is in a state that conflicts with what was asked). ``allowed``: where ``frm`` may go."""
@@ -227,6 +234,8 @@ RETRY_AFTER_S: dict[str, float] = {
     # An admin token is configured only with a daemon restart.
     "admin_unavailable": 60.0,
     "auth_unavailable": 1.0,
+    # The store reconnects by itself with a backoff capped at a few seconds.
+    "store_unavailable": 2.0,
 }
 FALLBACK_RETRY_AFTER_S = 5.0
 

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from studioctl.lifecycle.supervisor import Supervisor
     from studioctl.settings import Settings
     from studioctl.store.db import Database
+    from studioctl.store.feed import ChangeFeed
     from studioctl.telemetry import GpuReader, Telemetry, VramWatch
 
 log = logging.getLogger("studioctl.daemon")
@@ -107,6 +108,7 @@ class Parts:
     gateway_app: GatewayApp | None = None
     servers: list[Server] = field(default_factory=list)
     gateway_server: Server | None = None
+    feed: ChangeFeed | None = None
 
 
 def build(
@@ -123,14 +125,13 @@ def build(
     from studioctl.lifecycle.engine_http import EngineHttp
     from studioctl.lifecycle.events import EventBus
     from studioctl.lifecycle.supervisor import Supervisor
-    from studioctl.store.db import Database
+    from studioctl.store import open_store
     from studioctl.store.events import EventRepo
-    from studioctl.store.migrations import migrate
     from studioctl.store.usage import RequestLog
     from studioctl.telemetry import GpuReader, Telemetry, VramWatch
 
-    db = Database(paths.database_file())
-    migrate(db)
+    db = open_store(settings.store)  # migrated; SQLite, or PostgreSQL shared by daemons
+    feed = db.change_feed()  # other daemons' tenant and key changes (None: SQLite)
     bus = EventBus(EventRepo(db))
     gpus = GpuReader()
     engine_http = EngineHttp()  # probes, drains and telemetry's scrapes: one session
@@ -138,7 +139,7 @@ def build(
     if tcp is not None:
         from studioctl.gateway.wiring import build_gateway_core
 
-        gateway = build_gateway_core(settings, db)
+        gateway = build_gateway_core(settings, db, feed)
     hooks = DaemonHooks(gateway.hooks() if gateway else None, VramWatch(gpus))
     sup = Supervisor(
         settings=settings,
@@ -175,7 +176,7 @@ def build(
         serving = Serving(queues.counts, gateway.core.routes.recipe_of, ondemand.preload)
     control = build_control_app(sup, bus, info, routes=routes, serving=serving)
     parts = Parts(settings, db, bus, gpus, engine_http, sup, telemetry, control, gateway)
-    parts.queues, parts.ondemand = queues, ondemand
+    parts.queues, parts.ondemand, parts.feed = queues, ondemand, feed
     if gateway is not None:
         parts.gateway_app = _gateway_app(parts, gateway)
     return parts
@@ -382,6 +383,8 @@ async def _stop(
     except StudioError as exc:
         log.error("shutdown: %s", exc.message)
     finally:
+        if parts.feed is not None:
+            parts.feed.close()
         parts.db.close()
         with contextlib.suppress(OSError):
             paths.control_socket().unlink()

@@ -170,6 +170,36 @@ def _scheduler_policy(value: Any) -> Any:
     return value
 
 
+#: Where tenants, keys, usage and instances live.
+StoreBackendName = Literal["sqlite", "postgres"]
+STORE_BACKENDS: tuple[str, ...] = typing.get_args(StoreBackendName)
+
+
+def _store_backend(value: Any) -> Any:
+    if value not in STORE_BACKENDS or not isinstance(value, str):
+        allowed = ", ".join(repr(p) for p in STORE_BACKENDS)
+        _bad(f"must be one of {allowed}, got {_shown(value)}")
+    return value
+
+
+def _store_url(value: Any) -> Any:
+    """A PostgreSQL URL (``postgresql://user:pass@host:port/db``), or none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        _bad(f"must be a postgresql:// URL, got {_shown(value)}")
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 — raises on a bad port
+    except ValueError as exc:
+        _bad(f"is not a valid URL ({exc})")
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        _bad("must look like postgresql://user:password@host:5432/database")
+    return value.strip()
+
+
 # The types schema.py annotates its fields with.
 Host = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -189,6 +219,8 @@ Token = Annotated[str | None, AfterValidator(_none_if_empty)]
 #: A header name; "" turns the header off.
 HeaderName = Annotated[str, AfterValidator(_header_name)]
 SchedulerPolicy = Annotated[PolicyName, PlainValidator(_scheduler_policy)]
+StoreBackend = Annotated[StoreBackendName, PlainValidator(_store_backend)]
+StoreUrl = Annotated[str | None, PlainValidator(_store_url)]
 Origins = Annotated[
     tuple[Annotated[str, AfterValidator(_not_blank)], ...], BeforeValidator(_as_tuple)
 ]

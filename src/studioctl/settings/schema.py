@@ -34,6 +34,8 @@ if TYPE_CHECKING:
         SchedulerPolicy,
         Seconds,
         SecondsOrZero,
+        StoreBackend,
+        StoreUrl,
         Token,
     )
 
@@ -174,6 +176,21 @@ class UsageSettings:
     body_retention_days: PositiveInt = 1
 
 
+@dataclass(frozen=True)
+class StoreSettings:
+    # sqlite: a local file (one daemon). postgres: a database several daemons share
+    # (tenants, keys, usage, events, bench results; each daemon's own instance rows).
+    backend: StoreBackend = "sqlite"
+    # postgresql://user:password@host:5432/database (use ${ENV} for the password).
+    url: StoreUrl = None
+    # When PostgreSQL is unreachable: false answers 503 store_unavailable where a request
+    # needs the store; true serves what is cached (keys already checked) meanwhile.
+    fail_open: bool = False
+    # Usage rows held in memory while the store is unreachable (flushed when it is back;
+    # beyond this the oldest are dropped and counted).
+    buffer_rows: AtLeastOne = 100_000
+
+
 #: Section name → its model, in file/display order.
 SECTIONS: dict[str, type[Any]] = {
     "gateway": GatewaySettings,
@@ -185,6 +202,7 @@ SECTIONS: dict[str, type[Any]] = {
     "scheduler": SchedulerSettings,
     "host": HostSettings,
     "usage": UsageSettings,
+    "store": StoreSettings,
 }
 
 
@@ -205,6 +223,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     host: HostSettings = field(default_factory=HostSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     #: ``"gateway.port"`` → ``"default"`` | ``"file:/path/studioctl.yaml:12"`` |
     #: ``"env:STUDIOCTL_GATEWAY_PORT"`` | ``"flag"``
     sources: dict[str, str] = field(default_factory=dict, compare=False)

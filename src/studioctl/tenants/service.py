@@ -148,6 +148,13 @@ class TenantService:
         self._listeners.append(listener)
 
     def _changed(self) -> None:
+        # Other daemons sharing the database hear of it through their change feed.
+        self.db.notify("tenants")
+        self.changed_elsewhere()
+
+    def changed_elsewhere(self) -> None:
+        """Another daemon changed tenants or keys (its change feed said so): tell the
+        listeners, without announcing it again."""
         for listener in self._listeners:
             listener()
 
