@@ -226,12 +226,25 @@ class PostgresDatabase(Database):
         )
 
     def _lost(self, exc: Exception) -> StoreUnavailable:
-        """A call failed on the connection: drop it when it is gone, say why."""
+        """A call failed on the connection: drop it when it is gone (the next call
+        connects again, under the backoff), say why."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and (conn.closed or conn.broken):
             self._forget(conn)
-            self.backoff.failed(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
         return self._unavailable(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
+
+    def _repeatable(self, exc: Exception, sql: str) -> bool:
+        """Whether a statement that failed with its connection may run again on a new one:
+        outside a transaction, and either never run (the server had ended the connection
+        before it arrived: "terminating connection due to administrator command", as after
+        a restart) or a read."""
+        import psycopg
+
+        if getattr(self._local, "depth", 0) > 0:
+            return False
+        if isinstance(exc, psycopg.errors.AdminShutdown):
+            return True
+        return sql.lstrip()[:6].upper() in ("SELECT", "BEGIN")
 
     def _forget(self, conn: Any) -> None:
         self._local.conn = None
@@ -243,15 +256,25 @@ class PostgresDatabase(Database):
             conn.close()
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
-        conn = self.conn
         try:
-            if params:
-                cur: Cursor = conn.execute(translate(sql), params)
-            else:
-                cur = conn.execute(translate(sql, False))
-            return cur
+            return self._execute(sql, params)
+        except self._operational as exc:
+            failed = self._lost(exc)
+            if not self._repeatable(exc, sql):
+                raise failed from exc
+        # Once more, on a new connection: a restarted server leaves every idle one dead.
+        try:
+            return self._execute(sql, params)
         except self._operational as exc:
             raise self._lost(exc) from exc
+
+    def _execute(self, sql: str, params: Params) -> Cursor:
+        conn = self.conn
+        if params:
+            cur: Cursor = conn.execute(translate(sql), params)
+        else:
+            cur = conn.execute(translate(sql, False))
+        return cur
 
     def executemany(self, sql: str, rows: Sequence[Params]) -> Cursor:
         conn = self.conn
@@ -264,14 +287,11 @@ class PostgresDatabase(Database):
 
     @contextmanager
     def transaction(self) -> Iterator[PostgresDatabase]:
-        conn = self.conn
         if getattr(self._local, "depth", 0) > 0:
             yield self
             return
-        try:
-            conn.execute("BEGIN")
-        except self._operational as exc:
-            raise self._lost(exc) from exc
+        self.execute("BEGIN")  # reconnects once when the connection died while idle
+        conn = self.conn
         self._local.depth = 1
         try:
             yield self
