@@ -10,12 +10,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tests.pg_server import PgServer, require_binaries
 
 from studioctl.errors import StoreUnavailable
 from studioctl.store import TenantRepo, UsageRecord, UsageRepo, UsageWriter
 from studioctl.store.migrations import migrate
 from studioctl.store.postgres import PostgresDatabase
-from tests.pg_server import PgServer, require_binaries
 
 
 @pytest.fixture
