@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tests.pg_server import PgServer, pg_server
 
+from pg_server import PgServer, pg_server
 from studioctl import paths
 from studioctl.store import Database, Store, open_database
 from studioctl.store.migrations import migrate

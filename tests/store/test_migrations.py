@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from tests.pg_server import PgServer
 
+from pg_server import PgServer
 from studioctl.errors import SchemaTooNew
 from studioctl.store import InstanceRepo, TenantRepo
 from studioctl.store import migrations as mig

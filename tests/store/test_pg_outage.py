@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from tests.pg_server import PgServer, require_binaries
 
+from pg_server import PgServer, require_binaries
 from studioctl.errors import StoreUnavailable
 from studioctl.store import TenantRepo, UsageRecord, UsageRepo, UsageWriter
 from studioctl.store.migrations import migrate
