@@ -186,12 +186,20 @@ class PostgresDatabase(Database):
         self._lock = threading.Lock()
         self._all: list[Any] = []
         self._closed = False
-        self.backoff = _Backoff()
         self.conn  # noqa: B018 — connect now, so a bad URL fails here with its reason
 
     @property
     def where(self) -> str:
         return redact(self.url)
+
+    @property
+    def backoff(self) -> _Backoff:
+        """This thread's: the usage writer retrying must not hold back the loop's first
+        reconnection once the server is back (nor the other way round)."""
+        backoff: _Backoff | None = getattr(self._local, "backoff", None)
+        if backoff is None:
+            backoff = self._local.backoff = _Backoff()
+        return backoff
 
     @property
     def conn(self) -> Any:
@@ -201,8 +209,9 @@ class PostgresDatabase(Database):
             return conn
         if self._closed:
             raise StoreError(f"database {self.where} is closed")
-        if not self.backoff.ready():
-            raise self._unavailable(self.backoff.last_error)
+        backoff = self.backoff
+        if not backoff.ready():
+            raise self._unavailable(backoff.last_error)
         try:
             conn = connect(
                 self.url,
@@ -210,9 +219,9 @@ class PostgresDatabase(Database):
                 statement_timeout_ms=self._statement_timeout_ms,
             )
         except self._operational as exc:
-            self.backoff.failed(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
-            raise self._unavailable(self.backoff.last_error) from exc
-        self.backoff.succeeded()
+            backoff.failed(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
+            raise self._unavailable(backoff.last_error) from exc
+        backoff.succeeded()
         self._local.conn = conn
         self._local.depth = 0
         with self._lock:
