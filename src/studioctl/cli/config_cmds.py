@@ -94,21 +94,23 @@ def validate(
         False, "--json", help='Print {"ok", "file", "line", "key", "error"} on stdout.'
     ),
 ) -> None:
-    """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation.
+    """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation, and
+    with store.backend postgres that store.url answers.
 
     Prints "ok: FILE" and exits 0, or prints the error (file, line, key) and exits 1.
     With --json, one object on stdout either way (same exit codes).
     """
     from studioctl.errors import ConfigError
     from studioctl.settings import settings_path, validate_settings_file
+    from studioctl.store import check_connection  # store.backend postgres: reach it
 
     target = (file if file is not None else settings_path()).expanduser().absolute()
     if not as_json:
-        validate_settings_file(target)
+        check_connection(validate_settings_file(target).store)
         typer.echo(f"ok: {target}")
         return
     try:
-        validate_settings_file(target)
+        check_connection(validate_settings_file(target).store)
     except ConfigError as exc:
         _echo_json(
             {

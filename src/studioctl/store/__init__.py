@@ -77,6 +77,24 @@ def open_store(
     return _migrated(db, migrate)
 
 
+def check_connection(settings: StoreSettings) -> None:
+    """For ``studioctl config validate``: with the postgres backend, connect once and run a
+    query; ``ConfigError`` (key ``store.url``) naming the URL without its password when
+    that fails. The SQLite backend has nothing to reach."""
+    if settings.backend != "postgres" or not settings.url:
+        return
+    from studioctl.errors import ConfigError, StoreError
+    from studioctl.store.postgres import PostgresDatabase, redact
+
+    try:
+        with PostgresDatabase(settings.url, connect_timeout_s=5) as db:
+            db.query_one("SELECT 1")
+    except StoreError as exc:
+        raise ConfigError(
+            f"store.url: cannot use {redact(settings.url)}: {exc.message}", key="store.url"
+        ) from None
+
+
 def _migrated(db: Database, migrate: bool) -> Database:
     if migrate:
         try:
@@ -140,6 +158,7 @@ __all__ = [
     "UsageStats",
     "UsageSummary",
     "UsageWriter",
+    "check_connection",
     "daemon_identity",
     "open_database",
     "open_store",
