@@ -30,6 +30,7 @@ def studioctl_home(
                 "STUDIOCTL_ENGINES_",
                 "STUDIOCTL_RECIPES_",
                 "STUDIOCTL_LOGS_",
+                "STUDIOCTL_STORE_",
             )
         ):
             monkeypatch.delenv(name, raising=False)

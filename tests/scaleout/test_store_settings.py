@@ -75,3 +75,23 @@ def test_config_validate_names_an_unreachable_url_without_its_password(tmp_path:
     assert out["ok"] is False and out["key"] == "store.url"
     assert f"postgresql://app:***@127.0.0.1:{port}/studio" in out["error"]
     assert "hunter2" not in result.stdout
+
+
+def test_the_cli_saves_bench_runs_in_the_configured_store(
+    monkeypatch: pytest.MonkeyPatch, pg_server: PgServer
+) -> None:
+    from bench.test_store_bench import document
+    from studioctl.store import open_database
+    from studioctl.store.bench import BenchRepo, open_existing, save_run
+
+    url = pg_server.new_database()
+    monkeypatch.setenv("STUDIOCTL_STORE_BACKEND", "postgres")
+    monkeypatch.setenv("STUDIOCTL_STORE_URL", url)
+    with open_database() as db:
+        assert db.backend == "postgres"
+        run_id = save_run(db, document())
+    found = open_existing()
+    assert found is not None
+    with found:
+        assert found.backend == "postgres"
+        assert [r.id for r in BenchRepo(found).list()] == [run_id]

@@ -46,11 +46,28 @@ if TYPE_CHECKING:
 
 
 def open_database(path: Path | None = None, *, migrate: bool = True) -> Database:
-    """Open (and by default migrate) the database, ``paths.database_file()`` by default."""
+    """Open (and by default migrate) a database: the SQLite file at ``path``; without one,
+    the configured store (``store.backend``: PostgreSQL, or ``paths.database_file()``), so
+    that what the CLI saves (bench runs) lands where the daemons keep the rest."""
+    if path is None:
+        configured = configured_store()
+        if configured.backend == "postgres" and configured.url:
+            return open_store(configured, migrate=migrate)
+    return _open_file(path, migrate)
+
+
+def _open_file(path: Path | None, migrate: bool) -> Database:
     from studioctl import paths
     from studioctl.store.sqlite import SqliteDatabase
 
     return _migrated(SqliteDatabase(path or paths.database_file()), migrate)
+
+
+def configured_store() -> StoreSettings:
+    """The ``store.*`` settings (file and environment)."""
+    from studioctl.settings import load_settings
+
+    return load_settings().store
 
 
 def daemon_identity() -> str:
@@ -70,7 +87,7 @@ def open_store(
     """The configured store, migrated: the local SQLite file, or PostgreSQL at
     ``settings.url`` on behalf of ``owner`` (``daemon_identity()`` by default)."""
     if settings.backend != "postgres" or not settings.url:
-        return open_database(migrate=migrate)
+        return _open_file(None, migrate)
     from studioctl.store.postgres import PostgresDatabase
 
     db = PostgresDatabase(settings.url, owner=owner or daemon_identity())

@@ -202,8 +202,10 @@ def open_existing(path: Path | None = None) -> Database | None:
     """The migrated database at ``path`` (``paths.database_file()``), or None when the file
     does not exist yet: readers (history, compare) create nothing."""
     from studioctl import paths
-    from studioctl.store import open_database
+    from studioctl.store import configured_store, open_database
 
+    if path is None and configured_store().backend == "postgres":
+        return open_database()  # the shared database: it exists
     path = path or paths.database_file()
     return open_database(path) if path.exists() else None
 
