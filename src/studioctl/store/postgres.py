@@ -13,10 +13,15 @@ Failure: every connection has a connect timeout and a statement timeout, so no c
 a lost connection is dropped and the next call reconnects, at most once per backoff step
 (0.1 s doubling to 2 s), failing fast with ``StoreUnavailable`` in between.
 
-What runs on the event loop: the gateway's key lookup on a cache miss (one indexed query)
-and ``ChangeFeed.poll`` before each authentication (a non-blocking read of the listening
-socket, no round trip). Usage rows go through the usage writer's thread; the feed
-reconnects in a thread of its own.
+What runs on the event loop. On the request path: ``ChangeFeed.poll`` before each
+authentication (a non-blocking read of the listening socket, no round trip) and, on a key
+cache miss only, the key lookup (one indexed query); everything else a request needs is in
+memory, and its usage row goes to the usage writer's queue (written by the writer's thread,
+held there while the server is down). Off the request path, still on the loop: the control
+API's tenant and key changes and the supervisor's instance and event rows (a few per
+launch or state change). Each call is bounded by the connect timeout (3 s) and the
+statement timeout (5 s), and fails at once while a reconnection is backing off; the
+/healthz check and the key last-used flush run in worker threads.
 """
 
 from __future__ import annotations
