@@ -7,7 +7,9 @@ Dialect: the repositories' portable SQL (see ``studioctl.store.db``) is rewritte
 per statement (``translate``, cached): ``?`` → ``%s``; the migrations' SQLite column types →
 PostgreSQL's (INTEGER → BIGINT, REAL → DOUBLE PRECISION, INTEGER PRIMARY KEY [AUTOINCREMENT]
 → an identity column, no WITHOUT ROWID, COLLATE NOCASE → the ``nocase`` ICU collation
-created before the first migration); ``rowid`` → ``ctid``; PRAGMA has no counterpart.
+created before the first migration); ``:name`` → ``%(name)s``; ``rowid`` → ``ctid``;
+``INSERT OR IGNORE`` → ``ON CONFLICT DO NOTHING``; PRAGMA has no counterpart (the
+interface's ``schema_step`` and ``schema`` stand for what the store used it for).
 
 Failure: every connection has a connect timeout and a statement timeout, so no call hangs;
 a lost connection is dropped and the next call reconnects, at most once per backoff step
@@ -61,6 +63,8 @@ _DDL_RULES = [
     (re.compile(r"\bCOLLATE\s+NOCASE\b", re.I), "COLLATE nocase"),
 ]  # fmt: skip
 _ROWID = re.compile(r"\browid\b", re.I)
+_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.I)
+_RETURNING = re.compile(r"\s+RETURNING\s", re.I)
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _COMMENT = re.compile(r"--[^\n]*")
 
@@ -73,6 +77,11 @@ def translate(sql: str, with_params: bool = True) -> str:
         for pattern, repl in _DDL_RULES:
             sql = pattern.sub(repl, sql)
     sql = _ROWID.sub("ctid", sql)
+    if _OR_IGNORE.match(sql):  # SQLite's INSERT OR IGNORE: skip the conflicting rows
+        sql = _OR_IGNORE.sub("INSERT INTO", sql, count=1)
+        tail = _RETURNING.search(sql)
+        at = tail.start() if tail else len(sql.rstrip().rstrip(";"))
+        sql = sql[:at] + " ON CONFLICT DO NOTHING" + sql[at:]
     if with_params:
         sql = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%").replace("?", "%s"))
     return sql
