@@ -106,31 +106,33 @@ def test_the_change_feed_raises_while_down_and_reports_the_gap(server: PgServer)
     url = server.new_database()
     with PostgresDatabase(url) as a, PostgresDatabase(url) as b:
         migrate(a)
-        feed = b.change_feed()
+        feed_a, feed_b = a.change_feed(), b.change_feed()
         heard: list[int] = []
-        feed.subscribe(lambda: heard.append(1))
+        feed_b.subscribe(lambda: heard.append(1))
         try:
-            assert feed.poll() is False
-            a.notify("tenants")
-            wait_for(feed.poll, 5)
-            assert heard == [1]
+            wait_for(lambda: feed_a.up and feed_b.up, 10)
+            feed_b.poll()  # the start: everything is new
+            heard.clear()
+            assert feed_b.poll() is False
+            feed_a.announce()  # returns once B's feed acknowledged
+            assert feed_b.poll() is True and heard == [1]
             server.stop("fast")
+            wait_for(lambda: not feed_b.up, 10)
             with pytest.raises(StoreUnavailable):
-                for _ in range(100):  # the shutdown message arrives on the socket
-                    feed.poll()
-                    time.sleep(0.02)
+                feed_b.poll()
             server.start()
 
             def back() -> bool:
                 try:
-                    return feed.poll()
+                    return feed_b.poll()
                 except StoreUnavailable:
                     return False
 
             wait_for(back)  # True: changes may have been missed meanwhile
             assert len(heard) == 2
-            a.notify("tenants")
-            wait_for(feed.poll, 5)
-            assert len(heard) == 3
+            wait_for(lambda: feed_a.up, 10)
+            feed_a.announce()
+            assert feed_b.poll() is True and len(heard) == 3
         finally:
-            feed.close()
+            feed_a.close()
+            feed_b.close()

@@ -48,6 +48,7 @@ class Authenticator:
         "_lookup",
         "_max_entries",
         "_refresh",
+        "_stale",
         "_ttl",
         "_wall",
         "key_header",
@@ -93,6 +94,10 @@ class Authenticator:
         self._max_entries = max_entries
         # key hash → (monotonic deadline, context)
         self._cache: dict[str, tuple[float, TenantContext]] = {}
+        # The cache as it was before the last invalidate(): what fail_open answers with
+        # when the store cannot be asked (a daemon's cache is invalidated as its change
+        # feed comes back, before its own connection may be).
+        self._stale: dict[str, tuple[float, TenantContext]] = {}
         # key hash → monotonic deadline, for keys the lookup did not know
         self._bad: dict[str, float] = {}
 
@@ -161,7 +166,7 @@ class Authenticator:
         try:
             ctx = self._lookup(digest)
         except StoreUnavailable as exc:
-            stale = self._cache.get(digest)
+            stale = self._cache.get(digest) or self._stale.get(digest)
             if self._fail_open and stale is not None:
                 return stale[1]  # fail open: the tenant as last seen
             raise _store_down(exc) from exc
@@ -190,6 +195,9 @@ class Authenticator:
 
     def invalidate(self) -> None:
         """Forget everything: the next request of every key asks ``lookup`` again."""
+        if self._fail_open:
+            self._stale = self._cache
+            self._cache = {}
         self._cache.clear()
         self._bad.clear()
 

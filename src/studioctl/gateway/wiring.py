@@ -139,7 +139,7 @@ def build_gateway_core(
         fail_open=settings.store.fail_open,
     )
     tenants.subscribe(auth.invalidate)
-    if feed is not None:
+    if feed is not None:  # other daemons on the same database: hear them, tell them
         feed.subscribe(tenants.changed_elsewhere)
     limiter = Limiter(global_max_concurrent=gs.max_concurrent)
     metrics = GatewayMetrics(
@@ -167,6 +167,8 @@ def build_gateway_core(
         tenants=tenants,
     )
     tenants.subscribe(core.forget_tenants)
+    if feed is not None:
+        tenants.subscribe(feed.announce)
     return DaemonGateway(
         core=core,
         tenants=tenants,

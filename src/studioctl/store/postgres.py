@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The channel every tenant or key change is announced on.
-CHANNEL = "studioctl_changes"
 _MIGRATION_LOCK = 7472651  # pg_advisory_xact_lock key: one migrator at a time
 _NOCASE = (
     "CREATE COLLATION IF NOT EXISTS nocase "
@@ -148,7 +146,9 @@ class _Backoff:
         self.last_error = ""
 
 
-def connect(url: str, *, connect_timeout_s: float, statement_timeout_ms: int) -> Any:
+def connect(
+    url: str, *, connect_timeout_s: float, statement_timeout_ms: int, application_name: str = ""
+) -> Any:
     """A new autocommit connection with both timeouts, rows by name; raises psycopg's errors."""
     import psycopg
     from psycopg.adapt import Dumper
@@ -167,6 +167,7 @@ def connect(url: str, *, connect_timeout_s: float, statement_timeout_ms: int) ->
         connect_timeout=max(1, round(connect_timeout_s)),
         options=f"-c statement_timeout={int(statement_timeout_ms)}",
         row_factory=_row_factory,
+        application_name=application_name or "studioctl",
     )
     conn.adapters.register_dumper(bool, BoolAsInt)
     # SUM() of a BIGINT column is NUMERIC: read it as a float, as the repositories expect
@@ -349,23 +350,26 @@ class PostgresDatabase(Database):
         return out
 
     def notify(self, payload: str) -> None:
-        """Announce a change to every daemon's ``ChangeFeed`` (delivered at commit)."""
+        from studioctl.store.feed import CHANNEL
+
         self.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload[:200]))
 
     def change_feed(self) -> ChangeFeed:
         """A feed that LISTENs on its own connection (closed with ``feed.close()``)."""
-        from studioctl.store.feed import ChangeFeed
+        from studioctl.store.feed import ACKS, APPLICATION, CHANNEL, ChangeFeed
 
         def listening() -> Any:
             conn = connect(
                 self.url,
                 connect_timeout_s=self._connect_timeout_s,
                 statement_timeout_ms=self._statement_timeout_ms,
+                application_name=APPLICATION,
             )
             conn.execute(f"LISTEN {CHANNEL}")
+            conn.execute(f"LISTEN {ACKS}")
             return conn
 
-        return ChangeFeed(listening, where=self.where)
+        return ChangeFeed(self, listening)
 
     def check(self) -> bool:
         try:

@@ -148,8 +148,7 @@ class TenantService:
         self._listeners.append(listener)
 
     def _changed(self) -> None:
-        # Other daemons sharing the database hear of it through their change feed.
-        self.db.notify("tenants")
+        # Daemons sharing the database: the change feed's ``announce`` is a listener.
         self.changed_elsewhere()
 
     def changed_elsewhere(self) -> None:
