@@ -52,8 +52,7 @@ if TYPE_CHECKING:
     from studioctl.lifecycle.runtime import Instance
     from studioctl.lifecycle.supervisor import Supervisor
     from studioctl.settings import Settings
-    from studioctl.store.db import Database
-    from studioctl.store.feed import ChangeFeed
+    from studioctl.store.db import Database, Feed
     from studioctl.telemetry import GpuReader, Telemetry, VramWatch
 
 log = logging.getLogger("studioctl.daemon")
@@ -108,7 +107,7 @@ class Parts:
     gateway_app: GatewayApp | None = None
     servers: list[Server] = field(default_factory=list)
     gateway_server: Server | None = None
-    feed: ChangeFeed | None = None
+    feed: Feed | None = None
 
 
 def build(

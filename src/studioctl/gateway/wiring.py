@@ -31,8 +31,7 @@ if TYPE_CHECKING:
     from studioctl.lifecycle.runtime import Instance
     from studioctl.recipes import Recipe
     from studioctl.settings import Settings
-    from studioctl.store.db import Database
-    from studioctl.store.feed import ChangeFeed
+    from studioctl.store.db import Database, Feed
     from studioctl.store.usage import UsageRepo, UsageWriter
 
 log = logging.getLogger("studioctl.gateway")
@@ -113,7 +112,7 @@ class DaemonGateway:
 
 
 def build_gateway_core(
-    settings: Settings, db: Database, feed: ChangeFeed | None = None
+    settings: Settings, db: Database, feed: Feed | None = None
 ) -> DaemonGateway:
     """Tenants, auth, limits, metrics, usage writer, route table (with the recipes on disk),
     the upstream pool and the prompt counter: everything the gateway needs but the

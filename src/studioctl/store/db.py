@@ -15,12 +15,9 @@ writer's thread for batched inserts) and run ``transaction()`` blocks as one tra
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from studioctl.store.feed import ChangeFeed
+from typing import Any, Protocol
 
 Params = Sequence[Any] | dict[str, Any]
 
@@ -47,6 +44,19 @@ class Cursor(Protocol):
     def fetchall(self) -> Any: ...
 
     def __iter__(self) -> Iterator[Any]: ...
+
+
+class Feed(Protocol):
+    """What tells a daemon of the tenant and key changes other daemons made
+    (``studioctl.store.feed.ChangeFeed`` on PostgreSQL)."""
+
+    def subscribe(self, listener: Callable[[], None]) -> None: ...
+
+    def poll(self) -> bool: ...
+
+    def announce(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Database(ABC):
@@ -107,7 +117,7 @@ class Database(ABC):
         """Tell the other daemons sharing this database that tenants or keys changed
         (``payload`` names what). A local SQLite file has no one to tell."""
 
-    def change_feed(self) -> ChangeFeed | None:
+    def change_feed(self) -> Feed | None:
         """What tells this daemon of tenant and key changes made by the others sharing the
         database (``notify``), or None when there are no others (a local file)."""
         return None
