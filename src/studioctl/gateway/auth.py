@@ -195,7 +195,7 @@ class Authenticator:
 
     def invalidate(self) -> None:
         """Forget everything: the next request of every key asks ``lookup`` again."""
-        if self._fail_open:
+        if self._fail_open and self._cache:  # two in a row must not forget what it knew
             self._stale = self._cache
             self._cache = {}
         self._cache.clear()
