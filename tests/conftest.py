@@ -31,6 +31,7 @@ def studioctl_home(
                 "STUDIOCTL_RECIPES_",
                 "STUDIOCTL_LOGS_",
                 "STUDIOCTL_LIMITS_",
+                "STUDIOCTL_STORE_",
             )
         ):
             monkeypatch.delenv(name, raising=False)

@@ -299,7 +299,8 @@ class Daemon:
     def engine_key(self, iid: str) -> str | None:
         """The API key the daemon started instance ``iid``'s engine with (read from its
         store: the control API never shows it). Talking to an engine directly needs it."""
-        from studioctl.store import Database, InstanceRepo
+        from studioctl.store import InstanceRepo
+        from studioctl.store.sqlite import SqliteDatabase as Database
 
         with Database(self.home / "state" / "studioctl.db") as db:
             return InstanceRepo(db).require(iid).api_key

@@ -30,7 +30,9 @@ DAEMON_CODES = frozenset(
     }
 )
 #: Provoked through the gateway's unit harness (a failing store, a drain, Redis unreachable).
-HARNESS_CODES = frozenset({"auth_unavailable", "shutting_down", "limits_unavailable"})
+HARNESS_CODES = frozenset(
+    {"auth_unavailable", "shutting_down", "limits_unavailable", "store_unavailable"}
+)
 
 
 def readme_codes() -> dict[str, int]:

@@ -32,6 +32,7 @@ CASES: list[E.StudioError] = [
     ),
     E.StoreError("cannot open /x/studioctl.db"),
     E.SchemaTooNew("schema 9 is newer than this studioctl's 4"),
+    E.StoreUnavailable("PostgreSQL at postgresql://u:***@db:5432/s is unreachable"),
     E.GatewayError(413, "body_too_large", "the request body is larger than 1048576 bytes"),
     E.GatewayBusy(429, "limit_concurrent", "the gateway is at its limit", retry_after=1.0),
 ]

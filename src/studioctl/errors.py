@@ -187,6 +187,13 @@ class SchemaTooNew(StoreError):
     code = "schema_too_new"
 
 
+class StoreUnavailable(StoreError):
+    """The shared database (PostgreSQL) cannot be reached right now: a retryable 503."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
 class TransitionError(ConflictError):
     """A state change the lifecycle does not allow (exit code 5 / HTTP 409: the instance
     is in a state that conflicts with what was asked). ``allowed``: where ``frm`` may go."""
@@ -229,6 +236,8 @@ RETRY_AFTER_S: dict[str, float] = {
     "auth_unavailable": 1.0,
     # The shared limits' Redis did not answer: it is retried with backoff from 0.1 s.
     "limits_unavailable": 1.0,
+    # The store reconnects by itself with a backoff capped at a few seconds.
+    "store_unavailable": 2.0,
 }
 FALLBACK_RETRY_AFTER_S = 5.0
 

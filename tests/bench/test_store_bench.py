@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from studioctl.errors import NotFoundError, StoreError, UsageError
-from studioctl.store import Database, InstanceRepo
+from studioctl.store import InstanceRepo
 from studioctl.store import migrations as mig
 from studioctl.store.bench import BenchRepo, save_run
+from studioctl.store.sqlite import SqliteDatabase as Database
 from studioctl.store.stats import StatsDelta, StatsRepo
 
 

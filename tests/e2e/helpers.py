@@ -171,7 +171,8 @@ def engine_key(url: str) -> str | None:
     daemon (studioctl starts every engine with its own key; the engines refuse /v1 without
     it), or None when no managed engine listens there (the gateway, a stopped engine)."""
     from studioctl.states import ACTIVE
-    from studioctl.store import Database, InstanceRepo
+    from studioctl.store import InstanceRepo
+    from studioctl.store.sqlite import SqliteDatabase as Database
 
     port = urllib.parse.urlsplit(url).port
     for home in list(_HOMES):

@@ -261,8 +261,8 @@ def test_the_gateway_snapshot_never_renders_the_metrics_text(tmp_path: Path) -> 
     from studioctl.gateway.core import GatewayCore
     from studioctl.gateway.limits import Limiter
     from studioctl.gateway.routing import RouteTable
-    from studioctl.store.db import Database
     from studioctl.store.migrations import migrate
+    from studioctl.store.sqlite import SqliteDatabase as Database
     from studioctl.store.usage import UsageRepo, UsageWriter
     from studioctl.tenants import TenantService
 

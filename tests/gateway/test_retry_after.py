@@ -18,7 +18,13 @@ import httpx
 import pytest
 
 from retry_after_codes import DAEMON_CODES, HARNESS_CODES, readme_codes, retryable_codes
-from studioctl.errors import FALLBACK_RETRY_AFTER_S, RETRY_AFTER_S, GatewayError, StoreError
+from studioctl.errors import (
+    FALLBACK_RETRY_AFTER_S,
+    RETRY_AFTER_S,
+    GatewayError,
+    StoreError,
+    StoreUnavailable,
+)
 from studioctl.gateway.routing import LOADING_RETRY_AFTER_S, RouteTable
 from studioctl.tenants import TenantContext
 
@@ -79,6 +85,16 @@ def test_limits_unavailable_when_redis_does_not_answer(make_gateway: GatewayFact
     assert time.monotonic() - t0 < 2.0
     assert gw.lt.call(limiter.health) == "redis unreachable"
     assert gw.lt.call(lambda: limiter.inflight()) == 0
+
+
+def test_store_unavailable_when_postgres_is_down(make_gateway: GatewayFactory) -> None:
+    def unreachable(_: str) -> TenantContext | None:
+        raise StoreUnavailable("PostgreSQL at postgresql://app:***@db/s is unreachable")
+
+    gw = make_gateway(lookup=unreachable)
+    resp = chat(gw, "sk-st-" + "a" * 40)
+    assert retry_after(resp, 503, "store_unavailable") == RETRY_AFTER_S["store_unavailable"]
+    assert "is unreachable" in resp.json()["error"]["message"]
 
 
 def test_shutting_down_while_draining(gateway: Gateway) -> None:

@@ -11,8 +11,8 @@ import pytest
 from studioctl.api import models as M
 from studioctl.errors import ConflictError, UsageError
 from studioctl.settings import load_settings
-from studioctl.store.db import Database
 from studioctl.store.migrations import migrate
+from studioctl.store.sqlite import SqliteDatabase as Database
 from studioctl.tenants import (
     DEFAULT_LIMITS,
     DEFAULT_PROFILE,

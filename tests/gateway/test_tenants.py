@@ -14,8 +14,8 @@ from studioctl.errors import ConflictError, GatewayError, NotFoundError, UsageEr
 from studioctl.gateway.auth import Authenticator
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.usage import MemoryUsageQueue, NullUsageQueue
-from studioctl.store.db import Database
 from studioctl.store.migrations import migrate
+from studioctl.store.sqlite import SqliteDatabase as Database
 from studioctl.store.usage import UsageRecord, UsageRepo, UsageWriter
 from studioctl.tenants import (
     LIMIT_FIELDS,

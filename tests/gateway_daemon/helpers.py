@@ -218,7 +218,7 @@ def db_path(d: Daemon) -> Path:
 
 def usage_rows(d: Daemon, **filters: Any) -> list[UsageRecord]:
     """The raw usage rows in the daemon's store, newest first (read beside the daemon: WAL)."""
-    from studioctl.store.db import Database
+    from studioctl.store.sqlite import SqliteDatabase as Database
     from studioctl.store.usage import UsageRepo
 
     path = db_path(d)

@@ -147,7 +147,7 @@ def test_usage_rows_equal_what_the_engines_reported(daemon: Daemon) -> None:
 
 
 def test_usage_windows_and_filters(daemon: Daemon) -> None:
-    from studioctl.store.db import Database
+    from studioctl.store.sqlite import SqliteDatabase as Database
     from studioctl.store.usage import UsageRecord, UsageRepo
 
     one, key_one = create_tenant(daemon, "w-one")

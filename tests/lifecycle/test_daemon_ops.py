@@ -22,8 +22,8 @@ from daemon_helpers import REPO, Daemon, alive, running_daemon
 from studioctl.daemon_lock import lock_holder
 from studioctl.errors import EXIT_CONFLICT, EXIT_ERROR
 from studioctl.states import State
-from studioctl.store.db import Database
 from studioctl.store.instances import InstanceRepo
+from studioctl.store.sqlite import SqliteDatabase as Database
 
 pytestmark = pytest.mark.integration
 

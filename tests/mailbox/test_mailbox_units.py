@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pg_server import pg_server  # noqa: F401 — the session's PostgreSQL, for ``repo``
 from studioctl.errors import ConfigError
 from studioctl.gateway.mailbox_assemble import (
     assemble_chat,
@@ -25,6 +26,7 @@ from studioctl.settings.webhook import WebhookSettings
 from studioctl.store.db import Database
 from studioctl.store.mailbox import MailboxRecord, MailboxRepo, OutboxEntry
 from studioctl.store.migrations import migrate
+from studioctl.store.sqlite import SqliteDatabase
 from studioctl.webhooks.signing import sign, verify
 from studioctl.webhooks.target import TargetRefused, check_url, literal_private, resolve, shown
 from studioctl.webhooks.worker import DeliveryWorker
@@ -154,9 +156,17 @@ def test_private_addresses_are_refused_by_name_after_resolving_unless_allowed() 
     asyncio.run(go())
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Iterator[MailboxRepo]:
-    db = Database(tmp_path / "m.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def repo(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MailboxRepo]:
+    """The repository on each store backend (the mailbox lives in the store's database)."""
+    db: Database
+    if request.param == "sqlite":
+        db = SqliteDatabase(tmp_path / "m.db")
+    else:
+        from studioctl.store.postgres import PostgresDatabase
+
+        server = request.getfixturevalue("pg_server")
+        db = PostgresDatabase(server.new_database(), owner="host-a")
     migrate(db)
     yield MailboxRepo(db)
     db.close()

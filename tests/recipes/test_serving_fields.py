@@ -14,8 +14,9 @@ from studioctl.cli.app import app
 from studioctl.errors import RecipeError
 from studioctl.lifecycle.runtime import recipe_from_json
 from studioctl.recipes import SERVING_FIELDS, Recipe, get_recipe, parse_recipe_text, scan_recipes
-from studioctl.store import Database, InstanceRepo, InstanceRow
+from studioctl.store import InstanceRepo, InstanceRow
 from studioctl.store.migrations import migrate
+from studioctl.store.sqlite import SqliteDatabase as Database
 
 # Hashes the code gave before the serving fields existed (commit 27ffa02): stored with every
 # instance launched then, and compared again after an upgrade.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from studioctl.errors import StoreError
-from studioctl.store import Database
+from studioctl.store.sqlite import SqliteDatabase as Database
 
 
 def pragma(db: Database, name: str, column: str | None = None) -> object:
@@ -137,7 +137,7 @@ def test_a_forked_child_opens_its_own_connection(
 ) -> None:
     import os
 
-    import studioctl.store.db as dbmod
+    import studioctl.store.sqlite as dbmod
 
     db = Database(tmp_path / "a.db")
     parent = db.conn

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from pg_server import PgServer
 from studioctl.errors import SchemaTooNew
-from studioctl.store import Database, InstanceRepo, TenantRepo
+from studioctl.store import InstanceRepo, TenantRepo
 from studioctl.store import migrations as mig
 from studioctl.store.instances import InstanceRow
+from studioctl.store.sqlite import SqliteDatabase as Database
 from studioctl.store.usage import VALUE_COLUMNS
 
 ALL = [m.name for m in mig.MIGRATIONS]
@@ -51,7 +53,8 @@ def test_empty_database(tmp_path: Path) -> None:
         assert row is not None and row["user_version"] == len(ALL)
         # The rollup's columns are the ones usage.py adds into.
         assert columns(db, "usage_rollup")[5:] == list(VALUE_COLUMNS)
-        assert set(columns(db, "instances")) == {f for f in InstanceRow.__dataclass_fields__}
+        # The row's fields, and the daemon that owns it (m010: several share PostgreSQL).
+        assert set(columns(db, "instances")) == {*InstanceRow.__dataclass_fields__, "owner"}
         assert mig.migrate(db) == []  # idempotent
 
 
@@ -176,3 +179,45 @@ def test_migration_names_are_checked() -> None:
     with pytest.raises(ValueError, match=f"expected number {len(ALL) + 1:03d}"):
         mig.migration(skips)
     assert [m.name for m in mig.MIGRATIONS] == ALL
+
+
+def test_both_backends_have_the_same_tables_and_columns(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    """The same numbered migrations, run on SQLite and on PostgreSQL, give one schema."""
+    from studioctl.store.postgres import PostgresDatabase
+
+    with Database(tmp_path / "a.db") as lite, PostgresDatabase(pg_server.new_database()) as pg:
+        assert mig.migrate(lite) == ALL
+        assert mig.migrate(pg) == ALL
+        assert mig.applied(pg) == ALL
+        assert pg.schema() == lite.schema()
+        assert "owner" in pg.schema()["instances"]
+        assert mig.migrate(pg) == []  # idempotent there too
+
+
+def test_two_processes_migrating_one_postgres_apply_each_step_once(
+    pg_server: PgServer,
+) -> None:
+    """Two daemons starting together on one fresh database: each step runs once (the
+    advisory lock), and both end at the latest migration."""
+    from studioctl.store.postgres import PostgresDatabase
+
+    url = pg_server.new_database()
+    ran: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with PostgresDatabase(url) as db:
+                ran.append(mig.migrate(db))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sorted(ran[0] + ran[1]) == sorted(ALL)

@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.store.conftest import query_plan
+
 from studioctl.store import Database, UsageRecord, UsageRepo, UsageWriter, open_database
 from studioctl.store.usage import MAX_ROWS, Pruner, RequestFilter, RequestLog, Retention
 from studioctl.store.usage.log import TRUNCATED_MARK, cap_body
@@ -29,16 +31,11 @@ def rec(ts: float, rid: str, **kw: object) -> UsageRecord:
 
 
 def test_m009_adds_the_request_id_column_its_index_and_the_bodies_table(db: Database) -> None:
-    columns = {r["name"] for r in db.query("PRAGMA table_info(usage)")}
-    assert "request_id" in columns
-    indexes = {r["name"] for r in db.query("PRAGMA index_list(usage)")}
-    assert "usage_request_id" in indexes
-    plan = " ".join(
-        r["detail"]
-        for r in db.query("EXPLAIN QUERY PLAN SELECT * FROM usage WHERE request_id = 'x'")
-    )
+    schema = db.schema()
+    assert "request_id" in schema["usage"]
+    plan = query_plan(db, "SELECT * FROM usage WHERE request_id = 'x'")
     assert "usage_request_id" in plan  # `requests show ID` is an index lookup
-    body_cols = {r["name"] for r in db.query("PRAGMA table_info(request_bodies)")}
+    body_cols = set(schema["request_bodies"])
     assert body_cols == {"request_id", "ts", "request", "response", "truncated"}
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from studioctl.store import Database, Store, UsageRecord, UsageRepo
+from studioctl.store import Store, UsageRecord, UsageRepo
+from studioctl.store.sqlite import SqliteDatabase as Database
 from studioctl.store.usage.rollup import (
     BOUNDS_MS,
     N_BUCKETS,

@@ -16,8 +16,8 @@ from studioctl.lifecycle.memory import learned_gb, memory_need_gb
 from studioctl.recipes import Recipe
 from studioctl.states import State
 from studioctl.store import open_database
-from studioctl.store.db import Database
 from studioctl.store.migrations import applied, migrate
+from studioctl.store.sqlite import SqliteDatabase as Database
 from studioctl.store.vram import VramPeak, VramRepo, read_last_run_vram
 from studioctl.telemetry import GpuReader, Telemetry
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from studioctl.store import open_database
-from studioctl.store.db import Database
 from studioctl.store.migrations import applied, migrate
+from studioctl.store.sqlite import SqliteDatabase as Database
 from studioctl.store.stats import PEAKS, Peak, RecipeStats, StatsDelta, StatsRepo
 
 

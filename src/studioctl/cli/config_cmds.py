@@ -94,7 +94,8 @@ def validate(
         False, "--json", help='Print {"ok", "file", "line", "key", "error"} on stdout.'
     ),
 ) -> None:
-    """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation.
+    """Check a settings file: YAML, known keys, types, ranges, ${VAR} interpolation, and
+    with store.backend postgres that store.url answers.
 
     Prints "ok: FILE" and exits 0, or prints the error (file, line, key) and exits 1.
     With --json, one object on stdout either way (same exit codes).
@@ -125,6 +126,9 @@ def validate(
 
 def _check_connections(settings: Any) -> None:
     """The servers the settings name answer (ConfigError naming the URL, no password)."""
+    from studioctl.store import check_connection  # store.backend postgres: reach it
+
+    check_connection(settings.store)
     limits = settings.limits
     if limits.backend == "redis" and limits.redis_url is not None:
         from studioctl.gateway.redis_client import ping  # only for a redis deployment

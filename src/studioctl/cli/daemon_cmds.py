@@ -111,12 +111,12 @@ def _stop_engines_offline() -> None:
         typer.echo("no engines recorded (no state database): nothing to stop")
         return
     from studioctl.lifecycle.offline_stop import stop_recorded_engines
-    from studioctl.store.db import Database
     from studioctl.store.migrations import migrate
+    from studioctl.store.sqlite import SqliteDatabase
 
     lock = DaemonLock(paths.daemon_lock_file())
     lock.acquire()  # a daemon starting now would adopt what we are stopping
-    db = Database(db_file)
+    db = SqliteDatabase(db_file)
     try:
         migrate(db)
         reports = asyncio.run(stop_recorded_engines(db))

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from studioctl.lifecycle.runtime import Instance
     from studioctl.lifecycle.supervisor import Supervisor
     from studioctl.settings import Settings
-    from studioctl.store.db import Database
+    from studioctl.store.db import Database, Feed
     from studioctl.telemetry import GpuReader, Telemetry, VramWatch
     from studioctl.webhooks.service import Mailbox
 
@@ -109,6 +109,7 @@ class Parts:
     mailbox: Mailbox | None = None
     servers: list[Server] = field(default_factory=list)
     gateway_server: Server | None = None
+    feed: Feed | None = None
 
 
 def build(
@@ -126,14 +127,13 @@ def build(
     from studioctl.lifecycle.engine_http import EngineHttp
     from studioctl.lifecycle.events import EventBus
     from studioctl.lifecycle.supervisor import Supervisor
-    from studioctl.store.db import Database
+    from studioctl.store import open_store
     from studioctl.store.events import EventRepo
-    from studioctl.store.migrations import migrate
     from studioctl.store.usage import RequestLog
     from studioctl.telemetry import GpuReader, Telemetry, VramWatch
 
-    db = Database(paths.database_file())
-    migrate(db)
+    db = open_store(settings.store)  # migrated; SQLite, or PostgreSQL shared by daemons
+    feed = db.change_feed()  # other daemons' tenant and key changes (None: SQLite)
     bus = EventBus(EventRepo(db))
     gpus = GpuReader()
     engine_http = EngineHttp()  # probes, drains and telemetry's scrapes: one session
@@ -141,7 +141,7 @@ def build(
     if tcp is not None:
         from studioctl.gateway.wiring import build_gateway_core
 
-        gateway = build_gateway_core(settings, db)
+        gateway = build_gateway_core(settings, db, feed)
     hooks = DaemonHooks(gateway.hooks() if gateway else None, VramWatch(gpus))
     sup = Supervisor(
         settings=settings,
@@ -181,6 +181,7 @@ def build(
     control = build_control_app(sup, bus, info, routes=routes, serving=serving)
     parts = Parts(settings, db, bus, gpus, engine_http, sup, telemetry, control, gateway)
     parts.queues, parts.ondemand, parts.mailbox = queues, ondemand, mailbox
+    parts.feed = feed
     if gateway is not None:
         parts.gateway_app = _gateway_app(parts, gateway)
     return parts
@@ -411,6 +412,8 @@ async def _stop(
     except StudioError as exc:
         log.error("shutdown: %s", exc.message)
     finally:
+        if parts.feed is not None:
+            parts.feed.close()
         parts.db.close()
         with contextlib.suppress(OSError):
             paths.control_socket().unlink()

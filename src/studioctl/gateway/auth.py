@@ -11,7 +11,8 @@ caller picks the key header out in the same pass over the headers as ``Authoriza
 Freshness: every tenant or key change calls ``invalidate()`` (``TenantService`` does it
 through its ``on_change`` hook), so a revocation, a disabled tenant or new limits apply to
 the very next request. Entries also expire after ``cache_ttl_s`` (a safety net for changes
-made by another process on the same database) and never outlive the key's own expiry
+made by another process on the same SQLite file; daemons sharing PostgreSQL hear of each
+other's changes through ``refresh``, the change feed) and never outlive the key's own expiry
 (rotation grace). Unknown keys are remembered too (bounded) so that a client hammering
 with a bad key costs no database query per request.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from studioctl.errors import GatewayError, StudioError
+from studioctl.errors import GatewayError, StoreUnavailable, StudioError
 from studioctl.tenants import KEY_SCHEME, TenantContext, hash_key
 
 __all__ = ["Authenticator"]
@@ -42,9 +43,12 @@ class Authenticator:
         "_bad",
         "_cache",
         "_clock",
+        "_fail_open",
         "_key_name",
         "_lookup",
         "_max_entries",
+        "_refresh",
+        "_stale",
         "_ttl",
         "_wall",
         "key_header",
@@ -60,6 +64,8 @@ class Authenticator:
         anonymous: TenantContext | None = None,
         max_entries: int = 10_000,
         api_key_header: str = "X-API-Key",
+        refresh: Callable[[], object] | None = None,
+        fail_open: bool = False,
     ) -> None:
         """``lookup(sha256_hex)`` returns the tenant of a valid key, else ``None``.
 
@@ -69,11 +75,18 @@ class Authenticator:
 
         ``api_key_header``: the header a key may come in instead of ``Authorization:
         Bearer`` (``gateway.api_key_header``); "" accepts ``Authorization`` only.
+
+        ``refresh``: called before each key is looked at (the store's change feed:
+        ``ChangeFeed.poll``, which calls ``invalidate`` when another daemon changed tenants
+        or keys). When it, or ``lookup``, raises ``StoreUnavailable``: 503
+        ``store_unavailable``, or with ``fail_open`` the cached tenant (even past its TTL).
         """
         #: The key header's lower-case name as ASGI gives it (None: not accepted).
         self.key_header: bytes | None = api_key_header.lower().encode() or None
         self._key_name = api_key_header
         self._lookup = lookup
+        self._refresh = refresh
+        self._fail_open = fail_open
         self._clock = clock
         self._wall = wall_clock
         self._ttl = cache_ttl_s
@@ -81,6 +94,10 @@ class Authenticator:
         self._max_entries = max_entries
         # key hash → (monotonic deadline, context)
         self._cache: dict[str, tuple[float, TenantContext]] = {}
+        # The cache as it was before the last invalidate(): what fail_open answers with
+        # when the store cannot be asked (a daemon's cache is invalidated as its change
+        # feed comes back, before its own connection may be).
+        self._stale: dict[str, tuple[float, TenantContext]] = {}
         # key hash → monotonic deadline, for keys the lookup did not know
         self._bad: dict[str, float] = {}
 
@@ -103,6 +120,8 @@ class Authenticator:
         token = authorization_header[7:].strip()
         if not token.startswith(_SCHEME):
             raise GatewayError(401, "invalid_api_key", _INVALID)
+        if self._refresh is not None:
+            self._refreshed()
         digest = hash_key(token)
         now = self._clock()
         entry = self._cache.get(digest)
@@ -132,12 +151,25 @@ class Authenticator:
             "header carry different keys; send one of them",
         )
 
+    def _refreshed(self) -> None:
+        assert self._refresh is not None
+        try:
+            self._refresh()
+        except StoreUnavailable as exc:
+            if not self._fail_open:  # a revocation may be unheard: trust no cached key
+                raise _store_down(exc) from exc
+
     def _fill(self, digest: str, now: float) -> TenantContext:
         bad_until = self._bad.get(digest)
         if bad_until is not None and bad_until > now:
             raise GatewayError(401, "invalid_api_key", _INVALID)
         try:
             ctx = self._lookup(digest)
+        except StoreUnavailable as exc:
+            stale = self._cache.get(digest) or self._stale.get(digest)
+            if self._fail_open and stale is not None:
+                return stale[1]  # fail open: the tenant as last seen
+            raise _store_down(exc) from exc
         except Exception as exc:  # the store failing (locked, disk): not the client's fault
             reason = exc.message if isinstance(exc, StudioError) else repr(exc)
             raise GatewayError(
@@ -163,9 +195,18 @@ class Authenticator:
 
     def invalidate(self) -> None:
         """Forget everything: the next request of every key asks ``lookup`` again."""
+        if self._fail_open and self._cache:  # two in a row must not forget what it knew
+            self._stale = self._cache
+            self._cache = {}
         self._cache.clear()
         self._bad.clear()
 
     @property
     def anonymous(self) -> TenantContext | None:
         return self._anonymous
+
+
+def _store_down(exc: StoreUnavailable) -> GatewayError:
+    return GatewayError(
+        503, "store_unavailable", f"cannot check the API key right now: {exc.message}"
+    )

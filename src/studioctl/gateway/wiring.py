@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from studioctl.lifecycle.runtime import Instance
     from studioctl.recipes import Recipe
     from studioctl.settings import Settings
-    from studioctl.store.db import Database
+    from studioctl.store.db import Database, Feed
     from studioctl.store.usage import UsageRepo, UsageWriter
 
 log = logging.getLogger("studioctl.gateway")
@@ -113,7 +113,7 @@ class DaemonGateway:
             self.tenants.flush_last_used()
 
 
-def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
+def build_gateway_core(settings: Settings, db: Database, feed: Feed | None = None) -> DaemonGateway:
     """Tenants, auth, limits, metrics, usage writer, route table (with the recipes on disk),
     the upstream pool and the prompt counter: everything the gateway needs but the
     supervisor and telemetry. Starts the usage writer's thread; needs no event loop."""
@@ -130,8 +130,16 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
                 "gateway.allow_anonymous ignored: the gateway binds %s, not a loopback address",
                 gs.host,
             )
-    auth = Authenticator(tenants.lookup, anonymous=anonymous, api_key_header=gs.api_key_header)
+    auth = Authenticator(
+        tenants.lookup,
+        anonymous=anonymous,
+        api_key_header=gs.api_key_header,
+        refresh=feed.poll if feed is not None else None,  # other daemons' changes
+        fail_open=settings.store.fail_open,
+    )
     tenants.subscribe(auth.invalidate)
+    if feed is not None:  # other daemons on the same database: hear them, tell them
+        feed.subscribe(tenants.changed_elsewhere)
     limiter = build_limiter(settings)
     metrics = GatewayMetrics(
         tenant_labels=gs.metrics_tenant_labels, inflight_source=limiter.inflight
@@ -140,7 +148,8 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
     retention = Retention(days=us.retention_days)
     usage_repo = UsageRepo(db, retention=retention, body_max_bytes=us.body_max_bytes)
     pruner = Pruner(db, retention=retention, body_retention_days=us.body_retention_days)
-    writer = UsageWriter(usage_repo, prune=pruner.step)  # prunes in its thread
+    # Prunes in its thread; holds up to store.buffer_rows while the store is unreachable.
+    writer = UsageWriter(usage_repo, prune=pruner.step, max_pending=settings.store.buffer_rows)
     routes = RouteTable()
     recipes = recipes_on_disk(settings)  # read again by housekeeping
     known = known_models(settings, recipes)
@@ -157,6 +166,8 @@ def build_gateway_core(settings: Settings, db: Database) -> DaemonGateway:
         tenants=tenants,
     )
     tenants.subscribe(core.forget_tenants)
+    if feed is not None:
+        tenants.subscribe(feed.announce)
     return DaemonGateway(
         core=core,
         tenants=tenants,
@@ -243,7 +254,7 @@ def gateway_health(
         ok_store = await asyncio.to_thread(db.check)
         return {
             "ok": ok_store and (limiter is None or limiter.serving()),
-            "store": "ok" if ok_store else "unreachable",
+            "store": "ok" if ok_store else f"{db.backend} unreachable",
             "limits": "ok" if limiter is None else limiter.health(),
             "instances": {i.id: str(i.state) for i in instances()},
         }

@@ -306,6 +306,13 @@ def _check_cross(settings: Settings, layer: _Layer) -> None:
             "(e.g. redis://127.0.0.1:6379/0)",
             layer.where.get(key, {"key": key}),
         )
+    if settings.store.backend == "postgres" and not settings.store.url:
+        where = layer.where.get("store.backend", {"key": "store.backend"})
+        raise _error(
+            "store.backend is postgres but store.url is not set "
+            "(postgresql://user:password@host:5432/database)",
+            where,
+        )
     lo, hi = settings.engines.port_min, settings.engines.port_max
     if lo > hi:
         # Blame whichever end was set explicitly (port_max if both were).

@@ -203,6 +203,18 @@ def _limits_backend(value: Any) -> Any:
     return value
 
 
+#: Where tenants, keys, usage and instances live.
+StoreBackendName = Literal["sqlite", "postgres"]
+STORE_BACKENDS: tuple[str, ...] = typing.get_args(StoreBackendName)
+
+
+def _store_backend(value: Any) -> Any:
+    if value not in STORE_BACKENDS or not isinstance(value, str):
+        allowed = ", ".join(repr(p) for p in STORE_BACKENDS)
+        _bad(f"must be one of {allowed}, got {_shown(value)}")
+    return value
+
+
 def _redis_url(value: str | None) -> str | None:
     """``redis://[user:password@]host[:port][/db]`` (``rediss://`` TLS, ``unix://`` a
     socket); empty means none. Checked here so a typo fails at load, not at the first request."""
@@ -239,6 +251,24 @@ def _namespace(value: str) -> str:
     return value
 
 
+def _store_url(value: Any) -> Any:
+    """A PostgreSQL URL (``postgresql://user:pass@host:port/db``), or none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        _bad(f"must be a postgresql:// URL, got {_shown(value)}")
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 — raises on a bad port
+    except ValueError as exc:
+        _bad(f"is not a valid URL ({exc})")
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        _bad("must look like postgresql://user:password@host:5432/database")
+    return value.strip()
+
+
 # The types schema.py annotates its fields with.
 Host = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -268,6 +298,8 @@ RedisUrl = Annotated[str | None, AfterValidator(_redis_url)]
 #: A slot lease: long enough to renew (every third of it), short enough to recover.
 LeaseSeconds = Annotated[float, Field(ge=0.5, le=3600, allow_inf_nan=False)]
 Namespace = Annotated[str, AfterValidator(_namespace)]
+StoreBackend = Annotated[StoreBackendName, PlainValidator(_store_backend)]
+StoreUrl = Annotated[str | None, PlainValidator(_store_url)]
 Origins = Annotated[
     tuple[Annotated[str, AfterValidator(_not_blank)], ...], BeforeValidator(_as_tuple)
 ]

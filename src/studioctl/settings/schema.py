@@ -39,6 +39,8 @@ if TYPE_CHECKING:
         SchedulerPolicy,
         Seconds,
         SecondsOrZero,
+        StoreBackend,
+        StoreUrl,
         Token,
     )
 
@@ -196,6 +198,21 @@ class LimitsSettings:
     namespace: Namespace = "default"
 
 
+@dataclass(frozen=True)
+class StoreSettings:
+    # sqlite: a local file (one daemon). postgres: a database several daemons share
+    # (tenants, keys, usage, events, bench results; each daemon's own instance rows).
+    backend: StoreBackend = "sqlite"
+    # postgresql://user:password@host:5432/database (use ${ENV} for the password).
+    url: StoreUrl = None
+    # When PostgreSQL is unreachable: false answers 503 store_unavailable where a request
+    # needs the store; true serves what is cached (keys already checked) meanwhile.
+    fail_open: bool = False
+    # Usage rows held in memory while the store is unreachable (flushed when it is back;
+    # beyond this the oldest are dropped and counted).
+    buffer_rows: AtLeastOne = 100_000
+
+
 #: Section name → its model, in file/display order.
 SECTIONS: dict[str, type[Any]] = {
     "gateway": GatewaySettings,
@@ -210,6 +227,7 @@ SECTIONS: dict[str, type[Any]] = {
     "webhook": WebhookSettings,
     "mailbox": MailboxSettings,
     "limits": LimitsSettings,
+    "store": StoreSettings,
 }
 
 
@@ -233,6 +251,7 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     mailbox: MailboxSettings = field(default_factory=MailboxSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     #: ``"gateway.port"`` → ``"default"`` | ``"file:/path/studioctl.yaml:12"`` |
     #: ``"env:STUDIOCTL_GATEWAY_PORT"`` | ``"flag"``
     sources: dict[str, str] = field(default_factory=dict, compare=False)

@@ -22,14 +22,11 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from studioctl.errors import NotFoundError, StoreError, UsageError
-from studioctl.store.db import Database, now
+from studioctl.store.db import Database, Row, now
 from studioctl.store.stats import StatsDelta, StatsRepo
-
-if TYPE_CHECKING:
-    import sqlite3
 
 #: The serving benchmark's document version: only its runs feed the recipe's peaks.
 SERVING_SCHEMA = "studioctl.bench/1"
@@ -171,7 +168,7 @@ class BenchRepo:
         )
         return [self._run(r, with_document=False) for r in rows]
 
-    def _run(self, row: sqlite3.Row, *, with_document: bool) -> BenchRun:
+    def _run(self, row: Row, *, with_document: bool) -> BenchRun:
         metrics = {
             m["name"]: MetricValue(m["value"], m["min"], m["max"], m["std"])
             for m in self.db.query(
@@ -205,8 +202,10 @@ def open_existing(path: Path | None = None) -> Database | None:
     """The migrated database at ``path`` (``paths.database_file()``), or None when the file
     does not exist yet: readers (history, compare) create nothing."""
     from studioctl import paths
-    from studioctl.store import open_database
+    from studioctl.store import configured_store, open_database
 
+    if path is None and configured_store().backend == "postgres":
+        return open_database()  # the shared database: it exists
     path = path or paths.database_file()
     return open_database(path) if path.exists() else None
 

@@ -1,204 +1,144 @@
-"""The SQLite connection: WAL, one connection per thread, transactions, health check.
+"""The repository interface: ``Database``, which the repositories (store/*.py) talk to.
 
-The daemon uses the database from two threads: the asyncio thread (short queries) and the
-usage writer's thread (batched inserts). SQLite connections must not be shared across
-threads while in use, so each thread gets its own (``threading.local``); WAL lets readers
-run while the writer writes, and ``busy_timeout`` makes a second writer wait instead of
-failing at once.
+Two implementations: ``studioctl.store.sqlite.SqliteDatabase`` (a local file, the default)
+and ``studioctl.store.postgres.PostgresDatabase`` (a database several daemons share). The
+repositories write one SQL, in the portable subset both understand (``?`` placeholders,
+``ON CONFLICT ... DO UPDATE`` with the target table named in the expressions, ``RETURNING``
+for generated ids, ``GREATEST``/``LEAST``, the SQLite column types of the migrations); each
+implementation rewrites what its engine spells differently in one place (its
+``translate``), so no repository asks which backend it runs on.
 
-``sqlite3`` is imported inside functions: the CLI imports this package and
-``studioctl --help`` must stay fast.
+Both open one connection per thread (the asyncio thread for short queries, the usage
+writer's thread for batched inserts) and run ``transaction()`` blocks as one transaction.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from studioctl.errors import StoreError
-
-if TYPE_CHECKING:
-    import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 Params = Sequence[Any] | dict[str, Any]
 
 
-class Database:
-    """A SQLite database file, opened once per thread on first use.
+class Row(Protocol):
+    """A result row: by column name (``row["id"]``) or by position."""
 
-    >>> db = Database(path); migrations.migrate(db)
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
+    def keys(self) -> Any: ...
+
+
+class Cursor(Protocol):
+    """What ``execute`` returns: affected row count, rows, column descriptions."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def description(self) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Feed(Protocol):
+    """What tells a daemon of the tenant and key changes other daemons made
+    (``studioctl.store.feed.ChangeFeed`` on PostgreSQL)."""
+
+    def subscribe(self, listener: Callable[[], None]) -> None: ...
+
+    def poll(self) -> bool: ...
+
+    def announce(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Database(ABC):
+    """One database, opened once per thread on first use.
+
+    >>> db = open_database(); migrations.migrate(db)
     >>> with db.transaction():
     ...     db.execute("INSERT ...", (...))
     """
 
-    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
-        self.path = Path(path)
-        self.busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
-        self._closed = False
-        self._pid = os.getpid()
-        self.conn  # noqa: B018 — open now, so a bad path or a non-database fails here
-
-    # -- connections ---------------------------------------------------------------------
+    #: "sqlite" | "postgres" (for messages and /healthz; repositories never branch on it).
+    backend: str = ""
+    #: The exception classes a unique or foreign key violation raises.
+    integrity_errors: tuple[type[Exception], ...] = ()
+    #: The daemon this connection works for, when several share the database: the
+    #: instance rows it lists, adopts and evicts are its own. None: the database is ours
+    #: alone (a local file), every row is.
+    owner: str | None = None
 
     @property
-    def conn(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use)."""
-        if self._pid != os.getpid():
-            # A forked child (daemon start detaching) must not use the parent's
-            # connections (SQLite forbids carrying them across fork): start afresh, and
-            # keep the parent's referenced, never closed (closing could checkpoint the
-            # parent's WAL under it).
-            self._pid = os.getpid()
-            self._inherited = [*getattr(self, "_inherited", []), *self._all]
-            self._local = threading.local()
-            self._all = []
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._closed:
-                raise StoreError(f"database {self.path} is closed")
-            conn = self._connect()
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+    @abstractmethod
+    def where(self) -> str:
+        """The database's name in messages: a file path, or a URL without its password."""
 
-    def _connect(self) -> sqlite3.Connection:
-        import sqlite3
+    @abstractmethod
+    def execute(self, sql: str, params: Params = ()) -> Cursor: ...
 
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise StoreError(f"cannot create the folder for {self.path}: {exc}") from exc
-        try:
-            # isolation_level=None: no implicit transactions; `transaction()` says BEGIN.
-            # check_same_thread=False only so that close() may close every thread's
-            # connection at shutdown; each connection is otherwise used by its own thread.
-            conn = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout_ms / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            mode = self._set_wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL-safe
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreError(
-                f"cannot use {self.path}: {exc} (is it a studioctl database?)",
-                hint="move the file away; studioctl creates a new database on the next start",
-            ) from exc
-        if str(mode).lower() != "wal":
-            conn.close()
-            raise StoreError(f"cannot switch {self.path} to WAL mode (got {mode!r})")
-        return conn
+    @abstractmethod
+    def executemany(self, sql: str, rows: Sequence[Params]) -> Cursor: ...
 
-    def _set_wal(self, conn: sqlite3.Connection) -> str:
-        """Switch to WAL, waiting out another connection doing the same.
+    def query(self, sql: str, params: Params = ()) -> list[Row]:
+        return list(self.execute(sql, params).fetchall())
 
-        Changing the journal mode of a new file takes an exclusive lock, and SQLite
-        answers "database is locked" at once, without its busy handler, when two
-        connections race to do it (the daemon and a CLI command opening a fresh
-        database together): retry until the busy timeout has passed.
-        """
-        import sqlite3
+    def query_one(self, sql: str, params: Params = ()) -> Row | None:
+        row: Row | None = self.execute(sql, params).fetchone()
+        return row
 
-        deadline = time.monotonic() + self.busy_timeout_ms / 1000
-        pause = 0.005
-        while True:
-            try:
-                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-            except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or time.monotonic() + pause > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Database]:
+        """One transaction (committed at the end, rolled back on error); a nested
+        ``transaction()`` joins the outer one."""
 
+    @abstractmethod
+    def lock_schema(self) -> None:
+        """Inside a transaction: keep a concurrent migrator (another process) out until it
+        ends, so each step is applied once."""
+
+    @abstractmethod
+    def schema_step(self, number: int) -> None:
+        """After migration ``number`` ran (inside its transaction): any engine-side record."""
+
+    @abstractmethod
+    def schema(self) -> dict[str, list[str]]:
+        """Each table's columns, in order (the migration tests compare the backends)."""
+
+    @abstractmethod
+    def notify(self, payload: str) -> None:
+        """Tell the other daemons sharing this database that tenants or keys changed
+        (``payload`` names what). A local SQLite file has no one to tell."""
+
+    def change_feed(self) -> Feed | None:
+        """What tells this daemon of tenant and key changes made by the others sharing the
+        database (``notify``), or None when there are no others (a local file)."""
+        return None
+
+    @abstractmethod
+    def check(self) -> bool:
+        """True when the database answers a query (for /healthz). Never raises."""
+
+    @abstractmethod
     def close_thread(self) -> None:
         """Close this thread's connection (a worker thread calls it before it ends)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            self._local.conn = None
-            with self._lock:
-                if conn in self._all:
-                    self._all.remove(conn)
-            conn.close()
 
+    @abstractmethod
     def close(self) -> None:
-        """Close every thread's connection. The Database cannot be used afterwards."""
-        with self._lock:
-            self._closed = True
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
-        self._local.conn = None
+        """Close every connection. The Database cannot be used afterwards."""
 
     def __enter__(self) -> Database:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- queries -------------------------------------------------------------------------
-
-    def execute(self, sql: str, params: Params = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
-
-    def executemany(self, sql: str, rows: Sequence[Params]) -> sqlite3.Cursor:
-        return self.conn.executemany(sql, rows)
-
-    def query(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        return self.conn.execute(sql, params).fetchall()
-
-    def query_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
-        return row
-
-    @contextmanager
-    def transaction(self) -> Iterator[Database]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error).
-
-        IMMEDIATE takes the write lock up front, so a transaction that reads then writes
-        waits for ``busy_timeout`` instead of failing with "database is locked" when it
-        upgrades. A nested ``transaction()`` joins the outer one.
-        """
-        conn = self.conn
-        if conn.in_transaction:
-            yield self
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    # -- health --------------------------------------------------------------------------
-
-    def check(self) -> bool:
-        """True when the database answers a query (for /healthz). Never raises."""
-        import sqlite3
-
-        try:
-            row = self.query_one("SELECT 1 AS ok")
-            return row is not None and row["ok"] == 1
-        except (sqlite3.Error, StoreError):
-            return False
 
 
 # -- helpers shared by the repositories ----------------------------------------------------

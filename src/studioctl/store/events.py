@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from studioctl.store.db import Database, dumps, loads, now
-
-if TYPE_CHECKING:
-    import sqlite3
+from studioctl.store.db import Database, Row, dumps, loads, now
 
 
 @dataclass(frozen=True)
@@ -30,7 +27,7 @@ class Event:
         return asdict(self)
 
 
-def _from_row(row: sqlite3.Row) -> Event:
+def _from_row(row: Row) -> Event:
     return Event(
         id=row["id"],
         ts=row["ts"],
@@ -57,13 +54,13 @@ class EventRepo:
         ts: float | None = None,
     ) -> int:
         """Store an event; return its id."""
-        cur = self.db.execute(
+        row = self.db.query_one(
             "INSERT INTO events (ts, kind, message, instance_id, recipe_id, data)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (now(ts), kind, message, instance_id, recipe_id, dumps(data) if data else None),
         )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        assert row is not None
+        return int(row["id"])
 
     def since(self, after_id: int, limit: int = 500) -> list[Event]:
         """Events with an id above ``after_id``, oldest first, at most ``limit``."""
@@ -84,7 +81,8 @@ class EventRepo:
         params: list[Any] = []
         if kinds is not None:
             kinds = list(kinds)
-            where.append(f"kind IN ({', '.join('?' for _ in kinds)})")
+            # No kinds: nothing matches (PostgreSQL refuses an empty IN list).
+            where.append(f"kind IN ({', '.join('?' for _ in kinds)})" if kinds else "0 = 1")
             params.extend(kinds)
         if instance_id is not None:
             where.append("instance_id = ?")

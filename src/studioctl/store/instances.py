@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, get_args
+from typing import Any, Literal, TypedDict, get_args
 
 from studioctl import states as sm
 from studioctl.errors import ConflictError, NotFoundError
 from studioctl.states import State
-from studioctl.store.db import Database, dumps, loads, now
-
-if TYPE_CHECKING:
-    import sqlite3
+from studioctl.store.db import Database, Row, dumps, loads, now
 
 Desired = Literal["running", "stopped"]
 
@@ -110,7 +107,7 @@ def _encode(name: str, value: Any) -> Any:
     return value
 
 
-def _from_row(row: sqlite3.Row) -> InstanceRow:
+def _from_row(row: Row) -> InstanceRow:
     values: dict[str, Any] = {name: row[name] for name in COLUMNS}
     for name in _JSON_COLUMNS:
         values[name] = loads(values[name])
@@ -128,8 +125,9 @@ class InstanceRepo:
         values = {name: _encode(name, getattr(inst, name)) for name in COLUMNS}
         values["created_at"] = inst.created_at or t
         values["updated_at"] = inst.updated_at or t
-        cols = ", ".join(COLUMNS)
-        marks = ", ".join(f":{c}" for c in COLUMNS)
+        values["owner"] = self.db.owner or ""
+        cols = ", ".join([*COLUMNS, "owner"])
+        marks = ", ".join(f":{c}" for c in [*COLUMNS, "owner"])
         with self.db.transaction():
             if self.db.query_one("SELECT 1 FROM instances WHERE id = ?", (inst.id,)):
                 raise ConflictError(f"instance {inst.id} already exists")
@@ -157,8 +155,14 @@ class InstanceRepo:
         if cur.rowcount == 0:
             raise NotFoundError(f"no instance {instance_id}")
 
+    def _mine(self) -> tuple[str, list[Any]]:
+        """The clause that keeps this daemon's rows (none when the database is ours alone)."""
+        owner = self.db.owner
+        return ("", []) if owner is None else (" AND owner = ?", [owner])
+
     def get(self, instance_id: str) -> InstanceRow | None:
-        row = self.db.query_one("SELECT * FROM instances WHERE id = ?", (instance_id,))
+        mine, more = self._mine()
+        row = self.db.query_one(f"SELECT * FROM instances WHERE id = ?{mine}", (instance_id, *more))
         return _from_row(row) if row else None
 
     def require(self, instance_id: str) -> InstanceRow:
@@ -176,6 +180,9 @@ class InstanceRepo:
     ) -> list[InstanceRow]:
         """Instances, oldest first; ``stopped`` ones only with ``include_stopped``."""
         where, params = [], []
+        if self.db.owner is not None:
+            where.append("owner = ?")
+            params.append(self.db.owner)
         if not include_stopped:
             where.append("state != ?")
             params.append(str(State.STOPPED))
@@ -192,7 +199,9 @@ class InstanceRepo:
 
     def delete(self, instance_id: str) -> bool:
         """Forget an instance and its history (the id is still never handed out again)."""
-        return self.db.execute("DELETE FROM instances WHERE id = ?", (instance_id,)).rowcount > 0
+        mine, more = self._mine()
+        sql = f"DELETE FROM instances WHERE id = ?{mine}"
+        return self.db.execute(sql, (instance_id, *more)).rowcount > 0
 
     def record_transition(
         self,
@@ -265,7 +274,8 @@ class InstanceRepo:
         with self.db.transaction():
             row = self.db.query_one(
                 "INSERT INTO instance_ids (recipe_id, last) VALUES (?, 1)"
-                " ON CONFLICT (recipe_id) DO UPDATE SET last = last + 1 RETURNING last",
+                " ON CONFLICT (recipe_id) DO UPDATE SET last = instance_ids.last + 1"
+                " RETURNING last",
                 (recipe_id,),
             )
             assert row is not None
@@ -314,9 +324,9 @@ class LaunchRepo:
             raise ValueError(
                 f"launch outcome {outcome!r}: expected one of {', '.join(sorted(LAUNCH_OUTCOMES))}"
             )
-        cur = self.db.execute(
+        row = self.db.query_one(
             "INSERT INTO launches (recipe_id, instance_id, started_at, outcome, total_s, stages)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 recipe_id,
                 instance_id,
@@ -326,8 +336,8 @@ class LaunchRepo:
                 dumps({k: float(v) for k, v in stages.items()}),
             ),
         )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        assert row is not None
+        return int(row["id"])
 
     def recent(self, recipe_id: str, n: int = 20, *, outcome: str | None = None) -> list[Launch]:
         """The last ``n`` launches of a recipe, newest first."""

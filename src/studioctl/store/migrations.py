@@ -2,7 +2,9 @@
 
 Each ``@migration def mNNN_what(db)`` runs once, in its own transaction together with the
 row that records it, so a crash mid-migration leaves the database at the previous step.
-A migration, once released, is never edited: change the schema with a new one. A database
+A migration, once released, is never edited: change the schema with a new one.
+The same migrations run on SQLite and PostgreSQL: they are written in SQLite's spelling and
+the PostgreSQL backend rewrites the types (``studioctl.store.postgres.translate``). A database
 that records a migration this code does not know was written by a newer studioctl and is
 refused (``SchemaTooNew``) rather than half understood.
 """
@@ -59,7 +61,9 @@ def _ensure_table(db: Database) -> None:
 
 def applied(db: Database) -> list[str]:
     """Names of the migrations recorded in the database, oldest first."""
-    _ensure_table(db)
+    with db.transaction():
+        db.lock_schema()
+        _ensure_table(db)
     rows = db.query("SELECT name FROM schema_migrations ORDER BY name")
     return [r["name"] for r in rows]
 
@@ -77,12 +81,11 @@ def migrate(db: Database, *, target: str | None = None) -> list[str]:
     names = [m.name for m in MIGRATIONS]
     if target is not None and target not in names:
         raise ValueError(f"unknown migration {target!r} (known: {', '.join(names)})")
-    with db.transaction():
-        done = set(applied(db))
+    done = set(applied(db))
     unknown = sorted(done - set(names))
     if unknown:
         raise SchemaTooNew(
-            f"database {db.path} was written by a newer studioctl: it has migration(s) "
+            f"database {db.where} was written by a newer studioctl: it has migration(s) "
             f"{', '.join(unknown)} that this version does not know (it knows up to "
             f"{latest()})",
             hint="upgrade studioctl, or set STUDIOCTL_HOME to use another database",
@@ -90,6 +93,7 @@ def migrate(db: Database, *, target: str | None = None) -> list[str]:
     ran: list[str] = []
     for m in MIGRATIONS:
         with db.transaction():
+            db.lock_schema()
             if db.query_one("SELECT 1 FROM schema_migrations WHERE name = ?", (m.name,)):
                 pass  # applied before, or by a concurrent process while we waited
             else:
@@ -98,8 +102,7 @@ def migrate(db: Database, *, target: str | None = None) -> list[str]:
                     "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
                     (m.name, time.time()),
                 )
-                # For sqlite3 shell users: PRAGMA user_version tells the schema step.
-                db.execute(f"PRAGMA user_version = {m.number}")
+                db.schema_step(m.number)
                 ran.append(m.name)
         if m.name == target:
             break
@@ -414,9 +417,15 @@ def m009_request_log(db: Database) -> None:
 
 
 @migration
-def m010_reserved(db: Database) -> None:
-    """Nothing: the number of the store-backends migration built beside this branch (the
-    runner wants contiguous numbers); the merge keeps that one in its place."""
+def m010_instance_owner(db: Database) -> None:
+    """The daemon that runs each instance, when several share one database (PostgreSQL):
+    a daemon lists, adopts and evicts only its own. '' for the rows written before, and
+    for every row of a local SQLite file, which one daemon owns whole."""
+    _run(
+        db,
+        "ALTER TABLE instances ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX instances_owner ON instances (owner, state)",
+    )
 
 
 @migration

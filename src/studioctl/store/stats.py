@@ -16,12 +16,9 @@ import builtins
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from studioctl.store.db import Database, now
-
-if TYPE_CHECKING:
-    import sqlite3
+from studioctl.store.db import Database, Row, now
 
 #: Peak name → which way is better. The names are the table's column prefixes.
 PEAKS: dict[str, Literal["max", "min"]] = {
@@ -183,9 +180,11 @@ def _peak_sql(name: str, kind: Literal["max", "min"]) -> str:
     assignments: the three columns are judged by the same comparison.
     """
     op = ">" if kind == "max" else "<"
-    wins = f"excluded.{name} IS NOT NULL AND ({name} IS NULL OR excluded.{name} {op} {name})"
+    # The stored row is named by its table: PostgreSQL finds a bare name ambiguous.
+    old = f"recipe_stats.{name}"
+    wins = f"excluded.{name} IS NOT NULL AND ({old} IS NULL OR excluded.{name} {op} {old})"
     return ", ".join(
-        f"{col} = CASE WHEN {wins} THEN excluded.{col} ELSE {col} END"
+        f"{col} = CASE WHEN {wins} THEN excluded.{col} ELSE recipe_stats.{col} END"
         for col in (name, f"{name}_at", f"{name}_instance")
     )
 
@@ -202,8 +201,8 @@ _UPSERT = (
     f"INSERT INTO recipe_stats ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c in _COLUMNS)}) "
     "ON CONFLICT (recipe_id) DO UPDATE SET "
-    + ", ".join(f"{t} = {t} + excluded.{t}" for t in TOTALS)
-    + ", updated_at = MAX(updated_at, excluded.updated_at), "
+    + ", ".join(f"{t} = recipe_stats.{t} + excluded.{t}" for t in TOTALS)
+    + ", updated_at = GREATEST(recipe_stats.updated_at, excluded.updated_at), "
     + ", ".join(_peak_sql(p, k) for p, k in PEAKS.items())
 )
 
@@ -270,7 +269,7 @@ def _params(d: StatsDelta, at: float) -> dict[str, Any]:
     return out
 
 
-def _stats(row: sqlite3.Row) -> RecipeStats:
+def _stats(row: Row) -> RecipeStats:
     peaks: dict[str, Peak] = {}
     for name in PEAKS:
         if row[name] is not None:

@@ -11,13 +11,10 @@ import builtins
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from studioctl.errors import ConflictError, NotFoundError, UsageError
-from studioctl.store.db import Database, dumps, loads, now
-
-if TYPE_CHECKING:
-    import sqlite3
+from studioctl.store.db import Database, Row, dumps, loads, now
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TENANT_ID = re.compile(r"^t_[0-9a-f]+$")
@@ -59,7 +56,7 @@ class ApiKey:
         return self.status(at) == "active"
 
 
-def _tenant(row: sqlite3.Row, prefix: str = "") -> Tenant:
+def _tenant(row: Row, prefix: str = "") -> Tenant:
     return Tenant(
         id=row[prefix + "id"],
         name=row[prefix + "name"],
@@ -72,7 +69,7 @@ def _tenant(row: sqlite3.Row, prefix: str = "") -> Tenant:
     )
 
 
-def _key(row: sqlite3.Row) -> ApiKey:
+def _key(row: Row) -> ApiKey:
     return ApiKey(
         id=row["id"],
         tenant_id=row["tenant_id"],
@@ -132,8 +129,6 @@ class TenantRepo:
     ) -> Tenant:
         """A new tenant with a fresh id ``t_<hex>``; ConflictError when the name is taken
         (names compare case-insensitively)."""
-        import sqlite3
-
         _check_name(name)
         t = now(ts)
         tenant_id = _new_id("t_")
@@ -152,7 +147,7 @@ class TenantRepo:
                     t,
                 ),
             )
-        except sqlite3.IntegrityError as exc:
+        except self.db.integrity_errors as exc:
             if self.get_by_name(name) is not None:
                 raise ConflictError(f"tenant {name!r} already exists") from exc
             raise
@@ -178,8 +173,6 @@ class TenantRepo:
 
     def update(self, tenant_id: str, *, ts: float | None = None, **changes: Any) -> Tenant:
         """Set name, enabled, profile, limits (replaced whole) and/or allowed_models."""
-        import sqlite3
-
         encoders: dict[str, Callable[[Any], Any]] = {
             "name": _check_name,
             "enabled": lambda v: int(bool(v)),
@@ -197,7 +190,7 @@ class TenantRepo:
             cur = self.db.execute(
                 f"UPDATE tenants SET {assignments} WHERE id = :_id", {**values, "_id": tenant_id}
             )
-        except sqlite3.IntegrityError as exc:
+        except self.db.integrity_errors as exc:
             raise ConflictError(f"tenant {changes.get('name')!r} already exists") from exc
         if cur.rowcount == 0:
             raise NotFoundError(f"no tenant {tenant_id!r}")
@@ -222,8 +215,6 @@ class KeyRepo:
         ts: float | None = None,
     ) -> ApiKey:
         """Store a key's hash (``tenants.keys.hash_key``) and display prefix for a tenant."""
-        import sqlite3
-
         if not _SHA256_HEX.match(key_hash):
             raise ValueError("key_hash must be a SHA-256 hex digest (hash_key(key)), not a key")
         key_id = _new_id("k_")
@@ -236,7 +227,7 @@ class KeyRepo:
                     " expires_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (key_id, tenant_id, key_hash, prefix, now(ts), expires_at),
                 )
-        except sqlite3.IntegrityError as exc:
+        except self.db.integrity_errors as exc:
             raise ConflictError("an API key with this hash already exists") from exc
         key = self.get(key_id)
         assert key is not None

@@ -12,12 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from studioctl.store.db import Database
-
-if TYPE_CHECKING:
-    import sqlite3
+from studioctl.store.db import Database, Row
 
 
 @dataclass(frozen=True)
@@ -36,8 +32,8 @@ _UPSERT = (
     "INSERT INTO recipe_vram (recipe_id, recipe_hash, instance_id, vram_bytes, at) "
     "VALUES (:recipe_id, :recipe_hash, :instance_id, :vram_bytes, :at) "
     "ON CONFLICT (recipe_id) DO UPDATE SET "
-    "vram_bytes = CASE WHEN instance_id = excluded.instance_id "
-    "THEN MAX(vram_bytes, excluded.vram_bytes) ELSE excluded.vram_bytes END, "
+    "vram_bytes = CASE WHEN recipe_vram.instance_id = excluded.instance_id "
+    "THEN GREATEST(recipe_vram.vram_bytes, excluded.vram_bytes) ELSE excluded.vram_bytes END, "
     "at = excluded.at, recipe_hash = excluded.recipe_hash, instance_id = excluded.instance_id"
 )
 
@@ -97,7 +93,7 @@ def read_last_run_vram(
         db.close()
 
 
-def _peak(row: sqlite3.Row) -> VramPeak:
+def _peak(row: Row) -> VramPeak:
     return VramPeak(
         recipe_id=row["recipe_id"],
         recipe_hash=row["recipe_hash"],

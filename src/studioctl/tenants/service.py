@@ -155,6 +155,12 @@ class TenantService:
         self._listeners.append(listener)
 
     def _changed(self) -> None:
+        # Daemons sharing the database: the change feed's ``announce`` is a listener.
+        self.changed_elsewhere()
+
+    def changed_elsewhere(self) -> None:
+        """Another daemon changed tenants or keys (its change feed said so): tell the
+        listeners, without announcing it again."""
         for listener in self._listeners:
             listener()
 

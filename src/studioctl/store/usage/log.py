@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from studioctl.store.db import Database
-
-if TYPE_CHECKING:
-    import sqlite3
+from studioctl.store.db import Database, Row
 
 __all__ = ["MAX_ROWS", "TRUNCATED_MARK", "RequestFilter", "RequestLog", "cap_body"]
 
@@ -52,7 +49,7 @@ def cap_body(text: str, max_bytes: int) -> tuple[str, bool]:
     return data[:max_bytes].decode("utf-8", "ignore") + TRUNCATED_MARK, True
 
 
-def _row(r: sqlite3.Row) -> dict[str, Any]:
+def _row(r: Row) -> dict[str, Any]:
     out = dict(r)
     out["streamed"] = bool(out["streamed"])
     out["disconnected"] = bool(out["disconnected"])

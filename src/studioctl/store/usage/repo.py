@@ -15,9 +15,9 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from studioctl.store.db import Database
+from studioctl.store.db import Database, Row
 from studioctl.store.usage.log import cap_body
 from studioctl.store.usage.record import USAGE_COLUMNS, UsageRecord, UsageRow, row_params
 from studioctl.store.usage.retention import Retention
@@ -35,9 +35,6 @@ from studioctl.store.usage.rollup import (
     rollup_rows,
     stats_of,
 )
-
-if TYPE_CHECKING:
-    import sqlite3
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,9 @@ _UPSERT = (
     f"{', '.join(VALUE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, {', '.join('?' for _ in VALUE_COLUMNS)})"
     " ON CONFLICT (res, scope, period, tenant_id, model) DO UPDATE SET "
     + ", ".join(
-        f"{c} = max({c}, excluded.{c})" if c in MAX_COLUMNS else f"{c} = {c} + excluded.{c}"
+        f"{c} = GREATEST(usage_rollup.{c}, excluded.{c})"
+        if c in MAX_COLUMNS
+        else f"{c} = usage_rollup.{c} + excluded.{c}"
         for c in VALUE_COLUMNS
     )
 )
@@ -82,7 +81,7 @@ _SELECT_SUMS = ", ".join(
 )
 
 
-def _record(row: sqlite3.Row) -> UsageRecord:
+def _record(row: Row) -> UsageRecord:
     return UsageRecord(
         ts=row["ts"],
         tenant_id=row["tenant_id"],
@@ -194,7 +193,7 @@ class UsageRepo:
         by_tenant: dict[str, list[float]] = {}
         by_model: dict[str, list[float]] = {}
         cur = self.db.execute(*_rollup_query(start_min, end_min, tenant, model))
-        # Columns by name, resolved once: sqlite3.Row's own name lookup is a linear scan,
+        # Columns by name, resolved once: Row's own name lookup is a linear scan,
         # too slow over 110 columns x every row.
         index = {d[0]: i for i, d in enumerate(cur.description)}
         value_idx = [index[c] for c in VALUE_COLUMNS]

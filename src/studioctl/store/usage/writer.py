@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from studioctl.errors import StoreError
 from studioctl.store.usage.record import UsageRow, invalid_reason
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class UsageWriter:
     ``submit()`` only puts the row on an in-memory queue (no lock held for long, no I/O),
     so a slow disk never delays a response. The thread writes what has accumulated every
     ``interval_s``; a kill -9 loses at most that much. A failed write is retried with the
-    next batch; beyond ``max_pending`` rows waiting, the oldest are dropped (and counted).
+    next batch: while the store is unreachable (PostgreSQL down) the rows are held in memory
+    and written when it is back; beyond ``max_pending`` rows waiting (``store.buffer_rows``),
+    the oldest are dropped, counted in ``dropped`` and logged.
 
     Close it (which flushes) before closing the Database.
     """
@@ -94,6 +97,7 @@ class UsageWriter:
         self.written = 0  # rows written so far
         self.dropped = 0  # rows given up on (store failing for too long, or at shutdown)
         self.failures = 0  # failed write attempts
+        self.failing = False  # the last write failed (the store is down): rows are held
         self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
         self._thread.start()
 
@@ -211,10 +215,22 @@ class UsageWriter:
     def _write(self, pending: list[UsageRow]) -> bool:
         try:
             self._store.insert_many(pending)
-        except Exception:
+        except Exception as exc:
             self.failures += 1
-            log.exception("usage writer: writing %d rows failed (will retry)", len(pending))
+            if not self.failing:  # once per outage, not every interval_s
+                log.error(
+                    "usage writer: writing %d rows failed, holding them (up to %d) and "
+                    "retrying: %s",
+                    len(pending),
+                    self.max_pending,
+                    exc,
+                    exc_info=not isinstance(exc, StoreError),
+                )
+            self.failing = True
             return False
+        if self.failing:
+            log.warning("usage writer: the store is back; wrote %d held rows", len(pending))
+            self.failing = False
         self.written += len(pending)
         pending.clear()
         return True
