@@ -65,3 +65,16 @@ def test_the_readme_settings_blocks_load_and_show_the_defaults(
             if dotted in EXAMPLES:
                 continue
             assert current(defaults, dotted) == shown, f"README {title}: {dotted}"
+
+
+def test_the_scale_out_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "More than one gateway"'s studioctl.yaml is a valid settings file that sets both
+    shared backends."""
+    (block,) = [b for b in yaml_blocks("## More than one gateway") if b.startswith("# studioctl")]
+    monkeypatch.setenv("PGPASSWORD", "s3cret")
+    monkeypatch.setenv("STUDIOCTL_ADMIN_TOKEN", "t0ken")
+    path = tmp_path / "studioctl.yaml"
+    path.write_text(block)
+    settings = validate_settings_file(path)
+    assert settings.store.backend == "postgres" and "s3cret@db.internal" in str(settings.store.url)
+    assert settings.limits.backend == "redis" and settings.limits.redis_url
