@@ -25,7 +25,17 @@ from pathlib import Path
 
 import pytest
 
-BIN = Path(os.environ.get("STUDIOCTL_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _newest_bin() -> Path:
+    """Debian's binaries of the newest PostgreSQL installed (``/usr/lib/postgresql/N/bin``;
+    15 on bookworm), or where STUDIOCTL_TEST_PG_BIN says."""
+    if given := os.environ.get("STUDIOCTL_TEST_PG_BIN"):
+        return Path(given)
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
+    return max(found, key=lambda p: int(p.parent.name), default=Path("/usr/lib/postgresql/15/bin"))
+
+
+BIN = _newest_bin()
 
 
 def _free_port() -> int:
@@ -35,10 +45,10 @@ def _free_port() -> int:
 
 
 def require_binaries() -> None:
-    """Skip (or fail in CI) when PostgreSQL 15 is not installed."""
+    """Skip (or fail in CI) when PostgreSQL is not installed."""
     if (BIN / "pg_ctl").exists() and (BIN / "initdb").exists():
         return
-    reason = f"PostgreSQL 15 binaries not found in {BIN} (apt-get install postgresql-15)"
+    reason = f"PostgreSQL binaries not found in {BIN} (apt-get install postgresql)"
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
