@@ -135,6 +135,7 @@ class StandinEngine:
         self.hold: threading.Event | None = None
         self.token_delay_s = 0.0  # between stream chunks
         self.fail: tuple[int, dict[str, Any]] | None = None  # answer this status + body
+        self.fail_headers: dict[str, str] = {}  # ... with these headers
         self.tokenize_available = True
         self.send_usage = True  # False: an engine that ignores stream_options.include_usage
         self.keepalive_timeout_s = 75.0  # aiohttp's default; idle connections closed after
@@ -211,7 +212,7 @@ class StandinEngine:
             if self.fail is not None:
                 status, err = self.fail
                 finished = True
-                return web.json_response(err, status=status)
+                return web.json_response(err, status=status, headers=self.fail_headers)
             if chat:
                 prompt = chat_prompt_tokens(body["messages"])
             else:

@@ -560,6 +560,24 @@ def test_engine_errors_pass_through_with_status_and_body(gateway: Gateway, strea
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("status", "sent", "relayed"),
+    [(503, "30", "30"), (429, "7", "7"), (503, None, "1"),
+     (429, "Wed, 21 Oct 2026 07:28:00 GMT", "1"), (503, "0", "1"), (503, "9" * 40, "1")],
+)  # fmt: skip
+def test_an_engines_own_retry_after_is_relayed(
+    gateway: Gateway, status: int, sent: str | None, relayed: str
+) -> None:
+    """An engine's 429/503 keeps its Retry-After when it is a number of seconds (1 s to a
+    day); without one, or with a date or a hostile value, the gateway's own 1 s."""
+    gateway.engine.fail = (status, {"object": "error", "message": "busy", "code": status})
+    gateway.engine.fail_headers = {"Retry-After": sent} if sent is not None else {}
+    for stream in (False, True):
+        r = chat(gateway, {"model": MODEL, "messages": MESSAGES, "stream": stream})
+        assert r.status_code == status and r.headers["retry-after"] == relayed, r.headers
+
+
+@pytest.mark.integration
 def test_engine_closing_idle_keepalive_connections_is_harmless(
     make_gateway: GatewayFactory,
 ) -> None:

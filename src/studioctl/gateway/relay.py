@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SHUTDOWN_RETRY_AFTER_S", "Relay", "shutting_down"]
 
-# Retry-After of an engine's own 429 or 503 relayed to the client (its header is not kept).
+# Retry-After of an engine's own 429 or 503 relayed to the client, when the engine sent none
+# (or one that is not a small number of seconds: an HTTP date, a hostile value).
 ENGINE_RETRY_AFTER = (b"retry-after", b"1")
 # Retry-After of the 503 shutting_down answers (a restart under systemd takes a few seconds).
 SHUTDOWN_RETRY_AFTER_S = 5.0
@@ -95,13 +96,27 @@ def not_served(ctx: RequestContext, status: int, data: bytes) -> GatewayError | 
     )
 
 
+def engine_retry_after(value: bytes | None) -> tuple[bytes, bytes]:
+    """The Retry-After to relay with an engine's 429/503: its own when it is 1 to 86400
+    seconds, else ``ENGINE_RETRY_AFTER``."""
+    if value is not None and 0 < len(value) <= 5 and value.isdigit() and 0 < int(value) <= 86400:
+        return (b"retry-after", value)
+    return ENGINE_RETRY_AFTER
+
+
 async def _send_whole(
-    send: Send, ctx: RequestContext, status: int, content_type: bytes, data: bytes
+    send: Send,
+    ctx: RequestContext,
+    status: int,
+    content_type: bytes,
+    data: bytes,
+    retry_after: bytes | None = None,
 ) -> None:
-    """Relay an engine's whole answer (its status, content type and body)."""
+    """Relay an engine's whole answer (its status, content type and body; on a 429/503 its
+    Retry-After, or one of ours: every 429/503 has one)."""
     headers = [(b"content-type", content_type), content_length(data)]
-    if status == 429 or status == 503:  # the engine's own refusal: every 429/503 has one
-        headers.append(ENGINE_RETRY_AFTER)
+    if status == 429 or status == 503:
+        headers.append(engine_retry_after(retry_after))
     if ctx.extra:
         headers.extend(ctx.extra)
     ctx.finished = True
@@ -182,14 +197,20 @@ class Relay:
             finally:
                 if conn is not None and not conn.complete:
                     conn.close()  # whatever interrupted the read: never reuse it
-            await self._answer(ctx, conn.status, conn.content_type, data, send)
+            await self._answer(ctx, conn.status, conn.content_type, data, send, conn.retry_after)
             if ctx.keep is not None and self.keeper is not None:
                 await self.keeper.finish_whole(ctx, conn.status, data)
         finally:
             watcher.cancel()
 
     async def _answer(
-        self, ctx: RequestContext, status: int, content_type: bytes, data: bytes, send: Send
+        self,
+        ctx: RequestContext,
+        status: int,
+        content_type: bytes,
+        data: bytes,
+        send: Send,
+        retry_after: bytes | None = None,
     ) -> None:
         """Relay a whole answer and account it."""
         error_code: str | None = None
@@ -204,7 +225,7 @@ class Relay:
                 await self.accounting.fail(send, ctx, err)
                 return
             error_code = f"upstream_{status}"
-        await _send_whole(send, ctx, status, content_type, data)
+        await _send_whole(send, ctx, status, content_type, data, retry_after)
         self.accounting.finish(
             ctx, status, error_code, prompt, completion, None, disconnected=ctx.gone
         )
@@ -238,8 +259,9 @@ class Relay:
                 if conn.status != 200:
                     data = await conn.read_all(self.read_timeout_s)
                     pool.release(conn)
-                    status, ctype, conn = conn.status, conn.content_type, None
-                    await self._answer(ctx, status, ctype, data, send)
+                    status, ctype, wait = conn.status, conn.content_type, conn.retry_after
+                    conn = None
+                    await self._answer(ctx, status, ctype, data, send, wait)
                     if ctx.keep is not None and self.keeper is not None:
                         await self.keeper.finish_whole(ctx, status, data)
                     return
@@ -328,7 +350,8 @@ class Relay:
                     return
                 data = await conn.read_all(timeout)
                 self.pool.release(conn)
-                status, ctype, conn = conn.status, conn.content_type, None
+                status, ctype, wait = conn.status, conn.content_type, conn.retry_after
+                conn = None
             except (ClientGone, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     if not ctx.gone:
@@ -345,7 +368,7 @@ class Relay:
                 err = self.upstream_error(exc, upstream)
                 await self.accounting.fail(send, ctx, err, relay, ctx.ttft)
                 return
-            await self._answer(ctx, status, ctype, data, send)
+            await self._answer(ctx, status, ctype, data, send, wait)
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -70,6 +70,7 @@ class UpstreamConn(asyncio.Protocol):
     def _reset(self) -> None:
         self.status = 0
         self.content_type = b"application/json"
+        self.retry_after: bytes | None = None  # the engine's own, on a 429/503
         self.framed = False  # Content-Length or chunked: else the body ends at EOF
         self.keep_alive = False
         self.head = False  # response headers received
@@ -150,6 +151,8 @@ class UpstreamConn(asyncio.Protocol):
         n = len(name)
         if n == 12 and name.lower() == b"content-type":
             self.content_type = value
+        elif n == 11 and name.lower() == b"retry-after":
+            self.retry_after = value
         elif (n == 14 and name.lower() == b"content-length") or (
             n == 17 and name.lower() == b"transfer-encoding"
         ):
