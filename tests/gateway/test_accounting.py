@@ -8,6 +8,7 @@ is a list, the request's task a real one.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -19,8 +20,9 @@ from studioctl.gateway.accounting import DONE_EVENT, Accounting, usage_record
 from studioctl.gateway.context import CHAT, RequestContext
 from studioctl.gateway.limits import Limiter
 from studioctl.gateway.metrics import OTHER_MODEL, GatewayMetrics
+from studioctl.gateway.routes import POST_ROUTES
 from studioctl.gateway.routing import RouteTable, Upstream
-from studioctl.gateway.sse import SSERelay
+from studioctl.gateway.sse import ResponsesRelay, SSERelay
 from studioctl.gateway.tokenize import PromptCounter
 from studioctl.gateway.usage import MemoryUsageQueue
 from studioctl.store.usage import UsageRecord
@@ -221,6 +223,42 @@ def test_fail_mid_stream_ends_it_with_an_error_event(built: list[UsageRecord]) -
     (end,) = h.sent
     assert end["more_body"] is False and end["body"].endswith(DONE_EVENT)
     assert b"upstream_timeout" in end["body"]
+
+
+def test_fail_mid_responses_stream_ends_it_with_a_typed_error_event(
+    built: list[UsageRecord],
+) -> None:
+    """A /v1/responses stream (typed events, no [DONE]) ends with the Responses API's
+    ``error`` event, numbered after the events relayed."""
+    relayed = (
+        b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n'
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+        b'"delta":"a","sequence_number":1}\n\n'
+    )
+
+    async def main() -> Harness:
+        h = Harness(_Counter(0))
+        ctx = h.context()
+        ctx.endpoint = POST_ROUTES["/v1/responses"].index
+        ctx.upstream = UP
+        ctx.stream = ctx.started = True
+        relay = ResponsesRelay()
+        relay.feed(relayed)
+        await h.accounting.fail(
+            h.send, ctx, GatewayError(503, "shutting_down", "bye"), relay, 0.1, tail=b""
+        )
+        return h
+
+    h = run(main())
+    (end,) = h.sent
+    body = end["body"]
+    assert body.startswith(b"event: error\ndata: ") and body.endswith(b"\n\n")
+    assert DONE_EVENT not in body
+    event = json.loads(body.split(b"data: ", 1)[1])
+    assert (event["type"], event["code"], event["sequence_number"]) == ("error", "shutting_down", 2)
+    assert event["message"].startswith("bye (request id ")
+    (row,) = built
+    assert (row.status, row.error_code, row.completion_tokens) == (200, "shutting_down", 1)
 
 
 def test_a_disconnect_with_an_exact_prompt_writes_its_row_at_once(

@@ -27,16 +27,16 @@ from studioctl.gateway.asgi import Send, send_error
 from studioctl.gateway.body import clip
 from studioctl.gateway.context import RequestContext
 from studioctl.gateway.metrics import OTHER_MODEL, GatewayMetrics
-from studioctl.gateway.routes import ROUTES
+from studioctl.gateway.routes import RESPONSES, ROUTES
 from studioctl.gateway.routing import RouteTable, Upstream
-from studioctl.gateway.sse import json_dumps
+from studioctl.gateway.sse import ResponsesRelay, json_dumps, responses_error_event
 from studioctl.gateway.tokenize import PROMPT_FIELDS, PromptCounter
 from studioctl.gateway.usage import UsageQueue
 from studioctl.store.usage import UsageRecord
 
 if TYPE_CHECKING:
     from studioctl.gateway.queue import ModelQueues
-    from studioctl.gateway.sse import ResponsesRelay, SSERelay
+    from studioctl.gateway.sse import SSERelay
 
 __all__ = [
     "DONE_EVENT",
@@ -273,7 +273,8 @@ class Accounting:
         tail: bytes = b"",
     ) -> None:
         """End an admitted request with ``err``: an error answer if its head is not sent,
-        else (a stream) an error event and ``[DONE]``, the way vLLM ends a failed stream."""
+        else (a stream) an error event and ``[DONE]``, the way vLLM ends a failed stream
+        (a ``/v1/responses`` stream: the Responses API's typed ``error`` event)."""
         status = err.http_status
         shown = ctx.tagged(err)
         try:
@@ -284,7 +285,10 @@ class Accounting:
                 ctx.finished = True
                 status = 200  # what the client was told
                 end = b""  # a non-streamed body cannot be amended: it is just ended
-                if ctx.stream:
+                if ctx.stream and ROUTES[ctx.endpoint].usage == RESPONSES:
+                    seq = relay.events if isinstance(relay, ResponsesRelay) else 0
+                    end = tail + responses_error_event(shown.to_dict(), seq)
+                elif ctx.stream:
                     end = tail + b"data: " + json_dumps({"error": shown.to_dict()}) + b"\n\n"
                     end += DONE_EVENT
                 await send({"type": "http.response.body", "body": end, "more_body": False})

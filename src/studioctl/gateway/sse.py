@@ -228,10 +228,11 @@ class ResponsesRelay:
     the usage is read from the terminal event's ``response.usage`` (``input_tokens``,
     ``output_tokens``). Same interface as :class:`SSERelay` for the relay and accounting."""
 
-    __slots__ = ("_capture", "_tail", "chunks", "ended", "usage")
+    __slots__ = ("_capture", "_tail", "chunks", "ended", "events", "usage")
 
     def __init__(self) -> None:
         self.chunks = 0  # output delta events seen
+        self.events = 0  # events relayed: the next one's sequence_number
         self.usage: dict[str, Any] | None = None
         self.ended = False  # the terminal event went through
         self._tail = b""  # the last bytes, where a terminal event's name may start
@@ -239,6 +240,7 @@ class ResponsesRelay:
 
     def feed(self, data: bytes) -> bytes:
         self.chunks += data.count(_DELTA_MARK)
+        self.events += data.count(b"event:")
         if self._capture is not None:
             self._take(self._capture + data)
             return data
@@ -286,6 +288,19 @@ class ResponsesRelay:
     def completion_tokens(self) -> int:
         value = self.usage.get("output_tokens") if self.usage is not None else None
         return value if isinstance(value, int) else self.chunks
+
+
+def responses_error_event(error: dict[str, Any], sequence_number: int) -> bytes:
+    """How a ``/v1/responses`` stream ends with an error: the Responses API's typed
+    ``error`` event (such a stream has no ``[DONE]``)."""
+    event = {
+        "type": "error",
+        "code": error.get("code"),
+        "message": error.get("message"),
+        "param": error.get("param"),
+        "sequence_number": sequence_number,
+    }
+    return b"event: error\ndata: " + json_dumps(event) + b"\n\n"
 
 
 def answer_usage(data: bytes, prompt: int, responses: bool) -> tuple[int, int]:
