@@ -106,11 +106,18 @@ def serve_gateway(args: argparse.Namespace) -> None:
     try:
         if args.usage == "memory":
             raise ImportError("--usage memory")
-        from studioctl.store.db import Database
         from studioctl.store.migrations import migrate
         from studioctl.store.usage import UsageRepo, UsageWriter
 
-        db = Database(Path(args.home) / "usage.db")
+        if args.store_url:  # store.backend: postgres (benchmarks/limits_backends.py)
+            from studioctl.store.postgres import PostgresDatabase
+
+            db: Any = PostgresDatabase(args.store_url)
+            usage_kind = "postgres"
+        else:
+            from studioctl.store.sqlite import SqliteDatabase
+
+            db = SqliteDatabase(Path(args.home) / "usage.db")
         migrate(db)
         writer = UsageWriter(UsageRepo(db))
         usage: Any = writer
@@ -500,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--home", default="", help=argparse.SUPPRESS)
     p.add_argument("--redis-url", default="", help="tenant limits in this Redis (else memory)")
+    p.add_argument(
+        "--store-url", default="", help="usage rows in this PostgreSQL (else a SQLite file)"
+    )
     args = p.parse_args(argv)
     if args.serve_gateway:
         serve_gateway(args)
@@ -551,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
                     str(args.switch_interval),
                     "--redis-url",
                     args.redis_url,
+                    "--store-url",
+                    args.store_url,
                 ]
             ) as gateway:
                 key = read_line(gateway, "KEY ")

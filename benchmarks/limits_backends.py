@@ -1,4 +1,5 @@
-"""Gateway overhead with each limits backend, side by side in one run: memory vs Redis.
+"""Gateway overhead with each shared backend, side by side in one run: limits in memory vs
+Redis, usage rows in SQLite vs PostgreSQL.
 
 The setup of ``benchmarks/gateway_overhead.py`` (its helpers, reused: a fixed upstream and
 the load on one CPU, the gateway pinned to the other with auth, every limit, metrics and
@@ -8,8 +9,11 @@ SQLite usage rows), run once per column, each gateway a process of its own:
 - ``redis``: ``limits.backend: redis`` against a private ``redis-server`` (no persistence) on
   the load CPU: one round trip to admit, one to reserve TPM, one to release (in the
   background);
-- a PostgreSQL-store column comes with ``--store-url`` once the store can be given one
-  (``columns()`` below is where it goes).
+- ``postgres``: memory limits, usage rows written to a private PostgreSQL (the tests'
+  ``tests/pg_server.py``) by the store's batched writer, off the request path;
+- ``redis+postgres``: both, as the replicas of "More than one gateway" run.
+
+Without PostgreSQL installed (or with ``--no-postgres``) the last two are left out.
 
 Printed per column: added p50 and p99 per request against the direct upstream (one
 connection), requests/s at 32 connections, and the gateway's CPU per request (what one core
@@ -74,14 +78,38 @@ def redis_server(cpu: int, folder: Path) -> Iterator[str]:
             proc.wait(5)
 
 
-def columns(args: argparse.Namespace, redis_url: str) -> list[tuple[str, list[str]]]:
+def columns(redis_url: str, store_url: str | None) -> list[tuple[str, list[str]]]:
     """Each column: its label and the gateway child's extra arguments."""
     out = [("memory", []), ("redis", ["--redis-url", redis_url])]
-    if args.store_url:
-        # The hook for the PostgreSQL store's column: the gateway child needs a --store-url
-        # of its own (usage rows and tenants in that store) before it can be measured here.
-        raise SystemExit("--store-url: the PostgreSQL-store column is not wired yet")
+    if store_url:
+        out.append(("postgres", ["--store-url", store_url]))
+        out.append(("redis+postgres", ["--redis-url", redis_url, "--store-url", store_url]))
     return out
+
+
+@contextlib.contextmanager
+def postgres_server(args: argparse.Namespace) -> Iterator[str | None]:
+    """A private PostgreSQL (tests/pg_server.py) with a fresh database, its URL; None when
+    PostgreSQL is not installed or ``--no-postgres``."""
+    if args.no_postgres:
+        yield None
+        return
+    sys.path.insert(0, str(go.HERE.parent / "tests"))
+    import pg_server  # type: ignore[import-not-found]  # tests/, on the path above
+
+    if not (pg_server.BIN / "pg_ctl").exists():
+        print(f"no PostgreSQL in {pg_server.BIN}: the postgres columns are left out")
+        yield None
+        return
+    server = pg_server.PgServer()
+    try:
+        server.init()
+        server.start()
+        server.wait_ready()
+        yield server.new_database()
+    finally:
+        server.stop("immediate")
+        server.remove()
 
 
 @contextlib.contextmanager
@@ -127,6 +155,9 @@ def report(
     ok = extra <= GOAL_ADDED_P50_MS
     print(f"\n  [{'ok' if ok else 'MISSED'}] Redis adds {extra:+.3f} ms p50 over memory "
           f"(goal ≤ {GOAL_ADDED_P50_MS} ms)")  # fmt: skip
+    if "postgres" in results:
+        pg = results["postgres"]["seq"]["p50"] - results["memory"]["seq"]["p50"]
+        print(f"  PostgreSQL usage rows add {pg:+.3f} ms p50 over SQLite (memory limits)")
     errors = {label: sum(r.get("errors", 0.0) for r in results[label].values()) for label in labels}
     if any(errors.values()):
         print(f"  non-2xx answers / socket errors: {errors}")
@@ -139,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ttft-requests", type=int, default=500)
     p.add_argument("--repeat", type=int, default=1, help="runs per column, best kept")
     p.add_argument("--no-wrk", action="store_true", help="use the Python load generator")
-    p.add_argument("--store-url", default="", help="add the PostgreSQL-store column (later)")
+    p.add_argument("--no-postgres", action="store_true", help="leave the PostgreSQL columns out")
     args = p.parse_args(argv)
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
@@ -155,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_s)
         with (
             redis_server(load_cpu, tmp) as url,
+            postgres_server(args) as store_url,
             go.started(
                 [sys.executable, str(go.HERE / "upstream_fixed.py"), "--cpu", str(load_cpu)]
             ) as upstream,
@@ -164,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, dict[str, dict[str, float]]] = {}
             for _ in range(args.repeat):  # interleaved: a stall hits every column alike
                 go.best(direct, go.measure(up_port, "", args, tmp, load_cpu, use_wrk))
-                for label, extra in columns(args, url):
+                for label, extra in columns(url, store_url):
                     home = tmp / f"home-{label}"
                     with gateway(up_port, gw_cpu, home, extra) as (port, key, pid):
                         got = go.measure(port, key, args, tmp, load_cpu, use_wrk, pid)
