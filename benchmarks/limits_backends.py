@@ -132,7 +132,7 @@ def report(
 ) -> bool:
     labels = list(results)
     print()
-    print(f"{'':44}" + "".join(f"{label:>14}" for label in labels))
+    print(f"{'':44}" + "".join(f"{label:>16}" for label in labels))
     rows = [
         ("added p50 per request, 1 conn (ms)", "seq", "p50", True),
         ("added p99 per request, 1 conn (ms)", "seq", "p99", True),
@@ -144,13 +144,13 @@ def report(
         for label in labels:
             value = results[label][group].get(field, float("nan"))
             if added:
-                cells.append(f"{value - direct[group][field]:+14.3f}")
+                cells.append(f"{value - direct[group][field]:+16.3f}")
             else:
-                cells.append(f"{value:14,.0f}")
+                cells.append(f"{value:16,.0f}")
         print(f"{text:44}" + "".join(cells))
     cpu = {label: results[label]["c32"].get("cpu_us", float("nan")) for label in labels}
     print(f"{'requests/s on one core (1e6 / CPU per request)':44}"
-          + "".join(f"{1e6 / cpu[label]:14,.0f}" for label in labels))  # fmt: skip
+          + "".join(f"{1e6 / cpu[label]:16,.0f}" for label in labels))  # fmt: skip
     extra = results["redis"]["seq"]["p50"] - results["memory"]["seq"]["p50"]
     ok = extra <= GOAL_ADDED_P50_MS
     print(f"\n  [{'ok' if ok else 'MISSED'}] Redis adds {extra:+.3f} ms p50 over memory "
