@@ -182,11 +182,16 @@ PolicyName = Literal["fair", "fifo"]
 SCHEDULER_POLICIES: tuple[str, ...] = typing.get_args(PolicyName)
 
 
-def _scheduler_policy(value: Any) -> Any:
-    if value not in SCHEDULER_POLICIES or not isinstance(value, str):
-        allowed = ", ".join(repr(p) for p in SCHEDULER_POLICIES)
-        _bad(f"must be one of {allowed}, got {_shown(value)}")
-    return value
+def _one_of(allowed: tuple[str, ...]) -> typing.Callable[[Any], Any]:
+    """A validator of a name among ``allowed`` (exact spelling, a string)."""
+    shown = ", ".join(repr(a) for a in allowed)
+
+    def validate(value: Any) -> Any:
+        if value not in allowed or not isinstance(value, str):
+            _bad(f"must be one of {shown}, got {_shown(value)}")
+        return value
+
+    return validate
 
 
 #: Where tenant limits live (``limits.backend``).
@@ -196,23 +201,9 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _NAMESPACE_CHARS = frozenset(string.ascii_letters + string.digits + "_-.")
 
 
-def _limits_backend(value: Any) -> Any:
-    if value not in LIMITS_BACKENDS or not isinstance(value, str):
-        allowed = ", ".join(repr(p) for p in LIMITS_BACKENDS)
-        _bad(f"must be one of {allowed}, got {_shown(value)}")
-    return value
-
-
 #: Where tenants, keys, usage and instances live.
 StoreBackendName = Literal["sqlite", "postgres"]
 STORE_BACKENDS: tuple[str, ...] = typing.get_args(StoreBackendName)
-
-
-def _store_backend(value: Any) -> Any:
-    if value not in STORE_BACKENDS or not isinstance(value, str):
-        allowed = ", ".join(repr(p) for p in STORE_BACKENDS)
-        _bad(f"must be one of {allowed}, got {_shown(value)}")
-    return value
 
 
 def _redis_url(value: str | None) -> str | None:
@@ -292,13 +283,13 @@ WebhookHeaders = Annotated[
 ]
 WebhookAuthRule = Annotated[Any, PlainValidator(_mapping_rule(check_auth))] | None
 MailboxBackend = Annotated[Literal["sqlite", "postgres"], PlainValidator(_mailbox_backend)]
-SchedulerPolicy = Annotated[PolicyName, PlainValidator(_scheduler_policy)]
-LimitsBackendName = Annotated[LimitsBackendKind, PlainValidator(_limits_backend)]
+SchedulerPolicy = Annotated[PolicyName, PlainValidator(_one_of(SCHEDULER_POLICIES))]
+LimitsBackendName = Annotated[LimitsBackendKind, PlainValidator(_one_of(LIMITS_BACKENDS))]
 RedisUrl = Annotated[str | None, AfterValidator(_redis_url)]
 #: A slot lease: long enough to renew (every third of it), short enough to recover.
 LeaseSeconds = Annotated[float, Field(ge=0.5, le=3600, allow_inf_nan=False)]
 Namespace = Annotated[str, AfterValidator(_namespace)]
-StoreBackend = Annotated[StoreBackendName, PlainValidator(_store_backend)]
+StoreBackend = Annotated[StoreBackendName, PlainValidator(_one_of(STORE_BACKENDS))]
 StoreUrl = Annotated[str | None, PlainValidator(_store_url)]
 Origins = Annotated[
     tuple[Annotated[str, AfterValidator(_not_blank)], ...], BeforeValidator(_as_tuple)
