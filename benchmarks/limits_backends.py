@@ -101,15 +101,8 @@ def postgres_server(args: argparse.Namespace) -> Iterator[str | None]:
         print(f"no PostgreSQL in {pg_server.BIN}: the postgres columns are left out")
         yield None
         return
-    server = pg_server.PgServer()
-    try:
-        server.init()
-        server.start()
-        server.wait_ready()
+    with pg_server.private_server() as server:
         yield server.new_database()
-    finally:
-        server.stop("immediate")
-        server.remove()
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ CI installs the package, so a missing server there is a broken setup, not a choi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -119,9 +120,10 @@ class PgServer:
                 time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """A private PostgreSQL 15 for the whole session (skipped when not installed)."""
+@contextlib.contextmanager
+def private_server() -> Iterator[PgServer]:
+    """A private cluster, started and ready; stopped and removed after (skipped, or failed
+    in CI, when PostgreSQL is not installed)."""
     require_binaries()
     server = PgServer()
     try:
@@ -132,3 +134,10 @@ def pg_server() -> Iterator[PgServer]:
     finally:
         server.stop("immediate")
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A private PostgreSQL for the whole session (skipped when not installed)."""
+    with private_server() as server:
+        yield server

@@ -17,7 +17,7 @@ import pytest
 from daemon_helpers import Daemon
 from gateway_daemon.helpers import assert_error, base_url, create_tenant, gateway_daemon, launch
 from helpers import wait_for
-from pg_server import PgServer, require_binaries
+from pg_server import PgServer, private_server
 from scaleout.conftest import store_env
 from studioctl.store import UsageRepo
 from studioctl.store.postgres import PostgresDatabase
@@ -33,16 +33,8 @@ BODY = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_
 @pytest.fixture
 def server() -> Iterator[PgServer]:
     """A server of this test's own, since the test stops it."""
-    require_binaries()
-    pg = PgServer()
-    try:
-        pg.init()
-        pg.start()
-        pg.wait_ready()
+    with private_server() as pg:
         yield pg
-    finally:
-        pg.stop("immediate")
-        pg.remove()
 
 
 class Load:

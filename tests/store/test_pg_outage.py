@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pg_server import PgServer, require_binaries
+from pg_server import PgServer, private_server
 from studioctl.errors import StoreUnavailable
 from studioctl.store import TenantRepo, UsageRecord, UsageRepo, UsageWriter
 from studioctl.store.migrations import migrate
@@ -21,16 +21,8 @@ from studioctl.store.postgres import PostgresDatabase
 @pytest.fixture
 def server() -> Iterator[PgServer]:
     """A server of this test's own: stopping it must not disturb the session's."""
-    require_binaries()
-    pg = PgServer()
-    try:
-        pg.init()
-        pg.start()
-        pg.wait_ready()
+    with private_server() as pg:
         yield pg
-    finally:
-        pg.stop("immediate")
-        pg.remove()
 
 
 def row(i: int) -> UsageRecord:
