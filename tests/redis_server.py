@@ -61,6 +61,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket(self) -> Path:
+        """Its unix socket (short: a socket's path is at most 107 bytes)."""
+        return self.folder / "r.sock"
+
     def start(self, timeout: float = 10.0) -> None:
         """Start it (again, on the same port after ``stop``) and wait for PING."""
         log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -80,6 +85,8 @@ class RedisServer:
                     str(self.folder),
                     "--enable-debug-command",
                     "local",
+                    "--unixsocket",
+                    str(self.socket),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -164,7 +164,7 @@ def test_a_cancelled_call_leaves_no_reply_behind(redis_server: RedisServer) -> N
     its own answer (not the cancelled one's)."""
 
     async def run() -> None:
-        client = RedisClient(redis_server.url, timeout_s=2.0, max_connections=1)
+        client = RedisClient(redis_server.url, timeout_s=2.0)
         try:
             slow = asyncio.ensure_future(client.execute("DEBUG", "SLEEP", "0.3"))
             await asyncio.sleep(0.05)

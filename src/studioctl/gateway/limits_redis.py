@@ -31,6 +31,7 @@ PINGs it with backoff (0.1 s doubling to 2 s) and Redis is used again once it an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -178,7 +179,7 @@ class RedisLimiter:
         self._leases: dict[str, str] = {}  # member → its slot key, while the request runs
         # fail_open's stand-in: this process's own tenant limits (the global one is ours).
         self._local = Limiter(global_max_concurrent=2**62)
-        self._pending: set[asyncio.Task[Any]] = set()  # releases on their way
+        self._pending: set[asyncio.Task[Any]] = set()  # releases kept through an outage
         # Releases Redis did not get (down, or a timed-out admission it may still apply once
         # it reads it: a paused server executes what is in its socket when it resumes).
         self._unsettled: list[tuple[TenantContext, str, int]] = []
@@ -231,6 +232,9 @@ class RedisLimiter:
         """Wait for the releases sent so far (tests compare backends step by step)."""
         while self._pending:
             await asyncio.wait(set(self._pending))
+        if self._probe is None:
+            with contextlib.suppress(ConnectionError):
+                await self._client.settle()
 
     # -- what the grants call ---------------------------------------------------------------
 
@@ -267,16 +271,25 @@ class RedisLimiter:
             self._leases.pop(member, None)
 
     def send_finish(self, tenant: TenantContext, member: str, back: int) -> None:
-        """Release ``member``'s slot and give ``back`` TPM tokens (negative: a debit), in
-        the background. Redis away: left to the lease (a refund is lost, never a slot)."""
+        """Release ``member``'s slot and give ``back`` TPM tokens (negative: a debit), sent
+        without waiting (written with the other commands of this turn of the event loop).
+        Redis away: kept and sent once it answers (beyond the bound, left to the lease)."""
         if not member and not back:
             return
         if self._probe is not None:
             self._keep(tenant, member, back)
             return
-        task = asyncio.get_running_loop().create_task(self._release(tenant, member, back))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        rpm, tpm = self.rates(tenant)
+        keys = [self.key(tenant, "slots"), self.key(tenant, "bucket")]
+
+        def done(reply: Any) -> None:
+            if isinstance(reply, ConnectionError):  # sent again once Redis answers
+                self._went_down(reply)
+                self._keep(tenant, member, back)
+            elif isinstance(reply, BaseException):
+                log.error("limits: releasing a slot in Redis failed: %s", reply)
+
+        self._client.send(self._finish, keys, [member, rpm, tpm, back], done)
 
     # -- inside -----------------------------------------------------------------------------
 
@@ -330,6 +343,7 @@ class RedisLimiter:
             raise rpm_refused(tenant, _wait_s(result[1], rpm))
 
     async def _release(self, tenant: TenantContext, member: str, back: int) -> None:
+        """One release, waited for (what :meth:`_settle` sends after an outage)."""
         rpm, tpm = self.rates(tenant)
         keys = [self.key(tenant, "slots"), self.key(tenant, "bucket")]
         try:

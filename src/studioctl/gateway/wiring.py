@@ -186,9 +186,7 @@ def build_limiter(settings: Settings) -> LimitsBackend:
     from studioctl.gateway.redis_client import RedisClient
 
     return RedisLimiter(
-        # A connection per admitted request and some for releases and renewals: requests
-        # never wait for a connection unless Redis itself is slow.
-        RedisClient(ls.redis_url, max_connections=gs.max_concurrent + 32),
+        RedisClient(ls.redis_url),
         global_max_concurrent=gs.max_concurrent,
         lease_s=ls.lease_s,
         namespace=ls.namespace,
