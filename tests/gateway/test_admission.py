@@ -106,14 +106,16 @@ def test_an_unexpected_failure_after_admission_answers_500_and_frees_everything(
     step: str,
     stream: bool,
 ) -> None:
-    gw = make_gateway(tenant_limits=limits(max_concurrent=1))
-    if step == "prompt count":
+    gw = make_gateway(tenant_limits=limits(max_concurrent=1, max_context_tokens=64))
+    messages = MESSAGES
+    if step == "prompt count":  # a prompt near the context cap: the engine counts it
         monkeypatch.setattr(gw.app.core.tokenizer, "measure", _boom_async)
+        messages = [{"role": "user", "content": "word " * 20}]
     elif step == "route begin":
         monkeypatch.setattr(gw.app.core.routes, "begin", _boom)
     else:
         monkeypatch.setattr(GatewayMetrics, "upstream_latency", _boom)
-    body = {"model": MODEL, "messages": MESSAGES, "stream": stream}
+    body = {"model": MODEL, "messages": messages, "stream": stream}
     with caplog.at_level(logging.ERROR, logger="studioctl.gateway"):
         for _ in range(2):  # a leaked slot would make the second one a 429
             err = assert_error(chat(gw, body), 500, "internal_error")

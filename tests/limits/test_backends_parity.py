@@ -10,7 +10,7 @@ import pytest
 
 from redis_server import RedisServer
 from studioctl.errors import GatewayBusy, GatewayError
-from studioctl.gateway.limiting import LimitsBackend
+from studioctl.gateway.limiting import Grant, LimitsBackend
 
 from .helpers import acquire, make_backend, outcome, settle, tenant, with_limits
 
@@ -178,3 +178,53 @@ def test_the_gateway_limit_comes_last_and_takes_nothing(
             await backend.close()
 
     asyncio.run(run())
+
+
+async def _one_step(backend: LimitsBackend) -> list[object]:
+    """``acquire(tenant, tokens)``: slot, RPM token and TPM in one step (what the gateway
+    does when the body alone tells a request's size)."""
+    ctx = tenant(max_concurrent=2, rpm=4, tpm=100)
+    seen: list[object] = []
+
+    async def step(tokens: int) -> Grant | None:
+        try:
+            grant = await backend.acquire(ctx, tokens)
+        except GatewayError as exc:
+            seen.append((exc.code, backend.inflight()))
+            return None
+        seen.append(("ok", grant.reserved_tokens, backend.inflight()))
+        return grant
+
+    a = await step(60)  # 40 left
+    assert await step(50) is None  # TPM refused: no slot taken, the RPM token spent
+    c = await step(40)  # the second slot: the refusal took none; TPM at 0
+    assert a is not None and c is not None
+    a.finish(actual_tokens=10)  # 50 back
+    await settle(backend)
+    d = await step(50)  # the 4th request of 4/min: the 50 given back
+    await step(0)  # both slots held: concurrency refuses first (takes nothing)
+    for g in (c, d):
+        assert g is not None
+        g.finish(actual_tokens=0)
+    await settle(backend)
+    await step(0)  # a 5th request of 4/min: RPM refuses
+    return seen
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_one_step_admission_gives_the_same_decisions(kind: str, redis_server: RedisServer) -> None:
+    async def run() -> list[object]:
+        backend = make_backend(kind, redis_server.url, f"onestep{next(_ns)}")
+        try:
+            return await _one_step(backend)
+        finally:
+            await backend.close()
+
+    assert asyncio.run(run()) == [
+        ("ok", 60, 1),
+        ("limit_tpm", 1),
+        ("ok", 40, 2),
+        ("ok", 50, 2),
+        ("limit_concurrent", 2),
+        ("limit_rpm", 0),
+    ]

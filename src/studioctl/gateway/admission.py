@@ -52,12 +52,15 @@ from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.routes import OPENAI, ROUTES, Route
 from studioctl.gateway.routing import READY, RouteTable, Upstream
 from studioctl.gateway.sse import json_dumps, request_usage
-from studioctl.gateway.tokenize import PromptCounter, check_prompt_items
+from studioctl.gateway.tokenize import PromptCounter, check_prompt_items, estimate, upper_bound
 from studioctl.netaddr import is_loopback
 from studioctl.settings import GatewaySettings
-from studioctl.tenants import ANONYMOUS_TENANT_ID, TenantContext
+from studioctl.tenants import ANONYMOUS_TENANT_ID, TenantContext, TenantLimits
 
 __all__ = ["AdmissionControl", "ClientGone", "anonymous_allowed"]
+
+#: What the body alone tells of a request: (prompt tokens, max output tokens, body changed).
+Sized = tuple[int, int, bool]
 
 # Characters per token of the TPM estimate on routes the engine's tokenizer does not count.
 _CHARS_PER_TOKEN = 4
@@ -121,15 +124,37 @@ class AdmissionControl:
         raw: bytes,
         api_key: bytes | None = None,
     ) -> None:
-        """Key, JSON, then a slot and an RPM token (after :meth:`read_body`): sets
-        ``ctx.tenant``, ``.body``, ``.model`` (if valid) and ``.admission`` (to finish on
-        every path from now on). ``api_key``: the key header's value, if sent."""
+        """Key, JSON, then a slot and an RPM token (after :meth:`read_body`), and the TPM
+        reservation with them when the body alone tells the request's size (:meth:`size`):
+        sets ``ctx.tenant``, ``.body``, ``.model`` (if valid), ``.sized`` and ``.admission``
+        (to finish on every path from now on). ``api_key``: the key header's value."""
         ctx.tenant = tenant = self.authenticate(authorization, api_key)
         ctx.body = body = parse_body(raw)
         ctx.model = model = peek_model(body)
-        if model is None and "model" not in body and ROUTES[ctx.endpoint].default_model:
+        route = ROUTES[ctx.endpoint]
+        if model is None and "model" not in body and route.default_model:
             ctx.model = self.only_model()
-        ctx.admission = await self.limiter.acquire(tenant)  # concurrency, RPM
+        sized = ctx.sized = self.size(route, tenant.limits, body) if ctx.model else None
+        tokens = None if sized is None else sized[0] + sized[1]
+        ctx.admission = await self.limiter.acquire(tenant, tokens)  # concurrency, RPM (TPM)
+
+    def size(self, route: Route, limits: TenantLimits, body: dict[str, Any]) -> Sized | None:
+        """``(prompt, max output, body changed)`` when the body alone tells them: the output
+        fields pass, and the prompt is either a route's estimate or under
+        ``max_context_tokens`` by the cheap upper bound (what ``PromptCounter.measure``
+        would return without asking the engine). None otherwise (a refusal is raised by
+        :meth:`check` in its turn, and the engine's count comes after routing)."""
+        try:
+            max_output, dirty = self._cap_output(route, body, limits.max_output_tokens)
+            if not route.count_prompt:
+                return estimate_prompt(route, body), max_output, dirty
+            check_prompt_items(body)
+        except GatewayError:
+            return None
+        bound = upper_bound(body)
+        if bound is None or bound > limits.max_context_tokens:
+            return None
+        return estimate(body), max_output, dirty
 
     def only_model(self) -> str | None:
         """The name of the only ready instance's model (None: none, or several)."""
@@ -144,7 +169,9 @@ class AdmissionControl:
         ``queue_when_busy`` wait for a slot (sets ``ctx.admission``), else raise ``busy``."""
         if not self.queues.when_busy:
             raise busy
-        ctx.admission = await self.queues.park(ctx, busy, receive)
+        sized = ctx.sized
+        tokens = None if sized is None else sized[0] + sized[1]
+        ctx.admission = await self.queues.park(ctx, busy, receive, tokens)
 
     def declared_length(self, length: bytes | None) -> int | None:
         """The Content-Length header's value (None: absent), or 400, or 413 above the limit."""
@@ -258,32 +285,46 @@ class AdmissionControl:
                 400, "invalid_request", "'stream' must be true or false", param="stream"
             )
         stream = ctx.stream = stream is True and route.streams
-        max_output, capped = self._cap_output(route, body, limits.max_output_tokens)
+        sized = ctx.sized  # known at admission: TPM reserved with the slot
+        if sized is None:
+            max_output, capped = self._cap_output(route, body, limits.max_output_tokens)
+        else:
+            max_output, capped = sized[1], sized[2]
         dirty = dirty or capped
         if not route.count_prompt:  # no /tokenize for it: an estimate, the engine bounds it
             if stream and route.usage == OPENAI:
                 ctx.client_usage = request_usage(body)
                 dirty = dirty or not ctx.client_usage
-            prompt = estimate_prompt(route, body)
-            await ctx.admission.reserve_tokens(prompt_tokens=prompt, max_output_tokens=max_output)
+            if sized is None:
+                prompt = estimate_prompt(route, body)
+                await ctx.admission.reserve_tokens(
+                    prompt_tokens=prompt, max_output_tokens=max_output
+                )
+            else:
+                prompt = sized[0]
             ctx.prompt = prompt
             ctx.exact = True  # nothing to count again after a disconnect
             return upstream, route.upstream_path, json_dumps(body) if dirty else raw
-        check_prompt_items(body)
         if stream:
             ctx.client_usage = request_usage(body)
             dirty = dirty or not ctx.client_usage
-        # The engine's tokenizer runs only now: after concurrency and RPM, under the slot.
-        prompt, exact = await self.tokenizer.measure(upstream, body, limits.max_context_tokens)
-        if prompt > limits.max_context_tokens:
-            raise GatewayError(
-                400,
-                "context_too_long",
-                f"the prompt has {'' if exact else 'at least '}{prompt} tokens; tenant "
-                f"{tenant.name!r} allows at most {limits.max_context_tokens}",
-                param="messages" if route.name == "chat" else "prompt",
+        if sized is None:
+            check_prompt_items(body)
+            # The engine's tokenizer runs only now: after concurrency and RPM, under the slot.
+            prompt, exact = await self.tokenizer.measure(upstream, body, limits.max_context_tokens)
+            if prompt > limits.max_context_tokens:
+                raise GatewayError(
+                    400,
+                    "context_too_long",
+                    f"the prompt has {'' if exact else 'at least '}{prompt} tokens; tenant "
+                    f"{tenant.name!r} allows at most {limits.max_context_tokens}",
+                    param="messages" if route.name == "chat" else "prompt",
+                )
+            await ctx.admission.reserve_tokens(
+                prompt_tokens=prompt, max_output_tokens=max_output
             )
-        await ctx.admission.reserve_tokens(prompt_tokens=prompt, max_output_tokens=max_output)
+        else:
+            prompt, exact = sized[0], False  # the estimate: the upper bound fits
         ctx.prompt = prompt
         ctx.exact = exact
         payload = json_dumps(body) if dirty else raw

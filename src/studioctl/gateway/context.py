@@ -93,6 +93,7 @@ class RequestContext:
         "queue_s",
         "request_id",
         "rid",
+        "sized",
         "started",
         "stream",
         "t0",
@@ -131,6 +132,9 @@ class RequestContext:
         self.upstream: Upstream | None = None  # set once the request is sent upstream
         self.body: dict[str, Any] | None = None  # the parsed body (a stream's exact count)
         self.prompt = 0  # prompt tokens as measured before sending
+        # (prompt, max output, body changed) when the body alone told them at admission:
+        # their TPM was then reserved with the slot (admission.AdmissionControl.enter).
+        self.sized: tuple[int, int, bool] | None = None
         self.exact = False  # ``prompt`` is the engine's count, not the estimate
         self.stream = False
         self.client_usage = True  # a stream: the client asked for the usage chunk

@@ -42,9 +42,14 @@ class LimitsBackend(Protocol):
 
     global_max_concurrent: int
 
-    async def acquire(self, tenant: TenantContext) -> Grant:
+    async def acquire(self, tenant: TenantContext, tokens: int | None = None) -> Grant:
         """A slot and an RPM token, or 429 (``GatewayBusy`` when only the gateway is full,
-        last), or 503 ``limits_unavailable``. The caller finishes the grant on every path."""
+        last), or 503 ``limits_unavailable``. The caller finishes the grant on every path.
+
+        ``tokens`` (when the request's size is known already): the TPM reservation is made
+        in the same step (one Redis round trip), after the gateway's concurrency; its 429
+        ``limit_tpm`` leaves the RPM token spent, as a refusal by ``reserve_tokens`` does.
+        Then ``reserve_tokens`` is not called."""
         ...
 
     def inflight(self, tenant_id: str | None = None) -> int:

@@ -31,8 +31,10 @@ Two steps, so that nothing costly happens before the cheap limits are checked
     The RPM token of step 1 is spent whatever follows: a request refused after step 1 (an
     unknown model, a prompt too long, TPM) still counted as a request, so refusals cost a
     tenant's budget like answers do. ``Limiter.admit`` runs both steps at once (and releases
-    the slot when step 2 refuses). Retry-After is the number of seconds until the refused
-    bucket holds enough (a float here; the proxy sends its ceiling as an integer).
+    the slot when step 2 refuses): ``acquire(tenant, tokens)``, what the gateway calls when
+    the request's body alone tells its size (the usual case). Retry-After is the number of
+    seconds until the refused bucket holds enough (a float here; the proxy sends its ceiling
+    as an integer).
 
 TPM reservation
     ``reserve`` takes ``prompt + max_output`` tokens; ``Admission.finish(actual_tokens=…)``
@@ -292,10 +294,17 @@ class Limiter:
         self._inflight += 1
         return Admission(self, state, tenant)
 
-    async def acquire(self, tenant: TenantContext) -> Admission:
-        """The backend interface (``limiting.LimitsBackend``): :meth:`enter`, awaited (it
-        never suspends: the memory backend's speed is the synchronous path's)."""
-        return self.enter(tenant)
+    async def acquire(self, tenant: TenantContext, tokens: int | None = None) -> Admission:
+        """The backend interface (``limiting.LimitsBackend``): :meth:`enter` (or with
+        ``tokens``, :meth:`admit`), awaited (it never suspends: the memory backend's speed
+        is the synchronous path's)."""
+        return self.acquire_now(tenant, tokens)
+
+    def acquire_now(self, tenant: TenantContext, tokens: int | None = None) -> Admission:
+        """:meth:`acquire` without the await (the Redis backend's fail_open stand-in)."""
+        if tokens is None:
+            return self.enter(tenant)
+        return self.admit(tenant, prompt_tokens=tokens, max_output_tokens=0)
 
     def health(self) -> str:
         """``/healthz``'s word for the limits: memory is always there."""

@@ -81,8 +81,10 @@ end
 """
 
 #: KEYS: slots, bucket. ARGV: max_concurrent, rpm, tpm, lease_ms, member, dry ("1": check
-#: only). Returns {0, 0} admitted (slot and RPM token taken), {1, 0} concurrency refused,
-#: {2, missing units} RPM refused, {3, 0} would be admitted (dry).
+#: only), need (TPM tokens to reserve with the slot; "-1": none). Returns {0, 0} admitted
+#: (slot, RPM token and TPM taken), {1, 0} concurrency refused, {2, missing units} RPM
+#: refused, {3, 0} would be admitted (dry), {4, missing units} TPM refused (the RPM token is
+#: spent: a request refused for TPM counts as one, as after a separate RESERVE).
 ENTER = (
     _PRELUDE
     + """
@@ -90,6 +92,7 @@ local now = now_ms()
 local rpm = tonumber(ARGV[2])
 local tpm = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
+local need = tonumber(ARGV[7])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return {1, 0} end
 local b = load(KEYS[2], rpm, tpm, now)
@@ -97,6 +100,14 @@ bring(b, rpm, tpm, now)
 if b[3] < UNIT then return {2, UNIT - b[3]} end
 if ARGV[6] == '1' then return {3, 0} end
 b[3] = b[3] - UNIT
+if need >= 0 then
+  local fit = math.min(need, tpm) * UNIT
+  if b[4] < fit then
+    save(KEYS[2], b)
+    return {4, fit - b[4]}
+  end
+  b[4] = b[4] - need * UNIT
+end
 save(KEYS[2], b)
 redis.call('ZADD', KEYS[1], fmt(now + lease), ARGV[5])
 redis.call('PEXPIRE', KEYS[1], fmt(lease + 1000))

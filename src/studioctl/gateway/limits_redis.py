@@ -3,10 +3,13 @@
 The same contract as the memory backend (``limits``: the order of the checks, the messages,
 Retry-After, refusals take nothing, refunds and debits on every path, limit changes), with
 the state in Redis and every step one atomic server-side script (``limits_lua``; exactness
-of the numbers is explained there): ``acquire`` one round trip (tenant slot + RPM token),
-``Grant.reserve_tokens`` one (TPM; none when the tenant's TPM is ``MAX_LIMIT`` or more, no
-limit in practice), ``finish`` one, sent in the background. Time is Redis's
-own (``TIME`` inside the scripts): replicas' clocks may differ.
+of the numbers is explained there). A request costs two: ``acquire`` (tenant slot, RPM token
+and, given ``tokens`` as the gateway does when the body alone tells the request's size, its
+TPM reservation) and ``finish`` (sent without waiting, with the other commands of the same
+turn of the event loop). ``Grant.reserve_tokens`` is a third only for a prompt the engine had
+to count first (near ``max_context_tokens``). None of TPM when the tenant's TPM is
+``MAX_LIMIT`` or more (no limit in practice). Time is Redis's own (``TIME`` inside the
+scripts): replicas' clocks may differ.
 
 Slots are leases: each admitted request is a member of its tenant's slot ZSET with an expiry
 ``lease_s`` ahead; this process pushes all its live leases forward in one round trip every
@@ -97,7 +100,7 @@ class RedisGrant:
         self._member = member  # "" when failed open
         self._local = local
         self.tenant_id = tenant.tenant_id
-        self.reserved_tokens = 0
+        self.reserved_tokens = 0 if local is None else local.reserved_tokens
         self.done = False
 
     async def reserve_tokens(self, *, prompt_tokens: int, max_output_tokens: int) -> None:
@@ -189,7 +192,7 @@ class RedisLimiter:
 
     # -- the backend interface ------------------------------------------------------------
 
-    async def acquire(self, tenant: TenantContext) -> RedisGrant:
+    async def acquire(self, tenant: TenantContext, tokens: int | None = None) -> RedisGrant:
         if self._renewer is None:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
         if self._inflight >= self.global_max_concurrent:
@@ -199,7 +202,7 @@ class RedisLimiter:
         self._inflight += 1  # taken before any await: a freed slot goes to one request
         self._tenants[tid] = self._tenants.get(tid, 0) + 1
         try:
-            return await self._enter_remote(tenant)
+            return await self._enter_remote(tenant, tokens)
         except BaseException:
             self.release_local(tid, "")
             raise
@@ -293,15 +296,19 @@ class RedisLimiter:
 
     # -- inside -----------------------------------------------------------------------------
 
-    async def _enter_remote(self, tenant: TenantContext) -> RedisGrant:
+    async def _enter_remote(self, tenant: TenantContext, tokens: int | None) -> RedisGrant:
+        """ENTER: slot and RPM token, and with ``tokens`` their TPM (none to reserve when
+        the tenant's TPM is ``MAX_LIMIT`` or more: no limit in practice)."""
         member = f"{self._token}:{next(self._ids)}"
         slots = self.key(tenant, "slots")
         rpm, tpm = self.rates(tenant)
-        args: list[str | int] = [tenant.limits.max_concurrent, rpm, tpm, self.lease_ms, member, 0]
+        need = -1 if tokens is None or tpm >= MAX_LIMIT else _clamp(tokens, MAX_TOKENS)
+        limits = tenant.limits
+        args: list[str | int] = [limits.max_concurrent, rpm, tpm, self.lease_ms, member, 0, need]
 
         def orphan(result: Any) -> None:  # cancelled after Redis admitted: give it back
             if result[0] == 0:
-                self.send_finish(tenant, member, 0)
+                self.send_finish(tenant, member, max(need, 0))
 
         try:
             if self._probe is not None:  # known down: not even tried
@@ -312,25 +319,31 @@ class RedisLimiter:
                 )
             except ConnectionError:
                 # Timed out, the script may still run once Redis reads it: release it then
-                # (ZREM of a member never added changes nothing).
+                # (ZREM of a member never added changes nothing; its TPM is not given back).
                 self._keep(tenant, member, 0)
                 raise
         except ConnectionError:
             if not self.fail_open:
                 raise limits_unavailable(self.where) from None
-            return RedisGrant(self, tenant, "", self._local.enter(tenant))
+            local = self._local.acquire_now(tenant, tokens)
+            return RedisGrant(self, tenant, "", local)
         code = result[0]
         if code == 1:
             raise concurrency_refused(tenant)
         if code == 2:
             raise rpm_refused(tenant, _wait_s(result[1], rpm))
+        if code == 4:
+            raise tpm_refused(tenant, need, _wait_s(result[1], tpm))
         self._leases[member] = slots
-        return RedisGrant(self, tenant, member)
+        grant = RedisGrant(self, tenant, member)
+        grant.reserved_tokens = max(need, 0)
+        return grant
 
     async def _check_only(self, tenant: TenantContext) -> None:
         """The admission script's verdict without taking anything (the gateway is full)."""
         rpm, tpm = self.rates(tenant)
-        args: list[str | int] = [tenant.limits.max_concurrent, rpm, tpm, self.lease_ms, "", 1]
+        limits = tenant.limits
+        args: list[str | int] = [limits.max_concurrent, rpm, tpm, self.lease_ms, "", 1, -1]
         try:
             result = await self.call(
                 self._enter, [self.key(tenant, "slots"), self.key(tenant, "bucket")], args

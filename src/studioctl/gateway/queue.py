@@ -350,9 +350,16 @@ class ModelQueues:
             if not room.waiters and self.rooms.get(model) is room:
                 del self.rooms[model]
 
-    async def park(self, ctx: RequestContext, busy: GatewayBusy, receive: Receive) -> Grant:
+    async def park(
+        self,
+        ctx: RequestContext,
+        busy: GatewayBusy,
+        receive: Receive,
+        tokens: int | None = None,
+    ) -> Grant:
         """Every global slot is taken (``busy``): wait for one, then return the admission
-        (the tenant's checks run again then; their 429 ends the wait)."""
+        (the tenant's checks run again then; their 429 ends the wait). ``tokens``: as for
+        ``LimitsBackend.acquire``."""
         tenant = ctx.tenant
         assert tenant is not None
         limiter = self.limiter
@@ -365,7 +372,7 @@ class ModelQueues:
         admission: Grant | None = None
         try:
             await self._wait(self.parked, waiter, attempt, receive, busy)
-            admission = await limiter.acquire(tenant)
+            admission = await limiter.acquire(tenant, tokens)
             return admission
         finally:
             if admission is None and waiter.woken is not None and waiter.woken.done():
