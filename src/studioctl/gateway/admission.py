@@ -320,9 +320,7 @@ class AdmissionControl:
                     f"{tenant.name!r} allows at most {limits.max_context_tokens}",
                     param="messages" if route.name == "chat" else "prompt",
                 )
-            await ctx.admission.reserve_tokens(
-                prompt_tokens=prompt, max_output_tokens=max_output
-            )
+            await ctx.admission.reserve_tokens(prompt_tokens=prompt, max_output_tokens=max_output)
         else:
             prompt, exact = sized[0], False  # the estimate: the upper bound fits
         ctx.prompt = prompt

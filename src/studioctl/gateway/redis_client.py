@@ -32,9 +32,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-import hiredis
-
 from studioctl.errors import ConfigError
+
+try:
+    import hiredis
+except ImportError:  # an optional extra: say which
+    raise ConfigError(
+        "redis needs the hiredis package, which is not installed",
+        key="limits.backend",
+        hint="pip install 'studioctl[redis]' (or set limits.backend: memory)",
+    ) from None
+
 from studioctl.gateway.redis_url import RedisAddress, parse_redis_url
 from studioctl.settings import redact_url
 
@@ -211,7 +219,7 @@ class RedisClient:
         try:
             self._address: RedisAddress = parse_redis_url(url)
         except ValueError as exc:
-            raise ConfigError(f"limits.redis_url: {exc}", key="limits.redis_url") from None
+            raise ConfigError(str(exc), key="limits.redis_url") from None
         self._scripts: list[Script] = []
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
@@ -361,7 +369,7 @@ def ping(url: str, timeout_s: float = 2.0) -> None:
         asyncio.run(once())
     except (ConnectionError, RedisError) as exc:
         raise ConfigError(
-            f"limits.redis_url: Redis at {redact_url(url)} does not answer PING: {exc}",
+            f"Redis at {redact_url(url)} does not answer PING: {exc}",
             key="limits.redis_url",
             hint="start Redis there, or fix limits.redis_url (limits.backend: memory needs none)",
         ) from None
