@@ -9,6 +9,10 @@ admitted the request (the refusals are raised as ``GatewayError``)::
     LimitsBackend.acquire: tenant concurrency, RPM, then the gateway's
       concurrency (a slot and 1 RPM token)                           → 429 + Retry-After
       (the gateway's: with queue_when_busy, parked until a slot frees: :meth:`park`)
+      and TPM in the same step when :meth:`AdmissionControl.size` can
+      tell the request's size from its body alone (the usual case:
+      one Redis round trip; the checks below that decide the size
+      then pass, and TPM is not reserved again)                      → 429 limit_tpm
     ---- :meth:`AdmissionControl.read_body` and ``enter`` above, ``check`` below ----
     model name (≤ 256 characters)                                    → 400 invalid_request
     model allowed for the tenant                                     → 403 model_not_allowed
