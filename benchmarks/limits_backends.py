@@ -7,8 +7,8 @@ SQLite usage rows), run once per column, each gateway a process of its own:
 
 - ``memory``: ``limits.backend: memory`` (the default);
 - ``redis``: ``limits.backend: redis`` against a private ``redis-server`` (no persistence) on
-  the load CPU: one round trip to admit, one to reserve TPM, one to release (in the
-  background);
+  the load CPU: one round trip to admit (slot, RPM and TPM), one to release (not waited
+  for);
 - ``postgres``: memory limits, usage rows written to a private PostgreSQL (the tests'
   ``tests/pg_server.py``) by the store's batched writer, off the request path;
 - ``redis+postgres``: both, as the replicas of "More than one gateway" run.
