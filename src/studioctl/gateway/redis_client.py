@@ -346,13 +346,11 @@ class RedisClient:
         return conn
 
 
-def pack(args: Sequence[str | int]) -> bytes:
-    """A command in RESP (an array of bulk strings), in one buffer."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else b"%d" % arg
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
+def pack(args: tuple[str | int, ...]) -> bytes:
+    """A command in RESP (an array of bulk strings), in one buffer (hiredis's C packer: a
+    third of the pure-Python one's cost, which was a tenth of a round trip's CPU)."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub: a 1-tuple
+    return packed
 
 
 def ping(url: str, timeout_s: float = 2.0) -> None:
