@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from studioctl.engines.base import redact
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from studioctl.store.db import Database
 
 log = logging.getLogger("studioctl.supervisor")
+
+#: Tries (and the pause between) to collect a child seen gone (see :func:`exited`).
+_REAP_TRIES = 10
+_REAP_PAUSE_S = 0.005
 
 LOG_TAIL_LINES = 40
 
@@ -205,7 +210,13 @@ def exited(osp: OsProc, inst: Instance) -> bool:
             return False
         # Gone since the first look: a child of ours is a zombie by now, so its exit
         # code can be collected (else "process exited" would hide "exited with code 3").
-        code = osp.reap(inst.spawned)
+        # A leader whose other threads are still exiting shows as a zombie before waitpid
+        # may collect it: a few short tries (the death path only; under load it took ms).
+        for _ in range(_REAP_TRIES):
+            code = osp.reap(inst.spawned)
+            if code is not None or inst.spawned is None or inst.spawned.popen is None:
+                break
+            time.sleep(_REAP_PAUSE_S)
     if code is not None:
         inst.exit_code = code
     return True
