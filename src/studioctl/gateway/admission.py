@@ -47,6 +47,7 @@ from studioctl.gateway.bodies import BodyCapture
 from studioctl.gateway.body import check_n, model_error, parse_body, peek_model, quote
 from studioctl.gateway.context import RequestContext
 from studioctl.gateway.limiting import LimitsBackend
+from studioctl.gateway.limits import Admission, Limiter
 from studioctl.gateway.multipart import ClientGone, too_large
 from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.routes import OPENAI, ROUTES, Route
@@ -108,6 +109,9 @@ class AdmissionControl:
         self.queues = queues
         self.want = want
         self.limiter = limiter
+        # The memory backend called directly: its awaited methods never suspend, and each
+        # await of a coroutine costs about what the check itself does (the hot path).
+        self._enter_now = limiter.enter if isinstance(limiter, Limiter) else None
         self.routes = routes
         self.tokenizer = tokenizer
         self._max_body = settings.max_body_bytes
@@ -129,7 +133,8 @@ class AdmissionControl:
         ctx.model = model = peek_model(body)
         if model is None and "model" not in body and ROUTES[ctx.endpoint].default_model:
             ctx.model = self.only_model()
-        ctx.admission = await self.limiter.acquire(tenant)  # concurrency, RPM
+        enter_now = self._enter_now  # concurrency, RPM
+        ctx.admission = enter_now(tenant) if enter_now else await self.limiter.acquire(tenant)
 
     def only_model(self) -> str | None:
         """The name of the only ready instance's model (None: none, or several)."""
@@ -283,11 +288,15 @@ class AdmissionControl:
                 f"{tenant.name!r} allows at most {limits.max_context_tokens}",
                 param="messages" if route.name == "chat" else "prompt",
             )
-        await ctx.admission.reserve_tokens(prompt_tokens=prompt, max_output_tokens=max_output)
+        grant = ctx.admission
+        if isinstance(grant, Admission):  # the memory backend's, called directly (above)
+            grant.reserve(prompt_tokens=prompt, max_output_tokens=max_output)
+        else:
+            await grant.reserve_tokens(prompt_tokens=prompt, max_output_tokens=max_output)
         ctx.prompt = prompt
         ctx.exact = exact
         payload = json_dumps(body) if dirty else raw
-        if limits.log_bodies or self.queues.rules.logs_bodies(upstream.recipe_id):
+        if limits.log_bodies or upstream.recipe_id in self.queues.rules.log_bodies:
             ctx.bodies = BodyCapture(payload)  # the request log stores them (debugging)
         return upstream, route.upstream_path, payload
 
