@@ -124,7 +124,7 @@ def test_usage_record_is_built_by_keyword_from_the_context() -> None:
         )
 
     row = run(main())
-    assert row.request_id is not None and len(row.request_id) == 16  # ours: 8 random bytes
+    assert row.request_id is not None and len(row.request_id) == 24  # ours: ms, 48 random bits
     assert row == UsageRecord(
         request_id=row.request_id,
         ts=1234.5,

@@ -220,7 +220,7 @@ def test_queues_endpoints_need_the_admin_token_and_never_show_prompts(
     assert body["object"] == "list" and body["counts"] == {MODEL: 1}
     (entry,) = body["data"]
     assert entry["tenant"] == "acme" and entry["model"] == MODEL
-    assert len(entry["request_id"]) == 16 and entry["waited_ms"] >= 0
+    assert len(entry["request_id"]) == 24 and entry["waited_ms"] >= 0
     one = httpx.get(gw.base_url + f"/queues/{MODEL}", headers=admin).json()
     assert one["counts"] == {MODEL: 1} and one["data"][0]["request_id"] == entry["request_id"]
     none = httpx.get(gw.base_url + "/queues/other", headers=admin).json()

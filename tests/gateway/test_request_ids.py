@@ -9,12 +9,12 @@ import re
 import httpx
 import pytest
 
-from studioctl.gateway.context import MAX_REQUEST_ID, request_id
+from studioctl.gateway.context import MAX_REQUEST_ID, new_request_id, request_id
 
 from .conftest import MODEL, Gateway, GatewayFactory
 
 MESSAGES = [{"role": "user", "content": "hello there engine"}]
-OURS = re.compile(r"[0-9a-f]{16}")
+OURS = re.compile(r"[0-9a-f]{24}")
 
 
 def post(gw: Gateway, body: dict[str, object], **headers: str) -> httpx.Response:
@@ -158,3 +158,13 @@ def test_an_upload_keeps_the_client_id(make_gateway: GatewayFactory) -> None:
     assert resp.headers["x-request-id"] == "upload-9", resp.text
     gw.wait_for(lambda: bool(gw.usage.rows))  # accounted once the upload's rest is drained
     assert gw.usage.rows[-1].request_id == "upload-9"
+
+
+def test_our_ids_start_with_the_time_and_differ_within_a_millisecond() -> None:
+    # Time first: the usage table's request_id index takes them at its right edge.
+    first = new_request_id(1_700_000_000.0004)
+    assert OURS.fullmatch(first.decode()) and int(first[:12], 16) == 1_700_000_000_000
+    same_ms = {new_request_id(1_700_000_000.0004) for _ in range(1000)}
+    assert len(same_ms) == 1000  # the random half keeps them apart
+    later = [new_request_id(1_700_000_000.0004 + i / 1000) for i in range(1, 50)]
+    assert all(a < b for a, b in zip([first, *later], later, strict=False))

@@ -51,6 +51,7 @@ from studioctl.gateway.bodies import BodyCapture
 from studioctl.gateway.body import check_n, model_error, parse_body, peek_model, quote
 from studioctl.gateway.context import RequestContext
 from studioctl.gateway.limiting import LimitsBackend
+from studioctl.gateway.limits import Limiter
 from studioctl.gateway.multipart import ClientGone, too_large
 from studioctl.gateway.queue import ModelQueues, Want
 from studioctl.gateway.routes import OPENAI, ROUTES, Route
@@ -115,6 +116,9 @@ class AdmissionControl:
         self.queues = queues
         self.want = want
         self.limiter = limiter
+        # The memory backend called directly: its awaited methods never suspend, and each
+        # await of a coroutine costs about what the check itself does (the hot path).
+        self._enter_now = limiter.acquire_now if isinstance(limiter, Limiter) else None
         self.routes = routes
         self.tokenizer = tokenizer
         self._max_body = settings.max_body_bytes
@@ -140,7 +144,8 @@ class AdmissionControl:
             ctx.model = self.only_model()
         sized = ctx.sized = self.size(route, tenant.limits, body) if ctx.model else None
         tokens = None if sized is None else sized[0] + sized[1]
-        ctx.admission = await self.limiter.acquire(tenant, tokens)  # concurrency, RPM (TPM)
+        now = self._enter_now  # concurrency, RPM (and TPM)
+        ctx.admission = now(tenant, tokens) if now else await self.limiter.acquire(tenant, tokens)
 
     def size(self, route: Route, limits: TenantLimits, body: dict[str, Any]) -> Sized | None:
         """``(prompt, max output, body changed)`` when the body alone tells them: the output
@@ -330,7 +335,7 @@ class AdmissionControl:
         ctx.prompt = prompt
         ctx.exact = exact
         payload = json_dumps(body) if dirty else raw
-        if limits.log_bodies or self.queues.rules.logs_bodies(upstream.recipe_id):
+        if limits.log_bodies or upstream.recipe_id in self.queues.rules.log_bodies:
             ctx.bodies = BodyCapture(payload)  # the request log stores them (debugging)
         return upstream, route.upstream_path, payload
 

@@ -10,10 +10,11 @@ A plain class with ``__slots__`` (no dataclass, no validation): one is built per
 the hot path.
 
 Every request has one id, ``request_id``: the client's ``X-Request-Id`` when it is a short
-token (:func:`request_id`), else 16 random hex digits. It is answered in the
-``X-Request-Id`` header of every answer (``extra`` carries it, errors and streams too), sent
-to the engine (vLLM takes it for its own request id), stored in the usage row, named by the
-waiting rooms (``/v1/queues``) and at the end of every error message (:meth:`tagged`).
+token (:func:`request_id`), else 24 hex digits, time first (:func:`new_request_id`). It is
+answered in the ``X-Request-Id`` header of every answer (``extra`` carries it, errors and
+streams too), sent to the engine (vLLM takes it for its own request id), stored in the usage
+row, named by the waiting rooms (``/v1/queues``) and at the end of every error message
+(:meth:`tagged`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from binascii import hexlify
+import time
 from typing import TYPE_CHECKING, Any
 
 from studioctl.errors import GatewayError
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_REQUEST_ID",
     "Headers",
     "RequestContext",
+    "new_request_id",
     "request_id",
     "tagged",
 ]
@@ -56,19 +58,37 @@ MAX_REQUEST_ID = 128
 _TOKEN = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
-# Our ids: 64 random bits from a generator seeded by the OS (os.urandom). Not secrets (an
-# id grants nothing), so not secrets.token_hex: its urandom call per request costs a few
-# times more, on the gateway's hot path.
-_randbytes = random.Random().randbytes
+# Random bits from a generator seeded by the OS (os.urandom). Not secrets (an id grants
+# nothing), so not secrets.token_hex: its urandom call per request costs a few times more,
+# on the gateway's hot path.
+_randbits = random.Random().getrandbits
+_MS_MASK = (1 << 48) - 1  # milliseconds: 48 bits last until the year 10889
 
 
-def request_id(sent: bytes | None) -> bytes:
+def _new_id(now: float) -> str:
+    # One int to 12 bytes to hex: a third of the cost of formatting two numbers.
+    return ((int(now * 1000.0) & _MS_MASK) << 48 | _randbits(48)).to_bytes(12, "big").hex()
+
+
+def new_request_id(now: float) -> bytes:
+    """One of our ids: the time ``now`` in milliseconds, then 48 random bits, as 24 hex digits.
+
+    Time first because the ids are indexed in the usage table (found again by
+    ``studioctl requests``): ids that grow with time are inserted at the index's right edge,
+    one page per batch of rows, where random ones touch a page per row (the usage writer
+    measured 21 µs/row vs 41, the same as with no index at all). The random half keeps
+    them unguessable (another tenant's id cannot be predicted) and apart (two in the same
+    millisecond collide once in 2**48)."""
+    return _new_id(now).encode()
+
+
+def request_id(sent: bytes | None, now: float | None = None) -> bytes:
     """The request's id: ``sent`` (the client's X-Request-Id) when it is a token of at most
-    ``MAX_REQUEST_ID`` characters, else a new random one (a hostile value is dropped
-    unread, never stored or logged)."""
+    ``MAX_REQUEST_ID`` characters, else a new one of ours made at ``now`` (default: the
+    clock; a hostile value is dropped unread, never stored or logged)."""
     if sent is not None and len(sent) <= MAX_REQUEST_ID and _TOKEN.fullmatch(sent):
         return sent
-    return hexlify(_randbytes(8))
+    return new_request_id(time.time() if now is None else now)
 
 
 class RequestContext:
@@ -119,8 +139,12 @@ class RequestContext:
         self.endpoint = endpoint
         self.t0 = t0  # perf_counter() at arrival: durations and time to first token
         self.ts = ts  # time.time() at arrival: the usage row's time
-        self.rid = rid = request_id(sent_id)  # as sent to the engine
-        self.request_id = rid.decode("ascii")
+        if sent_id is None:  # the usual case, without request_id()'s call and a decode
+            self.request_id = text = _new_id(ts)
+            self.rid = rid = text.encode()  # as sent to the engine
+        else:
+            self.rid = rid = request_id(sent_id, ts)
+            self.request_id = rid.decode("ascii")
         # The headers of every answer: the request id, and CORS's if any.
         self.extra: Headers = (
             [(b"x-request-id", rid), *extra] if extra else [(b"x-request-id", rid)]

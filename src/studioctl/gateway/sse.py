@@ -303,18 +303,58 @@ def responses_error_event(error: dict[str, Any], sequence_number: int) -> bytes:
     return b"event: error\ndata: " + json_dumps(event) + b"\n\n"
 
 
+# Answers above this size have their usage object parsed alone (:func:`tail_usage`).
+TAIL_USAGE_FROM = 4096
+_USAGE_KEY = b'"usage":'
+
+
+def tail_usage(data: bytes, prompt_key: str) -> dict[str, Any] | None:
+    """The answer's last ``"usage": {...}`` object parsed alone, when it holds an integer
+    ``prompt_key``; else None (then the whole answer is parsed).
+
+    Engines put ``usage`` after the choices, near the end: a long answer (a long
+    completion, logprobs) is not parsed whole for two numbers. Only the engine's own
+    JSON has a bare ``"usage":`` (a model's text is an escaped string), and the object's
+    end is the first ``}`` that closes a valid object (its values are numbers, null and
+    small objects of numbers)."""
+    at = data.rfind(_USAGE_KEY)
+    if at <= 0 or data[at - 1] == 0x5C:  # a backslash: inside a string after all
+        return None
+    start = at + len(_USAGE_KEY)
+    while data[start : start + 1] in (b" ", b"\n", b"\t", b"\r"):
+        start += 1
+    if data[start : start + 1] != b"{":
+        return None
+    end = start
+    for _ in range(4):  # the object itself, or up to three small ones nested in it
+        end = data.find(b"}", end + 1)
+        if end < 0:
+            return None
+        try:
+            usage = json_loads(data[start : end + 1])
+        except ValueError:
+            continue
+        if isinstance(usage, dict) and isinstance(usage.get(prompt_key), int):
+            return usage
+        return None
+    return None
+
+
 def answer_usage(data: bytes, prompt: int, responses: bool) -> tuple[int, int]:
     """(prompt, completion) tokens from an engine's JSON answer (prompt: ours if absent):
     ``usage.prompt_tokens``/``completion_tokens``, or for the Responses API
     ``usage.input_tokens``/``output_tokens``."""
-    try:
-        usage = json_loads(data).get("usage")
-    except (ValueError, AttributeError):
-        return prompt, 0
-    if not isinstance(usage, dict):
-        return prompt, 0
-    if responses:
-        p, c = usage.get("input_tokens"), usage.get("output_tokens")
-    else:
-        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    p_key, c_key = ("input_tokens", "output_tokens") if responses else _CHAT_KEYS
+    usage = tail_usage(data, p_key) if len(data) > TAIL_USAGE_FROM else None
+    if usage is None:
+        try:
+            usage = json_loads(data).get("usage")
+        except (ValueError, AttributeError):
+            return prompt, 0
+        if not isinstance(usage, dict):
+            return prompt, 0
+    p, c = usage.get(p_key), usage.get(c_key)
     return (p if isinstance(p, int) else prompt), (c if isinstance(c, int) else 0)
+
+
+_CHAT_KEYS = ("prompt_tokens", "completion_tokens")
