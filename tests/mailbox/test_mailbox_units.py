@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pg_server import pg_server  # noqa: F401 — the session's PostgreSQL, for ``repo``
-from studioctl.errors import ConfigError
+from studioctl.errors import ConfigError, ConflictError
 from studioctl.gateway.mailbox_assemble import (
     assemble_chat,
     assemble_completion,
@@ -186,6 +186,21 @@ def test_records_belong_to_their_tenant_and_are_taken_once(repo: MailboxRepo) ->
     assert got is not None and got.response == {"choices": []}
     assert repo.take("r1", "t_a") is None
     assert repo.delete("r2", None) and repo.list(None, 10) == []
+
+
+def test_an_id_another_tenant_keeps_is_never_replaced(repo: MailboxRepo) -> None:
+    """Tenant B sends tenant A's request id (X-Request-Id is the client's to choose): A's
+    record and its delivery stay as they were; B's result is refused; A may replace its own."""
+    entry = OutboxEntry("r1", "http://a/", "{}", {}, max_attempts=3)
+    repo.put(record("r1"), entry, 1.0)
+    with pytest.raises(ConflictError, match="another tenant's kept result"):
+        repo.put(record("r1", "t_b"), None, 2.0)
+    kept = repo.get("r1", "t_a")
+    assert kept is not None and kept.tenant_id == "t_a" and repo.outbox("r1") == entry
+    assert repo.get("r1", "t_b") is None
+    repo.put(record("r1", expires=3e9), None, 3.0)  # its own tenant: replaced
+    again = repo.get("r1", "t_a")
+    assert again is not None and again.expires_at == 3e9 and repo.outbox("r1") is None
 
 
 def test_the_outbox_and_pruning(repo: MailboxRepo) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from studioctl.errors import GatewayError
+from studioctl.errors import ConflictError, GatewayError
 from studioctl.gateway.context import CHAT, COMPLETIONS, Headers, RequestContext
 from studioctl.gateway.mailbox_assemble import (
     assemble_chat,
@@ -217,6 +217,8 @@ class MailboxKeeper:
                 disconnected=ctx.gone,
                 webhook=kept.webhook,
             )
+        except ConflictError as exc:  # the client sent an id another tenant keeps a result under
+            _log.warning("mailbox: tenant %s: %s", tenant.name, exc)
         except Exception:  # the answer is accounted already: a store fault loses the record
             _log.exception("mailbox: cannot keep request %s", ctx.request_id)
 

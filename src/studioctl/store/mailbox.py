@@ -15,6 +15,7 @@ import builtins
 from dataclasses import dataclass, field
 from typing import Any
 
+from studioctl.errors import ConflictError
 from studioctl.store.db import Database, dumps, loads
 
 __all__ = ["Attempt", "MailboxRecord", "MailboxRepo", "OutboxEntry"]
@@ -118,8 +119,19 @@ class MailboxRepo:
     # -- records ----------------------------------------------------------------------------
 
     def put(self, record: MailboxRecord, outbox: OutboxEntry | None, at: float) -> None:
-        """Keep ``record`` (replacing one of the same id) and queue its delivery, at once."""
+        """Keep ``record`` (replacing one of the same id and tenant) and queue its delivery,
+        at once. ``ConflictError`` when the id is another tenant's record (a client may send
+        any X-Request-Id: it never replaces, nor reaches, what another tenant keeps)."""
         with self.db.transaction():
+            owner = self.db.query_one(
+                "SELECT tenant_id FROM mailbox WHERE request_id = ?", (record.request_id,)
+            )
+            if owner is not None and owner["tenant_id"] != record.tenant_id:
+                raise ConflictError(
+                    f"request id {record.request_id!r} is another tenant's kept result: "
+                    "this one is not kept",
+                    code="request_id_taken",
+                )
             self._delete(record.request_id)
             self.db.execute(
                 "INSERT INTO mailbox (request_id, tenant_id, model, created, status, response,"
