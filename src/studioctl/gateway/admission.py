@@ -67,6 +67,12 @@ __all__ = ["AdmissionControl", "ClientGone", "anonymous_allowed"]
 #: What the body alone tells of a request: (prompt tokens, max output tokens, body changed).
 Sized = tuple[int, int, bool]
 
+
+def _tokens(sized: Sized | None) -> int | None:
+    """The TPM tokens reserved with the slot (None: reserved later, after routing)."""
+    return None if sized is None else sized[0] + sized[1]
+
+
 # Characters per token of the TPM estimate on routes the engine's tokenizer does not count.
 _CHARS_PER_TOKEN = 4
 
@@ -142,8 +148,8 @@ class AdmissionControl:
         route = ROUTES[ctx.endpoint]
         if model is None and "model" not in body and route.default_model:
             ctx.model = self.only_model()
-        sized = ctx.sized = self.size(route, tenant.limits, body) if ctx.model else None
-        tokens = None if sized is None else sized[0] + sized[1]
+        ctx.sized = self.size(route, tenant.limits, body) if ctx.model else None
+        tokens = _tokens(ctx.sized)
         now = self._enter_now  # concurrency, RPM (and TPM)
         ctx.admission = now(tenant, tokens) if now else await self.limiter.acquire(tenant, tokens)
 
@@ -178,9 +184,7 @@ class AdmissionControl:
         ``queue_when_busy`` wait for a slot (sets ``ctx.admission``), else raise ``busy``."""
         if not self.queues.when_busy:
             raise busy
-        sized = ctx.sized
-        tokens = None if sized is None else sized[0] + sized[1]
-        ctx.admission = await self.queues.park(ctx, busy, receive, tokens)
+        ctx.admission = await self.queues.park(ctx, busy, receive, _tokens(ctx.sized))
 
     def declared_length(self, length: bytes | None) -> int | None:
         """The Content-Length header's value (None: absent), or 400, or 413 above the limit."""

@@ -94,13 +94,15 @@ class RedisGrant:
         tenant: TenantContext,
         member: str,
         local: Admission | None = None,
+        reserved: int = 0,
     ) -> None:
+        """``reserved``: the TPM tokens the admission took with the slot."""
         self._limiter = limiter
         self._tenant = tenant
         self._member = member  # "" when failed open
         self._local = local
         self.tenant_id = tenant.tenant_id
-        self.reserved_tokens = 0 if local is None else local.reserved_tokens
+        self.reserved_tokens = reserved if local is None else local.reserved_tokens
         self.done = False
 
     async def reserve_tokens(self, *, prompt_tokens: int, max_output_tokens: int) -> None:
@@ -282,8 +284,7 @@ class RedisLimiter:
         if self._probe is not None:
             self._keep(tenant, member, back)
             return
-        rpm, tpm = self.rates(tenant)
-        keys = [self.key(tenant, "slots"), self.key(tenant, "bucket")]
+        keys, args = self._finish_call(tenant, member, back)
 
         def done(reply: Any) -> None:
             if isinstance(reply, ConnectionError):  # sent again once Redis answers
@@ -292,7 +293,7 @@ class RedisLimiter:
             elif isinstance(reply, BaseException):
                 log.error("limits: releasing a slot in Redis failed: %s", reply)
 
-        self._client.send(self._finish, keys, [member, rpm, tpm, back], done)
+        self._client.send(self._finish, keys, args, done)
 
     # -- inside -----------------------------------------------------------------------------
 
@@ -335,9 +336,7 @@ class RedisLimiter:
         if code == 4:
             raise tpm_refused(tenant, need, _wait_s(result[1], tpm))
         self._leases[member] = slots
-        grant = RedisGrant(self, tenant, member)
-        grant.reserved_tokens = max(need, 0)
-        return grant
+        return RedisGrant(self, tenant, member, reserved=max(need, 0))
 
     async def _check_only(self, tenant: TenantContext) -> None:
         """The admission script's verdict without taking anything (the gateway is full)."""
@@ -357,12 +356,18 @@ class RedisLimiter:
 
     async def _release(self, tenant: TenantContext, member: str, back: int) -> None:
         """One release, waited for (what :meth:`_settle` sends after an outage)."""
-        rpm, tpm = self.rates(tenant)
-        keys = [self.key(tenant, "slots"), self.key(tenant, "bucket")]
+        keys, args = self._finish_call(tenant, member, back)
         try:
-            await self.call(self._finish, keys, [member, rpm, tpm, back])
+            await self.call(self._finish, keys, args)
         except ConnectionError:  # marked down by call(): sent again once Redis answers
             self._keep(tenant, member, back)
+
+    def _finish_call(
+        self, tenant: TenantContext, member: str, back: int
+    ) -> tuple[list[str], list[str | int]]:
+        """FINISH's keys and arguments."""
+        rpm, tpm = self.rates(tenant)
+        return [self.key(tenant, "slots"), self.key(tenant, "bucket")], [member, rpm, tpm, back]
 
     def _keep(self, tenant: TenantContext, member: str, back: int) -> None:
         if len(self._unsettled) < MAX_UNSETTLED:
